@@ -1,0 +1,555 @@
+//! Configuration: every key, its default, its limits, and the only code that reads the file.
+//!
+//! Values come in layers: built-in defaults, then the TOML file (`--config FILE`), then the
+//! environment (`WSPAIR_OUTER_PORT=…`), then command-line flags (`--outer-port …`); a later
+//! layer wins. [`KEYS`] is the single list of keys: the CLI flags, the environment variable
+//! names, the defaults and the README's table are all derived from it, and a test checks that
+//! the README lists every key. A key that is not in [`KEYS`] is an error naming it, and so is a
+//! value of the wrong type or out of range, before anything is bound.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem. Each variant names the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value has the wrong type or is out of range.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// The dotted key, as spelt in the file (`outer.max-frame-size`).
+        key: String,
+        /// What is wrong with the value, including the value.
+        problem: String,
+    },
+    /// The file holds a key wspair does not know (often a misspelling).
+    #[error("unknown key `{key}`")]
+    UnknownKey {
+        /// The dotted key, as spelt in the file.
+        key: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given to `--config`.
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax {
+        /// The path given to `--config`.
+        path: PathBuf,
+        /// The parser's description, with line and column.
+        message: String,
+    },
+}
+
+/// What kind of value a key takes; decides how text from the environment or a flag is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any string.
+    Text,
+    /// An IP address (v4 or v6).
+    Ip,
+    /// An integer within `min..=max`.
+    Integer {
+        /// Smallest allowed value.
+        min: i64,
+        /// Largest allowed value.
+        max: i64,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// A duration written with a unit: `500ms`, `10s`, `2m`.
+    Duration,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+}
+
+/// One configuration key: its spelling, its kind, its default and its meaning.
+#[derive(Debug)]
+pub struct KeySpec {
+    /// The dotted key as written in the file (`outer.port`).
+    pub key: &'static str,
+    /// The type of its value.
+    pub kind: Kind,
+    /// The default, written as it would be on the command line.
+    pub default: &'static str,
+    /// One sentence: what the key does.
+    pub help: &'static str,
+}
+
+impl KeySpec {
+    /// The command-line flag: `outer.max-frame-size` becomes `outer-max-frame-size`.
+    pub fn flag(&self) -> String {
+        self.key.replace('.', "-")
+    }
+
+    /// The environment variable: `outer.max-frame-size` becomes `WSPAIR_OUTER_MAX_FRAME_SIZE`.
+    pub fn env_var(&self) -> String {
+        format!("WSPAIR_{}", self.key.replace(['.', '-'], "_").to_uppercase())
+    }
+}
+
+const MAX_U32: i64 = u32::MAX as i64;
+
+/// Every configuration key wspair reads. The README's configuration table mirrors this list.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        key: "outer.ip",
+        kind: Kind::Ip,
+        default: "0.0.0.0",
+        help: "address the WebSocket listener binds",
+    },
+    KeySpec {
+        key: "outer.port",
+        kind: Kind::Integer { min: 0, max: 65535 },
+        default: "1024",
+        help: "port of the WebSocket listener (0 picks a free port)",
+    },
+    KeySpec {
+        key: "outer.path",
+        kind: Kind::Text,
+        default: "/channel",
+        help: "URL path that accepts WebSocket upgrades; must start with `/`",
+    },
+    KeySpec {
+        key: "outer.max-frame-size",
+        kind: Kind::Integer { min: 1, max: 64 * 1024 * 1024 },
+        default: "10240",
+        help: "largest message accepted, in bytes, after reassembling fragments and decompressing; larger ones close the session with 1009",
+    },
+    KeySpec {
+        key: "outer.on-duplicate",
+        kind: Kind::Choice(&["replace", "reject"]),
+        default: "replace",
+        help: "a second client of the same role and channel id: `replace` closes the old one with 4001, `reject` answers the new one 409",
+    },
+    KeySpec {
+        key: "outer.handshake-timeout",
+        kind: Kind::Duration,
+        default: "10s",
+        help: "time a new TCP connection has to send its complete upgrade request",
+    },
+    KeySpec {
+        key: "outer.ping-interval",
+        kind: Kind::Duration,
+        default: "20s",
+        help: "how often the server pings each client",
+    },
+    KeySpec {
+        key: "outer.idle-timeout",
+        kind: Kind::Duration,
+        default: "60s",
+        help: "a session that receives nothing (not even a pong) for this long is closed with 4002",
+    },
+    KeySpec {
+        key: "outer.send-queue",
+        kind: Kind::Integer { min: 1, max: MAX_U32 },
+        default: "1024",
+        help: "messages waiting for one client; when full, the relay stops reading from its peer",
+    },
+    KeySpec {
+        key: "outer.stall-timeout",
+        kind: Kind::Duration,
+        default: "30s",
+        help: "a client that has messages waiting but accepts none for this long is closed with 1013",
+    },
+    KeySpec {
+        key: "outer.compression",
+        kind: Kind::Bool,
+        default: "false",
+        help: "negotiate permessage-deflate (RFC 7692) when the client offers it",
+    },
+    KeySpec {
+        key: "outer.max-connections",
+        kind: Kind::Integer { min: 1, max: MAX_U32 },
+        default: "100000",
+        help: "open client connections at most; further connections wait in the listen backlog",
+    },
+    KeySpec {
+        key: "inner.ip",
+        kind: Kind::Ip,
+        default: "0.0.0.0",
+        help: "address the node-to-node listener binds (cluster mode)",
+    },
+    KeySpec {
+        key: "inner.port",
+        kind: Kind::Integer { min: 0, max: 65535 },
+        default: "1025",
+        help: "port of the node-to-node listener (cluster mode)",
+    },
+    KeySpec {
+        key: "shutdown-timeout",
+        kind: Kind::Duration,
+        default: "10s",
+        help: "on SIGINT or SIGTERM, time allowed to close every session with 1001 before exiting",
+    },
+];
+
+/// What to do when a second client of the same role joins a channel id that has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// The newest connection wins; the old one is closed with 4001.
+    Replace,
+    /// The new connection is refused with HTTP 409 before the upgrade.
+    Reject,
+}
+
+/// Settings of the WebSocket side (`outer.*`).
+#[derive(Debug, Clone)]
+pub struct OuterConfig {
+    /// `outer.ip`.
+    pub ip: IpAddr,
+    /// `outer.port`.
+    pub port: u16,
+    /// `outer.path`.
+    pub path: String,
+    /// `outer.max-frame-size`, in bytes.
+    pub max_frame_size: usize,
+    /// `outer.on-duplicate`.
+    pub on_duplicate: DuplicatePolicy,
+    /// `outer.handshake-timeout`.
+    pub handshake_timeout: Duration,
+    /// `outer.ping-interval`.
+    pub ping_interval: Duration,
+    /// `outer.idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `outer.send-queue`, in messages.
+    pub send_queue: usize,
+    /// `outer.stall-timeout`.
+    pub stall_timeout: Duration,
+    /// `outer.compression`.
+    pub compression: bool,
+    /// `outer.max-connections`.
+    pub max_connections: usize,
+}
+
+/// Settings of the node-to-node side (`inner.*`), used in cluster mode.
+#[derive(Debug, Clone)]
+pub struct InnerConfig {
+    /// `inner.ip`.
+    pub ip: IpAddr,
+    /// `inner.port`.
+    pub port: u16,
+}
+
+/// The whole, validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The WebSocket side.
+    pub outer: OuterConfig,
+    /// The node-to-node side.
+    pub inner: InnerConfig,
+    /// `shutdown-timeout`.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::load(None, &[]).expect("the built-in defaults are valid")
+    }
+}
+
+/// One layer of values, by dotted key.
+type Layer = BTreeMap<&'static str, toml::Value>;
+
+impl Config {
+    /// Builds the configuration from the defaults, the file at `file` (if any) and
+    /// `overrides` (key and text, from the environment or flags, later entries winning).
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        let mut values = Layer::new();
+        for spec in KEYS {
+            let default = parse_text(spec, spec.default).expect("every default parses");
+            values.insert(spec.key, default);
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            values.extend(parse_file(path, &text)?);
+        }
+        for (key, text) in overrides {
+            let spec = spec_of(key).ok_or_else(|| ConfigError::UnknownKey {
+                key: (*key).to_owned(),
+            })?;
+            values.insert(spec.key, parse_text(spec, text)?);
+        }
+        Config::from_values(&values)
+    }
+
+    fn from_values(values: &Layer) -> Result<Config, ConfigError> {
+        let get = |key: &str| {
+            let spec = spec_of(key).expect("from_values asks only for keys in KEYS");
+            (spec, &values[spec.key])
+        };
+        let ip = |key| checked_ip(get(key));
+        let int = |key| checked_integer(get(key));
+        let duration = |key| checked_duration(get(key));
+
+        let path = checked_text(get("outer.path"))?;
+        if !path.starts_with('/') {
+            return Err(invalid("outer.path", format!("must start with `/`, got {path:?}")));
+        }
+        let on_duplicate = match checked_choice(get("outer.on-duplicate"))?.as_str() {
+            "reject" => DuplicatePolicy::Reject,
+            _ => DuplicatePolicy::Replace,
+        };
+        let outer = OuterConfig {
+            ip: ip("outer.ip")?,
+            port: int("outer.port")? as u16,
+            path,
+            max_frame_size: int("outer.max-frame-size")? as usize,
+            on_duplicate,
+            handshake_timeout: duration("outer.handshake-timeout")?,
+            ping_interval: duration("outer.ping-interval")?,
+            idle_timeout: duration("outer.idle-timeout")?,
+            send_queue: int("outer.send-queue")? as usize,
+            stall_timeout: duration("outer.stall-timeout")?,
+            compression: checked_bool(get("outer.compression"))?,
+            max_connections: int("outer.max-connections")? as usize,
+        };
+        if outer.ping_interval >= outer.idle_timeout {
+            return Err(invalid(
+                "outer.ping-interval",
+                format!(
+                    "{:?} must be shorter than outer.idle-timeout {:?}, or live clients would time out",
+                    outer.ping_interval, outer.idle_timeout
+                ),
+            ));
+        }
+        let inner = InnerConfig {
+            ip: ip("inner.ip")?,
+            port: int("inner.port")? as u16,
+        };
+        Ok(Config {
+            outer,
+            inner,
+            shutdown_timeout: duration("shutdown-timeout")?,
+        })
+    }
+}
+
+fn spec_of(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|spec| spec.key == key)
+}
+
+fn invalid(key: &str, problem: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem,
+    }
+}
+
+/// Reads a TOML document into dotted keys, refusing keys that are not in [`KEYS`].
+fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: err.to_string().trim_end().to_owned(),
+    })?;
+    let mut layer = Layer::new();
+    flatten("", &table, &mut layer)?;
+    Ok(layer)
+}
+
+fn flatten(prefix: &str, table: &toml::Table, layer: &mut Layer) -> Result<(), ConfigError> {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match (value, spec_of(&key)) {
+            (_, Some(spec)) => {
+                layer.insert(spec.key, value.clone());
+            }
+            (toml::Value::Table(inner), None) => flatten(&key, inner, layer)?,
+            (_, None) => return Err(ConfigError::UnknownKey { key }),
+        }
+    }
+    Ok(())
+}
+
+/// Turns text from the environment, a flag or a default into a value of the key's kind.
+fn parse_text(spec: &KeySpec, text: &str) -> Result<toml::Value, ConfigError> {
+    match spec.kind {
+        Kind::Integer { .. } => text.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| {
+            invalid(spec.key, format!("expected an integer, got {text:?}"))
+        }),
+        Kind::Bool => match text.trim() {
+            "true" => Ok(toml::Value::Boolean(true)),
+            "false" => Ok(toml::Value::Boolean(false)),
+            _ => Err(invalid(spec.key, format!("expected true or false, got {text:?}"))),
+        },
+        Kind::Text | Kind::Ip | Kind::Duration | Kind::Choice(_) => {
+            Ok(toml::Value::String(text.to_owned()))
+        }
+    }
+}
+
+fn type_error(spec: &KeySpec, expected: &str, value: &toml::Value) -> ConfigError {
+    invalid(spec.key, format!("expected {expected}, got {} {value}", value.type_str()))
+}
+
+fn checked_text((spec, value): (&KeySpec, &toml::Value)) -> Result<String, ConfigError> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| type_error(spec, "a string", value))
+}
+
+fn checked_ip(entry: (&KeySpec, &toml::Value)) -> Result<IpAddr, ConfigError> {
+    let text = checked_text(entry)?;
+    text.parse()
+        .map_err(|_| invalid(entry.0.key, format!("expected an IP address, got {text:?}")))
+}
+
+fn checked_integer((spec, value): (&KeySpec, &toml::Value)) -> Result<i64, ConfigError> {
+    let number = value
+        .as_integer()
+        .ok_or_else(|| type_error(spec, "an integer", value))?;
+    match spec.kind {
+        Kind::Integer { min, max } if number < min || number > max => Err(invalid(
+            spec.key,
+            format!("{number} is out of range {min}..={max}"),
+        )),
+        _ => Ok(number),
+    }
+}
+
+fn checked_bool((spec, value): (&KeySpec, &toml::Value)) -> Result<bool, ConfigError> {
+    value
+        .as_bool()
+        .ok_or_else(|| type_error(spec, "true or false", value))
+}
+
+fn checked_choice(entry: (&KeySpec, &toml::Value)) -> Result<String, ConfigError> {
+    let text = checked_text(entry)?;
+    match entry.0.kind {
+        Kind::Choice(words) if !words.contains(&text.as_str()) => Err(invalid(
+            entry.0.key,
+            format!("expected one of {}, got {text:?}", words.join(", ")),
+        )),
+        _ => Ok(text),
+    }
+}
+
+fn checked_duration(entry: (&KeySpec, &toml::Value)) -> Result<Duration, ConfigError> {
+    let text = checked_text(entry)?;
+    let duration = parse_duration(&text).ok_or_else(|| {
+        invalid(
+            entry.0.key,
+            format!("expected a duration such as \"500ms\", \"10s\" or \"2m\", got {text:?}"),
+        )
+    })?;
+    if duration.is_zero() {
+        return Err(invalid(entry.0.key, "must be longer than zero".to_owned()));
+    }
+    Ok(duration)
+}
+
+/// Parses `<integer><unit>` with unit `ms`, `s` or `m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_file(text: &str) -> Result<Config, ConfigError> {
+        let mut values = Layer::new();
+        for spec in KEYS {
+            values.insert(spec.key, parse_text(spec, spec.default).unwrap());
+        }
+        values.extend(parse_file(Path::new("test.toml"), text)?);
+        Config::from_values(&values)
+    }
+
+    #[test]
+    fn defaults_match_the_original_design() {
+        let config = Config::default();
+        assert_eq!(config.outer.port, 1024);
+        assert_eq!(config.outer.path, "/channel");
+        assert_eq!(config.outer.max_frame_size, 10240);
+        assert_eq!(config.inner.port, 1025);
+        assert_eq!(config.outer.on_duplicate, DuplicatePolicy::Replace);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let config = from_file("[outer]\nport = 2000\nmax-frame-size = 65536\non-duplicate = \"reject\"\n")
+            .unwrap();
+        assert_eq!(config.outer.port, 2000);
+        assert_eq!(config.outer.max_frame_size, 65536);
+        assert_eq!(config.outer.on_duplicate, DuplicatePolicy::Reject);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = from_file("[outer]\nprot = 2000\n").unwrap_err();
+        assert_eq!(err.to_string(), "unknown key `outer.prot`");
+        let err = from_file("[outr]\nport = 2000\n").unwrap_err();
+        assert_eq!(err.to_string(), "unknown key `outr.port`");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let err = from_file("[outer]\nport = \"abc\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.port: expected an integer, got string \"abc\""
+        );
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_limit() {
+        let err = from_file("[outer]\nport = 70000\n").unwrap_err();
+        assert_eq!(err.to_string(), "outer.port: 70000 is out of range 0..=65535");
+    }
+
+    #[test]
+    fn overrides_are_typed_by_key() {
+        let config = Config::load(None, &[("outer.compression", "true".into())]).unwrap();
+        assert!(config.outer.compression);
+        let err = Config::load(None, &[("outer.send-queue", "many".into())]).unwrap_err();
+        assert_eq!(err.to_string(), "outer.send-queue: expected an integer, got \"many\"");
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        let err = from_file("shutdown-timeout = \"10\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("shutdown-timeout: expected a duration"));
+    }
+
+    #[test]
+    fn ping_must_be_shorter_than_idle_timeout() {
+        let err = from_file("[outer]\nping-interval = \"60s\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("outer.ping-interval:"), "{err}");
+    }
+
+    #[test]
+    fn flags_and_env_names_follow_the_key() {
+        let spec = spec_of("outer.max-frame-size").unwrap();
+        assert_eq!(spec.flag(), "outer-max-frame-size");
+        assert_eq!(spec.env_var(), "WSPAIR_OUTER_MAX_FRAME_SIZE");
+    }
+}

@@ -1,0 +1,232 @@
+//! The hub: which sessions this node holds, by channel id and role.
+//!
+//! A session enters the hub by [`Hub::claim`] before its upgrade is answered, so a duplicate
+//! can still be refused with HTTP 409, and leaves it when its [`Claim`] is dropped. Release is
+//! compare-and-delete: a claim removes only its own entry, never one a newer session wrote.
+//!
+//! The hub holds handles, never sockets: a [`SessionHandle`] is the sending end of a session's
+//! bounded outbound queue plus a token that stops the session. The lock is a `std` mutex held
+//! for a map operation only, never across an `.await`; sessions cache their peer's handle, so
+//! relaying a message does not touch the lock (see `outer::session`).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DuplicatePolicy;
+use crate::metrics::Metrics;
+use crate::pair::{ChannelId, Message, Role};
+
+/// The sessions of this node.
+#[derive(Debug)]
+pub struct Hub {
+    sessions: Mutex<HashMap<ChannelId, Slots>>,
+    /// Source of session ids, so a release can tell its own entry from a newer one.
+    next_session_id: AtomicU64,
+    /// Capacity of every session's outbound queue (`outer.send-queue`).
+    send_queue: usize,
+    policy: DuplicatePolicy,
+    metrics: Arc<Metrics>,
+    /// The node's shutdown token; every session's stop token is a child of it.
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    app: Option<SessionHandle>,
+    web: Option<SessionHandle>,
+}
+
+impl Slots {
+    fn slot(&mut self, role: Role) -> &mut Option<SessionHandle> {
+        match role {
+            Role::App => &mut self.app,
+            Role::Web => &mut self.web,
+        }
+    }
+}
+
+/// A cheap, cloneable way to reach one session: its outbound queue and its eviction token.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Unique within this node for its lifetime.
+    pub id: u64,
+    /// The session's bounded outbound queue; the session task is the only receiver.
+    pub outbound_tx: mpsc::Sender<Message>,
+    /// Cancelled when the session must stop: a newer client of the same role and channel id
+    /// replaced it, or the node is shutting down (it is a child of the shutdown token).
+    pub stop: CancellationToken,
+}
+
+impl SessionHandle {
+    /// True once the session is replaced or has ended; its queue accepts nothing useful then.
+    pub fn is_gone(&self) -> bool {
+        self.stop.is_cancelled() || self.outbound_tx.is_closed()
+    }
+}
+
+/// A second client of a role that `outer.on-duplicate = "reject"` refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("channel {channel_id} already has a connected {role}")]
+pub struct DuplicateError {
+    /// The channel id that is taken.
+    pub channel_id: ChannelId,
+    /// The role that is taken.
+    pub role: Role,
+}
+
+/// A session's place in the hub. Dropping it removes the session, unless a newer one took over.
+#[derive(Debug)]
+pub struct Claim {
+    hub: Arc<Hub>,
+    /// The channel id the session belongs to.
+    pub channel_id: ChannelId,
+    /// The session's role.
+    pub role: Role,
+    /// The session's own handle; its `stop` token tells the session to end.
+    pub handle: SessionHandle,
+}
+
+impl Hub {
+    /// An empty hub whose sessions get queues of `send_queue` messages.
+    pub fn new(
+        send_queue: usize,
+        policy: DuplicatePolicy,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        Hub {
+            sessions: Mutex::new(HashMap::new()),
+            next_session_id: AtomicU64::new(1),
+            send_queue,
+            policy,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Registers a new session for `role` in `channel_id` and returns its claim and the
+    /// receiving end of its outbound queue. With [`DuplicatePolicy::Replace`] an existing
+    /// session of that role is evicted; with [`DuplicatePolicy::Reject`] the claim fails.
+    pub fn claim(
+        self: &Arc<Self>,
+        channel_id: ChannelId,
+        role: Role,
+    ) -> Result<(Claim, mpsc::Receiver<Message>), DuplicateError> {
+        let (outbound_tx, outbound_rx) = mpsc::channel(self.send_queue);
+        let handle = SessionHandle {
+            id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
+            outbound_tx,
+            stop: self.shutdown.child_token(),
+        };
+        let mut sessions = self.lock();
+        let slot = sessions.entry(channel_id).or_default().slot(role);
+        if let Some(old) = slot.as_ref().filter(|old| !old.is_gone()) {
+            match self.policy {
+                DuplicatePolicy::Reject => return Err(DuplicateError { channel_id, role }),
+                DuplicatePolicy::Replace => {
+                    old.stop.cancel();
+                    Metrics::incr(&self.metrics.sessions_replaced);
+                }
+            }
+        }
+        *slot = Some(handle.clone());
+        drop(sessions);
+        let claim = Claim {
+            hub: Arc::clone(self),
+            channel_id,
+            role,
+            handle,
+        };
+        Ok((claim, outbound_rx))
+    }
+
+    /// The live session of `role` in `channel_id`, if this node holds one.
+    pub fn session(&self, channel_id: &ChannelId, role: Role) -> Option<SessionHandle> {
+        let mut sessions = self.lock();
+        let slots = sessions.get_mut(channel_id)?;
+        slots.slot(role).clone().filter(|handle| !handle.is_gone())
+    }
+
+    /// Sessions held, and channel ids with both roles connected.
+    pub fn counts(&self) -> (usize, usize) {
+        let sessions = self.lock();
+        sessions.values().fold((0, 0), |(n_sessions, n_pairs), slots| {
+            let n = usize::from(slots.app.is_some()) + usize::from(slots.web.is_some());
+            (n_sessions + n, n_pairs + usize::from(n == 2))
+        })
+    }
+
+    fn release(&self, channel_id: &ChannelId, role: Role, session_id: u64) {
+        let mut sessions = self.lock();
+        if let Entry::Occupied(mut entry) = sessions.entry(*channel_id) {
+            let slots = entry.get_mut();
+            let slot = slots.slot(role);
+            if slot.as_ref().is_some_and(|handle| handle.id == session_id) {
+                *slot = None;
+            }
+            if slots.app.is_none() && slots.web.is_none() {
+                entry.remove();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Slots>> {
+        // A panic while holding this lock would be a bug in a map operation; the map itself
+        // stays consistent, so carrying on with it is sound.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.hub.release(&self.channel_id, self.role, self.handle.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(policy: DuplicatePolicy) -> Arc<Hub> {
+        Arc::new(Hub::new(4, policy, Arc::default(), CancellationToken::new()))
+    }
+
+    fn id(n: u8) -> ChannelId {
+        format!("{:0>32}", n).parse().unwrap()
+    }
+
+    #[test]
+    fn claim_then_drop_frees_the_slot() {
+        let hub = hub(DuplicatePolicy::Reject);
+        let (claim, _rx) = hub.claim(id(1), Role::App).unwrap();
+        assert_eq!(hub.counts(), (1, 0));
+        drop(claim);
+        assert_eq!(hub.counts(), (0, 0));
+        assert!(hub.claim(id(1), Role::App).is_ok());
+    }
+
+    #[test]
+    fn reject_refuses_a_second_client_of_the_same_role() {
+        let hub = hub(DuplicatePolicy::Reject);
+        let (_app, _rx) = hub.claim(id(1), Role::App).unwrap();
+        assert!(hub.claim(id(1), Role::App).is_err());
+        let (_web, _rx2) = hub.claim(id(1), Role::Web).unwrap();
+        assert_eq!(hub.counts(), (2, 1));
+    }
+
+    #[test]
+    fn replace_evicts_the_old_session_and_its_release_keeps_the_new_one() {
+        let hub = hub(DuplicatePolicy::Replace);
+        let (old, _old_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        assert!(old.handle.stop.is_cancelled());
+        drop(old);
+        let found = hub.session(&id(1), Role::Web).unwrap();
+        assert_eq!(found.id, new.handle.id);
+    }
+}

@@ -1,0 +1,151 @@
+//! The `wspair` command: parses the command line, sets up logging, loads the configuration and
+//! runs a node until SIGINT or SIGTERM. Nothing else lives here.
+//!
+//! Exit codes: 0 after a clean shutdown, 64 for bad usage or configuration (nothing was
+//! bound), 1 for a failure at run time (such as a port already in use).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wspair::config::KEYS;
+use wspair::{Config, Server};
+
+/// Exit code for bad usage or configuration (BSD `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "wspair", version, about = "Relays WebSocket messages between the app and the web of a pair")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run a node. Settings come from defaults, then --config FILE, then WSPAIR_* environment
+    /// variables, then flags; a later source wins.
+    Serve(ServeArgs),
+}
+
+/// `serve`'s flags: `--config` plus one flag per configuration key, generated from `KEYS`.
+#[derive(Debug)]
+struct ServeArgs {
+    config: Option<PathBuf>,
+    /// Key and text of every setting given by flag or environment variable.
+    overrides: Vec<(&'static str, String)>,
+}
+
+impl Args for ServeArgs {
+    fn augment_args(command: Command) -> Command {
+        let command = command.arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML configuration file; see the README for every key"),
+        );
+        KEYS.iter().fold(command, |command, spec| {
+            command.arg(
+                Arg::new(spec.key)
+                    .long(spec.flag())
+                    .env(spec.env_var())
+                    .value_name("VALUE")
+                    .help(format!("{} [default: {}]", spec.help, spec.default)),
+            )
+        })
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let overrides = KEYS
+            .iter()
+            .filter_map(|spec| {
+                let value = matches.get_one::<String>(spec.key)?;
+                Some((spec.key, value.clone()))
+            })
+            .collect();
+        Ok(ServeArgs {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            overrides,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let Commands::Serve(args) = cli.command;
+    let overrides: Vec<(&str, String)> = args.overrides;
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("wspair: configuration error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wspair: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("wspair: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(stop.clone()));
+    let outcome = server.run(stop).await;
+    signals.abort();
+    if outcome.drained {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Cancels `stop` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs once");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+    stop.cancel();
+}

@@ -1,0 +1,55 @@
+//! Every counter wspair keeps, in one place.
+//!
+//! Counters are relaxed atomics: they are read for `/healthz` and logs, never used to make
+//! decisions, so no ordering between them is promised. Names follow `wspair_<thing>_<unit>`
+//! in [`Metrics::snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The node's counters. One instance per server, shared by reference.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Sessions that completed the upgrade.
+    pub sessions_opened: AtomicU64,
+    /// Upgrade requests refused with an HTTP error (400, 404, 409, 426).
+    pub handshakes_refused: AtomicU64,
+    /// Messages handed to the peer's queue.
+    pub messages_relayed: AtomicU64,
+    /// Messages dropped because the peer was not connected when they arrived.
+    pub messages_dropped_no_peer: AtomicU64,
+    /// Messages dropped because the session they were queued for closed before sending them.
+    pub messages_dropped_closed: AtomicU64,
+    /// Sessions closed with 1013 because they accepted nothing for `outer.stall-timeout`.
+    pub sessions_stalled: AtomicU64,
+    /// Sessions closed with 4001 because a newer client of the same role took over.
+    pub sessions_replaced: AtomicU64,
+    /// Sessions closed with 4002 because they were silent for `outer.idle-timeout`.
+    pub sessions_idle: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every counter with its metric name, for `/healthz`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            ("wspair_sessions_opened_total", read(&self.sessions_opened)),
+            ("wspair_handshakes_refused_total", read(&self.handshakes_refused)),
+            ("wspair_messages_relayed_total", read(&self.messages_relayed)),
+            ("wspair_messages_dropped_no_peer_total", read(&self.messages_dropped_no_peer)),
+            ("wspair_messages_dropped_closed_total", read(&self.messages_dropped_closed)),
+            ("wspair_sessions_stalled_total", read(&self.sessions_stalled)),
+            ("wspair_sessions_replaced_total", read(&self.sessions_replaced)),
+            ("wspair_sessions_idle_total", read(&self.sessions_idle)),
+        ]
+    }
+}

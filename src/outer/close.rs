@@ -1,0 +1,109 @@
+//! Why a session ends, and the close code and reason each cause sends: the one table of
+//! close codes, mirrored in the README.
+//!
+//! | code | cause |
+//! |------|-------|
+//! | 1000 | the client closed (the server echoes the client's code) |
+//! | 1001 | the server is shutting down |
+//! | 1002 | the client broke the WebSocket protocol |
+//! | 1007 | a text message was not valid UTF-8 |
+//! | 1009 | a message exceeded `outer.max-frame-size` |
+//! | 1011 | an internal error |
+//! | 1013 | the client accepted nothing for `outer.stall-timeout` while messages waited |
+//! | 4001 | a newer client of the same role and channel id replaced this one |
+//! | 4002 | the client sent nothing, not even a pong, for `outer.idle-timeout` |
+
+use std::fmt;
+
+use yawc::WebSocketError;
+
+/// The cause that ended a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame with this code (none if it sent an empty close frame).
+    ClientClosed(Option<u16>),
+    /// The TCP connection ended or failed without a close frame.
+    ConnectionLost,
+    /// The server is shutting down.
+    Shutdown,
+    /// A newer client of the same role and channel id took over.
+    Replaced,
+    /// Nothing arrived from the client for `outer.idle-timeout`.
+    Idle,
+    /// The client accepted no message for `outer.stall-timeout` while messages waited.
+    Stalled,
+    /// A message exceeded `outer.max-frame-size`.
+    TooBig,
+    /// A text message held invalid UTF-8.
+    InvalidUtf8,
+    /// The client broke the WebSocket protocol.
+    Protocol,
+    /// Something failed inside the server.
+    Internal,
+}
+
+impl CloseReason {
+    /// The close code sent to the client, if the server sends one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            CloseReason::ClientClosed(code) => *code,
+            CloseReason::ConnectionLost => None,
+            CloseReason::Shutdown => Some(1001),
+            CloseReason::Protocol => Some(1002),
+            CloseReason::InvalidUtf8 => Some(1007),
+            CloseReason::TooBig => Some(1009),
+            CloseReason::Internal => Some(1011),
+            CloseReason::Stalled => Some(1013),
+            CloseReason::Replaced => Some(4001),
+            CloseReason::Idle => Some(4002),
+        }
+    }
+
+    /// The reason text sent in the close frame.
+    pub fn text(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed(_) => "client closed",
+            CloseReason::ConnectionLost => "connection lost",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::Idle => "idle timeout",
+            CloseReason::Stalled => "not reading; send queue stalled",
+            CloseReason::TooBig => "message too big",
+            CloseReason::InvalidUtf8 => "invalid utf-8 in text message",
+            CloseReason::Protocol => "protocol error",
+            CloseReason::Internal => "internal error",
+        }
+    }
+
+    /// The reason for a read error. The WebSocket library has already queued a close frame
+    /// with the same code; this names it for logs.
+    pub fn from_read_error(err: &WebSocketError) -> CloseReason {
+        match err {
+            WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => {
+                CloseReason::ConnectionLost
+            }
+            WebSocketError::FrameTooLarge => CloseReason::TooBig,
+            WebSocketError::InvalidUTF8 => CloseReason::InvalidUtf8,
+            WebSocketError::ReservedBitsNotZero
+            | WebSocketError::ControlFrameFragmented
+            | WebSocketError::PingFrameTooLarge
+            | WebSocketError::InvalidFragment
+            | WebSocketError::InvalidCloseFrame
+            | WebSocketError::InvalidCloseCode
+            | WebSocketError::FragmentTimeout
+            | WebSocketError::InvalidContinuationFrame
+            | WebSocketError::CompressionNotSupported
+            | WebSocketError::InvalidOpCode(_) => CloseReason::Protocol,
+            _ => CloseReason::Internal,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code() {
+            Some(code) => write!(f, "{code} {}", self.text()),
+            None => f.write_str(self.text()),
+        }
+    }
+}

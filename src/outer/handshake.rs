@@ -1,0 +1,214 @@
+//! Checks an upgrade request before it is answered: path, query and upgrade headers.
+//!
+//! Every refusal is a [`HandshakeError`] that becomes an HTTP status with a one-line reason in
+//! the body, so a client learns what it got wrong before any WebSocket exists. Query rules:
+//! `type` and `channelId` are required and may appear once each; other parameters are ignored,
+//! so clients may add their own (cache busters, tracing ids) without breaking.
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
+
+use crate::hub::DuplicateError;
+use crate::pair::{ChannelId, ChannelIdError, Role, RoleError};
+
+/// What a valid upgrade request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRequest {
+    /// The `channelId` parameter.
+    pub channel_id: ChannelId,
+    /// The `type` parameter.
+    pub role: Role,
+}
+
+/// Why an upgrade request is refused. Each variant maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The path is not `outer.path` (404).
+    #[error("no such path {path:?}; WebSocket upgrades are served on {expected}")]
+    WrongPath {
+        /// The path the client asked for.
+        path: String,
+        /// `outer.path`.
+        expected: String,
+    },
+    /// A required query parameter is absent (400).
+    #[error("missing query parameter `{0}`")]
+    Missing(&'static str),
+    /// A query parameter appears more than once (400).
+    #[error("query parameter `{0}` is repeated")]
+    Repeated(&'static str),
+    /// `type` is neither `app` nor `web` (400).
+    #[error("query parameter `type` {0}")]
+    BadRole(#[source] RoleError),
+    /// `channelId` is not 32 characters of `[A-Za-z0-9_]` (400).
+    #[error("query parameter `channelId` {0}")]
+    BadChannelId(#[source] ChannelIdError),
+    /// A request other than GET (405).
+    #[error("method {0} not allowed; use GET with a WebSocket upgrade")]
+    Method(Method),
+    /// A plain HTTP request to the upgrade path (426).
+    #[error("this path accepts only WebSocket upgrades")]
+    NotUpgrade,
+    /// The client speaks a WebSocket version other than 13 (426).
+    #[error("unsupported Sec-WebSocket-Version; this server speaks 13")]
+    Version,
+    /// The upgrade headers are malformed, such as a missing Sec-WebSocket-Key (400).
+    #[error("bad WebSocket upgrade request: {0}")]
+    BadUpgrade(String),
+    /// The role is taken and `outer.on-duplicate = "reject"` (409).
+    #[error("{0}")]
+    Duplicate(#[from] DuplicateError),
+}
+
+impl HandshakeError {
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::WrongPath { .. } => StatusCode::NOT_FOUND,
+            HandshakeError::Missing(_)
+            | HandshakeError::Repeated(_)
+            | HandshakeError::BadRole(_)
+            | HandshakeError::BadChannelId(_)
+            | HandshakeError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
+            HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
+        }
+    }
+
+    /// Headers the refusal must carry (RFC 6455 §4.4 and RFC 9110 §15.5.22).
+    pub fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        match self {
+            HandshakeError::NotUpgrade => vec![
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            ],
+            HandshakeError::Version => vec![
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")),
+            ],
+            HandshakeError::Method(_) => vec![(header::ALLOW, HeaderValue::from_static("GET"))],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Checks path, method, query and that the request asks for a WebSocket, in that order.
+pub fn check(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    expected_path: &str,
+) -> Result<PairRequest, HandshakeError> {
+    if path != expected_path {
+        return Err(HandshakeError::WrongPath {
+            path: path.to_owned(),
+            expected: expected_path.to_owned(),
+        });
+    }
+    if method != Method::GET {
+        return Err(HandshakeError::Method(method.clone()));
+    }
+    let request = parse_query(query.unwrap_or(""))?;
+    if !asks_for_websocket(headers) {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    Ok(request)
+}
+
+/// Parses `type=app|web&channelId=ID`, percent-decoding values.
+pub fn parse_query(query: &str) -> Result<PairRequest, HandshakeError> {
+    let mut role = None;
+    let mut channel_id = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let (slot, param) = match name.as_ref() {
+            "type" => (&mut role, "type"),
+            "channelId" => (&mut channel_id, "channelId"),
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(HandshakeError::Repeated(param));
+        }
+    }
+    let role = role.ok_or(HandshakeError::Missing("type"))?;
+    let channel_id = channel_id.ok_or(HandshakeError::Missing("channelId"))?;
+    Ok(PairRequest {
+        role: role.parse().map_err(HandshakeError::BadRole)?,
+        channel_id: channel_id.parse().map_err(HandshakeError::BadChannelId)?,
+    })
+}
+
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',').any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdefghijABCDEFGHIJ_x";
+
+    fn error_text(query: &str) -> String {
+        parse_query(query).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_query_in_any_order() {
+        let request = parse_query(&format!("channelId={ID}&type=web")).unwrap();
+        assert_eq!(request.role, Role::Web);
+        assert_eq!(request.channel_id.as_str(), ID);
+    }
+
+    #[test]
+    fn unknown_parameters_are_ignored() {
+        assert!(parse_query(&format!("type=app&channelId={ID}&t=123")).is_ok());
+    }
+
+    #[test]
+    fn missing_parameters_are_named() {
+        assert_eq!(error_text(&format!("channelId={ID}")), "missing query parameter `type`");
+        assert_eq!(error_text("type=app"), "missing query parameter `channelId`");
+        assert_eq!(error_text(""), "missing query parameter `type`");
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert_eq!(
+            error_text(&format!("type=app&type=web&channelId={ID}")),
+            "query parameter `type` is repeated"
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        assert_eq!(
+            error_text(&format!("type=phone&channelId={ID}")),
+            "query parameter `type` must be `app` or `web`, got \"phone\""
+        );
+        assert_eq!(
+            error_text("type=app&channelId=short"),
+            "query parameter `channelId` must be 32 characters, got 5"
+        );
+    }
+
+    #[test]
+    fn percent_encoded_values_are_decoded_before_checking() {
+        let encoded = ID.replace('_', "%5F");
+        assert!(parse_query(&format!("type=%61pp&channelId={encoded}")).is_ok());
+    }
+
+    #[test]
+    fn plain_get_is_not_an_upgrade() {
+        let err = check(&Method::GET, "/channel", Some(&format!("type=app&channelId={ID}")), &HeaderMap::new(), "/channel")
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
+    }
+}

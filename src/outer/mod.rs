@@ -1,0 +1,280 @@
+//! The WebSocket side: accepts client TCP connections, answers their HTTP request, and turns
+//! each accepted upgrade into a session.
+//!
+//! Every refusal happens here, before the upgrade, as an HTTP status with a reason (see
+//! `handshake`). Limits applied to every connection: `outer.max-connections` (a semaphore; the
+//! accept loop waits for a permit, so excess connections wait in the listen backlog),
+//! `outer.handshake-timeout` (for the request head and for completing the upgrade), and the
+//! WebSocket limits in [`ws_options`]. Besides the upgrade path, `GET /healthz` answers with a
+//! small JSON document.
+
+pub mod close;
+pub mod handshake;
+pub mod session;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use yawc::{CompressionLevel, DeflateOptions, DeflatePool, HttpWebSocket, Options, WebSocket};
+
+use self::handshake::HandshakeError;
+use self::session::SessionContext;
+use crate::config::OuterConfig;
+use crate::metrics::Metrics;
+
+/// Path of the health document.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// Socket buffer capacity of each session, in each direction. Buffers grow for larger
+/// messages and shrink back after them; small ones keep idle sessions cheap.
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
+/// Messages shorter than this are sent uncompressed even when compression is negotiated:
+/// deflate's framing costs more than it saves on them.
+const COMPRESSION_THRESHOLD_BYTES: usize = 128;
+
+/// Idle deflate states kept for reuse by all sessions of the node.
+const DEFLATE_POOL_SIZE: usize = 16;
+
+/// What the accept loop and every connection share.
+#[derive(Debug)]
+pub struct OuterContext {
+    /// Handed to each session.
+    pub session: Arc<SessionContext>,
+    /// Tracks connection and session tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Bounds open client connections (`outer.max-connections`).
+    pub connections: Arc<Semaphore>,
+    ws_options: Options,
+}
+
+impl OuterContext {
+    /// Builds the context from the session context the node created.
+    pub fn new(session: Arc<SessionContext>, tracker: TaskTracker) -> OuterContext {
+        let config = &session.config;
+        OuterContext {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            ws_options: ws_options(config),
+            session,
+            tracker,
+        }
+    }
+
+    fn config(&self) -> &OuterConfig {
+        &self.session.config
+    }
+}
+
+/// The WebSocket library's options for `config`: the message size limit covers whole
+/// messages (reassembled and decompressed), text is checked for UTF-8, and compression (when
+/// on) keeps no context between messages, so an idle session holds no deflate state.
+pub fn ws_options(config: &OuterConfig) -> Options {
+    // The library's limits are exclusive; ours is inclusive.
+    let limit = config.max_frame_size + 1;
+    let options = Options::default()
+        .with_utf8()
+        .with_limits(limit, limit)
+        .with_read_buffer_capacity(SOCKET_BUFFER_BYTES)
+        .with_write_buffer_capacity(SOCKET_BUFFER_BYTES);
+    if !config.compression {
+        return options.without_compression();
+    }
+    let deflate = DeflateOptions {
+        level: CompressionLevel::fast(),
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        compression_threshold: COMPRESSION_THRESHOLD_BYTES,
+        pool: Some(DeflatePool::new(DEFLATE_POOL_SIZE)),
+        ..DeflateOptions::low_latency()
+    };
+    Options {
+        compression: Some(deflate),
+        ..options
+    }
+}
+
+/// Accepts connections until `ctx.session.shutdown` is cancelled.
+pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
+    let shutdown = ctx.session.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&ctx.connections).acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+        };
+        let (stream, remote_addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Running out of file descriptors is the usual cause; pausing lets
+                    // closing sessions free some instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = Arc::clone(&ctx);
+        ctx.tracker
+            .clone()
+            .spawn(serve_connection(stream, remote_addr, ctx, permit));
+    }
+}
+
+/// Serves HTTP on one connection until it upgrades, closes, or the node shuts down.
+async fn serve_connection(
+    stream: TcpStream,
+    remote_addr: SocketAddr,
+    ctx: Arc<OuterContext>,
+    permit: OwnedSemaphorePermit,
+) {
+    // Relayed messages are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let permit = Arc::new(permit);
+    let service = {
+        let ctx = Arc::clone(&ctx);
+        service_fn(move |request| {
+            let response = respond(request, &ctx, remote_addr, &permit);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config().handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let shutdown = ctx.session.shutdown.clone();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(1), connection).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(err) = result {
+        debug!(%remote_addr, error = %err, "http connection ended with an error");
+    }
+}
+
+/// Answers one HTTP request: the health document, an upgrade, or a refusal.
+fn respond(
+    mut request: Request<Incoming>,
+    ctx: &Arc<OuterContext>,
+    remote_addr: SocketAddr,
+    permit: &Arc<OwnedSemaphorePermit>,
+) -> Response<Full<Bytes>> {
+    if request.uri().path() == HEALTHZ_PATH && request.method() == Method::GET {
+        return healthz(&ctx.session);
+    }
+    match upgrade(&mut request, ctx, remote_addr, permit) {
+        Ok(response) => response,
+        Err(err) => {
+            Metrics::incr(&ctx.session.metrics.handshakes_refused);
+            debug!(%remote_addr, uri = %request.uri(), status = err.status().as_u16(),
+                reason = %err, "upgrade refused");
+            refusal(&err)
+        }
+    }
+}
+
+/// Checks the request, claims the role in the hub, and spawns the session that completes
+/// the upgrade.
+fn upgrade(
+    request: &mut Request<Incoming>,
+    ctx: &Arc<OuterContext>,
+    remote_addr: SocketAddr,
+    permit: &Arc<OwnedSemaphorePermit>,
+) -> Result<Response<Full<Bytes>>, HandshakeError> {
+    let pair = handshake::check(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+        request.headers(),
+        &ctx.config().path,
+    )?;
+    let (response, upgrading) =
+        WebSocket::upgrade_with_options(&mut *request, ctx.ws_options.clone()).map_err(
+            |err| match err {
+                yawc::WebSocketError::InvalidSecWebsocketVersion => HandshakeError::Version,
+                other => HandshakeError::BadUpgrade(other.to_string()),
+            },
+        )?;
+    // Claimed only now, so a malformed upgrade never evicts a working session.
+    let (claim, outbound_rx) = ctx.session.hub.claim(pair.channel_id, pair.role)?;
+    let session_ctx = Arc::clone(&ctx.session);
+    let permit = Arc::clone(permit);
+    let handshake_timeout = ctx.config().handshake_timeout;
+    ctx.tracker.spawn(async move {
+        let ws: HttpWebSocket = match tokio::time::timeout(handshake_timeout, upgrading).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(err)) => {
+                debug!(%remote_addr, error = %err, "upgrade failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%remote_addr, "upgrade did not complete within outer.handshake-timeout");
+                return;
+            }
+        };
+        session::run(ws, claim, outbound_rx, session_ctx, remote_addr).await;
+        drop(permit);
+    });
+    Ok(response.map(|_| Full::new(Bytes::new())))
+}
+
+fn refusal(err: &HandshakeError) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{err}\n"))));
+    *response.status_mut() = err.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (name, value) in err.headers() {
+        headers.insert(name, value);
+    }
+    response
+}
+
+fn healthz(ctx: &SessionContext) -> Response<Full<Bytes>> {
+    let (connections, pairs) = ctx.hub.counts();
+    let counters: serde_json::Map<String, serde_json::Value> = ctx
+        .metrics
+        .snapshot()
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.into()))
+        .collect();
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "connections": connections,
+        "pairs": pairs,
+        "counters": counters,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,401 @@
+//! One client connection: reads messages from the client and relays them to its peer, and
+//! writes the messages its peer sent, in one task that owns the WebSocket.
+//!
+//! One task per session, not a reader and a writer: the task polls the socket, its outbound
+//! queue, the peer's queue and a ticker in one `poll_fn` ([`Session::poll_event`]), so no lock
+//! guards the socket and an idle session costs one task.
+//!
+//! Backpressure: a message read from the client goes into the peer's bounded queue
+//! (`outer.send-queue`). When that queue is full the session holds the message and stops
+//! reading from its client, so TCP pushes back on the sender; it keeps writing its own outbound
+//! queue meanwhile, so two sessions that both wait on each other still drain. A peer that takes
+//! nothing for `outer.stall-timeout` is closed with 1013, its queue is dropped (and counted),
+//! and the sender flows again.
+//!
+//! The peer's handle is cached: relaying a message touches the hub's lock only when the cached
+//! peer is gone (closed or replaced), never in steady state.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Sink, SinkExt};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::{PollSender, WaitForCancellationFutureOwned};
+use tracing::{debug, info};
+use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
+
+use super::close::CloseReason;
+use crate::config::OuterConfig;
+use crate::hub::{Claim, Hub, SessionHandle};
+use crate::metrics::Metrics;
+use crate::pair::{Message, MessageKind};
+
+/// How long a closing session waits to send its close frame before dropping the connection.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every session of a node shares.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// Timeouts and limits.
+    pub config: OuterConfig,
+    /// Where peers are found.
+    pub hub: Arc<Hub>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the node shuts down; tells a stop by shutdown from one by replacement.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl SessionContext {
+    /// How often a session checks its timeouts and pings: fine enough that idle and stall
+    /// timeouts fire within a quarter of their length.
+    fn tick_period(&self) -> Duration {
+        let config = &self.config;
+        config
+            .ping_interval
+            .min(config.idle_timeout / 4)
+            .min(config.stall_timeout / 4)
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// Something that needs the session's attention.
+enum Event {
+    /// A frame, or a read error, from the client.
+    Read(Result<Frame, WebSocketError>),
+    /// Writing to the client failed.
+    WriteFailed(WebSocketError),
+    /// The peer whose full queue held our message is gone.
+    PeerGone(Message),
+    /// The session must stop: replaced, or the node shuts down.
+    Stop,
+    /// Time to check timeouts and maybe ping.
+    Tick,
+}
+
+/// A message read from the client that waits for room in the peer's queue.
+struct Blocked {
+    message: Message,
+    sender: PollSender<Message>,
+}
+
+/// The state of one session; [`run`] drives it.
+struct Session {
+    ws: HttpWebSocket,
+    outbound_rx: mpsc::Receiver<Message>,
+    claim: Claim,
+    ctx: Arc<SessionContext>,
+    /// The cached handle of the peer session; refreshed from the hub only when gone.
+    peer: Option<SessionHandle>,
+    blocked: Option<Blocked>,
+    /// Fires when the session must stop (its `stop` token, a child of the shutdown token).
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    ticker: Interval,
+    /// Frames written to the client's buffer and not yet flushed.
+    unflushed: bool,
+    ping_due: bool,
+    /// Counts frames read; compared at each tick to detect an idle client.
+    frames_read: u64,
+    /// Counts messages dequeued and flushes done; compared at each tick to detect a stall.
+    write_progress: u64,
+    seen: TickMarks,
+    client_close_code: Option<u16>,
+}
+
+/// What the last ticks saw, to measure idle and stall time without reading the clock per message.
+struct TickMarks {
+    frames_read: u64,
+    read_at: Instant,
+    write_progress: u64,
+    wrote_at: Instant,
+    pinged_at: Instant,
+}
+
+/// Runs a session until it ends, then closes the connection with the reason's code.
+pub async fn run(
+    ws: HttpWebSocket,
+    claim: Claim,
+    outbound_rx: mpsc::Receiver<Message>,
+    ctx: Arc<SessionContext>,
+    remote_addr: SocketAddr,
+) {
+    let channel_id = claim.channel_id;
+    let role = claim.role;
+    Metrics::incr(&ctx.metrics.sessions_opened);
+    info!(%channel_id, %role, %remote_addr, "session opened");
+    let now = Instant::now();
+    let mut ticker = tokio::time::interval_at(now + ctx.tick_period(), ctx.tick_period());
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut session = Session {
+        ws,
+        outbound_rx,
+        stop: Box::pin(claim.handle.stop.clone().cancelled_owned()),
+        claim,
+        ctx,
+        peer: None,
+        blocked: None,
+        ticker,
+        unflushed: false,
+        ping_due: false,
+        frames_read: 0,
+        write_progress: 0,
+        seen: TickMarks {
+            frames_read: 0,
+            read_at: now,
+            write_progress: 0,
+            wrote_at: now,
+            pinged_at: now,
+        },
+        client_close_code: None,
+    };
+    let reason = session.relay().await;
+    session.finish(&reason).await;
+    info!(%channel_id, %role, %remote_addr, close = %reason, "session closed");
+}
+
+impl Session {
+    /// Relays until something ends the session, and says what.
+    async fn relay(&mut self) -> CloseReason {
+        loop {
+            match poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Read(Ok(frame)) => self.on_frame(frame),
+                Event::Read(Err(WebSocketError::ConnectionClosed)) => {
+                    return match self.client_close_code {
+                        Some(code) => CloseReason::ClientClosed(Some(code)),
+                        None => CloseReason::ConnectionLost,
+                    };
+                }
+                Event::Read(Err(err)) => return CloseReason::from_read_error(&err),
+                Event::WriteFailed(err) => {
+                    debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+                        error = %err, "write to client failed");
+                    return CloseReason::ConnectionLost;
+                }
+                Event::PeerGone(message) => {
+                    self.peer = None;
+                    self.deliver(message);
+                }
+                Event::Stop if self.ctx.shutdown.is_cancelled() => return CloseReason::Shutdown,
+                Event::Stop => return CloseReason::Replaced,
+                Event::Tick => {
+                    if let Some(reason) = self.on_tick() {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls every source in a fixed order: stop, writes, reads, ticker.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Stop);
+        }
+        if let Err(err) = self.poll_write(cx) {
+            return Poll::Ready(Event::WriteFailed(err));
+        }
+        if let Some(blocked) = &mut self.blocked {
+            match blocked.sender.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {
+                    let Blocked { message, mut sender } =
+                        self.blocked.take().expect("blocked is Some in this branch");
+                    if let Err(err) = sender.send_item(message) {
+                        let message = err.into_inner().expect("a reserved send returns its item");
+                        return Poll::Ready(Event::PeerGone(message));
+                    }
+                    Metrics::incr(&self.ctx.metrics.messages_relayed);
+                }
+                Poll::Ready(Err(_closed)) => {
+                    let Blocked { message, .. } =
+                        self.blocked.take().expect("blocked is Some in this branch");
+                    return Poll::Ready(Event::PeerGone(message));
+                }
+                Poll::Pending => {}
+            }
+        }
+        // Reading waits while a message is blocked: that is what pushes back on the client.
+        if self.blocked.is_none()
+            && let Poll::Ready(result) = self.ws.poll_next_frame(cx)
+        {
+            return Poll::Ready(Event::Read(result));
+        }
+        if self.ticker.poll_tick(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        Poll::Pending
+    }
+
+    /// Moves queued messages into the socket's buffer while it has room, then flushes.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WebSocketError> {
+        let mut ws = Pin::new(&mut self.ws);
+        loop {
+            match ws.as_mut().poll_ready(cx) {
+                Poll::Ready(result) => result?,
+                Poll::Pending => break,
+            }
+            if self.ping_due {
+                self.ping_due = false;
+                ws.as_mut().start_send(Frame::ping(bytes::Bytes::new()))?;
+                self.unflushed = true;
+                continue;
+            }
+            match self.outbound_rx.poll_recv(cx) {
+                Poll::Ready(Some(message)) => {
+                    let frame = match message.kind {
+                        MessageKind::Text => Frame::text(message.payload),
+                        MessageKind::Binary => Frame::binary(message.payload),
+                    };
+                    ws.as_mut().start_send(frame)?;
+                    self.unflushed = true;
+                    self.write_progress += 1;
+                }
+                // The hub and this session's claim hold senders, so the queue never closes here.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if self.unflushed {
+            match ws.as_mut().poll_flush(cx) {
+                Poll::Ready(result) => {
+                    result?;
+                    self.unflushed = false;
+                    self.write_progress += 1;
+                }
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        self.frames_read += 1;
+        let kind = match frame.opcode() {
+            OpCode::Text => MessageKind::Text,
+            OpCode::Binary => MessageKind::Binary,
+            OpCode::Close => {
+                // The library queues the echo of this close; the next read returns
+                // `ConnectionClosed` once it is written.
+                self.client_close_code = Some(frame.close_code().map_or(1005, u16::from));
+                return;
+            }
+            // Pings are answered by the library; pongs only prove the client is alive.
+            _ => return,
+        };
+        let (_, _, payload) = frame.into_parts();
+        self.deliver(Message { kind, payload });
+    }
+
+    /// Hands a message to the peer's queue, or holds it if the queue is full. If the cached
+    /// peer ended in the meantime, looks once more for a newer one before dropping.
+    fn deliver(&mut self, mut message: Message) {
+        for _ in 0..2 {
+            let Some(peer) = self.current_peer() else {
+                break;
+            };
+            match peer.outbound_tx.try_send(message) {
+                Ok(()) => {
+                    Metrics::incr(&self.ctx.metrics.messages_relayed);
+                    return;
+                }
+                Err(TrySendError::Full(returned)) => {
+                    let sender = PollSender::new(peer.outbound_tx.clone());
+                    self.blocked = Some(Blocked {
+                        message: returned,
+                        sender,
+                    });
+                    return;
+                }
+                Err(TrySendError::Closed(returned)) => {
+                    self.peer = None;
+                    message = returned;
+                }
+            }
+        }
+        Metrics::incr(&self.ctx.metrics.messages_dropped_no_peer);
+        debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+            bytes = message.payload.len(), "message dropped: peer not connected");
+    }
+
+    /// The peer's handle, refreshed from the hub when the cached one is gone.
+    fn current_peer(&mut self) -> Option<&SessionHandle> {
+        if self.peer.as_ref().is_none_or(SessionHandle::is_gone) {
+            self.peer = self
+                .ctx
+                .hub
+                .session(&self.claim.channel_id, self.claim.role.peer());
+        }
+        self.peer.as_ref()
+    }
+
+    /// Checks the idle and stall timeouts and schedules a ping.
+    fn on_tick(&mut self) -> Option<CloseReason> {
+        let now = Instant::now();
+        let config = &self.ctx.config;
+        let seen = &mut self.seen;
+        if self.frames_read != seen.frames_read {
+            seen.frames_read = self.frames_read;
+            seen.read_at = now;
+        }
+        let has_output = self.unflushed || !self.outbound_rx.is_empty();
+        if self.write_progress != seen.write_progress || !has_output {
+            seen.write_progress = self.write_progress;
+            seen.wrote_at = now;
+        }
+        if now.duration_since(seen.read_at) >= config.idle_timeout {
+            Metrics::incr(&self.ctx.metrics.sessions_idle);
+            return Some(CloseReason::Idle);
+        }
+        if now.duration_since(seen.wrote_at) >= config.stall_timeout {
+            Metrics::incr(&self.ctx.metrics.sessions_stalled);
+            return Some(CloseReason::Stalled);
+        }
+        if now.duration_since(seen.pinged_at) >= config.ping_interval {
+            seen.pinged_at = now;
+            self.ping_due = true;
+        }
+        None
+    }
+
+    /// Sends the close frame for `reason` (if the server sends one), counts what the session
+    /// could not deliver, and shuts the connection down, within [`CLOSE_WRITE_TIMEOUT`].
+    async fn finish(&mut self, reason: &CloseReason) {
+        self.outbound_rx.close();
+        let mut undelivered = 0;
+        while self.outbound_rx.try_recv().is_ok() {
+            undelivered += 1;
+        }
+        if let Some(blocked) = self.blocked.take() {
+            drop(blocked);
+            undelivered += 1;
+        }
+        if undelivered > 0 {
+            Metrics::add(&self.ctx.metrics.messages_dropped_closed, undelivered);
+            debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+                undelivered, "queued messages dropped with their session");
+        }
+        let ws = &mut self.ws;
+        let closing = async {
+            match reason {
+                // The library already queued the echo or the error's close frame;
+                // one more read writes it out.
+                CloseReason::ClientClosed(_)
+                | CloseReason::TooBig
+                | CloseReason::InvalidUtf8
+                | CloseReason::Protocol => {
+                    let _ = ws.next_frame().await;
+                }
+                CloseReason::ConnectionLost => {}
+                _ => {
+                    let code = reason.code().expect("server-initiated reasons have a code");
+                    let _ = ws.send(Frame::close(code.into(), reason.text())).await;
+                }
+            }
+            let _ = ws.close().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, closing).await;
+    }
+}
