@@ -91,7 +91,10 @@ impl KeySpec {
 
     /// The environment variable: `outer.max-frame-size` becomes `WSPAIR_OUTER_MAX_FRAME_SIZE`.
     pub fn env_var(&self) -> String {
-        format!("WSPAIR_{}", self.key.replace(['.', '-'], "_").to_uppercase())
+        format!(
+            "WSPAIR_{}",
+            self.key.replace(['.', '-'], "_").to_uppercase()
+        )
     }
 }
 
@@ -119,7 +122,10 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         key: "outer.max-frame-size",
-        kind: Kind::Integer { min: 1, max: 64 * 1024 * 1024 },
+        kind: Kind::Integer {
+            min: 1,
+            max: 64 * 1024 * 1024,
+        },
         default: "10240",
         help: "largest message accepted, in bytes, after reassembling fragments and decompressing; larger ones close the session with 1009",
     },
@@ -149,7 +155,10 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         key: "outer.send-queue",
-        kind: Kind::Integer { min: 1, max: MAX_U32 },
+        kind: Kind::Integer {
+            min: 1,
+            max: MAX_U32,
+        },
         default: "1024",
         help: "messages waiting for one client; when full, the relay stops reading from its peer",
     },
@@ -167,7 +176,10 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         key: "outer.max-connections",
-        kind: Kind::Integer { min: 1, max: MAX_U32 },
+        kind: Kind::Integer {
+            min: 1,
+            max: MAX_U32,
+        },
         default: "100000",
         help: "open client connections at most; further connections wait in the listen backlog",
     },
@@ -294,7 +306,10 @@ impl Config {
 
         let path = checked_text(get("outer.path"))?;
         if !path.starts_with('/') {
-            return Err(invalid("outer.path", format!("must start with `/`, got {path:?}")));
+            return Err(invalid(
+                "outer.path",
+                format!("must start with `/`, got {path:?}"),
+            ));
         }
         let on_duplicate = match checked_choice(get("outer.on-duplicate"))?.as_str() {
             "reject" => DuplicatePolicy::Reject,
@@ -348,10 +363,12 @@ fn invalid(key: &str, problem: String) -> ConfigError {
 
 /// Reads a TOML document into dotted keys, refusing keys that are not in [`KEYS`].
 fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
-    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: err.to_string().trim_end().to_owned(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
     let mut layer = Layer::new();
     flatten("", &table, &mut layer)?;
     Ok(layer)
@@ -378,13 +395,18 @@ fn flatten(prefix: &str, table: &toml::Table, layer: &mut Layer) -> Result<(), C
 /// Turns text from the environment, a flag or a default into a value of the key's kind.
 fn parse_text(spec: &KeySpec, text: &str) -> Result<toml::Value, ConfigError> {
     match spec.kind {
-        Kind::Integer { .. } => text.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| {
-            invalid(spec.key, format!("expected an integer, got {text:?}"))
-        }),
+        Kind::Integer { .. } => text
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| invalid(spec.key, format!("expected an integer, got {text:?}"))),
         Kind::Bool => match text.trim() {
             "true" => Ok(toml::Value::Boolean(true)),
             "false" => Ok(toml::Value::Boolean(false)),
-            _ => Err(invalid(spec.key, format!("expected true or false, got {text:?}"))),
+            _ => Err(invalid(
+                spec.key,
+                format!("expected true or false, got {text:?}"),
+            )),
         },
         Kind::Text | Kind::Ip | Kind::Duration | Kind::Choice(_) => {
             Ok(toml::Value::String(text.to_owned()))
@@ -393,7 +415,10 @@ fn parse_text(spec: &KeySpec, text: &str) -> Result<toml::Value, ConfigError> {
 }
 
 fn type_error(spec: &KeySpec, expected: &str, value: &toml::Value) -> ConfigError {
-    invalid(spec.key, format!("expected {expected}, got {} {value}", value.type_str()))
+    invalid(
+        spec.key,
+        format!("expected {expected}, got {} {value}", value.type_str()),
+    )
 }
 
 fn checked_text((spec, value): (&KeySpec, &toml::Value)) -> Result<String, ConfigError> {
@@ -493,8 +518,9 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults() {
-        let config = from_file("[outer]\nport = 2000\nmax-frame-size = 65536\non-duplicate = \"reject\"\n")
-            .unwrap();
+        let config =
+            from_file("[outer]\nport = 2000\nmax-frame-size = 65536\non-duplicate = \"reject\"\n")
+                .unwrap();
         assert_eq!(config.outer.port, 2000);
         assert_eq!(config.outer.max_frame_size, 65536);
         assert_eq!(config.outer.on_duplicate, DuplicatePolicy::Reject);
@@ -520,7 +546,10 @@ mod tests {
     #[test]
     fn out_of_range_names_key_and_limit() {
         let err = from_file("[outer]\nport = 70000\n").unwrap_err();
-        assert_eq!(err.to_string(), "outer.port: 70000 is out of range 0..=65535");
+        assert_eq!(
+            err.to_string(),
+            "outer.port: 70000 is out of range 0..=65535"
+        );
     }
 
     #[test]
@@ -528,7 +557,10 @@ mod tests {
         let config = Config::load(None, &[("outer.compression", "true".into())]).unwrap();
         assert!(config.outer.compression);
         let err = Config::load(None, &[("outer.send-queue", "many".into())]).unwrap_err();
-        assert_eq!(err.to_string(), "outer.send-queue: expected an integer, got \"many\"");
+        assert_eq!(
+            err.to_string(),
+            "outer.send-queue: expected an integer, got \"many\""
+        );
     }
 
     #[test]
@@ -537,7 +569,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("10"), None);
         let err = from_file("shutdown-timeout = \"10\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("shutdown-timeout: expected a duration"));
+        assert!(
+            err.to_string()
+                .starts_with("shutdown-timeout: expected a duration")
+        );
     }
 
     #[test]

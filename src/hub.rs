@@ -155,10 +155,12 @@ impl Hub {
     /// Sessions held, and channel ids with both roles connected.
     pub fn counts(&self) -> (usize, usize) {
         let sessions = self.lock();
-        sessions.values().fold((0, 0), |(n_sessions, n_pairs), slots| {
-            let n = usize::from(slots.app.is_some()) + usize::from(slots.web.is_some());
-            (n_sessions + n, n_pairs + usize::from(n == 2))
-        })
+        sessions
+            .values()
+            .fold((0, 0), |(n_sessions, n_pairs), slots| {
+                let n = usize::from(slots.app.is_some()) + usize::from(slots.web.is_some());
+                (n_sessions + n, n_pairs + usize::from(n == 2))
+            })
     }
 
     fn release(&self, channel_id: &ChannelId, role: Role, session_id: u64) {
@@ -178,13 +180,16 @@ impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Slots>> {
         // A panic while holding this lock would be a bug in a map operation; the map itself
         // stays consistent, so carrying on with it is sound.
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.hub.release(&self.channel_id, self.role, self.handle.id);
+        self.hub
+            .release(&self.channel_id, self.role, self.handle.id);
     }
 }
 
@@ -193,7 +198,12 @@ mod tests {
     use super::*;
 
     fn hub(policy: DuplicatePolicy) -> Arc<Hub> {
-        Arc::new(Hub::new(4, policy, Arc::default(), CancellationToken::new()))
+        Arc::new(Hub::new(
+            4,
+            policy,
+            Arc::default(),
+            CancellationToken::new(),
+        ))
     }
 
     fn id(n: u8) -> ChannelId {

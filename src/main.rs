@@ -17,7 +17,11 @@ use wspair::{Config, Server};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "wspair", version, about = "Relays WebSocket messages between the app and the web of a pair")]
+#[command(
+    name = "wspair",
+    version,
+    about = "Relays WebSocket messages between the app and the web of a pair"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,

@@ -43,12 +43,30 @@ impl Metrics {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         vec![
             ("wspair_sessions_opened_total", read(&self.sessions_opened)),
-            ("wspair_handshakes_refused_total", read(&self.handshakes_refused)),
-            ("wspair_messages_relayed_total", read(&self.messages_relayed)),
-            ("wspair_messages_dropped_no_peer_total", read(&self.messages_dropped_no_peer)),
-            ("wspair_messages_dropped_closed_total", read(&self.messages_dropped_closed)),
-            ("wspair_sessions_stalled_total", read(&self.sessions_stalled)),
-            ("wspair_sessions_replaced_total", read(&self.sessions_replaced)),
+            (
+                "wspair_handshakes_refused_total",
+                read(&self.handshakes_refused),
+            ),
+            (
+                "wspair_messages_relayed_total",
+                read(&self.messages_relayed),
+            ),
+            (
+                "wspair_messages_dropped_no_peer_total",
+                read(&self.messages_dropped_no_peer),
+            ),
+            (
+                "wspair_messages_dropped_closed_total",
+                read(&self.messages_dropped_closed),
+            ),
+            (
+                "wspair_sessions_stalled_total",
+                read(&self.sessions_stalled),
+            ),
+            (
+                "wspair_sessions_replaced_total",
+                read(&self.sessions_replaced),
+            ),
             ("wspair_sessions_idle_total", read(&self.sessions_idle)),
         ]
     }

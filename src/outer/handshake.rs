@@ -85,7 +85,10 @@ impl HandshakeError {
             ],
             HandshakeError::Version => vec![
                 (header::UPGRADE, HeaderValue::from_static("websocket")),
-                (header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")),
+                (
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                ),
             ],
             HandshakeError::Method(_) => vec![(header::ALLOW, HeaderValue::from_static("GET"))],
             _ => Vec::new(),
@@ -143,7 +146,8 @@ fn asks_for_websocket(headers: &HeaderMap) -> bool {
     let has_token = |name, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value.to_str().is_ok_and(|text| {
-                text.split(',').any(|part| part.trim().eq_ignore_ascii_case(token))
+                text.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
             })
         })
     };
@@ -174,8 +178,14 @@ mod tests {
 
     #[test]
     fn missing_parameters_are_named() {
-        assert_eq!(error_text(&format!("channelId={ID}")), "missing query parameter `type`");
-        assert_eq!(error_text("type=app"), "missing query parameter `channelId`");
+        assert_eq!(
+            error_text(&format!("channelId={ID}")),
+            "missing query parameter `type`"
+        );
+        assert_eq!(
+            error_text("type=app"),
+            "missing query parameter `channelId`"
+        );
         assert_eq!(error_text(""), "missing query parameter `type`");
     }
 
@@ -207,8 +217,14 @@ mod tests {
 
     #[test]
     fn plain_get_is_not_an_upgrade() {
-        let err = check(&Method::GET, "/channel", Some(&format!("type=app&channelId={ID}")), &HeaderMap::new(), "/channel")
-            .unwrap_err();
+        let err = check(
+            &Method::GET,
+            "/channel",
+            Some(&format!("type=app&channelId={ID}")),
+            &HeaderMap::new(),
+            "/channel",
+        )
+        .unwrap_err();
         assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
     }
 }

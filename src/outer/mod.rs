@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
-use yawc::{CompressionLevel, DeflateOptions, DeflatePool, HttpWebSocket, Options, WebSocket};
+use yawc::{DeflatePool, HttpWebSocket, Options, WebSocket};
 
 use self::handshake::HandshakeError;
 use self::session::SessionContext;
@@ -79,31 +79,25 @@ impl OuterContext {
 }
 
 /// The WebSocket library's options for `config`: the message size limit covers whole
-/// messages (reassembled and decompressed), text is checked for UTF-8, and compression (when
+/// messages (reassembled and decompressed), and compression (when
 /// on) keeps no context between messages, so an idle session holds no deflate state.
 pub fn ws_options(config: &OuterConfig) -> Options {
     // The library's limits are exclusive; ours is inclusive.
     let limit = config.max_frame_size + 1;
+    // UTF-8 is checked by the session, which then sends close 1007 itself.
     let options = Options::default()
-        .with_utf8()
         .with_limits(limit, limit)
         .with_read_buffer_capacity(SOCKET_BUFFER_BYTES)
         .with_write_buffer_capacity(SOCKET_BUFFER_BYTES);
     if !config.compression {
         return options.without_compression();
     }
-    let deflate = DeflateOptions {
-        level: CompressionLevel::fast(),
-        server_no_context_takeover: true,
-        client_no_context_takeover: true,
-        compression_threshold: COMPRESSION_THRESHOLD_BYTES,
-        pool: Some(DeflatePool::new(DEFLATE_POOL_SIZE)),
-        ..DeflateOptions::low_latency()
-    };
-    Options {
-        compression: Some(deflate),
-        ..options
-    }
+    options
+        .with_low_latency_compression()
+        .server_no_context_takeover()
+        .client_no_context_takeover()
+        .with_compression_threshold(COMPRESSION_THRESHOLD_BYTES)
+        .with_deflate_pool(DeflatePool::new(DEFLATE_POOL_SIZE))
 }
 
 /// Accepts connections until `ctx.session.shutdown` is cancelled.
@@ -212,12 +206,12 @@ fn upgrade(
         &ctx.config().path,
     )?;
     let (response, upgrading) =
-        WebSocket::upgrade_with_options(&mut *request, ctx.ws_options.clone()).map_err(
-            |err| match err {
+        WebSocket::upgrade_with_options(&mut *request, ctx.ws_options.clone()).map_err(|err| {
+            match err {
                 yawc::WebSocketError::InvalidSecWebsocketVersion => HandshakeError::Version,
                 other => HandshakeError::BadUpgrade(other.to_string()),
-            },
-        )?;
+            }
+        })?;
     // Claimed only now, so a malformed upgrade never evicts a working session.
     let (claim, outbound_rx) = ctx.session.hub.claim(pair.channel_id, pair.role)?;
     let session_ctx = Arc::clone(&ctx.session);

@@ -35,8 +35,9 @@ use crate::hub::{Claim, Hub, SessionHandle};
 use crate::metrics::Metrics;
 use crate::pair::{Message, MessageKind};
 
-/// How long a closing session waits to send its close frame before dropping the connection.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a closing session may take to send its close frame and see the client's reply
+/// before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every session of a node shares.
 #[derive(Debug)]
@@ -105,6 +106,9 @@ struct Session {
     write_progress: u64,
     seen: TickMarks,
     client_close_code: Option<u16>,
+    /// True when the library has already queued the close frame (an echo or a protocol
+    /// error's), so the server must not send a second one.
+    library_closed: bool,
 }
 
 /// What the last ticks saw, to measure idle and stall time without reading the clock per message.
@@ -152,6 +156,7 @@ pub async fn run(
             pinged_at: now,
         },
         client_close_code: None,
+        library_closed: false,
     };
     let reason = session.relay().await;
     session.finish(&reason).await;
@@ -163,14 +168,24 @@ impl Session {
     async fn relay(&mut self) -> CloseReason {
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Read(Ok(frame)) => self.on_frame(frame),
+                Event::Read(Ok(frame)) => {
+                    if let Some(reason) = self.on_frame(frame) {
+                        return reason;
+                    }
+                }
                 Event::Read(Err(WebSocketError::ConnectionClosed)) => {
                     return match self.client_close_code {
                         Some(code) => CloseReason::ClientClosed(Some(code)),
                         None => CloseReason::ConnectionLost,
                     };
                 }
-                Event::Read(Err(err)) => return CloseReason::from_read_error(&err),
+                Event::Read(Err(err)) => {
+                    self.library_closed = !matches!(
+                        err,
+                        WebSocketError::InvalidFragment | WebSocketError::FragmentTimeout
+                    );
+                    return CloseReason::from_read_error(&err);
+                }
                 Event::WriteFailed(err) => {
                     debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
                         error = %err, "write to client failed");
@@ -202,8 +217,10 @@ impl Session {
         if let Some(blocked) = &mut self.blocked {
             match blocked.sender.poll_reserve(cx) {
                 Poll::Ready(Ok(())) => {
-                    let Blocked { message, mut sender } =
-                        self.blocked.take().expect("blocked is Some in this branch");
+                    let Blocked {
+                        message,
+                        mut sender,
+                    } = self.blocked.take().expect("blocked is Some in this branch");
                     if let Err(err) = sender.send_item(message) {
                         let message = err.into_inner().expect("a reserved send returns its item");
                         return Poll::Ready(Event::PeerGone(message));
@@ -271,7 +288,8 @@ impl Session {
         Ok(())
     }
 
-    fn on_frame(&mut self, frame: Frame) {
+    /// Relays a data frame; returns a reason if the frame ends the session.
+    fn on_frame(&mut self, frame: Frame) -> Option<CloseReason> {
         self.frames_read += 1;
         let kind = match frame.opcode() {
             OpCode::Text => MessageKind::Text,
@@ -280,13 +298,18 @@ impl Session {
                 // The library queues the echo of this close; the next read returns
                 // `ConnectionClosed` once it is written.
                 self.client_close_code = Some(frame.close_code().map_or(1005, u16::from));
-                return;
+                return None;
             }
             // Pings are answered by the library; pongs only prove the client is alive.
-            _ => return,
+            _ => return None,
         };
         let (_, _, payload) = frame.into_parts();
+        // Checked here rather than in the library, which would close without a close frame.
+        if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
+            return Some(CloseReason::InvalidUtf8);
+        }
         self.deliver(Message { kind, payload });
+        None
     }
 
     /// Hands a message to the peer's queue, or holds it if the queue is full. If the cached
@@ -360,8 +383,9 @@ impl Session {
         None
     }
 
-    /// Sends the close frame for `reason` (if the server sends one), counts what the session
-    /// could not deliver, and shuts the connection down, within [`CLOSE_WRITE_TIMEOUT`].
+    /// Counts what the session could not deliver, sends the close frame for `reason` (or lets
+    /// the library send the one it queued), and shuts the connection down, within
+    /// [`CLOSE_TIMEOUT`].
     async fn finish(&mut self, reason: &CloseReason) {
         self.outbound_rx.close();
         let mut undelivered = 0;
@@ -378,24 +402,20 @@ impl Session {
                 undelivered, "queued messages dropped with their session");
         }
         let ws = &mut self.ws;
+        let library_closed = self.library_closed || matches!(reason, CloseReason::ClientClosed(_));
         let closing = async {
-            match reason {
-                // The library already queued the echo or the error's close frame;
-                // one more read writes it out.
-                CloseReason::ClientClosed(_)
-                | CloseReason::TooBig
-                | CloseReason::InvalidUtf8
-                | CloseReason::Protocol => {
-                    let _ = ws.next_frame().await;
-                }
-                CloseReason::ConnectionLost => {}
-                _ => {
-                    let code = reason.code().expect("server-initiated reasons have a code");
-                    let _ = ws.send(Frame::close(code.into(), reason.text())).await;
-                }
+            if library_closed {
+                // One more read writes out the close frame the library queued.
+                let _ = ws.next_frame().await;
+                let _ = ws.close().await;
+            } else if let Some(code) = reason.code() {
+                let _ = ws.send(Frame::close(code.into(), reason.text())).await;
+                let _ = ws.close().await;
+                // Wait for the client's close (RFC 6455 section 7.1.1), so the connection is
+                // not torn down under a client still reading our close frame.
+                while ws.next_frame().await.is_ok() {}
             }
-            let _ = ws.close().await;
         };
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, closing).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs wspair's whole test suite, installing first what the tests need.
+# Usage: bash scripts/test.sh   (root on Debian installs missing packages with apt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "scripts/test.sh: cargo not found; install a Rust toolchain (1.85 or newer) first" >&2
+    exit 1
+fi
+
+# Debian packages the tests use: redis-server (cluster tests) and the C toolchain some
+# crates build with.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v cc >/dev/null || missing+=(gcc)
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "scripts/test.sh: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+cargo test --locked

@@ -1,0 +1,246 @@
+//! Limits and protections: message size, UTF-8, idle clients, slow readers, compression.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use wspair::Role;
+
+use crate::harness::client::Ending;
+use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id, read, wait_until};
+
+#[tokio::test]
+async fn message_of_exactly_max_frame_size_is_relayed() {
+    let node = TestNode::start(|c| c.outer.max_frame_size = 1000).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    app.send_binary(&[7u8; 1000]).await;
+    assert_eq!(web.recv_binary().await, vec![7u8; 1000]);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let node = TestNode::start(|c| c.outer.max_frame_size = 1000).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    app.send_binary(&[7u8; 1001]).await;
+    assert_eq!(app.close_code().await, 1009);
+    // The peer is untouched and pairs with the next app.
+    let mut app = node.connect(Role::App, &id).await;
+    app.send_text("fine").await;
+    assert_eq!(web.recv_text().await, "fine");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_fragmented_message_closes_with_1009() {
+    let node = TestNode::start(|c| c.outer.max_frame_size = 1000).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    // Three fragments of 400 bytes: each fits, the message does not.
+    let first = Frame::message(
+        Bytes::from(vec![1u8; 400]),
+        OpCode::Data(Data::Binary),
+        false,
+    );
+    let middle = Frame::message(
+        Bytes::from(vec![1u8; 400]),
+        OpCode::Data(Data::Continue),
+        false,
+    );
+    let last = Frame::message(
+        Bytes::from(vec![1u8; 400]),
+        OpCode::Data(Data::Continue),
+        true,
+    );
+    for frame in [first, middle, last] {
+        app.ws.send(Message::Frame(frame)).await.unwrap();
+    }
+    assert_eq!(app.close_code().await, 1009);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_message_closes_with_1007() {
+    let node = TestNode::start(|_| {}).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let frame = Frame::message(
+        Bytes::from_static(&[0xff, 0xfe, 0x41]),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    app.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(app.close_code().await, 1007);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_after_idle_timeout() {
+    let node = TestNode::start(|c| {
+        c.outer.ping_interval = Duration::from_millis(100);
+        c.outer.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let id = random_channel_id();
+    let mut silent = node.connect(Role::App, &id).await;
+    // The live client reads all along, which answers the server's pings.
+    let mut live = node.connect(Role::Web, &id).await;
+    let reader = tokio::spawn(async move {
+        let message = live.recv().await;
+        (live, message)
+    });
+    // The silent client does not read, so it answers no ping; wait for the server to give up.
+    let metrics = node.metrics.clone();
+    wait_until("the idle session to be closed", || {
+        read(&metrics.sessions_idle) >= 1
+    })
+    .await;
+    assert_eq!(
+        silent.ending().await,
+        Ending::Close(4002, "idle timeout".into())
+    );
+    // Several idle timeouts later the live client is still connected and pairs with a new app.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut app = node.connect(Role::App, &id).await;
+    app.send_text("still here").await;
+    let (_live, message) = reader.await.unwrap();
+    assert_eq!(message, Message::text("still here"));
+    assert_eq!(read(&node.metrics.sessions_idle), 1);
+    node.shutdown().await;
+}
+
+/// A reader that stops reading throttles its own sender, not anyone else, and after the stall
+/// timeout it is closed with 1013 and the sender flows again.
+#[tokio::test]
+async fn a_stalled_reader_throttles_its_sender_only_and_is_closed_with_1013() {
+    const MESSAGE_BYTES: usize = 8 * 1024;
+    let node = TestNode::start(|c| {
+        c.outer.send_queue = 16;
+        c.outer.stall_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let id = random_channel_id();
+    let sender = node.connect(Role::App, &id).await;
+    let mut sleeper = node.connect(Role::Web, &id).await;
+
+    // The sender writes as fast as it can; each send that cannot finish within 200 ms means
+    // the relay stopped reading from it.
+    let (mut sink, stream) = sender.ws.split();
+    let payload = Bytes::from(vec![b'x'; MESSAGE_BYTES]);
+    let mut sent = 0usize;
+    loop {
+        let send = sink.send(Message::binary(payload.clone()));
+        match tokio::time::timeout(Duration::from_millis(200), send).await {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        assert!(sent < 20_000, "the sender was never throttled");
+    }
+    // What is buffered is bounded: the peer's queue plus the kernel's socket buffers.
+    assert!(
+        sent * MESSAGE_BYTES < 64 * 1024 * 1024,
+        "{sent} messages buffered"
+    );
+
+    // Meanwhile another pair flows normally.
+    let other = random_channel_id();
+    let mut other_app = node.connect(Role::App, &other).await;
+    let mut other_web = node.connect(Role::Web, &other).await;
+    for i in 0..100 {
+        other_app.send_text(&format!("m{i}")).await;
+        assert_eq!(other_web.recv_text().await, format!("m{i}"));
+    }
+
+    // After the stall timeout, the sleeper is closed with 1013 and counted.
+    let metrics = node.metrics.clone();
+    wait_until("the stalled session to be closed", || {
+        read(&metrics.sessions_stalled) == 1
+    })
+    .await;
+    assert_eq!(
+        sleeper.ending().await,
+        Ending::Close(1013, "not reading; send queue stalled".into())
+    );
+
+    // The sender flows again: its pending sends complete and new ones go through.
+    tokio::time::timeout(EVENT_TIMEOUT, sink.send(Message::binary(payload.clone())))
+        .await
+        .expect("the sender flows again")
+        .unwrap();
+    let mut sender = crate::harness::Client {
+        ws: sink.reunite(stream).unwrap(),
+    };
+    let mut web = node.connect(Role::Web, &id).await;
+    // Drain anything still in flight to the sender, then check it pairs with the new web.
+    sender.send_text("after the stall").await;
+    loop {
+        match web.recv().await {
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), "after the stall");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn compression_is_negotiated_when_enabled() {
+    use crate::harness::http::{UPGRADE_HEADERS, request};
+    let id = random_channel_id();
+    let headers = format!(
+        "{UPGRADE_HEADERS}Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    );
+    let target = format!("/channel?type=app&channelId={id}");
+
+    let node = TestNode::start(|c| c.outer.compression = true).await;
+    let response = request(node.addr, "GET", &target, &headers).await;
+    assert_eq!(response.status, 101);
+    let extensions = response
+        .header("sec-websocket-extensions")
+        .expect("extension agreed");
+    assert!(extensions.starts_with("permessage-deflate"), "{extensions}");
+    node.shutdown().await;
+
+    let node = TestNode::start(|c| c.outer.compression = false).await;
+    let response = request(node.addr, "GET", &target, &headers).await;
+    assert_eq!(response.status, 101);
+    assert_eq!(response.header("sec-websocket-extensions"), None);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn compressed_messages_relay_between_a_compressing_and_a_plain_client() {
+    let node = TestNode::start(|c| {
+        c.outer.compression = true;
+        c.outer.max_frame_size = 100_000;
+    })
+    .await;
+    let id = random_channel_id();
+    let url = node.url(Role::App, id.as_str()).parse().unwrap();
+    let mut app = yawc::WebSocket::connect(url)
+        .with_options(yawc::Options::default().with_balanced_compression())
+        .await
+        .expect("compressing client connects");
+    let mut web = node.connect(Role::Web, &id).await;
+    let text = "compressible ".repeat(5_000);
+    app.send(yawc::Frame::text(text.clone())).await.unwrap();
+    assert_eq!(web.recv_text().await, text);
+    web.send_text(&text).await;
+    let frame = tokio::time::timeout(EVENT_TIMEOUT, app.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.payload().as_ref(), text.as_bytes());
+    node.shutdown().await;
+}

@@ -1,0 +1,9 @@
+//! wspair's integration tests: one binary, modules by theme, all through real sockets.
+
+mod harness;
+
+mod handshake;
+mod lifecycle;
+mod limits;
+mod relay;
+mod tidy;
