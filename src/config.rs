@@ -118,7 +118,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "outer.path",
         kind: Kind::Text,
         default: "/channel",
-        help: "URL path that accepts WebSocket upgrades; must start with `/`",
+        help: "URL path that accepts WebSocket upgrades; must start with `/` and not be `/healthz`",
     },
     KeySpec {
         key: "outer.max-frame-size",
@@ -309,6 +309,12 @@ impl Config {
             return Err(invalid(
                 "outer.path",
                 format!("must start with `/`, got {path:?}"),
+            ));
+        }
+        if path == crate::outer::HEALTHZ_PATH {
+            return Err(invalid(
+                "outer.path",
+                format!("{path:?} is taken by the health document"),
             ));
         }
         let on_duplicate = match checked_choice(get("outer.on-duplicate"))?.as_str() {
