@@ -171,8 +171,8 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "outer.compression",
         kind: Kind::Bool,
-        default: "false",
-        help: "negotiate permessage-deflate (RFC 7692) when the client offers it",
+        default: "true",
+        help: "negotiate permessage-deflate (RFC 7692) when the client offers it; idle sessions hold no deflate state",
     },
     KeySpec {
         key: "outer.max-connections",

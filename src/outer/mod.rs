@@ -40,7 +40,7 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// Socket buffer capacity of each session, in each direction. Buffers grow for larger
 /// messages and shrink back after them; small ones keep idle sessions cheap.
-const SOCKET_BUFFER_BYTES: usize = 4096;
+const SOCKET_BUFFER_BYTES: usize = 1024;
 
 /// Messages shorter than this are sent uncompressed even when compression is negotiated:
 /// deflate's framing costs more than it saves on them.

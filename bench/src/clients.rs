@@ -1,0 +1,144 @@
+//! Connecting clients: URL templates, channel ids, and spreading sockets over source addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A connected client.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Shared connection settings: URL templates and the source addresses to spread sockets over.
+#[derive(Debug, clap::Args, Clone)]
+pub struct Target {
+    /// URL of the app side; `{id}` is replaced by a fresh channel id.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:1024/channel?type=app&channelId={id}"
+    )]
+    pub app_url: String,
+    /// URL of the web side; `{id}` is replaced by the same channel id.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:1024/channel?type=web&channelId={id}"
+    )]
+    pub web_url: String,
+    /// Source addresses for client sockets, as `A` or `A-B` (IPv4, last octet varies), used
+    /// round robin; each gives about 28 000 ephemeral ports.
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_ip_range)]
+    pub source_ips: SourceIps,
+    /// Offer permessage-deflate (no context takeover) in the upgrade request, to measure what
+    /// a negotiated compression costs the server. Messages are short enough to stay uncompressed.
+    #[arg(long)]
+    pub offer_deflate: bool,
+}
+
+/// Source addresses given by `--source-ips`.
+#[derive(Debug, Clone)]
+pub struct SourceIps(pub Vec<IpAddr>);
+
+fn parse_ip_range(text: &str) -> Result<SourceIps, String> {
+    let Some((first, last)) = text.split_once('-') else {
+        return text
+            .parse()
+            .map(|ip| SourceIps(vec![ip]))
+            .map_err(|err| format!("{text}: {err}"));
+    };
+    let first: Ipv4Addr = first.parse().map_err(|err| format!("{first}: {err}"))?;
+    let last: Ipv4Addr = last.parse().map_err(|err| format!("{last}: {err}"))?;
+    let [a, b, c, start] = first.octets();
+    let [_, _, _, end] = last.octets();
+    if end < start {
+        return Err(format!("{text}: empty range"));
+    }
+    Ok(SourceIps(
+        (start..=end)
+            .map(|d| IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+            .collect(),
+    ))
+}
+
+/// A channel id for pair number `n` of run `run`; 32 characters of `[A-Za-z0-9_]`.
+pub fn channel_id(run: u32, n: usize) -> String {
+    format!("bench{run:0>9}_{n:0>17}")
+}
+
+/// Opens client sockets over the configured source addresses in turn.
+#[derive(Debug)]
+pub struct Connector {
+    offer_deflate: bool,
+    source_ips: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Connector {
+    pub fn new(target: &Target) -> Connector {
+        let mut source_ips = target.source_ips.0.clone();
+        if source_ips.is_empty() {
+            source_ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        Connector {
+            offer_deflate: target.offer_deflate,
+            source_ips,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connects to `template` with `{id}` replaced by `id` and completes the upgrade.
+    pub async fn connect(&self, template: &str, id: &str) -> Result<Ws, String> {
+        let url = template.replace("{id}", id);
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| format!("{url}: only ws://HOST:PORT/... URLs are supported"))?;
+        let server: SocketAddr = tokio::net::lookup_host(authority)
+            .await
+            .map_err(|err| format!("{authority}: {err}"))?
+            .next()
+            .ok_or_else(|| format!("{authority}: no address"))?;
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.source_ips.len();
+        let socket = TcpSocket::new_v4().map_err(|err| err.to_string())?;
+        socket
+            .bind(SocketAddr::new(self.source_ips[index], 0))
+            .map_err(|err| format!("bind {}: {err}", self.source_ips[index]))?;
+        let stream = socket
+            .connect(server)
+            .await
+            .map_err(|err| format!("connect {server}: {err}"))?;
+        stream.set_nodelay(true).map_err(|err| err.to_string())?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|err| format!("{url}: {err}"))?;
+        if self.offer_deflate {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+                    .parse()
+                    .expect("a valid header value"),
+            );
+        }
+        let (ws, response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .map_err(|err| format!("upgrade {url}: {err}"))?;
+        if self.offer_deflate && !response.headers().contains_key("Sec-WebSocket-Extensions") {
+            return Err(format!(
+                "upgrade {url}: the server did not agree to permessage-deflate"
+            ));
+        }
+        Ok(ws)
+    }
+}
+
+/// The server's resident set size in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|err| format!("cannot read /proc/{pid}/status: {err}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}

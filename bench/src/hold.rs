@@ -1,0 +1,117 @@
+//! `hold` mode: open many idle pairs, verify each, and report the server's memory per
+//! connection and the connect rate achieved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::clients::{Connector, Target, Ws, channel_id, rss_kib};
+
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Pairs to open (two connections each).
+    #[arg(long, default_value_t = 1000)]
+    pairs: usize,
+    /// New connections per second to aim for.
+    #[arg(long, default_value_t = 5000)]
+    connect_rate: u32,
+    /// Connections being opened at once, at most.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// PID of the server whose RSS is reported (several may be given, for a cluster).
+    #[arg(long)]
+    server_pid: Vec<u32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: HoldArgs) -> Result<(), String> {
+    let rss_before = total_rss(&args.server_pid)?;
+    let connector = Arc::new(Connector::new(&args.target));
+    let run_id = std::process::id();
+    let started = Instant::now();
+    let pending = Arc::new(Semaphore::new(args.concurrency));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / args.connect_rate.max(1) * 2);
+    let mut tasks = Vec::with_capacity(args.pairs);
+    for n in 0..args.pairs {
+        ticker.tick().await;
+        let permit = Arc::clone(&pending)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let connector = Arc::clone(&connector);
+        let target = args.target.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = channel_id(run_id, n);
+            let app = connector.connect(&target.app_url, &id).await?;
+            let web = connector.connect(&target.web_url, &id).await?;
+            drop(permit);
+            Ok::<_, String>((app, web))
+        }));
+    }
+    let mut pairs = Vec::with_capacity(args.pairs);
+    for task in tasks {
+        pairs.push(task.await.map_err(|err| err.to_string())??);
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connections = 2 * pairs.len();
+    let connect_rate = connections as f64 / connect_secs;
+
+    for (n, (app, web)) in pairs.iter_mut().enumerate() {
+        verify(app, web, &format!("a{n}")).await?;
+        verify(web, app, &format!("w{n}")).await?;
+    }
+    let rss_after = total_rss(&args.server_pid)?;
+    let per_connection =
+        (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / connections as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "hold",
+                "pairs": pairs.len(),
+                "connections": connections,
+                "connect_seconds": connect_secs,
+                "connects_per_second": connect_rate,
+                "rss_before_kib": rss_before,
+                "rss_after_kib": rss_after,
+                "rss_bytes_per_connection": per_connection,
+            })
+        );
+    } else {
+        println!(
+            "hold: {connections} connections in {connect_secs:.2} s ({connect_rate:.0}/s), all pairs verified; \
+             server RSS {rss_before} -> {rss_after} KiB = {:.0} bytes ({:.2} KiB) per connection",
+            per_connection,
+            per_connection / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn total_rss(pids: &[u32]) -> Result<u64, String> {
+    pids.iter().map(|pid| rss_kib(*pid)).sum()
+}
+
+/// Sends one message from `from` and checks `to` receives exactly it.
+async fn verify(from: &mut Ws, to: &mut Ws, text: &str) -> Result<(), String> {
+    from.send(Message::text(text))
+        .await
+        .map_err(|err| err.to_string())?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), to.next())
+            .await
+            .map_err(|_| format!("pair {text}: message not relayed within 10 s"))?;
+        match next {
+            Some(Ok(Message::Text(got))) if got.as_str() == text => return Ok(()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return Err(format!("pair {text}: expected {text:?}, got {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `wspair-bench`: a load generator that drives real WebSocket pairs through a running wspair
+//! (or the baseline relay) and reports what it measured, as a table line or JSON.
+//!
+//! Every mode checks what it receives; a failed connection or a lost, duplicated or reordered
+//! message makes the run fail (exit code 1).
+
+mod clients;
+mod hold;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wspair-bench",
+    about = "Drives WebSocket pairs through a running relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Open N idle pairs at a given connect rate, verify each pair with one message each way,
+    /// and report the server's RSS per connection.
+    Hold(hold::HoldArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Mode::Hold(args) => hold::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wspair-bench: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
