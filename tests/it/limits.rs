@@ -244,3 +244,18 @@ async fn compressed_messages_relay_between_a_compressing_and_a_plain_client() {
     assert_eq!(frame.payload().as_ref(), text.as_bytes());
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_continuation_without_a_first_fragment_closes_with_1002() {
+    let node = TestNode::start(|_| {}).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let stray = Frame::message(
+        Bytes::from_static(b"orphan"),
+        OpCode::Data(Data::Continue),
+        true,
+    );
+    app.ws.send(Message::Frame(stray)).await.unwrap();
+    assert_eq!(app.close_code().await, 1002);
+    node.shutdown().await;
+}
