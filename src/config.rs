@@ -196,6 +196,69 @@ pub const KEYS: &[KeySpec] = &[
         help: "port of the node-to-node listener (cluster mode)",
     },
     KeySpec {
+        key: "inner.advertise",
+        kind: Kind::Text,
+        default: "",
+        help: "host:port other nodes dial to reach this node; empty means inner.ip:inner.port, which must then not be 0.0.0.0",
+    },
+    KeySpec {
+        key: "inner.secret",
+        kind: Kind::Text,
+        default: "",
+        help: "shared secret that authenticates node-to-node links (HMAC-SHA256); required in cluster mode, 16 bytes or more",
+    },
+    KeySpec {
+        key: "inner.queue",
+        kind: Kind::Integer {
+            min: 1,
+            max: MAX_U32,
+        },
+        default: "65536",
+        help: "frames waiting for one link; when full, senders wait",
+    },
+    KeySpec {
+        key: "inner.heartbeat-interval",
+        kind: Kind::Duration,
+        default: "1s",
+        help: "how often a link is pinged",
+    },
+    KeySpec {
+        key: "inner.link-timeout",
+        kind: Kind::Duration,
+        default: "3s",
+        help: "a link silent for this long is closed and redialled",
+    },
+    KeySpec {
+        key: "inner.connect-timeout",
+        kind: Kind::Duration,
+        default: "5s",
+        help: "frames waiting for a link that is not connected within this are dropped and counted",
+    },
+    KeySpec {
+        key: "registry.redis",
+        kind: Kind::Text,
+        default: "",
+        help: "Redis URL (redis://host:port/db), or comma-separated Redis Cluster seed URLs; empty runs a single node",
+    },
+    KeySpec {
+        key: "registry.cluster",
+        kind: Kind::Bool,
+        default: "false",
+        help: "treat registry.redis as Redis Cluster seeds (implied by more than one URL)",
+    },
+    KeySpec {
+        key: "registry.node-ttl",
+        kind: Kind::Duration,
+        default: "5s",
+        help: "a node that stops heartbeating is treated as dead, and its routes as absent, within this",
+    },
+    KeySpec {
+        key: "registry.timeout",
+        kind: Kind::Duration,
+        default: "1s",
+        help: "deadline of each Redis call; a claim that misses it answers 503",
+    },
+    KeySpec {
         key: "shutdown-timeout",
         kind: Kind::Duration,
         default: "10s",
@@ -248,7 +311,35 @@ pub struct InnerConfig {
     pub ip: IpAddr,
     /// `inner.port`.
     pub port: u16,
+    /// `inner.advertise`; empty means `inner.ip:inner.port`.
+    pub advertise: String,
+    /// `inner.secret`.
+    pub secret: String,
+    /// `inner.queue`, in frames.
+    pub queue: usize,
+    /// `inner.heartbeat-interval`.
+    pub heartbeat_interval: Duration,
+    /// `inner.link-timeout`.
+    pub link_timeout: Duration,
+    /// `inner.connect-timeout`.
+    pub connect_timeout: Duration,
 }
+
+/// Settings of the registry (`registry.*`); cluster mode when `redis` is set.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `registry.redis`, split at commas; empty for a single node.
+    pub redis: Vec<String>,
+    /// `registry.cluster`, or more than one URL.
+    pub cluster: bool,
+    /// `registry.node-ttl`.
+    pub node_ttl: Duration,
+    /// `registry.timeout`.
+    pub timeout: Duration,
+}
+
+/// Smallest `inner.secret` accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// The whole, validated configuration of a node.
 #[derive(Debug, Clone)]
@@ -257,6 +348,8 @@ pub struct Config {
     pub outer: OuterConfig,
     /// The node-to-node side.
     pub inner: InnerConfig,
+    /// The registry.
+    pub registry: RegistryConfig,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
 }
@@ -347,12 +440,86 @@ impl Config {
         let inner = InnerConfig {
             ip: ip("inner.ip")?,
             port: int("inner.port")? as u16,
+            advertise: checked_text(get("inner.advertise"))?,
+            secret: checked_text(get("inner.secret"))?,
+            queue: int("inner.queue")? as usize,
+            heartbeat_interval: duration("inner.heartbeat-interval")?,
+            link_timeout: duration("inner.link-timeout")?,
+            connect_timeout: duration("inner.connect-timeout")?,
         };
+        let redis: Vec<String> = checked_text(get("registry.redis"))?
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let registry = RegistryConfig {
+            cluster: checked_bool(get("registry.cluster"))? || redis.len() > 1,
+            redis,
+            node_ttl: duration("registry.node-ttl")?,
+            timeout: duration("registry.timeout")?,
+        };
+        if !registry.redis.is_empty() {
+            check_cluster_settings(&inner)?;
+        }
+        if inner.heartbeat_interval >= inner.link_timeout {
+            return Err(invalid(
+                "inner.heartbeat-interval",
+                format!(
+                    "{:?} must be shorter than inner.link-timeout {:?}",
+                    inner.heartbeat_interval, inner.link_timeout
+                ),
+            ));
+        }
         Ok(Config {
             outer,
             inner,
+            registry,
             shutdown_timeout: duration("shutdown-timeout")?,
         })
+    }
+}
+
+/// Cluster mode needs a secret and an address other nodes can dial.
+fn check_cluster_settings(inner: &InnerConfig) -> Result<(), ConfigError> {
+    if inner.secret.len() < MIN_SECRET_BYTES {
+        return Err(invalid(
+            "inner.secret",
+            format!(
+                "cluster mode (registry.redis is set) needs a shared secret of {MIN_SECRET_BYTES} bytes or more, got {}",
+                inner.secret.len()
+            ),
+        ));
+    }
+    let advertise = inner.advertise_addr();
+    let host = advertise
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_matches(['[', ']']))
+        .ok_or_else(|| {
+            invalid(
+                "inner.advertise",
+                format!("expected host:port, got {advertise:?}"),
+            )
+        })?;
+    if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(invalid(
+            "inner.advertise",
+            format!(
+                "{advertise:?} cannot be dialled by other nodes; set inner.advertise (or inner.ip) to this node's address"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl InnerConfig {
+    /// The address other nodes dial: `inner.advertise`, or `inner.ip:inner.port`.
+    pub fn advertise_addr(&self) -> String {
+        if self.advertise.is_empty() {
+            std::net::SocketAddr::new(self.ip, self.port).to_string()
+        } else {
+            self.advertise.clone()
+        }
     }
 }
 
@@ -585,6 +752,30 @@ mod tests {
     fn ping_must_be_shorter_than_idle_timeout() {
         let err = from_file("[outer]\nping-interval = \"60s\"\n").unwrap_err();
         assert!(err.to_string().starts_with("outer.ping-interval:"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_secret_and_a_dialable_address() {
+        let err = from_file("[registry]\nredis = \"redis://127.0.0.1:6379\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("inner.secret: cluster mode"),
+            "{err}"
+        );
+        let err = from_file(
+            "[registry]\nredis = \"redis://127.0.0.1:6379\"\n[inner]\nsecret = \"0123456789abcdef\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("inner.advertise: \"0.0.0.0:1025\""),
+            "{err}"
+        );
+        let config = from_file(
+            "[registry]\nredis = \"redis://a:1, redis://b:2\"\n[inner]\nsecret = \"0123456789abcdef\"\nadvertise = \"10.0.0.1:1025\"\n",
+        )
+        .unwrap();
+        assert!(config.registry.cluster);
+        assert_eq!(config.registry.redis, ["redis://a:1", "redis://b:2"]);
     }
 
     #[test]

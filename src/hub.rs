@@ -5,20 +5,25 @@
 //! compare-and-delete: a claim removes only its own entry, never one a newer session wrote.
 //!
 //! The hub holds handles, never sockets: a [`SessionHandle`] is the sending end of a session's
-//! bounded outbound queue plus a token that stops the session. The lock is a `std` mutex held
-//! for a map operation only, never across an `.await`; sessions cache their peer's handle, so
-//! relaying a message does not touch the lock (see `outer::session`).
+//! bounded outbound queue plus a token that stops the session. In cluster mode the hub also
+//! remembers, for channels it holds a session of, where the other role lives when it is on
+//! another node ([`RemotePeer`]), as announced over the links; it keeps nothing for channels it
+//! holds no session of. The lock is a `std` mutex held for a map operation only, never across
+//! an `.await`; sessions cache their peer, so relaying a message does not touch the lock (see
+//! `outer::session`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DuplicatePolicy;
+use crate::inner::link::LinkHandle;
 use crate::metrics::Metrics;
+use crate::node::NodeId;
 use crate::pair::{ChannelId, Message, Role};
 
 /// The sessions of this node.
@@ -37,15 +42,65 @@ pub struct Hub {
 
 #[derive(Debug, Default)]
 struct Slots {
-    app: Option<SessionHandle>,
-    web: Option<SessionHandle>,
+    app: Option<Peer>,
+    web: Option<Peer>,
 }
 
 impl Slots {
-    fn slot(&mut self, role: Role) -> &mut Option<SessionHandle> {
+    fn slot(&mut self, role: Role) -> &mut Option<Peer> {
         match role {
             Role::App => &mut self.app,
             Role::Web => &mut self.web,
+        }
+    }
+
+    fn has_local(&self) -> bool {
+        [&self.app, &self.web]
+            .into_iter()
+            .any(|slot| matches!(slot, Some(Peer::Local(_))))
+    }
+
+    fn forget_remotes(&mut self) {
+        for slot in [&mut self.app, &mut self.web] {
+            if let Some(Peer::Remote(remote)) = slot {
+                remote.gone.cancel();
+                *slot = None;
+            }
+        }
+    }
+}
+
+/// A session of another node, as far as this node knows: where to send, and how much.
+#[derive(Debug, Clone)]
+pub struct RemotePeer {
+    /// The node holding the session.
+    pub node: NodeId,
+    /// The session's id on that node.
+    pub session: u64,
+    /// The link to that node.
+    pub link: LinkHandle,
+    /// Credit: messages this node may still send to that session before it acknowledges some.
+    pub credits: Arc<Semaphore>,
+    /// Cancelled when this record is replaced or forgotten (the session ended, moved, or its
+    /// node died).
+    pub gone: CancellationToken,
+}
+
+/// Where a session's peer is: on this node, or behind a link.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A session of this node.
+    Local(SessionHandle),
+    /// A session of another node.
+    Remote(RemotePeer),
+}
+
+impl Peer {
+    /// True once the peer has ended, moved, or been replaced; look it up again.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            Peer::Local(handle) => handle.is_gone(),
+            Peer::Remote(remote) => remote.gone.is_cancelled() || remote.link.is_closed(),
         }
     }
 }
@@ -125,16 +180,19 @@ impl Hub {
         };
         let mut sessions = self.lock();
         let slot = sessions.entry(channel_id).or_default().slot(role);
-        if let Some(old) = slot.as_ref().filter(|old| !old.is_gone()) {
-            match self.policy {
+        match slot.as_ref() {
+            Some(Peer::Local(old)) if !old.is_gone() => match self.policy {
                 DuplicatePolicy::Reject => return Err(DuplicateError { channel_id, role }),
                 DuplicatePolicy::Replace => {
                     old.stop.cancel();
                     Metrics::incr(&self.metrics.sessions_replaced);
                 }
-            }
+            },
+            // A session of another node held this role; the registry claim decides about it.
+            Some(Peer::Remote(remote)) => remote.gone.cancel(),
+            _ => {}
         }
-        *slot = Some(handle.clone());
+        *slot = Some(Peer::Local(handle.clone()));
         drop(sessions);
         let claim = Claim {
             hub: Arc::clone(self),
@@ -145,20 +203,104 @@ impl Hub {
         Ok((claim, outbound_rx))
     }
 
-    /// The live session of `role` in `channel_id`, if this node holds one.
-    pub fn session(&self, channel_id: &ChannelId, role: Role) -> Option<SessionHandle> {
+    /// Where the live session of `role` in `channel_id` is, if this node knows.
+    pub fn peer(&self, channel_id: &ChannelId, role: Role) -> Option<Peer> {
         let mut sessions = self.lock();
         let slots = sessions.get_mut(channel_id)?;
-        slots.slot(role).clone().filter(|handle| !handle.is_gone())
+        slots.slot(role).clone().filter(|peer| !peer.is_gone())
     }
 
-    /// Sessions held, and channel ids with both roles connected.
+    /// The live session of `role` in `channel_id`, if this node holds it.
+    pub fn local(&self, channel_id: &ChannelId, role: Role) -> Option<SessionHandle> {
+        match self.peer(channel_id, role)? {
+            Peer::Local(handle) => Some(handle),
+            Peer::Remote(_) => None,
+        }
+    }
+
+    /// Records that `role` of `channel_id` lives on another node. Ignored when this node holds
+    /// no session of the channel (nobody here needs to know) or holds that role itself.
+    pub fn set_remote(&self, channel_id: &ChannelId, role: Role, remote: RemotePeer) {
+        let mut sessions = self.lock();
+        let Some(slots) = sessions.get_mut(channel_id) else {
+            return;
+        };
+        if !slots.has_local() {
+            return;
+        }
+        let slot = slots.slot(role);
+        if let Some(Peer::Local(handle)) = slot
+            && !handle.is_gone()
+        {
+            return;
+        }
+        if let Some(Peer::Remote(old)) = slot {
+            old.gone.cancel();
+        }
+        *slot = Some(Peer::Remote(remote));
+    }
+
+    /// Forgets the remote session `session` of `node` for `role` of `channel_id`, if it is the
+    /// one recorded.
+    pub fn clear_remote(&self, channel_id: &ChannelId, role: Role, node: NodeId, session: u64) {
+        let mut sessions = self.lock();
+        if let Some(slots) = sessions.get_mut(channel_id) {
+            let slot = slots.slot(role);
+            if let Some(Peer::Remote(remote)) = slot
+                && remote.node == node
+                && remote.session == session
+            {
+                remote.gone.cancel();
+                *slot = None;
+            }
+        }
+    }
+
+    /// Every remote record pointing at `node`, with `renew` deciding each one's fate: `None`
+    /// forgets it (the node died), `Some` replaces it (the link reconnected and credit starts
+    /// afresh). Either way the old record is marked gone, so sessions look again.
+    pub fn update_remotes_of(
+        &self,
+        node: NodeId,
+        renew: impl Fn(&RemotePeer) -> Option<RemotePeer>,
+    ) {
+        let mut sessions = self.lock();
+        for slots in sessions.values_mut() {
+            for slot in [&mut slots.app, &mut slots.web] {
+                if let Some(Peer::Remote(remote)) = slot
+                    && remote.node == node
+                {
+                    remote.gone.cancel();
+                    *slot = renew(remote).map(Peer::Remote);
+                }
+            }
+        }
+    }
+
+    /// Every live session this node holds, for registering them again.
+    pub fn local_sessions(&self) -> Vec<(ChannelId, Role, u64)> {
+        let sessions = self.lock();
+        let mut found = Vec::new();
+        for (channel_id, slots) in sessions.iter() {
+            for (role, slot) in [(Role::App, &slots.app), (Role::Web, &slots.web)] {
+                if let Some(Peer::Local(handle)) = slot
+                    && !handle.is_gone()
+                {
+                    found.push((*channel_id, role, handle.id));
+                }
+            }
+        }
+        found
+    }
+
+    /// Sessions held, and channel ids with both roles connected on this node.
     pub fn counts(&self) -> (usize, usize) {
         let sessions = self.lock();
         sessions
             .values()
             .fold((0, 0), |(n_sessions, n_pairs), slots| {
-                let n = usize::from(slots.app.is_some()) + usize::from(slots.web.is_some());
+                let local = |slot: &Option<Peer>| usize::from(matches!(slot, Some(Peer::Local(_))));
+                let n = local(&slots.app) + local(&slots.web);
                 (n_sessions + n, n_pairs + usize::from(n == 2))
             })
     }
@@ -168,10 +310,11 @@ impl Hub {
         if let Entry::Occupied(mut entry) = sessions.entry(*channel_id) {
             let slots = entry.get_mut();
             let slot = slots.slot(role);
-            if slot.as_ref().is_some_and(|handle| handle.id == session_id) {
+            if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
                 *slot = None;
             }
-            if slots.app.is_none() && slots.web.is_none() {
+            if !slots.has_local() {
+                slots.forget_remotes();
                 entry.remove();
             }
         }
@@ -236,7 +379,7 @@ mod tests {
         let (new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
         assert!(old.handle.stop.is_cancelled());
         drop(old);
-        let found = hub.session(&id(1), Role::Web).unwrap();
+        let found = hub.local(&id(1), Role::Web).unwrap();
         assert_eq!(found.id, new.handle.id);
     }
 }

@@ -19,9 +19,13 @@
 
 pub mod config;
 pub mod hub;
+pub mod inner;
 pub mod metrics;
+pub mod node;
 pub mod outer;
 pub mod pair;
+pub mod registry;
+pub mod router;
 pub mod server;
 
 pub use config::{Config, ConfigError};

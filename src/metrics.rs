@@ -25,6 +25,18 @@ pub struct Metrics {
     pub sessions_replaced: AtomicU64,
     /// Sessions closed with 4002 because they were silent for `outer.idle-timeout`.
     pub sessions_idle: AtomicU64,
+    /// Inner connections cut because the handshake failed (wrong secret, version, timeout).
+    pub links_refused: AtomicU64,
+    /// Inner links closed because the remote node sent a malformed or oversized frame.
+    pub links_malformed: AtomicU64,
+    /// Failed attempts to dial a remote node.
+    pub link_dial_failures: AtomicU64,
+    /// Frames dropped because their link could not be (re)established in time or broke.
+    pub link_frames_dropped: AtomicU64,
+    /// Messages from a remote node for a session this node no longer holds.
+    pub messages_dropped_remote: AtomicU64,
+    /// Upgrade requests answered 503 because the registry was unavailable.
+    pub registry_unavailable: AtomicU64,
 }
 
 impl Metrics {
@@ -68,6 +80,24 @@ impl Metrics {
                 read(&self.sessions_replaced),
             ),
             ("wspair_sessions_idle_total", read(&self.sessions_idle)),
+            ("wspair_links_refused_total", read(&self.links_refused)),
+            ("wspair_links_malformed_total", read(&self.links_malformed)),
+            (
+                "wspair_link_dial_failures_total",
+                read(&self.link_dial_failures),
+            ),
+            (
+                "wspair_link_frames_dropped_total",
+                read(&self.link_frames_dropped),
+            ),
+            (
+                "wspair_messages_dropped_remote_total",
+                read(&self.messages_dropped_remote),
+            ),
+            (
+                "wspair_registry_unavailable_total",
+                read(&self.registry_unavailable),
+            ),
         ]
     }
 }

@@ -48,6 +48,19 @@ impl FromStr for ChannelId {
 }
 
 impl ChannelId {
+    /// Parses an id from raw bytes, as read from an inner frame.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ChannelIdError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text.parse(),
+            Err(err) => Err(ChannelIdError::Length(err.valid_up_to())),
+        }
+    }
+
+    /// The id's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; CHANNEL_ID_LEN] {
+        &self.0
+    }
+
     /// The id as text; always ASCII.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("a channel id holds only ASCII characters")
@@ -134,6 +147,9 @@ pub struct Message {
     pub kind: MessageKind,
     /// The message body, reassembled from fragments and decompressed.
     pub payload: Bytes,
+    /// The node it came from, if another node relayed it; the receiving session returns
+    /// credit to that node as it writes the message.
+    pub origin: Option<crate::node::NodeId>,
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! The server: binds the listeners, spawns the parts, and owns the shutdown sequence.
 //!
 //! Shutdown runs in order: the accept loop stops; every session's stop token (a child of the
-//! node's shutdown token) fires and the session closes with 1001; the task tracker is closed
-//! and awaited, bounded by `shutdown-timeout`. [`Server::run`] returns once that is done or the
+//! node's shutdown token) fires and the session closes with 1001, releasing its route; the
+//! session tasks are awaited, bounded by `shutdown-timeout`; in cluster mode the node then
+//! leaves the registry and closes its links. [`Server::run`] returns once that is done or the
 //! deadline passed, and says which.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +17,17 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::inner::link::LinkContext;
+use crate::inner::listener;
 use crate::metrics::Metrics;
+use crate::node::{NodeId, NodeInfo};
 use crate::outer::session::SessionContext;
 use crate::outer::{self, OuterContext};
+use crate::registry::{RedisRegistry, RegistryError};
+use crate::router::{ClusterParts, Router};
+
+/// How long links get to finish after the sessions drained.
+const LINK_DRAIN: Duration = Duration::from_secs(1);
 
 /// Failures that stop a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +35,7 @@ pub enum ServerError {
     /// A listener could not bind its address.
     #[error("cannot bind {what} listener to {addr}: {source}")]
     Bind {
-        /// Which listener (`outer`).
+        /// Which listener (`outer` or `inner`).
         what: &'static str,
         /// The address from the configuration.
         addr: SocketAddr,
@@ -33,6 +43,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The registry could not be set up.
+    #[error("cannot connect to the registry: {0}")]
+    Registry(#[from] RegistryError),
 }
 
 /// The addresses a bound server listens on; with port 0 in the config, the ports picked.
@@ -40,6 +53,8 @@ pub enum ServerError {
 pub struct LocalAddrs {
     /// The WebSocket listener.
     pub outer: SocketAddr,
+    /// The node-to-node listener, in cluster mode.
+    pub inner: Option<SocketAddr>,
 }
 
 /// How shutdown went.
@@ -49,38 +64,49 @@ pub struct ShutdownOutcome {
     pub drained: bool,
 }
 
+/// The cluster side of a bound server.
+struct ClusterRuntime {
+    inner_listener: TcpListener,
+    link_ctx: Arc<LinkContext>,
+    links_tracker: TaskTracker,
+    links_cancel: CancellationToken,
+}
+
 /// A bound, not yet running wspair node.
-#[derive(Debug)]
 pub struct Server {
     config: Config,
     outer_listener: TcpListener,
     local_addrs: LocalAddrs,
-    hub: Arc<Hub>,
+    router: Arc<Router>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    cluster: Option<ClusterRuntime>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let error = |source| ServerError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
 }
 
 impl Server {
-    /// Binds the listeners. Nothing is accepted until [`Server::run`].
+    /// Binds the listeners and, in cluster mode, sets up the registry. Nothing is accepted
+    /// until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let outer_addr = SocketAddr::new(config.outer.ip, config.outer.port);
-        let outer_listener =
-            TcpListener::bind(outer_addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: "outer",
-                    addr: outer_addr,
-                    source,
-                })?;
-        let local_addrs = LocalAddrs {
-            outer: outer_listener
-                .local_addr()
-                .map_err(|source| ServerError::Bind {
-                    what: "outer",
-                    addr: outer_addr,
-                    source,
-                })?,
-        };
+        let (outer_listener, outer_addr) =
+            bind("outer", SocketAddr::new(config.outer.ip, config.outer.port)).await?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(
@@ -89,13 +115,64 @@ impl Server {
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
+        let mut me = NodeInfo {
+            id: NodeId::generate(),
+            advertise: config.inner.advertise_addr(),
+            window: u32::try_from(config.outer.send_queue).unwrap_or(u32::MAX),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let mut inner_addr = None;
+        let (cluster, cluster_parts) = if config.registry.redis.is_empty() {
+            (None, None)
+        } else {
+            let (inner_listener, bound) =
+                bind("inner", SocketAddr::new(config.inner.ip, config.inner.port)).await?;
+            inner_addr = Some(bound);
+            if config.inner.advertise.is_empty() {
+                // With inner.port = 0 the port is known only now.
+                me.advertise = bound.to_string();
+            }
+            let registry = RedisRegistry::connect(&config.registry, me.clone()).await?;
+            let link_ctx = Arc::new(LinkContext {
+                me: me.id,
+                config: config.inner.clone(),
+                max_message: config.outer.max_frame_size,
+                metrics: Arc::clone(&metrics),
+            });
+            let links_tracker = TaskTracker::new();
+            let links_cancel = CancellationToken::new();
+            let parts = ClusterParts {
+                registry,
+                link_ctx: Arc::clone(&link_ctx),
+                tracker: links_tracker.clone(),
+                links_cancel: links_cancel.clone(),
+            };
+            let runtime = ClusterRuntime {
+                inner_listener,
+                link_ctx,
+                links_tracker,
+                links_cancel,
+            };
+            (Some(runtime), Some(parts))
+        };
+        let router = Router::new(
+            hub,
+            me,
+            config.outer.on_duplicate,
+            Arc::clone(&metrics),
+            cluster_parts,
+        );
         Ok(Server {
             config,
             outer_listener,
-            local_addrs,
-            hub,
+            local_addrs: LocalAddrs {
+                outer: outer_addr,
+                inner: inner_addr,
+            },
+            router,
             metrics,
             shutdown,
+            cluster,
         })
     }
 
@@ -109,36 +186,70 @@ impl Server {
         Arc::clone(&self.metrics)
     }
 
+    /// The node's router, which knows its id, its sessions and its links.
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.router)
+    }
+
     /// Serves until `stop` is cancelled, then shuts down in order (see the module docs).
     pub async fn run(self, stop: CancellationToken) -> ShutdownOutcome {
         let tracker = TaskTracker::new();
         let session_ctx = Arc::new(SessionContext {
             config: self.config.outer.clone(),
-            hub: Arc::clone(&self.hub),
+            router: Arc::clone(&self.router),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
         });
         let outer_ctx = Arc::new(OuterContext::new(session_ctx, tracker.clone()));
+        if let Some(cluster) = &self.cluster {
+            let router = Arc::clone(&self.router);
+            if !router.heartbeat(true).await {
+                warn!("registry unreachable at start; new connections get 503 until it answers");
+            }
+            cluster.links_tracker.spawn(
+                Arc::clone(&router)
+                    .heartbeat_loop(self.config.registry.node_ttl, cluster.links_cancel.clone()),
+            );
+            info!(node = %router.me().id, advertise = %router.me().advertise, "cluster mode");
+        }
+        let cluster = self.cluster.map(|cluster| {
+            let router = Arc::clone(&self.router);
+            let sink: listener::FrameSink =
+                Arc::new(move |node, frame| router.on_frame(node, frame));
+            cluster.links_tracker.spawn(listener::accept_loop(
+                cluster.inner_listener,
+                Arc::clone(&cluster.link_ctx),
+                sink,
+                cluster.links_tracker.clone(),
+                cluster.links_cancel.clone(),
+            ));
+            (cluster.links_tracker, cluster.links_cancel)
+        });
         info!(outer = %self.local_addrs.outer, path = %self.config.outer.path, "wspair listening");
         tracker.spawn(outer::accept_loop(self.outer_listener, outer_ctx));
 
         stop.cancelled().await;
-        let (connections, _) = self.hub.counts();
+        let (connections, _) = self.router.hub.counts();
         info!(connections, "shutting down: closing sessions with 1001");
         self.shutdown.cancel();
         tracker.close();
         let drained = tokio::time::timeout(self.config.shutdown_timeout, tracker.wait())
             .await
             .is_ok();
-        if drained {
-            info!("shutdown complete");
-        } else {
+        if !drained {
             warn!(
                 tasks = tracker.len(),
                 timeout = ?self.config.shutdown_timeout,
-                "shutdown-timeout passed with tasks still running"
+                "shutdown-timeout passed with sessions still open"
             );
         }
+        if let Some((links_tracker, links_cancel)) = cluster {
+            self.router.deregister().await;
+            links_cancel.cancel();
+            links_tracker.close();
+            let _ = tokio::time::timeout(LINK_DRAIN, links_tracker.wait()).await;
+        }
+        info!(drained, "shutdown complete");
         ShutdownOutcome { drained }
     }
 }

@@ -10,6 +10,7 @@ use hyper::{Method, StatusCode};
 
 use crate::hub::DuplicateError;
 use crate::pair::{ChannelId, ChannelIdError, Role, RoleError};
+use crate::router::ClaimError;
 
 /// What a valid upgrade request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,18 @@ pub enum HandshakeError {
     /// The role is taken and `outer.on-duplicate = "reject"` (409).
     #[error("{0}")]
     Duplicate(#[from] DuplicateError),
+    /// The registry could not record the claim (503); the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ClaimError> for HandshakeError {
+    fn from(err: ClaimError) -> Self {
+        match err {
+            ClaimError::Duplicate(duplicate) => HandshakeError::Duplicate(duplicate),
+            other => HandshakeError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl HandshakeError {
@@ -73,6 +86,7 @@ impl HandshakeError {
             HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
+            HandshakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -9,6 +9,7 @@
 //! small JSON document.
 
 pub mod close;
+pub mod delivery;
 pub mod handshake;
 pub mod session;
 
@@ -143,8 +144,9 @@ async fn serve_connection(
     let service = {
         let ctx = Arc::clone(&ctx);
         service_fn(move |request| {
-            let response = respond(request, &ctx, remote_addr, &permit);
-            async move { Ok::<_, Infallible>(response) }
+            let ctx = Arc::clone(&ctx);
+            let permit = Arc::clone(&permit);
+            async move { Ok::<_, Infallible>(respond(request, &ctx, remote_addr, &permit).await) }
         })
     };
     let connection = http1::Builder::new()
@@ -170,7 +172,7 @@ async fn serve_connection(
 }
 
 /// Answers one HTTP request: the health document, an upgrade, or a refusal.
-fn respond(
+async fn respond(
     mut request: Request<Incoming>,
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
@@ -179,10 +181,13 @@ fn respond(
     if request.uri().path() == HEALTHZ_PATH && request.method() == Method::GET {
         return healthz(&ctx.session);
     }
-    match upgrade(&mut request, ctx, remote_addr, permit) {
+    match upgrade(&mut request, ctx, remote_addr, permit).await {
         Ok(response) => response,
         Err(err) => {
             Metrics::incr(&ctx.session.metrics.handshakes_refused);
+            if let HandshakeError::Unavailable(_) = err {
+                Metrics::incr(&ctx.session.metrics.registry_unavailable);
+            }
             debug!(%remote_addr, uri = %request.uri(), status = err.status().as_u16(),
                 reason = %err, "upgrade refused");
             refusal(&err)
@@ -192,7 +197,7 @@ fn respond(
 
 /// Checks the request, claims the role in the hub, and spawns the session that completes
 /// the upgrade.
-fn upgrade(
+async fn upgrade(
     request: &mut Request<Incoming>,
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
@@ -213,7 +218,7 @@ fn upgrade(
             }
         })?;
     // Claimed only now, so a malformed upgrade never evicts a working session.
-    let (claim, outbound_rx) = ctx.session.hub.claim(pair.channel_id, pair.role)?;
+    let (claim, outbound_rx) = ctx.session.router.claim(pair.channel_id, pair.role).await?;
     let session_ctx = Arc::clone(&ctx.session);
     let permit = Arc::clone(permit);
     let handshake_timeout = ctx.config().handshake_timeout;
@@ -250,7 +255,7 @@ fn refusal(err: &HandshakeError) -> Response<Full<Bytes>> {
 }
 
 fn healthz(ctx: &SessionContext) -> Response<Full<Bytes>> {
-    let (connections, pairs) = ctx.hub.counts();
+    let (connections, pairs) = ctx.router.hub.counts();
     let counters: serde_json::Map<String, serde_json::Value> = ctx
         .metrics
         .snapshot()

@@ -23,17 +23,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Sink, SinkExt};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::{PollSender, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{debug, info};
 use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
+use super::delivery::{CreditReturn, Delivery};
 use crate::config::OuterConfig;
-use crate::hub::{Claim, Hub, SessionHandle};
+use crate::hub::Claim;
 use crate::metrics::Metrics;
 use crate::pair::{Message, MessageKind};
+use crate::router::Router;
 
 /// How long a closing session may take to send its close frame and see the client's reply
 /// before the connection is dropped.
@@ -44,8 +46,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct SessionContext {
     /// Timeouts and limits.
     pub config: OuterConfig,
-    /// Where peers are found.
-    pub hub: Arc<Hub>,
+    /// Where peers are found, here or on other nodes.
+    pub router: Arc<Router>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node shuts down; tells a stop by shutdown from one by replacement.
@@ -71,18 +73,10 @@ enum Event {
     Read(Result<Frame, WebSocketError>),
     /// Writing to the client failed.
     WriteFailed(WebSocketError),
-    /// The peer whose full queue held our message is gone.
-    PeerGone(Message),
     /// The session must stop: replaced, or the node shuts down.
     Stop,
     /// Time to check timeouts and maybe ping.
     Tick,
-}
-
-/// A message read from the client that waits for room in the peer's queue.
-struct Blocked {
-    message: Message,
-    sender: PollSender<Message>,
 }
 
 /// The state of one session; [`run`] drives it.
@@ -91,9 +85,10 @@ struct Session {
     outbound_rx: mpsc::Receiver<Message>,
     claim: Claim,
     ctx: Arc<SessionContext>,
-    /// The cached handle of the peer session; refreshed from the hub only when gone.
-    peer: Option<SessionHandle>,
-    blocked: Option<Blocked>,
+    /// Sends what the client says to its peer.
+    delivery: Delivery,
+    /// Credit owed to other nodes for messages written to the client.
+    credit: CreditReturn,
     /// Fires when the session must stop (its `stop` token, a child of the shutdown token).
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     ticker: Interval,
@@ -139,10 +134,15 @@ pub async fn run(
         ws,
         outbound_rx,
         stop: Box::pin(claim.handle.stop.clone().cancelled_owned()),
+        delivery: Delivery::new(
+            claim.channel_id,
+            claim.role,
+            Arc::clone(&ctx.router),
+            Arc::clone(&ctx.metrics),
+        ),
+        credit: CreditReturn::default(),
         claim,
         ctx,
-        peer: None,
-        blocked: None,
         ticker,
         unflushed: false,
         ping_due: false,
@@ -191,10 +191,6 @@ impl Session {
                         error = %err, "write to client failed");
                     return CloseReason::ConnectionLost;
                 }
-                Event::PeerGone(message) => {
-                    self.peer = None;
-                    self.deliver(message);
-                }
                 Event::Stop if self.ctx.shutdown.is_cancelled() => return CloseReason::Shutdown,
                 Event::Stop => return CloseReason::Replaced,
                 Event::Tick => {
@@ -214,29 +210,10 @@ impl Session {
         if let Err(err) = self.poll_write(cx) {
             return Poll::Ready(Event::WriteFailed(err));
         }
-        if let Some(blocked) = &mut self.blocked {
-            match blocked.sender.poll_reserve(cx) {
-                Poll::Ready(Ok(())) => {
-                    let Blocked {
-                        message,
-                        mut sender,
-                    } = self.blocked.take().expect("blocked is Some in this branch");
-                    if let Err(err) = sender.send_item(message) {
-                        let message = err.into_inner().expect("a reserved send returns its item");
-                        return Poll::Ready(Event::PeerGone(message));
-                    }
-                    Metrics::incr(&self.ctx.metrics.messages_relayed);
-                }
-                Poll::Ready(Err(_closed)) => {
-                    let Blocked { message, .. } =
-                        self.blocked.take().expect("blocked is Some in this branch");
-                    return Poll::Ready(Event::PeerGone(message));
-                }
-                Poll::Pending => {}
-            }
-        }
+        // A parked message is a no-op here unless it can now move.
+        let _ = self.delivery.poll_unblock(cx);
         // Reading waits while a message is blocked: that is what pushes back on the client.
-        if self.blocked.is_none()
+        if !self.delivery.is_blocked()
             && let Poll::Ready(result) = self.ws.poll_next_frame(cx)
         {
             return Poll::Ready(Event::Read(result));
@@ -249,25 +226,29 @@ impl Session {
 
     /// Moves queued messages into the socket's buffer while it has room, then flushes.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WebSocketError> {
-        let mut ws = Pin::new(&mut self.ws);
         loop {
-            match ws.as_mut().poll_ready(cx) {
+            match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(result) => result?,
                 Poll::Pending => break,
             }
             if self.ping_due {
                 self.ping_due = false;
-                ws.as_mut().start_send(Frame::ping(bytes::Bytes::new()))?;
+                Pin::new(&mut self.ws).start_send(Frame::ping(bytes::Bytes::new()))?;
                 self.unflushed = true;
                 continue;
             }
             match self.outbound_rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
+                    if let Some(origin) = message.origin
+                        && let Some((node, n)) = self.credit.written(origin)
+                    {
+                        self.return_credit(node, n);
+                    }
                     let frame = match message.kind {
                         MessageKind::Text => Frame::text(message.payload),
                         MessageKind::Binary => Frame::binary(message.payload),
                     };
-                    ws.as_mut().start_send(frame)?;
+                    Pin::new(&mut self.ws).start_send(frame)?;
                     self.unflushed = true;
                     self.write_progress += 1;
                 }
@@ -275,15 +256,17 @@ impl Session {
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
-        if self.unflushed {
-            match ws.as_mut().poll_flush(cx) {
-                Poll::Ready(result) => {
-                    result?;
-                    self.unflushed = false;
-                    self.write_progress += 1;
-                }
-                Poll::Pending => {}
-            }
+        if self.outbound_rx.is_empty()
+            && let Some((node, n)) = self.credit.take()
+        {
+            self.return_credit(node, n);
+        }
+        if self.unflushed
+            && let Poll::Ready(result) = Pin::new(&mut self.ws).poll_flush(cx)
+        {
+            result?;
+            self.unflushed = false;
+            self.write_progress += 1;
         }
         Ok(())
     }
@@ -308,54 +291,23 @@ impl Session {
         if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
             return Some(CloseReason::InvalidUtf8);
         }
-        self.deliver(Message { kind, payload });
+        self.delivery.send(Message {
+            kind,
+            payload,
+            origin: None,
+        });
         None
     }
 
-    /// Hands a message to the peer's queue, or holds it if the queue is full. If the cached
-    /// peer ended in the meantime, looks once more for a newer one before dropping.
-    fn deliver(&mut self, mut message: Message) {
-        for _ in 0..2 {
-            let Some(peer) = self.current_peer() else {
-                break;
-            };
-            match peer.outbound_tx.try_send(message) {
-                Ok(()) => {
-                    Metrics::incr(&self.ctx.metrics.messages_relayed);
-                    return;
-                }
-                Err(TrySendError::Full(returned)) => {
-                    let sender = PollSender::new(peer.outbound_tx.clone());
-                    self.blocked = Some(Blocked {
-                        message: returned,
-                        sender,
-                    });
-                    return;
-                }
-                Err(TrySendError::Closed(returned)) => {
-                    self.peer = None;
-                    message = returned;
-                }
-            }
-        }
-        Metrics::incr(&self.ctx.metrics.messages_dropped_no_peer);
-        debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
-            bytes = message.payload.len(), "message dropped: peer not connected");
-    }
-
-    /// The peer's handle, refreshed from the hub when the cached one is gone.
-    fn current_peer(&mut self) -> Option<&SessionHandle> {
-        if self.peer.as_ref().is_none_or(SessionHandle::is_gone) {
-            self.peer = self
-                .ctx
-                .hub
-                .session(&self.claim.channel_id, self.claim.role.peer());
-        }
-        self.peer.as_ref()
+    fn return_credit(&self, node: crate::node::NodeId, n: u32) {
+        self.ctx
+            .router
+            .grant_credit(node, self.claim.channel_id, self.claim.role.peer(), n);
     }
 
     /// Checks the idle and stall timeouts and schedules a ping.
     fn on_tick(&mut self) -> Option<CloseReason> {
+        self.delivery.recheck();
         let now = Instant::now();
         let config = &self.ctx.config;
         let seen = &mut self.seen;
@@ -392,10 +344,7 @@ impl Session {
         while self.outbound_rx.try_recv().is_ok() {
             undelivered += 1;
         }
-        if let Some(blocked) = self.blocked.take() {
-            drop(blocked);
-            undelivered += 1;
-        }
+        undelivered += self.delivery.abandon();
         if undelivered > 0 {
             Metrics::add(&self.ctx.metrics.messages_dropped_closed, undelivered);
             debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
@@ -417,5 +366,6 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        self.ctx.router.release(&self.claim).await;
     }
 }

@@ -1,0 +1,506 @@
+//! Bytes to `InnerFrame` and back: the only code that knows the inner wire format.
+//!
+//! Each frame is a 4-byte big-endian length, then a type byte and the fields of that type:
+//!
+//! | type | frame | fields after the type byte |
+//! |---|---|---|
+//! | 1 | Hello | version u16, node id u64, nonce [32] |
+//! | 2 | Auth | mac [32] |
+//! | 3 | Data | channel id [32], role u8, kind u8, payload (the rest) |
+//! | 4 | Credit | channel id [32], role u8, n u32 |
+//! | 5 | Bound | channel id [32], role u8, session u64 |
+//! | 6 | Unbound | channel id [32], role u8, session u64 |
+//! | 7 | Evict | channel id [32], role u8, session u64 |
+//! | 8 | Ping | |
+//! | 9 | Pong | |
+//!
+//! Roles are 0 (app) and 1 (web); kinds 0 (text) and 1 (binary); integers are big-endian. The
+//! length is checked before anything is buffered past it: a frame longer than the limit (the
+//! largest message plus [`HEADER_ALLOWANCE`]) is an error, so a peer cannot make a node
+//! allocate more than that. Any error closes the link that sent it, never the node. Payloads
+//! are slices of the read buffer, not copies.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES};
+use crate::node::NodeId;
+use crate::pair::{CHANNEL_ID_LEN, ChannelId, MessageKind, Role};
+
+/// Bytes a frame may carry beyond its message payload: type, channel id, role, kind.
+pub const HEADER_ALLOWANCE: usize = 64;
+
+const LENGTH_BYTES: usize = 4;
+
+/// Why bytes from a link are not a frame. Every variant closes that link.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Reading or writing the socket failed.
+    #[error("link i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix exceeds the limit.
+    #[error("inner frame of {length} bytes exceeds the limit of {limit}")]
+    TooLong {
+        /// The announced length.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The type byte is not a known frame type.
+    #[error("unknown inner frame type {0}")]
+    UnknownType(u8),
+    /// The frame's fields do not fit its type.
+    #[error("malformed inner {frame} frame: {problem}")]
+    Malformed {
+        /// The frame type.
+        frame: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The codec for one link.
+#[derive(Debug)]
+pub struct InnerCodec {
+    framing: LengthDelimitedCodec,
+    limit: usize,
+}
+
+impl InnerCodec {
+    /// A codec for links that carry messages of at most `max_message` bytes.
+    pub fn new(max_message: usize) -> InnerCodec {
+        let limit = max_message + HEADER_ALLOWANCE;
+        InnerCodec {
+            framing: LengthDelimitedCodec::builder()
+                .length_field_length(LENGTH_BYTES)
+                .max_frame_length(limit)
+                .new_codec(),
+            limit,
+        }
+    }
+}
+
+impl Decoder for InnerCodec {
+    type Item = InnerFrame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<InnerFrame>, CodecError> {
+        if src.len() >= LENGTH_BYTES {
+            let length =
+                u32::from_be_bytes(src[..LENGTH_BYTES].try_into().expect("4 bytes")) as usize;
+            if length > self.limit {
+                return Err(CodecError::TooLong {
+                    length,
+                    limit: self.limit,
+                });
+            }
+        }
+        match self.framing.decode(src)? {
+            Some(body) => parse(body.freeze()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<InnerFrame> for InnerCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: InnerFrame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        write_body(&frame, dst);
+        let length = dst.len() - start - LENGTH_BYTES;
+        if length > self.limit {
+            dst.truncate(start);
+            return Err(CodecError::TooLong {
+                length,
+                limit: self.limit,
+            });
+        }
+        dst[start..start + LENGTH_BYTES].copy_from_slice(&(length as u32).to_be_bytes());
+        Ok(())
+    }
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::App => 0,
+        Role::Web => 1,
+    }
+}
+
+fn put_target(dst: &mut BytesMut, type_byte: u8, channel_id: &ChannelId, role: Role) {
+    dst.put_u8(type_byte);
+    dst.put_slice(channel_id.as_bytes());
+    dst.put_u8(role_byte(role));
+}
+
+fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
+    match frame {
+        InnerFrame::Hello {
+            version,
+            node,
+            nonce,
+        } => {
+            dst.put_u8(1);
+            dst.put_u16(*version);
+            dst.put_u64(node.0);
+            dst.put_slice(nonce);
+        }
+        InnerFrame::Auth { mac } => {
+            dst.put_u8(2);
+            dst.put_slice(mac);
+        }
+        InnerFrame::Data {
+            channel_id,
+            role,
+            kind,
+            payload,
+        } => {
+            put_target(dst, 3, channel_id, *role);
+            dst.put_u8(match kind {
+                MessageKind::Text => 0,
+                MessageKind::Binary => 1,
+            });
+            dst.put_slice(payload);
+        }
+        InnerFrame::Credit {
+            channel_id,
+            role,
+            n,
+        } => {
+            put_target(dst, 4, channel_id, *role);
+            dst.put_u32(*n);
+        }
+        InnerFrame::Bound {
+            channel_id,
+            role,
+            session,
+        } => {
+            put_target(dst, 5, channel_id, *role);
+            dst.put_u64(*session);
+        }
+        InnerFrame::Unbound {
+            channel_id,
+            role,
+            session,
+        } => {
+            put_target(dst, 6, channel_id, *role);
+            dst.put_u64(*session);
+        }
+        InnerFrame::Evict {
+            channel_id,
+            role,
+            session,
+        } => {
+            put_target(dst, 7, channel_id, *role);
+            dst.put_u64(*session);
+        }
+        InnerFrame::Ping => dst.put_u8(8),
+        InnerFrame::Pong => dst.put_u8(9),
+    }
+}
+
+/// Reads fields off a frame body, turning a short body into `Malformed`.
+struct Fields {
+    body: Bytes,
+    frame: &'static str,
+}
+
+impl Fields {
+    fn need(&self, n: usize) -> Result<(), CodecError> {
+        if self.body.remaining() < n {
+            return Err(self.malformed(format!(
+                "needs {n} more bytes, has {}",
+                self.body.remaining()
+            )));
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, problem: String) -> CodecError {
+        CodecError::Malformed {
+            frame: self.frame,
+            problem,
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        self.need(1)?;
+        Ok(self.body.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        self.need(2)?;
+        Ok(self.body.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        self.need(4)?;
+        Ok(self.body.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        self.need(8)?;
+        Ok(self.body.get_u64())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        self.need(N)?;
+        let mut out = [0u8; N];
+        self.body.copy_to_slice(&mut out);
+        Ok(out)
+    }
+
+    fn channel_id(&mut self) -> Result<ChannelId, CodecError> {
+        let bytes: [u8; CHANNEL_ID_LEN] = self.array()?;
+        ChannelId::from_bytes(&bytes).map_err(|err| self.malformed(format!("channel id {err}")))
+    }
+
+    fn role(&mut self) -> Result<Role, CodecError> {
+        match self.u8()? {
+            0 => Ok(Role::App),
+            1 => Ok(Role::Web),
+            other => Err(self.malformed(format!("role {other}"))),
+        }
+    }
+
+    fn end(self) -> Result<(), CodecError> {
+        if self.body.has_remaining() {
+            return Err(self.malformed(format!("{} trailing bytes", self.body.remaining())));
+        }
+        Ok(())
+    }
+}
+
+fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
+    if body.is_empty() {
+        return Err(CodecError::Malformed {
+            frame: "empty",
+            problem: "no type byte".into(),
+        });
+    }
+    let type_byte = body.get_u8();
+    let frame = match type_byte {
+        1 => "hello",
+        2 => "auth",
+        3 => "data",
+        4 => "credit",
+        5 => "bound",
+        6 => "unbound",
+        7 => "evict",
+        8 => "ping",
+        9 => "pong",
+        other => return Err(CodecError::UnknownType(other)),
+    };
+    let mut fields = Fields { body, frame };
+    let parsed = match type_byte {
+        1 => InnerFrame::Hello {
+            version: fields.u16()?,
+            node: NodeId(fields.u64()?),
+            nonce: fields.array::<NONCE_BYTES>()?,
+        },
+        2 => InnerFrame::Auth {
+            mac: fields.array::<MAC_BYTES>()?,
+        },
+        3 => {
+            let channel_id = fields.channel_id()?;
+            let role = fields.role()?;
+            let kind = match fields.u8()? {
+                0 => MessageKind::Text,
+                1 => MessageKind::Binary,
+                other => return Err(fields.malformed(format!("kind {other}"))),
+            };
+            let payload = std::mem::take(&mut fields.body);
+            InnerFrame::Data {
+                channel_id,
+                role,
+                kind,
+                payload,
+            }
+        }
+        4 => InnerFrame::Credit {
+            channel_id: fields.channel_id()?,
+            role: fields.role()?,
+            n: fields.u32()?,
+        },
+        5..=7 => {
+            let channel_id = fields.channel_id()?;
+            let role = fields.role()?;
+            let session = fields.u64()?;
+            match type_byte {
+                5 => InnerFrame::Bound {
+                    channel_id,
+                    role,
+                    session,
+                },
+                6 => InnerFrame::Unbound {
+                    channel_id,
+                    role,
+                    session,
+                },
+                _ => InnerFrame::Evict {
+                    channel_id,
+                    role,
+                    session,
+                },
+            }
+        }
+        8 => InnerFrame::Ping,
+        _ => InnerFrame::Pong,
+    };
+    fields.end()?;
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ChannelId {
+        "abcdefghijklmnopqrstuvwxyz012345".parse().unwrap()
+    }
+
+    fn round_trip(frame: InnerFrame, max_message: usize) -> InnerFrame {
+        let mut codec = InnerCodec::new(max_message);
+        let mut buffer = BytesMut::new();
+        codec.encode(frame, &mut buffer).unwrap();
+        let decoded = codec.decode(&mut buffer).unwrap().unwrap();
+        assert!(buffer.is_empty());
+        decoded
+    }
+
+    fn every_frame(payload: Bytes) -> Vec<InnerFrame> {
+        vec![
+            InnerFrame::Hello {
+                version: 1,
+                node: NodeId(42),
+                nonce: [7; NONCE_BYTES],
+            },
+            InnerFrame::Auth {
+                mac: [9; MAC_BYTES],
+            },
+            InnerFrame::Data {
+                channel_id: id(),
+                role: Role::Web,
+                kind: MessageKind::Text,
+                payload,
+            },
+            InnerFrame::Credit {
+                channel_id: id(),
+                role: Role::App,
+                n: 12,
+            },
+            InnerFrame::Bound {
+                channel_id: id(),
+                role: Role::App,
+                session: 3,
+            },
+            InnerFrame::Unbound {
+                channel_id: id(),
+                role: Role::Web,
+                session: 4,
+            },
+            InnerFrame::Evict {
+                channel_id: id(),
+                role: Role::App,
+                session: 5,
+            },
+            InnerFrame::Ping,
+            InnerFrame::Pong,
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for frame in every_frame(Bytes::from_static(b"hi")) {
+            assert_eq!(round_trip(frame.clone(), 100), frame);
+        }
+    }
+
+    #[test]
+    fn payloads_at_the_edge_lengths_round_trip() {
+        for length in [0, 1, 99, 100] {
+            let frame = InnerFrame::Data {
+                channel_id: id(),
+                role: Role::App,
+                kind: MessageKind::Binary,
+                payload: Bytes::from(vec![1u8; length]),
+            };
+            assert_eq!(round_trip(frame.clone(), 100), frame);
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_buffering() {
+        let mut codec = InnerCodec::new(100);
+        let mut buffer = BytesMut::new();
+        buffer.put_u32(10_000_000);
+        buffer.put_u8(3);
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(CodecError::TooLong {
+                length: 10_000_000,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn encoding_a_payload_over_the_limit_fails() {
+        let mut codec = InnerCodec::new(100);
+        let mut buffer = BytesMut::new();
+        let frame = InnerFrame::Data {
+            channel_id: id(),
+            role: Role::App,
+            kind: MessageKind::Binary,
+            payload: Bytes::from(vec![1u8; 200]),
+        };
+        assert!(codec.encode(frame, &mut buffer).is_err());
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        let mut codec = InnerCodec::new(100);
+        for body in [&[][..], &[42], &[1, 0], &[3, b'a'], &[8, 0]] {
+            let mut buffer = BytesMut::new();
+            buffer.put_u32(body.len() as u32);
+            buffer.put_slice(body);
+            assert!(codec.decode(&mut buffer).is_err(), "{body:?}");
+        }
+    }
+
+    /// Arbitrary bytes (a fixed-seed xorshift stream, mutated valid frames and raw noise) give
+    /// a frame or an error, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut valid = BytesMut::new();
+        let mut encoder = InnerCodec::new(100);
+        for frame in every_frame(Bytes::from_static(b"payload")) {
+            encoder.encode(frame, &mut valid).unwrap();
+        }
+        for _ in 0..20_000 {
+            let mut bytes = if next() % 2 == 0 {
+                let mut mutated = valid.clone();
+                for _ in 0..(next() % 4 + 1) {
+                    let at = (next() as usize) % mutated.len();
+                    mutated[at] = next() as u8;
+                }
+                mutated
+            } else {
+                let length = (next() % 200) as usize;
+                (0..length).map(|_| next() as u8).collect()
+            };
+            let mut codec = InnerCodec::new(100);
+            while let Ok(Some(_)) = codec.decode(&mut bytes) {}
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `InnerFrame`: what travels on a link between two nodes.
+//!
+//! A link carries frames one way, from the dialing node to the accepting one, except for the
+//! handshake and `Pong`. Frames name sessions by channel id and role, never by socket, so either
+//! node can restart without the other keeping stale handles.
+
+use bytes::Bytes;
+
+use crate::node::NodeId;
+use crate::pair::{ChannelId, MessageKind, Role};
+
+/// Version of the inner protocol, checked in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of a handshake nonce.
+pub const NONCE_BYTES: usize = 32;
+
+/// Bytes of an HMAC-SHA256 tag.
+pub const MAC_BYTES: usize = 32;
+
+/// One frame on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InnerFrame {
+    /// First frame from each side: who it is and a challenge for the other.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u16,
+        /// The sender's node id.
+        node: NodeId,
+        /// A fresh random challenge the other side must answer.
+        nonce: [u8; NONCE_BYTES],
+    },
+    /// The answer to the other side's challenge: an HMAC over both nonces and both ids.
+    Auth {
+        /// HMAC-SHA256 under `inner.secret`.
+        mac: [u8; MAC_BYTES],
+    },
+    /// A message for the session of `role` in `channel_id` on the receiving node.
+    Data {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role of the receiving session.
+        role: Role,
+        /// Text or binary.
+        kind: MessageKind,
+        /// The message body.
+        payload: Bytes,
+    },
+    /// The receiving node's session of `role` may send `n` more messages to its peer.
+    Credit {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role of the sending session whose window grows.
+        role: Role,
+        /// Messages acknowledged.
+        n: u32,
+    },
+    /// `role` of `channel_id` is now held by `session` on the sending node.
+    Bound {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role that was bound.
+        role: Role,
+        /// The new session's id on the sending node.
+        session: u64,
+    },
+    /// `session`, which held `role` of `channel_id` on the sending node, has ended.
+    Unbound {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role that was released.
+        role: Role,
+        /// The ended session's id on the sending node.
+        session: u64,
+    },
+    /// Close `session` (holding `role` of `channel_id` on the receiving node) with 4001:
+    /// a newer client replaced it on the sending node.
+    Evict {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role to evict.
+        role: Role,
+        /// The session to evict, on the receiving node.
+        session: u64,
+    },
+    /// Heartbeat; answered with `Pong`.
+    Ping,
+    /// Answer to `Ping`.
+    Pong,
+}

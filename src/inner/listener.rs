@@ -1,0 +1,120 @@
+//! Accepts links from other nodes, authenticates them, and hands their frames to the router.
+//!
+//! A connection that fails the handshake within `inner.connect-timeout` is cut, logged and
+//! counted. After it, a malformed or oversized frame, or silence for `inner.link-timeout`,
+//! closes that link and nothing else; the dialing node redials. Frames are handed over
+//! without waiting (the router never blocks on a session), so one slow session cannot hold up
+//! the other channels on the link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::auth;
+use super::codec::InnerCodec;
+use super::frame::InnerFrame;
+use super::link::LinkContext;
+use crate::metrics::Metrics;
+use crate::node::NodeId;
+
+/// Receives every frame an authenticated link delivers, with the sending node's id.
+pub type FrameSink = Arc<dyn Fn(NodeId, InnerFrame) + Send + Sync>;
+
+/// Accepts links until `shutdown` fires.
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<LinkContext>,
+    sink: FrameSink,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(error = %err, "inner accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tracker.spawn(serve_link(
+            stream,
+            remote_addr,
+            Arc::clone(&ctx),
+            Arc::clone(&sink),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_link(
+    stream: TcpStream,
+    remote_addr: SocketAddr,
+    ctx: Arc<LinkContext>,
+    sink: FrameSink,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, InnerCodec::new(ctx.max_message));
+    let secret = ctx.config.secret.as_bytes();
+    let handshake = auth::accept(&mut framed, ctx.me, secret);
+    let node = match tokio::time::timeout(ctx.config.connect_timeout, handshake).await {
+        Ok(Ok(node)) => node,
+        Ok(Err(err)) => {
+            Metrics::incr(&ctx.metrics.links_refused);
+            warn!(%remote_addr, error = %err, "inner link refused");
+            return;
+        }
+        Err(_) => {
+            Metrics::incr(&ctx.metrics.links_refused);
+            warn!(%remote_addr, "inner link refused: no handshake within inner.connect-timeout");
+            return;
+        }
+    };
+    info!(%node, %remote_addr, "inner link accepted");
+    let reason = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break "node shutting down".to_owned(),
+            next = tokio::time::timeout(ctx.config.link_timeout, framed.next()) => next,
+        };
+        match next {
+            Err(_) => {
+                break format!(
+                    "silent for inner.link-timeout {:?}",
+                    ctx.config.link_timeout
+                );
+            }
+            Ok(None) => break "closed by the remote node".to_owned(),
+            Ok(Some(Err(err))) => {
+                Metrics::incr(&ctx.metrics.links_malformed);
+                break err.to_string();
+            }
+            Ok(Some(Ok(InnerFrame::Ping))) => {
+                let pong = framed.send(InnerFrame::Pong);
+                if tokio::time::timeout(ctx.config.link_timeout, pong)
+                    .await
+                    .is_err()
+                {
+                    break "pong blocked".to_owned();
+                }
+            }
+            Ok(Some(Ok(
+                frame @ (InnerFrame::Hello { .. } | InnerFrame::Auth { .. } | InnerFrame::Pong),
+            ))) => {
+                Metrics::incr(&ctx.metrics.links_malformed);
+                break format!("unexpected frame after the handshake: {frame:?}");
+            }
+            Ok(Some(Ok(frame))) => sink(node, frame),
+        }
+    };
+    warn!(%node, %remote_addr, %reason, "inner link closed");
+}

@@ -1,0 +1,93 @@
+//! Identity of a node in a cluster: its generated id and what it advertises to the others.
+//!
+//! A node id is drawn at random when the process starts, so a restarted node is a new node
+//! (a new incarnation): routes written by the old process name an id that is no longer alive
+//! and are treated as absent.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The generated id of one node process.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// A fresh random id.
+    pub fn generate() -> NodeId {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the operating system provides random bytes");
+        NodeId(u64::from_le_bytes(bytes))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(text, 16).map(NodeId)
+    }
+}
+
+/// What a node tells the others about itself through the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// `host:port` of its inner listener.
+    pub advertise: String,
+    /// Its credit window: messages a sender may have in flight to one of its sessions
+    /// (its `outer.send-queue`).
+    pub window: u32,
+    /// Its wspair version.
+    pub version: String,
+}
+
+impl NodeInfo {
+    /// The registry spelling: `id|advertise|window|version`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.id, self.advertise, self.window, self.version
+        )
+    }
+
+    /// Parses [`NodeInfo::encode`]'s output; `None` for anything else.
+    pub fn decode(text: &str) -> Option<NodeInfo> {
+        let mut parts = text.splitn(4, '|');
+        Some(NodeInfo {
+            id: parts.next()?.parse().ok()?,
+            advertise: parts.next()?.to_owned(),
+            window: parts.next()?.parse().ok()?,
+            version: parts.next()?.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_info_round_trips() {
+        let info = NodeInfo {
+            id: NodeId(0xfeed),
+            advertise: "[::1]:1025".into(),
+            window: 1024,
+            version: "0.1.0".into(),
+        };
+        assert_eq!(NodeInfo::decode(&info.encode()), Some(info));
+        assert_eq!(NodeInfo::decode("garbage"), None);
+    }
+}

@@ -1,0 +1,300 @@
+//! Delivery: hands the messages a session reads to its peer, wherever the peer is, with
+//! backpressure; and returns credit for the messages a session received from other nodes.
+//!
+//! A message goes to a local peer's bounded queue, or, for a peer on another node, takes one
+//! credit and goes into the link's data queue. When the queue is full or the credit is spent,
+//! the message is parked ([`Delivery::is_blocked`]) and the session stops reading its client
+//! until [`Delivery::poll_unblock`] says it went through; that is the whole backpressure.
+//! A peer that ends while a message is parked gets looked up again, so a reconnected peer
+//! receives it; with no peer at all, the message is dropped and counted.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::{PollSemaphore, PollSender};
+use tracing::debug;
+
+use crate::hub::{Peer, RemotePeer};
+use crate::inner::frame::InnerFrame;
+use crate::inner::link::LinkError;
+use crate::metrics::Metrics;
+use crate::node::NodeId;
+use crate::pair::{ChannelId, Message, Role};
+use crate::router::Router;
+
+/// Credit returned to a sending node in one frame, at most; a session also returns what it
+/// owes whenever its queue runs empty.
+const CREDIT_BATCH: u32 = 32;
+
+/// A parked message and what it waits for.
+enum Blocked {
+    /// Room in a local peer's queue.
+    Local {
+        message: Message,
+        sender: PollSender<Message>,
+    },
+    /// Credit from the remote peer.
+    Credit {
+        message: Message,
+        remote: RemotePeer,
+        credits: PollSemaphore,
+    },
+    /// Room in the link's data queue (the credit is already taken).
+    Link {
+        frame: InnerFrame,
+        sender: PollSender<InnerFrame>,
+    },
+}
+
+/// The sending half of a session's relaying.
+pub struct Delivery {
+    channel_id: ChannelId,
+    /// The role of the session that sends.
+    role: Role,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    /// The peer, cached; looked up again only when absent or gone.
+    peer: Option<Peer>,
+    blocked: Option<Blocked>,
+}
+
+impl Delivery {
+    /// Delivery for the session of `role` in `channel_id`.
+    pub fn new(
+        channel_id: ChannelId,
+        role: Role,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+    ) -> Delivery {
+        Delivery {
+            channel_id,
+            role,
+            router,
+            metrics,
+            peer: None,
+            blocked: None,
+        }
+    }
+
+    /// True while a message waits; the session must not read its client meanwhile.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    /// Sends `message` now, or parks it. Never waits.
+    pub fn send(&mut self, mut message: Message) {
+        // A second attempt covers a cached peer that ended since it was cached.
+        for _ in 0..2 {
+            let Some(peer) = self.current_peer() else {
+                break;
+            };
+            match peer {
+                Peer::Local(handle) => match handle.outbound_tx.try_send(message) {
+                    Ok(()) => return self.relayed(),
+                    Err(TrySendError::Full(returned)) => {
+                        let sender = PollSender::new(handle.outbound_tx.clone());
+                        self.blocked = Some(Blocked::Local {
+                            message: returned,
+                            sender,
+                        });
+                        return;
+                    }
+                    Err(TrySendError::Closed(returned)) => message = returned,
+                },
+                Peer::Remote(remote) => {
+                    let remote = remote.clone();
+                    match remote.credits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            permit.forget();
+                            match self.send_to_link(&remote, message) {
+                                Some(returned) => message = returned,
+                                None => return,
+                            }
+                        }
+                        Err(_) => {
+                            let credits = PollSemaphore::new(Arc::clone(&remote.credits));
+                            self.blocked = Some(Blocked::Credit {
+                                message,
+                                remote,
+                                credits,
+                            });
+                            return;
+                        }
+                    }
+                }
+            }
+            self.peer = None;
+        }
+        self.drop_no_peer(&message);
+    }
+
+    /// Puts a data frame (its credit taken) on the link; returns the message if the link is
+    /// closed, so the caller can look for the peer again.
+    fn send_to_link(&mut self, remote: &RemotePeer, message: Message) -> Option<Message> {
+        let frame = InnerFrame::Data {
+            channel_id: self.channel_id,
+            role: self.role.peer(),
+            kind: message.kind,
+            payload: message.payload,
+        };
+        match remote.link.try_send_data(frame) {
+            Ok(()) => {
+                self.relayed();
+                None
+            }
+            Err(LinkError::Full(frame)) => {
+                self.blocked = Some(Blocked::Link {
+                    frame,
+                    sender: remote.link.data_sender(),
+                });
+                None
+            }
+            Err(LinkError::Closed(InnerFrame::Data { kind, payload, .. })) => Some(Message {
+                kind,
+                payload,
+                origin: None,
+            }),
+            Err(LinkError::Closed(_)) => unreachable!("send_to_link only sends data frames"),
+        }
+    }
+
+    /// Makes progress on a parked message; ready once nothing is parked.
+    pub fn poll_unblock(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(blocked) = &mut self.blocked else {
+                return Poll::Ready(());
+            };
+            match blocked {
+                Blocked::Local { sender, .. } => match sender.poll_reserve(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => {
+                        let Some(Blocked::Local {
+                            message,
+                            mut sender,
+                        }) = self.blocked.take()
+                        else {
+                            unreachable!("matched Local above");
+                        };
+                        match result.and_then(|()| sender.send_item(message.clone())) {
+                            Ok(()) => self.relayed(),
+                            Err(_closed) => self.retry(message),
+                        }
+                    }
+                },
+                Blocked::Credit {
+                    remote, credits, ..
+                } => {
+                    if remote.gone.is_cancelled() {
+                        let Some(Blocked::Credit { message, .. }) = self.blocked.take() else {
+                            unreachable!("matched Credit above");
+                        };
+                        self.retry(message);
+                        continue;
+                    }
+                    match credits.poll_acquire(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(permit) => {
+                            let Some(Blocked::Credit {
+                                message, remote, ..
+                            }) = self.blocked.take()
+                            else {
+                                unreachable!("matched Credit above");
+                            };
+                            match permit {
+                                Some(permit) => {
+                                    permit.forget();
+                                    if let Some(returned) = self.send_to_link(&remote, message) {
+                                        self.retry(returned);
+                                    }
+                                }
+                                None => self.retry(message),
+                            }
+                        }
+                    }
+                }
+                Blocked::Link { sender, .. } => match sender.poll_reserve(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => {
+                        let Some(Blocked::Link { frame, mut sender }) = self.blocked.take() else {
+                            unreachable!("matched Link above");
+                        };
+                        match result.and_then(|()| sender.send_item(frame)) {
+                            Ok(()) => self.relayed(),
+                            Err(_closed) => {
+                                Metrics::incr(&self.metrics.link_frames_dropped);
+                                debug!(channel_id = %self.channel_id, role = %self.role,
+                                    "message dropped: link closed");
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Called periodically: a message parked on a peer that has since gone is sent again.
+    pub fn recheck(&mut self) {
+        if let Some(Blocked::Credit { remote, .. }) = &self.blocked
+            && remote.gone.is_cancelled()
+            && let Some(Blocked::Credit { message, .. }) = self.blocked.take()
+        {
+            self.retry(message);
+        }
+    }
+
+    /// Drops a parked message at the end of the session; returns how many were dropped.
+    pub fn abandon(&mut self) -> u64 {
+        u64::from(self.blocked.take().is_some())
+    }
+
+    fn retry(&mut self, message: Message) {
+        self.peer = None;
+        self.send(message);
+    }
+
+    fn relayed(&self) {
+        Metrics::incr(&self.metrics.messages_relayed);
+    }
+
+    fn drop_no_peer(&self, message: &Message) {
+        Metrics::incr(&self.metrics.messages_dropped_no_peer);
+        debug!(channel_id = %self.channel_id, role = %self.role,
+            bytes = message.payload.len(), "message dropped: peer not connected");
+    }
+
+    /// The peer, refreshed from the hub when the cached one is absent or gone.
+    fn current_peer(&mut self) -> Option<&Peer> {
+        if self.peer.as_ref().is_none_or(Peer::is_gone) {
+            self.peer = self.router.hub.peer(&self.channel_id, self.role.peer());
+        }
+        self.peer.as_ref()
+    }
+}
+
+/// The receiving half: credit owed to nodes whose messages this session wrote to its client.
+#[derive(Debug, Default)]
+pub struct CreditReturn {
+    owed: Option<(NodeId, u32)>,
+}
+
+impl CreditReturn {
+    /// Notes that a message from `origin` was written; returns credit due now, if any.
+    pub fn written(&mut self, origin: NodeId) -> Option<(NodeId, u32)> {
+        match &mut self.owed {
+            Some((node, n)) if *node == origin => {
+                *n += 1;
+                if *n >= CREDIT_BATCH {
+                    return self.owed.take();
+                }
+                None
+            }
+            _ => self.owed.replace((origin, 1)),
+        }
+    }
+
+    /// All credit owed, to return when the queue runs empty.
+    pub fn take(&mut self) -> Option<(NodeId, u32)> {
+        self.owed.take()
+    }
+}

@@ -1,0 +1,370 @@
+//! The cluster registry in Redis: which node holds each (channel id, role), and which nodes are
+//! alive. Only this module talks to Redis.
+//!
+//! Keys (one channel's keys share the hash tag `{channelId}`, so every script touches one
+//! slot and the design works unchanged on Redis Cluster):
+//!
+//! | key | value | lifetime |
+//! |---|---|---|
+//! | `wspair:{ID}:app`, `wspair:{ID}:web` | route: `nodeId:sessionId` | until released (compare-and-delete), overwritten by a newer claim (compare-and-set), or [`ROUTE_TTL`] |
+//! | `wspair:nodes` | sorted set of `id\|advertise\|window\|version`, scored by expiry time (ms, Redis clock) | members expire `registry.node-ttl × 3/5` after their last heartbeat; dropped an hour later |
+//!
+//! Liveness costs one script call per node per heartbeat (`registry.node-ttl / 5`), whatever the
+//! number of sessions: routes carry no TTL that must be refreshed, they name a node id, and a
+//! reader treats a route to a node missing from `wspair:nodes` as absent. A node id is drawn
+//! per process, so a restarted node never revives its old routes.
+//!
+//! While a node is dying, readers may see its routes as live for up to `registry.node-ttl`
+//! (its last heartbeat's lifetime plus the readers' two polls); claims of those channels with
+//! `outer.on-duplicate = "reject"` answer 409 until then, and messages sent to its sessions are
+//! dropped and counted. Routes of a node that died stay in Redis until a claim overwrites them
+//! or [`ROUTE_TTL`] passes; nobody treats them as live.
+//!
+//! Every call has the deadline `registry.timeout`. Redis Cluster is used through the client's
+//! cluster connection, which follows slot moves.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Script};
+
+use crate::config::RegistryConfig;
+use crate::node::{NodeId, NodeInfo};
+use crate::pair::{ChannelId, Role};
+
+/// Lifetime of a route key in Redis: a bound on how long a crashed node's routes occupy memory.
+/// Live sessions are re-registered well within it (every [`ROUTE_TTL`] / 2).
+pub const ROUTE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long expired node entries stay in `wspair:nodes` before they are removed.
+const NODE_RETAIN: Duration = Duration::from_secs(60 * 60);
+
+const NODES_KEY: &str = "wspair:nodes";
+
+/// A registry failure. The caller decides: a claim answers 503, a heartbeat retries.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within `registry.timeout`.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where a role of a channel is held: a node and the session's id on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The node holding the session.
+    pub node: NodeId,
+    /// The session's id on that node.
+    pub session: u64,
+}
+
+impl Route {
+    fn encode(&self) -> String {
+        format!("{}:{}", self.node, self.session)
+    }
+
+    fn decode(text: &str) -> Option<Route> {
+        let (node, session) = text.split_once(':')?;
+        Some(Route {
+            node: node.parse().ok()?,
+            session: session.parse().ok()?,
+        })
+    }
+}
+
+/// What one heartbeat learned.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// True if this node's entry was missing: Redis lost it (restarted empty) or the node was
+    /// too late to refresh it. Everything the node holds must be registered again.
+    pub was_missing: bool,
+    /// Every live node, this one included.
+    pub live: Vec<NodeInfo>,
+}
+
+/// Sets a route if it still has the expected value (empty for absent).
+const COMPARE_AND_SET: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// Deletes a route only if it is still ours.
+const COMPARE_AND_DELETE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Writes a route if it is absent or already ours (registering again after a loss).
+const REFRESH: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// Refreshes this node's entry and returns whether it was missing, and every live entry.
+const HEARTBEAT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis registry of one node.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    connection: Connection,
+    me: NodeInfo,
+    timeout: Duration,
+    node_ttl: Duration,
+    compare_and_set: Script,
+    compare_and_delete: Script,
+    refresh: Script,
+    heartbeat: Script,
+}
+
+impl std::fmt::Debug for RedisRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRegistry")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn route_key(channel_id: &ChannelId, role: Role) -> String {
+    format!("wspair:{{{channel_id}}}:{role}")
+}
+
+impl RedisRegistry {
+    /// Connects to Redis (or the Redis Cluster seeds) in `config`. A single Redis is reached
+    /// lazily, so a node starts while Redis is down; a cluster must answer at start, to learn
+    /// its slots.
+    pub async fn connect(
+        config: &RegistryConfig,
+        me: NodeInfo,
+    ) -> Result<RedisRegistry, RegistryError> {
+        let connection = if config.cluster {
+            let client = redis::cluster::ClusterClient::builder(config.redis.clone())
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout)
+                .retries(2)
+                .build()?;
+            let connection =
+                tokio::time::timeout(config.timeout * 5, client.get_async_connection())
+                    .await
+                    .map_err(|_| RegistryError::Timeout(config.timeout * 5))??;
+            Connection::Cluster(connection)
+        } else {
+            let client = redis::Client::open(config.redis[0].as_str())?;
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Connection::Single(client.get_connection_manager_lazy(manager_config)?)
+        };
+        Ok(RedisRegistry {
+            connection,
+            me,
+            timeout: config.timeout,
+            node_ttl: config.node_ttl,
+            compare_and_set: Script::new(COMPARE_AND_SET),
+            compare_and_delete: Script::new(COMPARE_AND_DELETE),
+            refresh: Script::new(REFRESH),
+            heartbeat: Script::new(HEARTBEAT),
+        })
+    }
+
+    /// This node's entry.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    async fn deadline<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RegistryError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: Cmd) -> Result<T, RegistryError> {
+        match &self.connection {
+            Connection::Single(connection) => {
+                self.deadline(command.query_async(&mut connection.clone()))
+                    .await
+            }
+            Connection::Cluster(connection) => {
+                self.deadline(command.query_async(&mut connection.clone()))
+                    .await
+            }
+        }
+    }
+
+    async fn run<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[String],
+    ) -> Result<T, RegistryError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        match &self.connection {
+            Connection::Single(connection) => {
+                self.deadline(invocation.invoke_async(&mut connection.clone()))
+                    .await
+            }
+            Connection::Cluster(connection) => {
+                self.deadline(invocation.invoke_async(&mut connection.clone()))
+                    .await
+            }
+        }
+    }
+
+    /// The route of `role` in `channel_id`, live or not; the caller checks liveness.
+    pub async fn route(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+    ) -> Result<Option<Route>, RegistryError> {
+        let value: Option<String> = self
+            .query(redis::cmd("GET").arg(route_key(channel_id, role)).clone())
+            .await?;
+        Ok(value.as_deref().and_then(Route::decode))
+    }
+
+    /// Writes `new` as the route if the current route is still `expected`.
+    pub async fn compare_and_set(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        expected: Option<Route>,
+        new: Route,
+    ) -> Result<bool, RegistryError> {
+        let expected = expected.map(|route| route.encode()).unwrap_or_default();
+        let ttl = ROUTE_TTL.as_millis().to_string();
+        let set: i64 = self
+            .run(
+                &self.compare_and_set,
+                &route_key(channel_id, role),
+                &[expected, new.encode(), ttl],
+            )
+            .await?;
+        Ok(set == 1)
+    }
+
+    /// Deletes the route if it is still `route`; a newer claim is left alone.
+    pub async fn release(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        route: Route,
+    ) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .run(
+                &self.compare_and_delete,
+                &route_key(channel_id, role),
+                &[route.encode()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the route again if it is absent or still ours; false if another node holds it.
+    pub async fn refresh(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        route: Route,
+    ) -> Result<bool, RegistryError> {
+        let ttl = ROUTE_TTL.as_millis().to_string();
+        let written: i64 = self
+            .run(
+                &self.refresh,
+                &route_key(channel_id, role),
+                &[route.encode(), ttl],
+            )
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Refreshes this node's liveness entry and reads every live node.
+    pub async fn heartbeat(&self) -> Result<Heartbeat, RegistryError> {
+        let lifetime = (self.node_ttl * 3 / 5).as_millis().to_string();
+        let retain = NODE_RETAIN.as_millis().to_string();
+        let (added, members): (i64, Vec<String>) = self
+            .run(
+                &self.heartbeat,
+                NODES_KEY,
+                &[self.me.encode(), lifetime, retain],
+            )
+            .await?;
+        Ok(Heartbeat {
+            was_missing: added == 1,
+            live: members
+                .iter()
+                .filter_map(|member| NodeInfo::decode(member))
+                .collect(),
+        })
+    }
+
+    /// Removes this node's liveness entry, at shutdown.
+    pub async fn deregister(&self) -> Result<(), RegistryError> {
+        let _: i64 = self
+            .query(
+                redis::cmd("ZREM")
+                    .arg(NODES_KEY)
+                    .arg(self.me.encode())
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_channel_share_a_hash_tag() {
+        let id: ChannelId = "abcdefghijklmnopqrstuvwxyz012345".parse().unwrap();
+        assert_eq!(
+            route_key(&id, Role::App),
+            "wspair:{abcdefghijklmnopqrstuvwxyz012345}:app"
+        );
+        assert_eq!(
+            route_key(&id, Role::Web),
+            "wspair:{abcdefghijklmnopqrstuvwxyz012345}:web"
+        );
+    }
+
+    #[test]
+    fn routes_round_trip() {
+        let route = Route {
+            node: NodeId(0xabc),
+            session: 77,
+        };
+        assert_eq!(Route::decode(&route.encode()), Some(route));
+        assert_eq!(Route::decode("nonsense"), None);
+    }
+}

@@ -1,0 +1,546 @@
+//! Where a message goes: a session of this node, a link to the node that holds the peer, or
+//! nowhere; and the cluster bookkeeping that keeps that answer right without asking Redis per
+//! message.
+//!
+//! The router owns the cluster side of a node: the registry, the links (one per remote node,
+//! spawned on first use), the directory of live nodes (refreshed by the heartbeat), and the
+//! handling of every frame an inner link delivers. In single-node mode it holds only the hub.
+//!
+//! How caches stay right (cluster mode): a session claims its role in Redis (compare-and-set),
+//! then reads its peer's route once; if the peer is on another node, it records it in the hub
+//! and sends that node `Bound`, so the peer learns of it too. When a session ends, it releases
+//! its route (compare-and-delete) and sends `Unbound` to its peer's node. A node that leaves the
+//! directory is forgotten: its remote records are dropped and its link closed. Relaying a
+//! message therefore costs no Redis operation in steady state.
+//!
+//! Backpressure across a link is per session, by credit: a sender may have at most the
+//! receiving node's `outer.send-queue` messages in flight to one remote session; the receiving
+//! session returns credit as it writes them to its client. A slow receiver stops only its own
+//! sender, and the link never waits on a session, so other channels on it keep flowing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::DuplicatePolicy;
+use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer};
+use crate::inner::frame::InnerFrame;
+use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
+use crate::metrics::Metrics;
+use crate::node::{NodeId, NodeInfo};
+use crate::pair::{ChannelId, Message, Role};
+use crate::registry::{ROUTE_TTL, RedisRegistry, RegistryError, Route};
+
+/// Claims that lose a compare-and-set race are retried this many times.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// Routes registered again at once after Redis lost them.
+const REREGISTER_CONCURRENCY: usize = 32;
+
+/// Why a claim failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The role is taken and the duplicate policy is `reject`.
+    #[error(transparent)]
+    Duplicate(#[from] DuplicateError),
+    /// The registry could not be reached.
+    #[error("registry unavailable: {0}")]
+    Unavailable(#[from] RegistryError),
+    /// Other nodes kept changing the route; the client may retry.
+    #[error("the route of channel {0} kept changing; retry")]
+    Contended(ChannelId),
+}
+
+/// The cluster side of a node.
+struct Cluster {
+    registry: RedisRegistry,
+    link_ctx: Arc<LinkContext>,
+    links: Mutex<HashMap<NodeId, (LinkHandle, CancellationToken)>>,
+    directory: Mutex<Directory>,
+    /// Routes whose release failed (Redis down); retried at each heartbeat.
+    pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
+    tracker: TaskTracker,
+    /// Cancelled after the sessions have drained, so `Unbound` frames still go out.
+    links_cancel: CancellationToken,
+}
+
+/// Live nodes, as the last heartbeats saw them.
+#[derive(Debug, Default)]
+struct Directory {
+    live: HashMap<NodeId, NodeInfo>,
+    /// Nodes missing from the last poll; a second miss makes them dead.
+    missing_once: HashSet<NodeId>,
+}
+
+/// Routes messages and keeps the cluster's view of routes current.
+pub struct Router {
+    /// The sessions of this node.
+    pub hub: Arc<Hub>,
+    me: NodeInfo,
+    policy: DuplicatePolicy,
+    metrics: Arc<Metrics>,
+    cluster: Option<Cluster>,
+    this: Weak<Router>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("me", &self.me)
+            .field("cluster", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the router needs to run in cluster mode.
+pub struct ClusterParts {
+    /// The connected registry.
+    pub registry: RedisRegistry,
+    /// Settings and counters shared by every link.
+    pub link_ctx: Arc<LinkContext>,
+    /// Tracks link tasks.
+    pub tracker: TaskTracker,
+    /// Stops the links at the end of shutdown.
+    pub links_cancel: CancellationToken,
+}
+
+impl Router {
+    /// A router for `hub`; in cluster mode when `cluster` is given.
+    pub fn new(
+        hub: Arc<Hub>,
+        me: NodeInfo,
+        policy: DuplicatePolicy,
+        metrics: Arc<Metrics>,
+        cluster: Option<ClusterParts>,
+    ) -> Arc<Router> {
+        Arc::new_cyclic(|this| Router {
+            hub,
+            me,
+            policy,
+            metrics,
+            cluster: cluster.map(|parts| Cluster {
+                registry: parts.registry,
+                link_ctx: parts.link_ctx,
+                links: Mutex::default(),
+                directory: Mutex::default(),
+                pending_releases: Mutex::default(),
+                tracker: parts.tracker,
+                links_cancel: parts.links_cancel,
+            }),
+            this: this.clone(),
+        })
+    }
+
+    /// This node's id and advertised address.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Claims `role` of `channel_id` for a new session of this node, on this node and, in
+    /// cluster mode, in the registry; then finds the peer if it is on another node.
+    pub async fn claim(
+        &self,
+        channel_id: ChannelId,
+        role: Role,
+    ) -> Result<(Claim, mpsc::Receiver<Message>), ClaimError> {
+        let (claim, outbound_rx) = self.hub.claim(channel_id, role)?;
+        if let Some(cluster) = &self.cluster {
+            // On error the claim is dropped, which releases the hub slot.
+            self.claim_in_registry(cluster, &claim).await?;
+        }
+        Ok((claim, outbound_rx))
+    }
+
+    async fn claim_in_registry(&self, cluster: &Cluster, claim: &Claim) -> Result<(), ClaimError> {
+        let (channel_id, role) = (claim.channel_id, claim.role);
+        let mine = Route {
+            node: self.me.id,
+            session: claim.handle.id,
+        };
+        let registry = &cluster.registry;
+        let mut claimed = false;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let current = registry.route(&channel_id, role).await?;
+            // A route of this node that the hub did not refuse is a session being replaced
+            // here; a route of a dead node is absent.
+            let holder =
+                current.filter(|route| route.node != self.me.id && self.is_live(route.node));
+            if holder.is_some() && self.policy == DuplicatePolicy::Reject {
+                return Err(DuplicateError { channel_id, role }.into());
+            }
+            if registry
+                .compare_and_set(&channel_id, role, current, mine)
+                .await?
+            {
+                if let Some(holder) = holder {
+                    Metrics::incr(&self.metrics.sessions_replaced);
+                    self.send_control(
+                        holder.node,
+                        InnerFrame::Evict {
+                            channel_id,
+                            role,
+                            session: holder.session,
+                        },
+                    );
+                }
+                claimed = true;
+                break;
+            }
+        }
+        if !claimed {
+            return Err(ClaimError::Contended(channel_id));
+        }
+        if let Some(peer) = registry.route(&channel_id, role.peer()).await?
+            && peer.node != self.me.id
+            && let Some(remote) = self.remote_peer(peer)
+        {
+            self.hub.set_remote(&channel_id, role.peer(), remote);
+            self.send_control(
+                peer.node,
+                InnerFrame::Bound {
+                    channel_id,
+                    role,
+                    session: claim.handle.id,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Releases a session's route and tells its remote peer, if any, that it ended.
+    pub async fn release(&self, claim: &Claim) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let (channel_id, role) = (claim.channel_id, claim.role);
+        if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
+            remote.link.send_control(InnerFrame::Unbound {
+                channel_id,
+                role,
+                session: claim.handle.id,
+            });
+        }
+        let mine = Route {
+            node: self.me.id,
+            session: claim.handle.id,
+        };
+        if let Err(err) = cluster.registry.release(&channel_id, role, mine).await {
+            warn!(%channel_id, %role, error = %err, "route release failed; retrying at the next heartbeat");
+            lock(&cluster.pending_releases).push((channel_id, role, mine));
+        }
+    }
+
+    /// Tells `node` that the session of `role` (the sender's role) may send `n` more messages.
+    pub fn grant_credit(&self, node: NodeId, channel_id: ChannelId, role: Role, n: u32) {
+        self.send_control(
+            node,
+            InnerFrame::Credit {
+                channel_id,
+                role,
+                n,
+            },
+        );
+    }
+
+    /// Handles a frame an authenticated link delivered from `from`. Never waits.
+    pub fn on_frame(&self, from: NodeId, frame: InnerFrame) {
+        match frame {
+            InnerFrame::Data {
+                channel_id,
+                role,
+                kind,
+                payload,
+            } => {
+                let message = Message {
+                    kind,
+                    payload,
+                    origin: Some(from),
+                };
+                let delivered = self
+                    .hub
+                    .local(&channel_id, role)
+                    .is_some_and(|handle| handle.outbound_tx.try_send(message).is_ok());
+                if !delivered {
+                    // The session is gone (or, after a link reset, over its window): count the
+                    // message and give the credit back so the sender's window stays whole.
+                    Metrics::incr(&self.metrics.messages_dropped_remote);
+                    debug!(%channel_id, %role, node = %from, "message from a remote node dropped: no session");
+                    self.grant_credit(from, channel_id, role.peer(), 1);
+                }
+            }
+            InnerFrame::Credit {
+                channel_id,
+                role,
+                n,
+            } => {
+                if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer())
+                    && remote.node == from
+                {
+                    remote.credits.add_permits(n as usize);
+                }
+            }
+            InnerFrame::Bound {
+                channel_id,
+                role,
+                session,
+            } => {
+                if let Some(remote) = self.remote_peer(Route {
+                    node: from,
+                    session,
+                }) {
+                    self.hub.set_remote(&channel_id, role, remote);
+                }
+            }
+            InnerFrame::Unbound {
+                channel_id,
+                role,
+                session,
+            } => self.hub.clear_remote(&channel_id, role, from, session),
+            InnerFrame::Evict {
+                channel_id,
+                role,
+                session,
+            } => {
+                if let Some(handle) = self.hub.local(&channel_id, role)
+                    && handle.id == session
+                {
+                    handle.stop.cancel();
+                }
+            }
+            InnerFrame::Hello { .. }
+            | InnerFrame::Auth { .. }
+            | InnerFrame::Ping
+            | InnerFrame::Pong => {}
+        }
+    }
+
+    fn is_live(&self, node: NodeId) -> bool {
+        node == self.me.id
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| lock(&cluster.directory).live.contains_key(&node))
+    }
+
+    /// A fresh record of a remote session, with a full credit window; `None` if its node is
+    /// not live.
+    fn remote_peer(&self, route: Route) -> Option<RemotePeer> {
+        let cluster = self.cluster.as_ref()?;
+        let info = lock(&cluster.directory).live.get(&route.node).cloned()?;
+        Some(RemotePeer {
+            node: route.node,
+            session: route.session,
+            link: self.link(cluster, &info),
+            credits: Arc::new(Semaphore::new(info.window as usize)),
+            gone: CancellationToken::new(),
+        })
+    }
+
+    fn send_control(&self, node: NodeId, frame: InnerFrame) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let Some(info) = lock(&cluster.directory).live.get(&node).cloned() else {
+            debug!(%node, "control frame for a node that is not live dropped");
+            return;
+        };
+        self.link(cluster, &info).send_control(frame);
+    }
+
+    /// The link to `info`'s node, spawned on first use.
+    fn link(&self, cluster: &Cluster, info: &NodeInfo) -> LinkHandle {
+        let mut links = lock(&cluster.links);
+        if let Some((handle, _)) = links.get(&info.id)
+            && !handle.is_closed()
+        {
+            return handle.clone();
+        }
+        let cancel = cluster.links_cancel.child_token();
+        let this = self.this.clone();
+        let handle = spawn_link(
+            info.clone(),
+            Arc::clone(&cluster.link_ctx),
+            &cluster.tracker,
+            cancel.clone(),
+            Box::new(move |node| {
+                if let Some(router) = this.upgrade() {
+                    router.on_link_up(node);
+                }
+            }),
+        );
+        links.insert(info.id, (handle.clone(), cancel));
+        handle
+    }
+
+    /// A (re)connected link starts with full credit windows: frames lost with the old
+    /// connection took their credit with them.
+    fn on_link_up(&self, node: NodeId) {
+        self.hub.update_remotes_of(node, |old| {
+            let window = self.window_of(node)?;
+            Some(RemotePeer {
+                credits: Arc::new(Semaphore::new(window)),
+                gone: CancellationToken::new(),
+                ..old.clone()
+            })
+        });
+    }
+
+    fn window_of(&self, node: NodeId) -> Option<usize> {
+        let cluster = self.cluster.as_ref()?;
+        let directory = lock(&cluster.directory);
+        directory.live.get(&node).map(|info| info.window as usize)
+    }
+
+    /// Runs one heartbeat: refreshes this node's liveness, updates the directory, forgets
+    /// dead nodes, and registers everything again if Redis lost it. Returns false if Redis
+    /// could not be reached.
+    pub async fn heartbeat(&self, first: bool) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return true;
+        };
+        let beat = match cluster.registry.heartbeat().await {
+            Ok(beat) => beat,
+            Err(err) => {
+                warn!(error = %err, "registry heartbeat failed; established pairs keep relaying");
+                return false;
+            }
+        };
+        let dead = self.update_directory(cluster, beat.live);
+        for node in dead {
+            info!(%node, "node left the cluster; forgetting its sessions");
+            self.hub.update_remotes_of(node, |_| None);
+            if let Some((_, cancel)) = lock(&cluster.links).remove(&node) {
+                cancel.cancel();
+            }
+        }
+        if beat.was_missing && !first {
+            warn!(
+                "this node's registration was missing from Redis; registering every session again"
+            );
+            self.reregister(cluster).await;
+        }
+        let pending = std::mem::take(&mut *lock(&cluster.pending_releases));
+        for (channel_id, role, route) in pending {
+            if cluster
+                .registry
+                .release(&channel_id, role, route)
+                .await
+                .is_err()
+            {
+                lock(&cluster.pending_releases).push((channel_id, role, route));
+            }
+        }
+        true
+    }
+
+    fn update_directory(&self, cluster: &Cluster, live: Vec<NodeInfo>) -> Vec<NodeId> {
+        let mut directory = lock(&cluster.directory);
+        let seen: HashSet<NodeId> = live.iter().map(|info| info.id).collect();
+        let mut dead = Vec::new();
+        let known: Vec<NodeId> = directory.live.keys().copied().collect();
+        for node in known {
+            if seen.contains(&node) {
+                directory.missing_once.remove(&node);
+            } else if directory.missing_once.remove(&node) {
+                directory.live.remove(&node);
+                dead.push(node);
+            } else {
+                directory.missing_once.insert(node);
+            }
+        }
+        for info in live {
+            if info.id != self.me.id && !directory.live.contains_key(&info.id) {
+                info!(node = %info.id, advertise = %info.advertise, version = %info.version, "node joined the cluster");
+            }
+            directory.live.insert(info.id, info);
+        }
+        dead
+    }
+
+    /// Writes the route of every session this node holds again, where absent or still ours.
+    async fn reregister(&self, cluster: &Cluster) {
+        let sessions = self.hub.local_sessions();
+        let n_sessions = sessions.len();
+        let results: Vec<bool> = futures::stream::iter(sessions)
+            .map(|(channel_id, role, session)| {
+                let route = Route {
+                    node: self.me.id,
+                    session,
+                };
+                async move {
+                    cluster
+                        .registry
+                        .refresh(&channel_id, role, route)
+                        .await
+                        .unwrap_or(false)
+                }
+            })
+            .buffer_unordered(REREGISTER_CONCURRENCY)
+            .collect()
+            .await;
+        let written = results.iter().filter(|written| **written).count();
+        info!(sessions = n_sessions, written, "sessions registered again");
+    }
+
+    /// Heartbeats every `registry.node-ttl / 5` until `shutdown`, and registers every session
+    /// again each [`ROUTE_TTL`] / 2 so live routes never expire.
+    pub async fn heartbeat_loop(self: Arc<Self>, node_ttl: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(node_ttl / 5);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut registered_at = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            self.heartbeat(false).await;
+            if registered_at.elapsed() >= ROUTE_TTL / 2
+                && let Some(cluster) = &self.cluster
+            {
+                self.reregister(cluster).await;
+                registered_at = Instant::now();
+            }
+        }
+    }
+
+    /// Removes this node from the directory, at shutdown; other nodes forget it at once
+    /// instead of after `registry.node-ttl`.
+    pub async fn deregister(&self) {
+        if let Some(cluster) = &self.cluster
+            && let Err(err) = cluster.registry.deregister().await
+        {
+            warn!(error = %err, "deregistering from the registry failed; other nodes will time this node out");
+        }
+    }
+
+    /// Closes every link.
+    pub fn close_links(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.links_cancel.cancel();
+        }
+    }
+
+    /// Number of links currently open or connecting, for tests and metrics.
+    pub fn n_links(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |cluster| {
+            lock(&cluster.links)
+                .values()
+                .filter(|(link, _)| !link.is_closed())
+                .count()
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a map operation; a panic inside one leaves the map usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
