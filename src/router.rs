@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,6 +66,10 @@ struct Cluster {
     directory: Mutex<Directory>,
     /// Routes whose release failed (Redis down); retried at each heartbeat.
     pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
+    /// Claims waiting for the peer's node to acknowledge their `Bound`.
+    pending_acks: Mutex<HashMap<(ChannelId, Role, u64), oneshot::Sender<()>>>,
+    /// How long a claim waits for that acknowledgement (`inner.connect-timeout`).
+    ack_timeout: Duration,
     tracker: TaskTracker,
     /// Cancelled after the sessions have drained, so `Unbound` frames still go out.
     links_cancel: CancellationToken,
@@ -120,6 +124,9 @@ impl Router {
         metrics: Arc<Metrics>,
         cluster: Option<ClusterParts>,
     ) -> Arc<Router> {
+        let ack_timeout = cluster.as_ref().map_or(Duration::ZERO, |parts| {
+            parts.link_ctx.config.connect_timeout
+        });
         Arc::new_cyclic(|this| Router {
             hub,
             me,
@@ -131,6 +138,8 @@ impl Router {
                 links: Mutex::default(),
                 directory: Mutex::default(),
                 pending_releases: Mutex::default(),
+                pending_acks: Mutex::default(),
+                ack_timeout,
                 tracker: parts.tracker,
                 links_cancel: parts.links_cancel,
             }),
@@ -202,6 +211,11 @@ impl Router {
             && let Some(remote) = self.remote_peer(peer)
         {
             self.hub.set_remote(&channel_id, role.peer(), remote);
+            // The client is answered only once the peer's node knows of it, so a message the
+            // peer sends after this client is connected is never dropped for want of a route.
+            let key = (channel_id, role, claim.handle.id);
+            let (ack_tx, ack_rx) = oneshot::channel();
+            lock(&cluster.pending_acks).insert(key, ack_tx);
             self.send_control(
                 peer.node,
                 InnerFrame::Bound {
@@ -210,6 +224,13 @@ impl Router {
                     session: claim.handle.id,
                 },
             );
+            if tokio::time::timeout(cluster.ack_timeout, ack_rx)
+                .await
+                .is_err()
+            {
+                lock(&cluster.pending_acks).remove(&key);
+                warn!(%channel_id, %role, node = %peer.node, "peer's node did not acknowledge the bind in time");
+            }
         }
         Ok(())
     }
@@ -297,7 +318,38 @@ impl Router {
                 }) {
                     self.hub.set_remote(&channel_id, role, remote);
                 }
+                self.send_control(
+                    from,
+                    InnerFrame::BoundAck {
+                        channel_id,
+                        role,
+                        session,
+                    },
+                );
             }
+            InnerFrame::BoundAck {
+                channel_id,
+                role,
+                session,
+            } => {
+                if let Some(cluster) = &self.cluster
+                    && let Some(ack_tx) =
+                        lock(&cluster.pending_acks).remove(&(channel_id, role, session))
+                {
+                    let _ = ack_tx.send(());
+                }
+            }
+            InnerFrame::Hello {
+                node,
+                window,
+                advertise,
+                ..
+            } => self.learn_node(NodeInfo {
+                id: node,
+                advertise,
+                window,
+                version: String::new(),
+            }),
             InnerFrame::Unbound {
                 channel_id,
                 role,
@@ -314,10 +366,19 @@ impl Router {
                     handle.stop.cancel();
                 }
             }
-            InnerFrame::Hello { .. }
-            | InnerFrame::Auth { .. }
-            | InnerFrame::Ping
-            | InnerFrame::Pong => {}
+            InnerFrame::Auth { .. } | InnerFrame::Ping | InnerFrame::Pong => {}
+        }
+    }
+
+    /// Adds a node that authenticated a link to this one, if the directory does not have it
+    /// yet; the next heartbeats confirm it or time it out like any other.
+    fn learn_node(&self, info: NodeInfo) {
+        if let Some(cluster) = &self.cluster {
+            let mut directory = lock(&cluster.directory);
+            if !directory.live.contains_key(&info.id) {
+                info!(node = %info.id, advertise = %info.advertise, "node joined the cluster (link)");
+                directory.live.insert(info.id, info);
+            }
         }
     }
 

@@ -134,7 +134,7 @@ impl Server {
             }
             let registry = RedisRegistry::connect(&config.registry, me.clone()).await?;
             let link_ctx = Arc::new(LinkContext {
-                me: me.id,
+                me: me.clone(),
                 config: config.inner.clone(),
                 max_message: config.outer.max_frame_size,
                 metrics: Arc::clone(&metrics),

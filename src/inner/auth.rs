@@ -17,7 +17,7 @@ use tokio_util::codec::Framed;
 
 use super::codec::{CodecError, InnerCodec};
 use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION};
-use crate::node::NodeId;
+use crate::node::{NodeId, NodeInfo};
 
 /// A link whose handshake is under way or done.
 pub type LinkStream = Framed<TcpStream, InnerCodec>;
@@ -79,12 +79,37 @@ async fn next(stream: &mut LinkStream) -> Result<InnerFrame, AuthError> {
         .map_err(AuthError::from)
 }
 
-async fn expect_hello(stream: &mut LinkStream) -> Result<(NodeId, [u8; NONCE_BYTES]), AuthError> {
+/// What a `Hello` says about its sender.
+fn hello(me: &NodeInfo, nonce: [u8; NONCE_BYTES]) -> InnerFrame {
+    InnerFrame::Hello {
+        version: PROTOCOL_VERSION,
+        node: me.id,
+        nonce,
+        window: me.window,
+        advertise: me.advertise.clone(),
+    }
+}
+
+async fn expect_hello(stream: &mut LinkStream) -> Result<(NodeInfo, [u8; NONCE_BYTES]), AuthError> {
     match next(stream).await? {
         InnerFrame::Hello { version, .. } if version != PROTOCOL_VERSION => {
             Err(AuthError::Version(version))
         }
-        InnerFrame::Hello { node, nonce, .. } => Ok((node, nonce)),
+        InnerFrame::Hello {
+            node,
+            nonce,
+            window,
+            advertise,
+            ..
+        } => Ok((
+            NodeInfo {
+                id: node,
+                advertise,
+                window,
+                version: String::new(),
+            },
+            nonce,
+        )),
         other => Err(AuthError::Unexpected {
             expected: "hello",
             got: format!("{other:?}"),
@@ -102,17 +127,16 @@ async fn expect_auth(stream: &mut LinkStream) -> Result<[u8; MAC_BYTES], AuthErr
     }
 }
 
-/// Runs the dialer's side; returns the acceptor's node id.
-pub async fn dial(stream: &mut LinkStream, me: NodeId, secret: &[u8]) -> Result<NodeId, AuthError> {
+/// Runs the dialer's side; returns what the acceptor said about itself.
+pub async fn dial(
+    stream: &mut LinkStream,
+    me: &NodeInfo,
+    secret: &[u8],
+) -> Result<NodeInfo, AuthError> {
     let my_nonce = nonce();
-    stream
-        .send(InnerFrame::Hello {
-            version: PROTOCOL_VERSION,
-            node: me,
-            nonce: my_nonce,
-        })
-        .await?;
-    let (acceptor, their_nonce) = expect_hello(stream).await?;
+    stream.send(hello(me, my_nonce)).await?;
+    let (acceptor_info, their_nonce) = expect_hello(stream).await?;
+    let (me, acceptor) = (me.id, acceptor_info.id);
     let their_mac = expect_auth(stream).await?;
     tag(
         secret,
@@ -138,33 +162,28 @@ pub async fn dial(stream: &mut LinkStream, me: NodeId, secret: &[u8]) -> Result<
             mac: mac.into_bytes().into(),
         })
         .await?;
-    Ok(acceptor)
+    Ok(acceptor_info)
 }
 
-/// Runs the acceptor's side; returns the dialer's node id.
+/// Runs the acceptor's side; returns what the dialer said about itself.
 pub async fn accept(
     stream: &mut LinkStream,
-    me: NodeId,
+    me: &NodeInfo,
     secret: &[u8],
-) -> Result<NodeId, AuthError> {
-    let (dialer, their_nonce) = expect_hello(stream).await?;
+) -> Result<NodeInfo, AuthError> {
+    let (dialer_info, their_nonce) = expect_hello(stream).await?;
     let my_nonce = nonce();
+    let (acceptor, dialer) = (me.id, dialer_info.id);
     let mac = tag(
         secret,
         b"wspair-acceptor",
         &their_nonce,
         &my_nonce,
         dialer,
-        me,
+        acceptor,
     )
     .finalize();
-    stream
-        .feed(InnerFrame::Hello {
-            version: PROTOCOL_VERSION,
-            node: me,
-            nonce: my_nonce,
-        })
-        .await?;
+    stream.feed(hello(me, my_nonce)).await?;
     stream
         .send(InnerFrame::Auth {
             mac: mac.into_bytes().into(),
@@ -177,9 +196,9 @@ pub async fn accept(
         &my_nonce,
         &their_nonce,
         dialer,
-        me,
+        acceptor,
     )
     .verify_slice(&their_mac)
     .map_err(|_| AuthError::BadMac)?;
-    Ok(dialer)
+    Ok(dialer_info)
 }

@@ -4,7 +4,7 @@
 //!
 //! | type | frame | fields after the type byte |
 //! |---|---|---|
-//! | 1 | Hello | version u16, node id u64, nonce [32] |
+//! | 1 | Hello | version u16, node id u64, nonce [32], window u32, advertise (the rest, UTF-8) |
 //! | 2 | Auth | mac [32] |
 //! | 3 | Data | channel id [32], role u8, kind u8, payload (the rest) |
 //! | 4 | Credit | channel id [32], role u8, n u32 |
@@ -13,6 +13,7 @@
 //! | 7 | Evict | channel id [32], role u8, session u64 |
 //! | 8 | Ping | |
 //! | 9 | Pong | |
+//! | 10 | BoundAck | channel id [32], role u8, session u64 |
 //!
 //! Roles are 0 (app) and 1 (web); kinds 0 (text) and 1 (binary); integers are big-endian. The
 //! length is checked before anything is buffered past it: a frame longer than the limit (the
@@ -141,11 +142,15 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             version,
             node,
             nonce,
+            window,
+            advertise,
         } => {
             dst.put_u8(1);
             dst.put_u16(*version);
             dst.put_u64(node.0);
             dst.put_slice(nonce);
+            dst.put_u32(*window);
+            dst.put_slice(advertise.as_bytes());
         }
         InnerFrame::Auth { mac } => {
             dst.put_u8(2);
@@ -194,6 +199,14 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             session,
         } => {
             put_target(dst, 7, channel_id, *role);
+            dst.put_u64(*session);
+        }
+        InnerFrame::BoundAck {
+            channel_id,
+            role,
+            session,
+        } => {
+            put_target(dst, 10, channel_id, *role);
             dst.put_u64(*session);
         }
         InnerFrame::Ping => dst.put_u8(8),
@@ -291,15 +304,27 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
         7 => "evict",
         8 => "ping",
         9 => "pong",
+        10 => "bound-ack",
         other => return Err(CodecError::UnknownType(other)),
     };
     let mut fields = Fields { body, frame };
     let parsed = match type_byte {
-        1 => InnerFrame::Hello {
-            version: fields.u16()?,
-            node: NodeId(fields.u64()?),
-            nonce: fields.array::<NONCE_BYTES>()?,
-        },
+        1 => {
+            let version = fields.u16()?;
+            let node = NodeId(fields.u64()?);
+            let nonce = fields.array::<NONCE_BYTES>()?;
+            let window = fields.u32()?;
+            let rest = std::mem::take(&mut fields.body);
+            let advertise = String::from_utf8(rest.to_vec())
+                .map_err(|_| fields.malformed("advertise is not UTF-8".into()))?;
+            InnerFrame::Hello {
+                version,
+                node,
+                nonce,
+                window,
+                advertise,
+            }
+        }
         2 => InnerFrame::Auth {
             mac: fields.array::<MAC_BYTES>()?,
         },
@@ -324,7 +349,7 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
             role: fields.role()?,
             n: fields.u32()?,
         },
-        5..=7 => {
+        5..=7 | 10 => {
             let channel_id = fields.channel_id()?;
             let role = fields.role()?;
             let session = fields.u64()?;
@@ -335,6 +360,11 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
                     session,
                 },
                 6 => InnerFrame::Unbound {
+                    channel_id,
+                    role,
+                    session,
+                },
+                10 => InnerFrame::BoundAck {
                     channel_id,
                     role,
                     session,
@@ -376,6 +406,13 @@ mod tests {
                 version: 1,
                 node: NodeId(42),
                 nonce: [7; NONCE_BYTES],
+                window: 1024,
+                advertise: "127.0.0.1:1025".into(),
+            },
+            InnerFrame::BoundAck {
+                channel_id: id(),
+                role: Role::Web,
+                session: 6,
             },
             InnerFrame::Auth {
                 mac: [9; MAC_BYTES],

@@ -29,6 +29,11 @@ pub enum InnerFrame {
         node: NodeId,
         /// A fresh random challenge the other side must answer.
         nonce: [u8; NONCE_BYTES],
+        /// The sender's credit window (its `outer.send-queue`).
+        window: u32,
+        /// The sender's `inner.advertise`, so a node can answer one it has not yet seen in
+        /// the registry.
+        advertise: String,
     },
     /// The answer to the other side's challenge: an HMAC over both nonces and both ids.
     Auth {
@@ -62,6 +67,16 @@ pub enum InnerFrame {
         /// The role that was bound.
         role: Role,
         /// The new session's id on the sending node.
+        session: u64,
+    },
+    /// The receiving node's `Bound` for `session` was processed; the claim that sent it may
+    /// answer its client.
+    BoundAck {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role that was bound.
+        role: Role,
+        /// The session named in the `Bound`.
         session: u64,
     },
     /// `session`, which held `role` of `channel_id` on the sending node, has ended.

@@ -84,8 +84,8 @@ impl LinkHandle {
 /// What every link of a node shares.
 #[derive(Debug)]
 pub struct LinkContext {
-    /// This node's id, sent in `Hello`.
-    pub me: NodeId,
+    /// This node, as `Hello` describes it.
+    pub me: NodeInfo,
     /// `inner.*` settings.
     pub config: InnerConfig,
     /// Largest message, which sets the codec's frame limit.
@@ -181,9 +181,10 @@ impl Link {
             .map_err(|err| format!("connect {}: {err}", self.target.advertise))?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, InnerCodec::new(self.ctx.max_message));
-        let acceptor = auth::dial(&mut framed, self.ctx.me, self.ctx.config.secret.as_bytes())
+        let acceptor = auth::dial(&mut framed, &self.ctx.me, self.ctx.config.secret.as_bytes())
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .id;
         if acceptor != self.target.id {
             return Err(format!(
                 "{} answered as node {acceptor}, expected {}",

@@ -23,7 +23,9 @@ use super::link::LinkContext;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 
-/// Receives every frame an authenticated link delivers, with the sending node's id.
+/// Receives every frame an authenticated link delivers, with the sending node's id. The
+/// dialer's `Hello` is delivered first, once its handshake has succeeded, so the receiver
+/// can answer a node it has not yet seen in the registry.
 pub type FrameSink = Arc<dyn Fn(NodeId, InnerFrame) + Send + Sync>;
 
 /// Accepts links until `shutdown` fires.
@@ -66,9 +68,9 @@ async fn serve_link(
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, InnerCodec::new(ctx.max_message));
     let secret = ctx.config.secret.as_bytes();
-    let handshake = auth::accept(&mut framed, ctx.me, secret);
-    let node = match tokio::time::timeout(ctx.config.connect_timeout, handshake).await {
-        Ok(Ok(node)) => node,
+    let handshake = auth::accept(&mut framed, &ctx.me, secret);
+    let dialer = match tokio::time::timeout(ctx.config.connect_timeout, handshake).await {
+        Ok(Ok(dialer)) => dialer,
         Ok(Err(err)) => {
             Metrics::incr(&ctx.metrics.links_refused);
             warn!(%remote_addr, error = %err, "inner link refused");
@@ -80,7 +82,18 @@ async fn serve_link(
             return;
         }
     };
+    let node = dialer.id;
     info!(%node, %remote_addr, "inner link accepted");
+    sink(
+        node,
+        InnerFrame::Hello {
+            version: super::frame::PROTOCOL_VERSION,
+            node,
+            nonce: [0; super::frame::NONCE_BYTES],
+            window: dialer.window,
+            advertise: dialer.advertise,
+        },
+    );
     let reason = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break "node shutting down".to_owned(),

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod cluster;
 mod handshake;
 mod lifecycle;
 mod limits;

@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod http;
+pub mod process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wspair::metrics::Metrics;
+use wspair::router::Router;
 use wspair::{ChannelId, Config, Role, Server, ShutdownOutcome};
 
 pub use client::Client;
@@ -23,8 +26,10 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wspair node running in this process.
 pub struct TestNode {
     pub addr: SocketAddr,
+    pub inner_addr: Option<SocketAddr>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
     stop: CancellationToken,
     task: Option<JoinHandle<ShutdownOutcome>>,
 }
@@ -32,6 +37,7 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node on 127.0.0.1 with a free port, after `configure` adjusts the config.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestNode {
+        init_logging();
         let mut config = Config::default();
         config.outer.ip = "127.0.0.1".parse().unwrap();
         config.outer.port = 0;
@@ -39,13 +45,17 @@ impl TestNode {
         configure(&mut config);
         let server = Server::bind(config.clone()).await.expect("test node binds");
         let addr = server.local_addrs().outer;
+        let inner_addr = server.local_addrs().inner;
         let metrics = server.metrics();
+        let router = server.router();
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.run(stop.clone()));
         TestNode {
             addr,
+            inner_addr,
             config,
             metrics,
+            router,
             stop,
             task: Some(task),
         }
@@ -82,6 +92,60 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Logs to the test output at the level in `RUST_LOG` (nothing by default).
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The secret every test cluster shares.
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// Puts `config` in cluster mode on `redis_urls`, with loopback addresses and short timeouts.
+pub fn cluster_config(config: &mut Config, redis_urls: Vec<String>) {
+    config.registry.cluster = redis_urls.len() > 1;
+    config.registry.redis = redis_urls;
+    config.registry.node_ttl = Duration::from_secs(2);
+    config.registry.timeout = Duration::from_millis(500);
+    config.inner.ip = "127.0.0.1".parse().unwrap();
+    config.inner.port = 0;
+    config.inner.secret = SECRET.to_owned();
+    config.inner.heartbeat_interval = Duration::from_millis(200);
+    config.inner.link_timeout = Duration::from_secs(1);
+    config.inner.connect_timeout = Duration::from_secs(2);
+}
+
+impl TestNode {
+    /// Starts a node in cluster mode on `redis_urls`, after `configure`.
+    pub async fn start_in_cluster(
+        redis_urls: Vec<String>,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestNode {
+        TestNode::start(|config| {
+            cluster_config(config, redis_urls);
+            configure(config);
+        })
+        .await
+    }
+
+    /// This node's counters, by name, as `/healthz` reports them.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.metrics
+            .snapshot()
+            .into_iter()
+            .find(|(metric, _)| *metric == name)
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("no counter {name}"))
     }
 }
 
