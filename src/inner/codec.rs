@@ -22,7 +22,7 @@
 //! are slices of the read buffer, not copies.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES};
 use crate::node::NodeId;
@@ -40,10 +40,10 @@ pub enum CodecError {
     #[error("link i/o: {0}")]
     Io(#[from] std::io::Error),
     /// The length prefix exceeds the limit.
-    #[error("inner frame of {length} bytes exceeds the limit of {limit}")]
+    #[error("inner frame{} exceeds the limit of {limit} bytes", length.map(|n| format!(" of {n} bytes")).unwrap_or_default())]
     TooLong {
-        /// The announced length.
-        length: usize,
+        /// The length, when known (encoding); a decoder stops at the prefix.
+        length: Option<usize>,
         /// The limit.
         limit: usize,
     },
@@ -86,17 +86,22 @@ impl Decoder for InnerCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<InnerFrame>, CodecError> {
-        if src.len() >= LENGTH_BYTES {
-            let length =
-                u32::from_be_bytes(src[..LENGTH_BYTES].try_into().expect("4 bytes")) as usize;
-            if length > self.limit {
-                return Err(CodecError::TooLong {
-                    length,
+        // The framing codec refuses an oversized length as soon as it reads the prefix,
+        // before buffering the body.
+        let body = self.framing.decode(src).map_err(|err| {
+            if err
+                .get_ref()
+                .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+            {
+                CodecError::TooLong {
+                    length: None,
                     limit: self.limit,
-                });
+                }
+            } else {
+                CodecError::Io(err)
             }
-        }
-        match self.framing.decode(src)? {
+        })?;
+        match body {
             Some(body) => parse(body.freeze()).map(Some),
             None => Ok(None),
         }
@@ -114,7 +119,7 @@ impl Encoder<InnerFrame> for InnerCodec {
         if length > self.limit {
             dst.truncate(start);
             return Err(CodecError::TooLong {
-                length,
+                length: Some(length),
                 limit: self.limit,
             });
         }
@@ -477,10 +482,33 @@ mod tests {
         assert!(matches!(
             codec.decode(&mut buffer),
             Err(CodecError::TooLong {
-                length: 10_000_000,
-                ..
+                length: None,
+                limit: 164
             })
         ));
+    }
+
+    /// Regression: the decoder once checked the length prefix itself before the framing
+    /// codec, and read payload bytes as a length whenever a frame arrived in two reads,
+    /// closing healthy links under load.
+    #[test]
+    fn frames_split_at_any_byte_decode_the_same() {
+        let mut encoded = BytesMut::new();
+        let mut codec = InnerCodec::new(100);
+        let frames = every_frame(Bytes::from_static(b"split me"));
+        for frame in frames.clone() {
+            codec.encode(frame, &mut encoded).unwrap();
+        }
+        let mut decoder = InnerCodec::new(100);
+        let mut buffer = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in encoded.iter() {
+            buffer.put_u8(*byte);
+            while let Some(frame) = decoder.decode(&mut buffer).unwrap() {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded, frames);
     }
 
     #[test]

@@ -43,38 +43,7 @@ async fn ten_thousand_messages_each_way_arrive_complete_and_in_order() {
     let id = random_channel_id();
     let app = node.connect(Role::App, &id).await;
     let web = node.connect(Role::Web, &id).await;
-    // Each side sends and receives at once, so neither direction waits on the other.
-    let run = |mut client: crate::harness::Client, tag: &'static str, peer_tag: &'static str| async move {
-        use futures::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        let (mut sink, mut stream) = client.ws.split();
-        let sender = tokio::spawn(async move {
-            for i in 0..N {
-                sink.feed(Message::text(format!("{tag}-{i}")))
-                    .await
-                    .unwrap();
-            }
-            sink.flush().await.unwrap();
-            sink
-        });
-        let mut received = 0;
-        while received < N {
-            let message = tokio::time::timeout(crate::harness::EVENT_TIMEOUT, stream.next())
-                .await
-                .expect("message in time")
-                .expect("open")
-                .expect("clean");
-            if let Message::Text(text) = message {
-                assert_eq!(text.as_str(), format!("{peer_tag}-{received}"));
-                received += 1;
-            }
-        }
-        let sink = sender.await.unwrap();
-        client.ws = sink.reunite(stream).unwrap();
-        client
-    };
-    let (app, web) = tokio::join!(run(app, "app", "web"), run(web, "web", "app"));
-    drop((app, web));
+    crate::harness::client::exchange(app, web, N).await;
     node.shutdown().await;
 }
 

@@ -109,3 +109,39 @@ impl Client {
         while let Ok(Some(Ok(_))) = tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {}
     }
 }
+
+/// Sends `n` numbered text messages each way at once and checks each side receives the
+/// other's, complete and in order.
+pub async fn exchange(app: Client, web: Client, n: usize) -> (Client, Client) {
+    async fn run(client: Client, tag: &'static str, peer_tag: &'static str, n: usize) -> Client {
+        let (mut sink, mut stream) = client.ws.split();
+        let sender = tokio::spawn(async move {
+            for i in 0..n {
+                sink.feed(Message::text(format!("{tag}-{i}")))
+                    .await
+                    .unwrap();
+            }
+            sink.flush().await.unwrap();
+            sink
+        });
+        let mut received = 0;
+        while received < n {
+            let message = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{tag}: message {received} of {n} did not arrive in time")
+                })
+                .expect("open")
+                .expect("clean");
+            if let Message::Text(text) = message {
+                assert_eq!(text.as_str(), format!("{peer_tag}-{received}"));
+                received += 1;
+            }
+        }
+        let sink = sender.await.unwrap();
+        Client {
+            ws: sink.reunite(stream).unwrap(),
+        }
+    }
+    tokio::join!(run(app, "app", "web", n), run(web, "web", "app", n))
+}
