@@ -177,6 +177,9 @@ impl Router {
         let mut claimed = false;
         for _ in 0..CLAIM_ATTEMPTS {
             let current = registry.route(&channel_id, role).await?;
+            if let Some(route) = current {
+                self.learn_if_unknown(route.node).await;
+            }
             // A route of this node that the hub did not refuse is a session being replaced
             // here; a route of a dead node is absent.
             let holder =
@@ -206,7 +209,11 @@ impl Router {
         if !claimed {
             return Err(ClaimError::Contended(channel_id));
         }
-        if let Some(peer) = registry.route(&channel_id, role.peer()).await?
+        let peer = registry.route(&channel_id, role.peer()).await?;
+        if let Some(route) = peer {
+            self.learn_if_unknown(route.node).await;
+        }
+        if let Some(peer) = peer
             && peer.node != self.me.id
             && let Some(remote) = self.remote_peer(peer)
         {
@@ -375,10 +382,19 @@ impl Router {
     fn learn_node(&self, info: NodeInfo) {
         if let Some(cluster) = &self.cluster {
             let mut directory = lock(&cluster.directory);
-            if !directory.live.contains_key(&info.id) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = directory.live.entry(info.id)
+            {
                 info!(node = %info.id, advertise = %info.advertise, "node joined the cluster (link)");
-                directory.live.insert(info.id, info);
+                entry.insert(info);
             }
+        }
+    }
+
+    /// A route may name a node that joined since the last heartbeat; reads the directory
+    /// once more before treating it as dead. Costs a Redis call only for unknown nodes.
+    async fn learn_if_unknown(&self, node: NodeId) {
+        if !self.is_live(node) {
+            self.heartbeat(false).await;
         }
     }
 

@@ -176,3 +176,250 @@ async fn redis_restarted_empty_keeps_pairs_and_every_node_registers_again() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// Separate processes of the built binary: `kill -9` one, and its clients' peers see the route
+/// vanish within `registry.node-ttl`; the client that reconnects to another node re-pairs.
+#[tokio::test]
+async fn a_killed_node_is_forgotten_within_node_ttl_and_its_clients_re_pair_elsewhere() {
+    use crate::harness::process::ProcessNode;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = [
+        "--registry-redis",
+        url.as_str(),
+        "--inner-ip",
+        "127.0.0.1",
+        "--inner-port",
+        "0",
+        "--inner-secret",
+        crate::harness::SECRET,
+        "--registry-node-ttl",
+        "5s",
+    ];
+    let mut node_a = ProcessNode::start(&args);
+    let node_b = ProcessNode::start(&args);
+    let id = random_channel_id();
+    let mut app = crate::harness::Client::connect(&node_a.url(Role::App, &id)).await;
+    let mut web = crate::harness::Client::connect(&node_b.url(Role::Web, &id)).await;
+    app.send_text("before the crash").await;
+    assert_eq!(web.recv_text().await, "before the crash");
+
+    node_a.kill9();
+    let killed_at = std::time::Instant::now();
+    // The web keeps talking; once node B has forgotten node A, its messages count as having
+    // no peer.
+    let baseline = node_b
+        .counter("wspair_messages_dropped_no_peer_total")
+        .await;
+    loop {
+        web.send_text("anyone there?").await;
+        if node_b
+            .counter("wspair_messages_dropped_no_peer_total")
+            .await
+            > baseline
+        {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "route still live 5 s after kill -9"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut app = crate::harness::Client::connect(&node_b.url(Role::App, &id)).await;
+    app.send_text("re-paired on node B").await;
+    assert_eq!(web.recv_text().await, "re-paired on node B");
+}
+
+#[tokio::test]
+async fn a_link_with_the_wrong_secret_is_refused_and_counted() {
+    use wspair::inner::{auth, codec::InnerCodec};
+    let redis = RedisServer::start();
+    let node = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let stream = tokio::net::TcpStream::connect(node.inner_addr.unwrap())
+        .await
+        .unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, InnerCodec::new(10_240));
+    let impostor = wspair::node::NodeInfo {
+        id: wspair::node::NodeId(7),
+        advertise: "127.0.0.1:1".into(),
+        window: 16,
+        version: "0".into(),
+    };
+    let result = auth::dial(&mut framed, &impostor, b"not-the-secret-at-all").await;
+    assert!(matches!(result, Err(auth::AuthError::BadMac)), "{result:?}");
+    drop(framed);
+    let metrics = node.metrics.clone();
+    wait_until("the refusal to be counted", || {
+        crate::harness::read(&metrics.links_refused) == 1
+    })
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_and_an_oversized_frame_close_only_that_link() {
+    use futures::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wspair::inner::{auth, codec::InnerCodec};
+    let redis = RedisServer::start();
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = node_b.connect(Role::Web, &id).await;
+    let inner = node_a.inner_addr.unwrap();
+
+    // Garbage instead of a handshake.
+    let mut stream = tokio::net::TcpStream::connect(inner).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n and more garbage")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    let n = tokio::time::timeout(crate::harness::EVENT_TIMEOUT, stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node closes the connection");
+
+    // An authenticated link that announces a frame far over the limit.
+    let stream = tokio::net::TcpStream::connect(inner).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, InnerCodec::new(10_240));
+    let insider = wspair::node::NodeInfo {
+        id: wspair::node::NodeId(9),
+        advertise: "127.0.0.1:1".into(),
+        window: 16,
+        version: "0".into(),
+    };
+    auth::dial(&mut framed, &insider, crate::harness::SECRET.as_bytes())
+        .await
+        .unwrap();
+    framed.flush().await.unwrap();
+    let mut stream = framed.into_inner();
+    stream
+        .write_all(&(100_000_000u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&[3u8; 64]).await.unwrap();
+    let n = tokio::time::timeout(crate::harness::EVENT_TIMEOUT, stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node closes the link");
+    assert_eq!(crate::harness::read(&node_a.metrics.links_malformed), 1);
+    assert_eq!(crate::harness::read(&node_a.metrics.links_refused), 1);
+
+    // The node and its real links keep serving.
+    app.send_text("still relaying").await;
+    assert_eq!(web.recv_text().await, "still relaying");
+    web.send_text("both ways").await;
+    assert_eq!(app.recv_text().await, "both ways");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_nodes_share_six_links_for_any_number_of_pairs() {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestNode::start_in_cluster(vec![redis.url()], |_| {}).await);
+    }
+    let mut clients = Vec::new();
+    for n in 0..60 {
+        let id = random_channel_id();
+        let app_node = &nodes[n % 3];
+        let web_node = &nodes[(n + 1) % 3];
+        let mut app = app_node.connect(Role::App, &id).await;
+        let mut web = web_node.connect(Role::Web, &id).await;
+        app.send_text("ping").await;
+        assert_eq!(web.recv_text().await, "ping");
+        web.send_text("pong").await;
+        assert_eq!(app.recv_text().await, "pong");
+        clients.push((app, web));
+    }
+    let links: usize = nodes.iter().map(|node| node.router.n_links()).sum();
+    assert_eq!(links, 6, "one outbound link per ordered pair of nodes");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_three_master_redis_cluster_works_as_the_registry() {
+    let redis = crate::harness::redis::RedisCluster::start();
+    let node_a = TestNode::start_in_cluster(redis.urls(), |_| {}).await;
+    let node_b = TestNode::start_in_cluster(redis.urls(), |_| {}).await;
+    // Channel ids hash to slots on every master.
+    for _ in 0..10 {
+        let id = random_channel_id();
+        let mut app = node_a.connect(Role::App, &id).await;
+        let mut web = node_b.connect(Role::Web, &id).await;
+        app.send_text("through a redis cluster").await;
+        assert_eq!(web.recv_text().await, "through a redis cluster");
+        web.send_text("and back").await;
+        assert_eq!(app.recv_text().await, "and back");
+    }
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+/// A receiver on node B that stops reading throttles its sender on node A through the link's
+/// credit, while 100 other cross-node pairs on the same link keep flowing.
+#[tokio::test]
+async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Bytes, Message};
+    const MESSAGE_BYTES: usize = 8 * 1024;
+    let redis = RedisServer::start();
+    let small_queue = |c: &mut wspair::Config| c.outer.send_queue = 64;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], small_queue).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], small_queue).await;
+    let id = random_channel_id();
+    let sender = node_a.connect(Role::App, &id).await;
+    let _sleeper = node_b.connect(Role::Web, &id).await;
+
+    let (mut sink, _stream) = sender.ws.split();
+    let payload = Bytes::from(vec![b'x'; MESSAGE_BYTES]);
+    let mut sent = 0usize;
+    loop {
+        let send = sink.send(Message::binary(payload.clone()));
+        match tokio::time::timeout(Duration::from_millis(300), send).await {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        assert!(sent < 20_000, "the sender was never throttled");
+    }
+    // Bounded by the credit window, the receiver's queue and the sockets' buffers.
+    assert!(
+        sent * MESSAGE_BYTES < 64 * 1024 * 1024,
+        "{sent} messages buffered"
+    );
+
+    // 100 other pairs across the same two nodes, hence the same links, keep flowing.
+    let mut pairs = Vec::new();
+    for _ in 0..100 {
+        let id = random_channel_id();
+        pairs.push((
+            node_a.connect(Role::App, &id).await,
+            node_b.connect(Role::Web, &id).await,
+        ));
+    }
+    let started = std::time::Instant::now();
+    let exchanges = pairs
+        .into_iter()
+        .map(|(app, web)| crate::harness::client::exchange(app, web, 100));
+    futures::future::join_all(exchanges).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < crate::harness::EVENT_TIMEOUT,
+        "100 pairs took {elapsed:?}"
+    );
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
