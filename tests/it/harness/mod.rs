@@ -137,16 +137,7 @@ impl TestNode {
         })
         .await
     }
-
-    /// This node's counters, by name, as `/healthz` reports them.
-    pub fn counter(&self, name: &str) -> u64 {
-        self.metrics
-            .snapshot()
-            .into_iter()
-            .find(|(metric, _)| *metric == name)
-            .map(|(_, value)| value)
-            .unwrap_or_else(|| panic!("no counter {name}"))
-    }
+}
 }
 
 /// A channel id no other test uses.

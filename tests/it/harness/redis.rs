@@ -132,17 +132,6 @@ impl RedisServer {
             .and_then(|calls| calls.parse().ok())
             .unwrap_or(0)
     }
-
-    /// Every command's calls, summed.
-    pub fn total_calls(&self) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
-        stats
-            .lines()
-            .filter_map(|line| line.split("calls=").nth(1))
-            .filter_map(|rest| rest.split(',').next())
-            .filter_map(|calls| calls.parse::<u64>().ok())
-            .sum()
-    }
 }
 
 impl Drop for RedisServer {
