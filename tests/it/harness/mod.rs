@@ -138,7 +138,6 @@ impl TestNode {
         .await
     }
 }
-}
 
 /// A channel id no other test uses.
 pub fn random_channel_id() -> ChannelId {
