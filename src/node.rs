@@ -5,24 +5,36 @@
 //! and are treated as absent.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 
-/// The generated id of one node process.
+/// The generated id of one node process. Never zero, so `Option<NodeId>` is as small as a
+/// `u64` (it rides along with every message in a session's queue).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u64);
+pub struct NodeId(pub NonZeroU64);
 
 impl NodeId {
     /// A fresh random id.
     pub fn generate() -> NodeId {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).expect("the operating system provides random bytes");
-        NodeId(u64::from_le_bytes(bytes))
+        NodeId::from_u64(u64::from_le_bytes(bytes)).unwrap_or(NodeId(NonZeroU64::MIN))
+    }
+
+    /// The id `n`, if not zero.
+    pub fn from_u64(n: u64) -> Option<NodeId> {
+        NonZeroU64::new(n).map(NodeId)
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0.get()
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:016x}", self.0.get())
     }
 }
 
@@ -36,7 +48,9 @@ impl FromStr for NodeId {
     type Err = std::num::ParseIntError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        u64::from_str_radix(text, 16).map(NodeId)
+        let n = u64::from_str_radix(text, 16)?;
+        // Zero is not an id; parsing "0" as a non-zero number reports the same kind of error.
+        n.to_string().parse::<NonZeroU64>().map(NodeId)
     }
 }
 
@@ -82,7 +96,7 @@ mod tests {
     #[test]
     fn node_info_round_trips() {
         let info = NodeInfo {
-            id: NodeId(0xfeed),
+            id: NodeId::from_u64(0xfeed).unwrap(),
             advertise: "[::1]:1025".into(),
             window: 1024,
             version: "0.1.0".into(),

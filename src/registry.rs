@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn routes_round_trip() {
         let route = Route {
-            node: NodeId(0xabc),
+            node: NodeId::from_u64(0xabc).unwrap(),
             session: 77,
         };
         assert_eq!(Route::decode(&route.encode()), Some(route));

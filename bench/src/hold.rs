@@ -1,14 +1,13 @@
 //! `hold` mode: open many idle pairs, verify each, and report the server's memory per
 //! connection and the connect rate achieved.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{Connector, Target, Ws, channel_id, rss_kib};
+use crate::clients::{Target, Ws, rss_kib};
+use crate::flow::open_pairs;
 
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
@@ -29,43 +28,49 @@ pub struct HoldArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Seconds to keep the pairs open after reporting, so scripts can inspect the server.
+    #[arg(long, default_value_t = 0.0)]
+    linger: f64,
+    /// After verifying, relay this many more messages each way on every pair (checked in
+    /// order). Phase changes are announced on stderr (`phase connected`, `phase relayed`,
+    /// `phase closing`) so a script can time what the server did in each.
+    #[arg(long, default_value_t = 0)]
+    relay: usize,
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), String> {
     let rss_before = total_rss(&args.server_pid)?;
-    let connector = Arc::new(Connector::new(&args.target));
-    let run_id = std::process::id();
-    let started = Instant::now();
-    let pending = Arc::new(Semaphore::new(args.concurrency));
-    let mut ticker = tokio::time::interval(Duration::from_secs(1) / args.connect_rate.max(1) * 2);
-    let mut tasks = Vec::with_capacity(args.pairs);
-    for n in 0..args.pairs {
-        ticker.tick().await;
-        let permit = Arc::clone(&pending)
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let connector = Arc::clone(&connector);
-        let target = args.target.clone();
-        tasks.push(tokio::spawn(async move {
-            let id = channel_id(run_id, n);
-            let app = connector.connect(&target.app_url, &id).await?;
-            let web = connector.connect(&target.web_url, &id).await?;
-            drop(permit);
-            Ok::<_, String>((app, web))
-        }));
-    }
-    let mut pairs = Vec::with_capacity(args.pairs);
-    for task in tasks {
-        pairs.push(task.await.map_err(|err| err.to_string())??);
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
+    let (mut pairs, connect_time) = open_pairs(
+        &args.target,
+        args.pairs,
+        args.connect_rate,
+        args.concurrency,
+    )
+    .await?;
+    let connect_secs = connect_time.as_secs_f64();
     let connections = 2 * pairs.len();
     let connect_rate = connections as f64 / connect_secs;
 
     for (n, (app, web)) in pairs.iter_mut().enumerate() {
         verify(app, web, &format!("a{n}")).await?;
         verify(web, app, &format!("w{n}")).await?;
+    }
+    eprintln!("phase connected");
+    if args.relay > 0 {
+        let relays = pairs
+            .iter_mut()
+            .enumerate()
+            .map(|(n, (app, web))| async move {
+                for i in 0..args.relay {
+                    verify(app, web, &format!("a{n}-{i}")).await?;
+                    verify(web, app, &format!("w{n}-{i}")).await?;
+                }
+                Ok::<_, String>(())
+            });
+        for result in futures::future::join_all(relays).await {
+            result?;
+        }
+        eprintln!("phase relayed {}", 2 * args.relay * pairs.len());
     }
     let rss_after = total_rss(&args.server_pid)?;
     let per_connection =
@@ -92,6 +97,13 @@ pub async fn run(args: HoldArgs) -> Result<(), String> {
             per_connection / 1024.0
         );
     }
+    if args.linger > 0.0 {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs_f64(args.linger)).await;
+    }
+    eprintln!("phase closing");
+    drop(pairs);
     Ok(())
 }
 

@@ -5,7 +5,10 @@
 //! message makes the run fail (exit code 1).
 
 mod clients;
+mod flow;
 mod hold;
+mod latency;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +27,10 @@ enum Mode {
     /// Open N idle pairs at a given connect rate, verify each pair with one message each way,
     /// and report the server's RSS per connection.
     Hold(hold::HoldArgs),
+    /// Keep a fixed window of messages in flight per pair and direction; report messages/s.
+    Throughput(throughput::ThroughputArgs),
+    /// Send at a fixed total rate (open loop); report one-way latency percentiles.
+    Latency(latency::LatencyArgs),
 }
 
 #[tokio::main]
@@ -31,6 +38,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
         Mode::Hold(args) => hold::run(args).await,
+        Mode::Throughput(args) => throughput::run(args).await,
+        Mode::Latency(args) => latency::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -66,8 +66,8 @@ fn tag(
     mac.update(label);
     mac.update(challenge);
     mac.update(other);
-    mac.update(&dialer.0.to_be_bytes());
-    mac.update(&acceptor.0.to_be_bytes());
+    mac.update(&dialer.get().to_be_bytes());
+    mac.update(&acceptor.get().to_be_bytes());
     mac
 }
 

@@ -152,7 +152,7 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
         } => {
             dst.put_u8(1);
             dst.put_u16(*version);
-            dst.put_u64(node.0);
+            dst.put_u64(node.get());
             dst.put_slice(nonce);
             dst.put_u32(*window);
             dst.put_slice(advertise.as_bytes());
@@ -316,7 +316,8 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
     let parsed = match type_byte {
         1 => {
             let version = fields.u16()?;
-            let node = NodeId(fields.u64()?);
+            let node = NodeId::from_u64(fields.u64()?)
+                .ok_or_else(|| fields.malformed("node id 0".into()))?;
             let nonce = fields.array::<NONCE_BYTES>()?;
             let window = fields.u32()?;
             let rest = std::mem::take(&mut fields.body);
@@ -409,7 +410,7 @@ mod tests {
         vec![
             InnerFrame::Hello {
                 version: 1,
-                node: NodeId(42),
+                node: NodeId::from_u64(42).unwrap(),
                 nonce: [7; NONCE_BYTES],
                 window: 1024,
                 advertise: "127.0.0.1:1025".into(),

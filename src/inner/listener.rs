@@ -94,24 +94,36 @@ async fn serve_link(
             advertise: dialer.advertise,
         },
     );
+    // Silence is checked on a ticker rather than with a timeout per read, which would arm a
+    // timer for every frame on a busy link.
+    let mut ticker = tokio::time::interval(ctx.config.link_timeout / 4);
+    let mut frames: u64 = 0;
+    let mut frames_seen: u64 = 0;
+    let mut heard_at = tokio::time::Instant::now();
     let reason = loop {
         let next = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break "node shutting down".to_owned(),
-            next = tokio::time::timeout(ctx.config.link_timeout, framed.next()) => next,
-        };
-        match next {
-            Err(_) => {
-                break format!(
-                    "silent for inner.link-timeout {:?}",
-                    ctx.config.link_timeout
-                );
+            next = framed.next() => next,
+            _ = ticker.tick() => {
+                let now = tokio::time::Instant::now();
+                if frames != frames_seen {
+                    frames_seen = frames;
+                    heard_at = now;
+                } else if now.duration_since(heard_at) >= ctx.config.link_timeout {
+                    break format!("silent for inner.link-timeout {:?}", ctx.config.link_timeout);
+                }
+                continue;
             }
-            Ok(None) => break "closed by the remote node".to_owned(),
-            Ok(Some(Err(err))) => {
+        };
+        frames += 1;
+        match next {
+            None => break "closed by the remote node".to_owned(),
+            Some(Err(err)) => {
                 Metrics::incr(&ctx.metrics.links_malformed);
                 break err.to_string();
             }
-            Ok(Some(Ok(InnerFrame::Ping))) => {
+            Some(Ok(InnerFrame::Ping)) => {
                 let pong = framed.send(InnerFrame::Pong);
                 if tokio::time::timeout(ctx.config.link_timeout, pong)
                     .await
@@ -120,13 +132,13 @@ async fn serve_link(
                     break "pong blocked".to_owned();
                 }
             }
-            Ok(Some(Ok(
+            Some(Ok(
                 frame @ (InnerFrame::Hello { .. } | InnerFrame::Auth { .. } | InnerFrame::Pong),
-            ))) => {
+            )) => {
                 Metrics::incr(&ctx.metrics.links_malformed);
                 break format!("unexpected frame after the handshake: {frame:?}");
             }
-            Ok(Some(Ok(frame))) => sink(node, frame),
+            Some(Ok(frame)) => sink(node, frame),
         }
     };
     warn!(%node, %remote_addr, %reason, "inner link closed");

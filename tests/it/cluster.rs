@@ -242,7 +242,7 @@ async fn a_link_with_the_wrong_secret_is_refused_and_counted() {
         .unwrap();
     let mut framed = tokio_util::codec::Framed::new(stream, InnerCodec::new(10_240));
     let impostor = wspair::node::NodeInfo {
-        id: wspair::node::NodeId(7),
+        id: wspair::node::NodeId::from_u64(7).unwrap(),
         advertise: "127.0.0.1:1".into(),
         window: 16,
         version: "0".into(),
@@ -288,7 +288,7 @@ async fn garbage_and_an_oversized_frame_close_only_that_link() {
     let stream = tokio::net::TcpStream::connect(inner).await.unwrap();
     let mut framed = tokio_util::codec::Framed::new(stream, InnerCodec::new(10_240));
     let insider = wspair::node::NodeInfo {
-        id: wspair::node::NodeId(9),
+        id: wspair::node::NodeId::from_u64(9).unwrap(),
         advertise: "127.0.0.1:1".into(),
         window: 16,
         version: "0".into(),

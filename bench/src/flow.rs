@@ -1,0 +1,108 @@
+//! What flows in a benchmark: numbered, timestamped payloads, the checker that finds lost,
+//! duplicated and reordered messages, and opening many pairs at a paced rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::clients::{Connector, Target, Ws, channel_id};
+
+/// Bytes at the start of every payload: sequence number, then send time in ns since the run
+/// started (the scheduled time, in latency mode).
+pub const HEADER_BYTES: usize = 16;
+
+/// A payload of `size` bytes (at least [`HEADER_BYTES`]) carrying `seq` and `sent_ns`.
+pub fn payload(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
+    let mut bytes = vec![b'.'; size.max(HEADER_BYTES)];
+    bytes[..8].copy_from_slice(&seq.to_be_bytes());
+    bytes[8..16].copy_from_slice(&sent_ns.to_be_bytes());
+    bytes
+}
+
+/// Reads the sequence number and send time back.
+pub fn header(bytes: &[u8]) -> Option<(u64, u64)> {
+    let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((seq, sent))
+}
+
+/// Checks one direction's sequence numbers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeqCheck {
+    /// The next sequence number expected.
+    pub next: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Sequence numbers skipped (never seen, as far as this check knows).
+    pub lost: u64,
+    /// Sequence numbers seen twice or arriving after a later one.
+    pub duplicated_or_reordered: u64,
+}
+
+impl SeqCheck {
+    /// Notes the arrival of `seq`.
+    pub fn observe(&mut self, seq: u64) {
+        self.received += 1;
+        if seq == self.next {
+            self.next += 1;
+        } else if seq > self.next {
+            self.lost += seq - self.next;
+            self.next = seq + 1;
+        } else {
+            self.duplicated_or_reordered += 1;
+        }
+    }
+
+    /// Adds another direction's counts.
+    pub fn merge(&mut self, other: &SeqCheck) {
+        self.received += other.received;
+        self.lost += other.lost;
+        self.duplicated_or_reordered += other.duplicated_or_reordered;
+    }
+
+    /// At the end: messages sent but never received count as lost.
+    pub fn finish(&mut self, sent: u64) {
+        if sent > self.next {
+            self.lost += sent - self.next;
+            self.next = sent;
+        }
+    }
+}
+
+/// Opens `pairs` pairs at `connect_rate` connections per second, `concurrency` at a time.
+pub async fn open_pairs(
+    target: &Target,
+    pairs: usize,
+    connect_rate: u32,
+    concurrency: usize,
+) -> Result<(Vec<(Ws, Ws)>, Duration), String> {
+    let connector = Arc::new(Connector::new(target));
+    let run_id = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
+    let started = Instant::now();
+    let pending = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / connect_rate.max(1) * 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(pairs);
+    for n in 0..pairs {
+        ticker.tick().await;
+        let permit = Arc::clone(&pending)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let connector = Arc::clone(&connector);
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = channel_id(run_id, n);
+            let app = connector.connect(&target.app_url, &id).await?;
+            let web = connector.connect(&target.web_url, &id).await?;
+            drop(permit);
+            Ok::<_, String>((app, web))
+        }));
+    }
+    let mut opened = Vec::with_capacity(pairs);
+    for task in tasks {
+        opened.push(task.await.map_err(|err| err.to_string())??);
+    }
+    Ok((opened, started.elapsed()))
+}

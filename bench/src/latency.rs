@@ -1,0 +1,187 @@
+//! `latency` mode: open loop at a fixed total rate; one-way latency into HdrHistograms.
+//!
+//! Each message carries the time it was scheduled to be sent and the time it was sent. The
+//! corrected histogram measures from the schedule, so a sender held up by the relay does not
+//! hide the delay it caused (coordinated omission); it also includes the load generator's own
+//! timer lateness (tokio's timer has 1 ms resolution). The plain histogram measures from the
+//! moment of sending. Both are reported.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::clients::{Target, Ws};
+use crate::flow::{SeqCheck, header, open_pairs, payload};
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Pairs driven at once.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Total messages per second, over every pair and both directions.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Message size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of warm-up, not counted.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds")
+}
+
+type Sink = futures::stream::SplitSink<Ws, Message>;
+type Stream = futures::stream::SplitStream<Ws>;
+
+pub async fn run(args: LatencyArgs) -> Result<(), String> {
+    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
+    let origin = Instant::now();
+    let warm_ns = Duration::from_secs_f64(args.warmup).as_nanos() as u64;
+    let total_ns = warm_ns + Duration::from_secs_f64(args.seconds).as_nanos() as u64;
+    let senders = 2 * pairs.len() as u64;
+    // Each sender's interval; senders are staggered so the total rate is smooth.
+    let interval_ns = (1_000_000_000 * senders / args.rate.max(1)).max(1);
+    let mut tasks = Vec::new();
+    for (index, (app, web)) in pairs.into_iter().enumerate() {
+        let (app_sink, app_stream) = app.split();
+        let (web_sink, web_stream) = web.split();
+        for (k, (sink, stream)) in [(app_sink, web_stream), (web_sink, app_stream)]
+            .into_iter()
+            .enumerate()
+        {
+            let offset = (2 * index as u64 + k as u64) * interval_ns / senders;
+            tasks.push(tokio::spawn(direction(
+                sink,
+                stream,
+                origin,
+                offset,
+                interval_ns,
+                total_ns,
+                warm_ns,
+                args.size,
+            )));
+        }
+    }
+    let mut histogram = new_histogram();
+    let mut corrected = new_histogram();
+    let mut total = SeqCheck::default();
+    for task in tasks {
+        let (check, part, part_corrected) = task.await.map_err(|err| err.to_string())??;
+        total.merge(&check);
+        histogram.add(&part).map_err(|err| err.to_string())?;
+        corrected
+            .add(&part_corrected)
+            .map_err(|err| err.to_string())?;
+    }
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let cus = |q: f64| corrected.value_at_quantile(q) as f64 / 1000.0;
+    let achieved = histogram.len() as f64 / args.seconds;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "latency", "pairs": args.pairs, "rate": args.rate, "achieved_rate": achieved,
+                "size": args.size, "seconds": args.seconds,
+                "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
+                "max_us": histogram.max() as f64 / 1000.0,
+                "corrected_p50_us": cus(0.5), "corrected_p99_us": cus(0.99),
+                "corrected_p999_us": cus(0.999), "corrected_max_us": corrected.max() as f64 / 1000.0,
+                "received": total.received, "lost": total.lost,
+                "duplicated_or_reordered": total.duplicated_or_reordered,
+            })
+        );
+    } else {
+        println!(
+            "latency: {} msg/s asked, {achieved:.0} measured; p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; \
+             from schedule: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; lost {}, dup/reordered {}",
+            args.rate,
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            histogram.max() as f64 / 1000.0,
+            cus(0.5),
+            cus(0.99),
+            cus(0.999),
+            total.lost,
+            total.duplicated_or_reordered
+        );
+    }
+    if total.lost > 0 || total.duplicated_or_reordered > 0 {
+        return Err("messages were lost, duplicated or reordered".into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn direction(
+    mut sink: Sink,
+    mut stream: Stream,
+    origin: Instant,
+    offset_ns: u64,
+    interval_ns: u64,
+    total_ns: u64,
+    warm_ns: u64,
+    size: usize,
+) -> Result<(SeqCheck, Histogram<u64>, Histogram<u64>), String> {
+    let n_messages = total_ns.saturating_sub(offset_ns) / interval_ns;
+    let sender = tokio::spawn(async move {
+        for seq in 0..n_messages {
+            let scheduled_ns = offset_ns + seq * interval_ns;
+            tokio::time::sleep_until((origin + Duration::from_nanos(scheduled_ns)).into()).await;
+            let sent_ns = origin.elapsed().as_nanos() as u64;
+            let mut bytes = payload(seq, scheduled_ns, size.max(24));
+            bytes[16..24].copy_from_slice(&sent_ns.to_be_bytes());
+            sink.send(Message::binary(Bytes::from(bytes)))
+                .await
+                .map_err(|err| err.to_string())?;
+        }
+        Ok::<_, String>(sink)
+    });
+    let mut histogram = new_histogram();
+    let mut corrected = new_histogram();
+    let mut check = SeqCheck::default();
+    let deadline = tokio::time::Instant::from_std(
+        origin + Duration::from_nanos(total_ns) + Duration::from_secs(10),
+    );
+    while check.next < n_messages {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                let received_ns = origin.elapsed().as_nanos() as u64;
+                let (seq, scheduled_ns) = header(&bytes).ok_or("short payload")?;
+                check.observe(seq);
+                let sent_ns = u64::from_be_bytes(
+                    bytes
+                        .get(16..24)
+                        .ok_or("short payload")?
+                        .try_into()
+                        .expect("8 bytes"),
+                );
+                if scheduled_ns >= warm_ns {
+                    let _ = histogram.record(received_ns.saturating_sub(sent_ns).max(1_000));
+                    let _ = corrected.record(received_ns.saturating_sub(scheduled_ns).max(1_000));
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(err))) => return Err(err.to_string()),
+            Ok(None) => return Err("connection closed".into()),
+        }
+    }
+    let _sink = sender.await.map_err(|err| err.to_string())??;
+    check.finish(n_messages);
+    Ok((check, histogram, corrected))
+}

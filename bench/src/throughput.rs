@@ -1,0 +1,182 @@
+//! `throughput` mode: every pair keeps a fixed window of messages in flight in each direction
+//! for a fixed time; reports messages and bytes delivered per second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::clients::{Target, Ws};
+use crate::flow::{SeqCheck, header, open_pairs, payload};
+
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Pairs driven at once.
+    #[arg(long, default_value_t = 1000)]
+    pairs: usize,
+    /// Messages in flight per pair and direction.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Message size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of warm-up, not counted.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one direction of one pair did.
+struct DirectionResult {
+    sent: u64,
+    check: SeqCheck,
+    counted: u64,
+}
+
+pub async fn run(args: ThroughputArgs) -> Result<(), String> {
+    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
+    let started = Instant::now();
+    let warm_until = started + Duration::from_secs_f64(args.warmup);
+    let stop_at = warm_until + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::new();
+    for (app, web) in pairs {
+        let (app_sink, app_stream) = app.split();
+        let (web_sink, web_stream) = web.split();
+        // Each direction's window: the sender takes a permit per message, the receiver gives it back.
+        let app_to_web = Arc::new(Semaphore::new(args.window));
+        let web_to_app = Arc::new(Semaphore::new(args.window));
+        tasks.push(tokio::spawn(direction(
+            app_sink,
+            web_stream,
+            Arc::clone(&app_to_web),
+            args.size,
+            warm_until,
+            stop_at,
+        )));
+        tasks.push(tokio::spawn(direction(
+            web_sink,
+            app_stream,
+            Arc::clone(&web_to_app),
+            args.size,
+            warm_until,
+            stop_at,
+        )));
+    }
+    let mut total = SeqCheck::default();
+    let mut counted = 0;
+    let mut sent = 0;
+    for task in tasks {
+        let result = task.await.map_err(|err| err.to_string())??;
+        total.merge(&result.check);
+        counted += result.counted;
+        sent += result.sent;
+    }
+    let rate = counted as f64 / args.seconds;
+    let mbytes = rate * args.size as f64 / 1e6;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "throughput", "pairs": args.pairs, "window": args.window, "size": args.size,
+                "seconds": args.seconds, "messages_per_second": rate, "megabytes_per_second": mbytes,
+                "sent": sent, "received": total.received, "lost": total.lost,
+                "duplicated_or_reordered": total.duplicated_or_reordered,
+            })
+        );
+    } else {
+        println!(
+            "throughput: {rate:.0} msg/s ({mbytes:.1} MB/s), {} pairs, window {}, {} B; sent {sent}, received {}, lost {}, dup/reordered {}",
+            args.pairs,
+            args.window,
+            args.size,
+            total.received,
+            total.lost,
+            total.duplicated_or_reordered
+        );
+    }
+    if total.lost > 0 || total.duplicated_or_reordered > 0 {
+        return Err("messages were lost, duplicated or reordered".into());
+    }
+    Ok(())
+}
+
+type Sink = futures::stream::SplitSink<Ws, Message>;
+type Stream = futures::stream::SplitStream<Ws>;
+
+async fn direction(
+    mut sink: Sink,
+    mut stream: Stream,
+    window: Arc<Semaphore>,
+    size: usize,
+    warm_until: Instant,
+    stop_at: Instant,
+) -> Result<DirectionResult, String> {
+    let sender_window = Arc::clone(&window);
+    // The sender publishes how many it sent once it stops, so the receiver knows when it has all.
+    let (sent_tx, mut sent_rx) = tokio::sync::watch::channel(None::<u64>);
+    let sender = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while Instant::now() < stop_at {
+            let permit = sender_window.acquire().await.expect("never closed");
+            permit.forget();
+            let bytes = payload(seq, 0, size);
+            sink.feed(Message::binary(Bytes::from(bytes)))
+                .await
+                .map_err(|err| err.to_string())?;
+            // Flush when the window is used up, as a client with a window would.
+            if sender_window.available_permits() == 0 {
+                sink.flush().await.map_err(|err| err.to_string())?;
+            }
+            seq += 1;
+        }
+        sink.flush().await.map_err(|err| err.to_string())?;
+        let _ = sent_tx.send(Some(seq));
+        Ok::<_, String>(sink)
+    });
+    let mut check = SeqCheck::default();
+    let mut counted = 0u64;
+    let mut sent = None;
+    let drain_until = tokio::time::Instant::from_std(stop_at + Duration::from_secs(10));
+    while sent.is_none_or(|sent| check.next < sent) {
+        tokio::select! {
+            changed = sent_rx.changed(), if sent.is_none() => {
+                if changed.is_err() {
+                    break;
+                }
+                sent = *sent_rx.borrow();
+            }
+            next = tokio::time::timeout_at(drain_until, stream.next()) => match next {
+                Err(_) => break,
+                Ok(Some(Ok(Message::Binary(bytes)))) => {
+                    let (seq, _) = header(&bytes).ok_or("short payload")?;
+                    check.observe(seq);
+                    let now = Instant::now();
+                    if now >= warm_until && now < stop_at {
+                        counted += 1;
+                    }
+                    window.add_permits(1);
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(err))) => return Err(err.to_string()),
+                Ok(None) => return Err("connection closed".into()),
+            },
+        }
+    }
+    let _sink = sender.await.map_err(|err| err.to_string())??;
+    let sent = sent.unwrap_or(check.next);
+    check.finish(sent);
+    Ok(DirectionResult {
+        sent,
+        check,
+        counted,
+    })
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Runs wspair's benchmark suite on this machine and prints a table of results.
+#
+# Starts, on loopback: the baseline relay, one wspair node, and a cluster of wspair nodes with a
+# redis-server; then measures throughput, latency, idle memory, connect rate, Redis commands and
+# inner connections. Every figure comes from this one run. Takes about 6 minutes on 2 cores.
+#
+# Usage: bash scripts/bench.sh [RUNS]   (RUNS of each throughput and latency figure; default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+OUT=$(mktemp -d /tmp/wspair-bench.XXXXXX)
+cargo build --release -q -p wspair -p wspair-bench
+BIN=./target/release
+BENCH="$BIN/wspair-bench"
+SECRET=bench-secret-0123456789
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+ulimit -n 20000 2>/dev/null || true
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+REDIS_PORT=16379
+redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+wait_port $REDIS_PORT
+"$BIN/wspair-baseline" 127.0.0.1:1124 2>/dev/null & PIDS+=($!); BASELINE=$!
+RUST_LOG=warn "$BIN/wspair" serve --outer-ip 127.0.0.1 --outer-port 1024 & PIDS+=($!); SINGLE=$!
+cluster_node() {
+    RUST_LOG=warn "$BIN/wspair" serve --outer-ip 127.0.0.1 --outer-port "$1" \
+        --inner-ip 127.0.0.1 --inner-port "$2" --inner-secret $SECRET \
+        --registry-redis redis://127.0.0.1:$REDIS_PORT & PIDS+=($!)
+}
+cluster_node 11024 11025; NODE1=$!
+cluster_node 12024 12025; NODE2=$!
+cluster_node 13024 13025; NODE3=$!
+for port in 1124 1024 11024 12024 13024; do wait_port $port; done
+
+url() { echo "ws://127.0.0.1:$1/channel?type=$2&channelId={id}"; }
+target() { echo "--app-url $(url "$1" app) --web-url $(url "$2" web) --source-ips 127.0.0.2-127.0.0.9"; }
+BASE_T=$(target 1124 1124); SAME_T=$(target 1024 1024); CROSS_T=$(target 11024 12024)
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+echo "== throughput: 64 B, 1000 pairs, window 16, 5 s after 1 s warm-up; $RUNS runs, interleaved"
+for run in $(seq "$RUNS"); do
+    for name in BASE SAME CROSS; do
+        t=${name}_T
+        $BENCH throughput ${!t} --pairs 1000 --window 16 --size 64 --seconds 5 --warmup 1 --json \
+            | tee -a "$OUT/throughput-$name.json" | field messages_per_second | sed "s/^/  $name run $run: /"
+    done
+done
+TP_BASE=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-BASE.json')))" | median)
+TP_SAME=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAME.json')))" | median)
+TP_CROSS=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSS.json')))" | median)
+
+# Open loop at half the maximum saturates the load generator itself on 2 cores (it sends each
+# message with its own write), so latency is measured at a fixed rate it sustains.
+RATE=${LATENCY_RATE:-20000}
+echo "== latency: 100 pairs, 64 B, open loop at $RATE msg/s, 5 s; $RUNS runs"
+for run in $(seq "$RUNS"); do
+    for name in BASE SAME CROSS; do
+        t=${name}_T
+        $BENCH latency ${!t} --pairs 100 --rate "$RATE" --size 64 --seconds 5 --warmup 1 --json \
+            | tee -a "$OUT/latency-$name.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"  $name run $run: p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us (from schedule: p50 {d['corrected_p50_us']:.0f}, p99 {d['corrected_p99_us']:.0f})\")"
+    done
+done
+lat() { python3 -c "import json;print('\n'.join(str(json.loads(l)['$2']) for l in open('$OUT/latency-$1.json')))" | median; }
+
+echo "== Redis commands: 500 cross-node pairs connect, relay 20 messages each way, disconnect"
+# MONITOR shows every command with its client; commands run inside scripts are tagged "lua"
+# and not counted, so each count is one round trip. Heartbeats (the script on wspair:nodes) are
+# counted apart.
+redis-cli -p $REDIS_PORT MONITOR >"$OUT/monitor.txt" &
+MONITOR=$!
+sleep 0.5
+stamp() { while IFS= read -r line; do echo "$(date +%s.%N) $line"; done; }
+$BENCH hold $CROSS_T --pairs 500 --relay 20 --linger 1 2>&1 >/dev/null | stamp >"$OUT/phases.txt"
+sleep 1.5
+kill $MONITOR
+T_CONNECTED=$(grep "phase connected" "$OUT/phases.txt" | cut -d' ' -f1)
+T_RELAYED=$(grep "phase relayed" "$OUT/phases.txt" | cut -d' ' -f1)
+T_CLOSING=$(grep "phase closing" "$OUT/phases.txt" | cut -d' ' -f1)
+RELAYED=$(grep "phase relayed" "$OUT/phases.txt" | awk '{print $4}')
+read -r PER_CONNECT PER_MESSAGE PER_DISCONNECT HEARTBEAT_PER_S < <(python3 - "$OUT/monitor.txt" "$T_CONNECTED" "$T_RELAYED" "$T_CLOSING" "$RELAYED" <<'PY'
+import sys
+path, connected, relayed, closing, messages = sys.argv[1], *map(float, sys.argv[2:5]), int(sys.argv[5])
+phases = [0, 0, 0]
+heartbeats, first, last = 0, None, None
+for line in open(path):
+    parts = line.split()
+    if len(parts) < 4 or not parts[0][0].isdigit() or "lua]" in line:
+        continue
+    t = float(parts[0])
+    first, last = first or t, t
+    if "wspair:nodes" in line:
+        heartbeats += 1
+        continue
+    if parts[3].strip('"').upper() in ("INFO", "MONITOR", "CONFIG", "PING", "CLIENT", "HELLO"):
+        continue
+    phases[0 if t < connected else 1 if t < relayed else 2] += 1
+connections = 1000
+print(round(phases[0] / connections, 2), round(phases[1] / messages, 6),
+      round(phases[2] / connections, 2), round(heartbeats / (last - first), 1))
+PY
+)
+
+echo "== inner TCP connections: 3 nodes, 1 000 cross-node pairs"
+$BENCH hold $(target 11024 12024) --pairs 334 --linger 4 >/dev/null &
+H1=$!
+$BENCH hold $(target 12024 13024) --pairs 333 --linger 4 >/dev/null &
+H2=$!
+$BENCH hold $(target 13024 11024) --pairs 333 --linger 4 >/dev/null &
+H3=$!
+sleep 3
+LINKS=$(ss -Htn state established '( dport = :11025 or dport = :12025 or dport = :13025 )' | wc -l)
+wait $H1 $H2 $H3
+
+echo "== idle memory and connect rate: 9 500 pairs (19 000 connections) into one node"
+kill $BASELINE $NODE1 $NODE2 $NODE3 2>/dev/null || true
+HOLD_LINE=$($BENCH hold $SAME_T --pairs 9500 --connect-rate 6000 --concurrency 512 --server-pid $SINGLE --json)
+RSS=$(echo "$HOLD_LINE" | field rss_bytes_per_connection)
+CPS=$(echo "$HOLD_LINE" | field connects_per_second)
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+cat <<TABLE
+
+| figure | wspair | baseline | ratio | target |
+|---|---:|---:|---:|---|
+| same-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_SAME") | $(printf %.0f "$TP_BASE") | $(ratio "$TP_SAME" "$TP_BASE") | ≥ 0.8× baseline |
+| cross-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_CROSS") | | $(ratio "$TP_CROSS" "$TP_SAME") of same-node | ≥ 0.5× same-node |
+| same-node latency at $RATE msg/s: p50 / p99 µs | $(lat SAME p50_us) / $(lat SAME p99_us) | $(lat BASE p50_us) / $(lat BASE p99_us) | | p99 ≤ 1 ms |
+| cross-node latency at $RATE msg/s: p50 / p99 µs | $(lat CROSS p50_us) / $(lat CROSS p99_us) | | | p99 ≤ same-node + 0.5 ms |
+| same-node latency from schedule: p50 / p99 µs | $(lat SAME corrected_p50_us) / $(lat SAME corrected_p99_us) | $(lat BASE corrected_p50_us) / $(lat BASE corrected_p99_us) | | |
+| cross-node latency from schedule: p50 / p99 µs | $(lat CROSS corrected_p50_us) / $(lat CROSS corrected_p99_us) | | | |
+| idle RSS per connection, 19 000 connections | $(printf %.0f "$RSS") B | | | ≤ 8 KB |
+| connect rate into one node, pairs verified | $(printf %.0f "$CPS") /s | | | ≥ 5 000 /s |
+| Redis round trips per connect (MONITOR) | $PER_CONNECT | | | |
+| Redis round trips per disconnect (MONITOR) | $PER_DISCONNECT | | | |
+| Redis round trips per relayed message (MONITOR) | $PER_MESSAGE | | | 0 |
+| heartbeat round trips per second, 3 nodes | $HEARTBEAT_PER_S | | | one per node per node-ttl/5 |
+| inner TCP connections, 3 nodes, 1 000 cross-node pairs | $LINKS | | | ≤ 6 |
+TABLE
+echo "raw results: $OUT"
