@@ -78,7 +78,14 @@ pub async fn open_pairs(
     concurrency: usize,
 ) -> Result<(Vec<(Ws, Ws)>, Duration), String> {
     let connector = Arc::new(Connector::new(target));
-    let run_id = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
+    // Random per run, so concurrent or successive runs never share a channel id.
+    let run_id = {
+        use std::hash::{BuildHasher, Hasher};
+        (std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            % 1_000_000_000) as u32
+    };
     let started = Instant::now();
     let pending = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / connect_rate.max(1) * 2);
