@@ -79,8 +79,9 @@ impl Route {
 /// What one heartbeat learned.
 #[derive(Debug)]
 pub struct Heartbeat {
-    /// True if this node's entry was missing: Redis lost it (restarted empty) or the node was
-    /// too late to refresh it. Everything the node holds must be registered again.
+    /// True if this node's entry was missing or expired: Redis lost it (restarted empty), or the
+    /// node could not refresh it in time and the others may have timed it out. Everything the
+    /// node holds must be registered and announced again.
     pub was_missing: bool,
     /// Every live node, this one included.
     pub live: Vec<NodeInfo>,
@@ -111,13 +112,19 @@ if current == false or current == ARGV[1] then
 end
 return 0";
 
-/// Refreshes this node's entry and returns whether it was missing, and every live entry.
+/// Refreshes this node's entry and returns whether it was missing (absent, or expired so that
+/// other nodes may have timed this node out), and every live entry.
 const HEARTBEAT: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local previous = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local missing = 0
+if previous == false or tonumber(previous) < now then
+  missing = 1
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
+return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
 
 #[derive(Clone)]
 enum Connection {
@@ -311,7 +318,7 @@ impl RedisRegistry {
     pub async fn heartbeat(&self) -> Result<Heartbeat, RegistryError> {
         let lifetime = (self.node_ttl * 3 / 5).as_millis().to_string();
         let retain = NODE_RETAIN.as_millis().to_string();
-        let (added, members): (i64, Vec<String>) = self
+        let (missing, members): (i64, Vec<String>) = self
             .run(
                 &self.heartbeat,
                 NODES_KEY,
@@ -319,7 +326,7 @@ impl RedisRegistry {
             )
             .await?;
         Ok(Heartbeat {
-            was_missing: added == 1,
+            was_missing: missing == 1,
             live: members
                 .iter()
                 .filter_map(|member| NodeInfo::decode(member))

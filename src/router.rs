@@ -41,6 +41,9 @@ use crate::registry::{ROUTE_TTL, RedisRegistry, RegistryError, Route};
 /// Claims that lose a compare-and-set race are retried this many times.
 const CLAIM_ATTEMPTS: usize = 4;
 
+/// How long a node that dialed this one is remembered after it stops being live.
+const HEARD_RETAIN: Duration = Duration::from_secs(60 * 60);
+
 /// Routes registered again at once after Redis lost them.
 const REREGISTER_CONCURRENCY: usize = 32;
 
@@ -66,6 +69,10 @@ struct Cluster {
     directory: Mutex<Directory>,
     /// Routes whose release failed (Redis down); retried at each heartbeat.
     pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
+    /// What each node that dialed this one said in its `Hello`; lets a `Bound` from a node the
+    /// directory has timed out (but which is evidently alive) be answered.
+    /// Entries of nodes not live for [`HEARD_RETAIN`] are pruned at each heartbeat.
+    heard: Mutex<HashMap<NodeId, (NodeInfo, Instant)>>,
     /// Claims waiting for the peer's node to acknowledge their `Bound`.
     pending_acks: Mutex<HashMap<(ChannelId, Role, u64), oneshot::Sender<()>>>,
     /// How long a claim waits for that acknowledgement (`inner.connect-timeout`).
@@ -139,6 +146,7 @@ impl Router {
                 directory: Mutex::default(),
                 pending_releases: Mutex::default(),
                 pending_acks: Mutex::default(),
+                heard: Mutex::default(),
                 ack_timeout,
                 tracker: parts.tracker,
                 links_cancel: parts.links_cancel,
@@ -319,6 +327,12 @@ impl Router {
                 role,
                 session,
             } => {
+                if !self.is_live(from)
+                    && let Some(cluster) = &self.cluster
+                    && let Some((info, _)) = lock(&cluster.heard).get(&from).cloned()
+                {
+                    self.learn_node(info);
+                }
                 if let Some(remote) = self.remote_peer(Route {
                     node: from,
                     session,
@@ -351,12 +365,18 @@ impl Router {
                 window,
                 advertise,
                 ..
-            } => self.learn_node(NodeInfo {
-                id: node,
-                advertise,
-                window,
-                version: String::new(),
-            }),
+            } => {
+                let info = NodeInfo {
+                    id: node,
+                    advertise,
+                    window,
+                    version: String::new(),
+                };
+                if let Some(cluster) = &self.cluster {
+                    lock(&cluster.heard).insert(node, (info.clone(), Instant::now()));
+                }
+                self.learn_node(info);
+            }
             InnerFrame::Unbound {
                 channel_id,
                 role,
@@ -490,6 +510,16 @@ impl Router {
             }
         };
         let dead = self.update_directory(cluster, beat.live);
+        {
+            let directory = lock(&cluster.directory);
+            lock(&cluster.heard).retain(|node, (_, heard_at)| {
+                if directory.live.contains_key(node) {
+                    *heard_at = Instant::now();
+                    return true;
+                }
+                heard_at.elapsed() < HEARD_RETAIN
+            });
+        }
         for node in dead {
             info!(%node, "node left the cluster; forgetting its sessions");
             self.hub.update_remotes_of(node, |_| None);
@@ -564,6 +594,22 @@ impl Router {
             .await;
         let written = results.iter().filter(|written| **written).count();
         info!(sessions = n_sessions, written, "sessions registered again");
+        self.announce_sessions();
+    }
+
+    /// Sends `Bound` for every session whose peer is on another node. After this node's
+    /// registration was lost, the other nodes may have timed it out and forgotten its sessions;
+    /// this tells them again, so pairs split by the outage join up without reconnecting.
+    fn announce_sessions(&self) {
+        for (channel_id, role, session) in self.hub.local_sessions() {
+            if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
+                remote.link.send_control(InnerFrame::Bound {
+                    channel_id,
+                    role,
+                    session,
+                });
+            }
+        }
     }
 
     /// Heartbeats every `registry.node-ttl / 5` until `shutdown`, and registers every session

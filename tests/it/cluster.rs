@@ -423,3 +423,61 @@ async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// A node that loses Redis alone, long enough for the others to time it out while its
+/// clients stay connected, announces its sessions again when it reaches Redis again, and its
+/// pairs join up without reconnecting.
+#[tokio::test]
+async fn a_node_timed_out_while_alive_rejoins_its_pairs_when_it_registers_again() {
+    use crate::harness::proxy::Proxy;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let node_a = TestNode::start_in_cluster(vec![format!("redis://{}", proxy.addr)], |_| {}).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = node_b.connect(Role::Web, &id).await;
+    app.send_text("before").await;
+    assert_eq!(web.recv_text().await, "before");
+
+    // Node A loses Redis; node B times it out and forgets its sessions.
+    proxy.cut();
+    let dropped_before = crate::harness::read(&node_b.metrics.messages_dropped_no_peer);
+    let started = std::time::Instant::now();
+    loop {
+        web.send_text("is anyone there").await;
+        if crate::harness::read(&node_b.metrics.messages_dropped_no_peer) > dropped_before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node B never forgot node A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Node A reaches Redis again, finds its registration gone, registers again and announces
+    // its sessions; the pair joins up.
+    proxy.restore();
+    let started = std::time::Instant::now();
+    loop {
+        web.send_text("together again").await;
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                if app.recv_text().await == "together again" {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the pair did not join up again"
+        );
+    }
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::net::SocketAddr;
