@@ -121,16 +121,23 @@ impl RedisServer {
         }
     }
 
-    /// Calls of `command` so far, from `INFO commandstats` (0 if never called).
-    pub fn calls(&self, command: &str) -> u64 {
+    /// Calls of every command so far, from one read of `INFO commandstats`.
+    pub fn calls(&self) -> std::collections::HashMap<String, u64> {
         let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
-        let prefix = format!("cmdstat_{command}:calls=");
         stats
             .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|calls| calls.parse().ok())
-            .unwrap_or(0)
+            .filter_map(|line| line.strip_prefix("cmdstat_"))
+            .filter_map(|rest| {
+                let (command, fields) = rest.split_once(':')?;
+                let calls = fields
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((command.to_owned(), calls))
+            })
+            .collect()
     }
 }
 
