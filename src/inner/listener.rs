@@ -141,5 +141,9 @@ async fn serve_link(
             Some(Ok(frame)) => sink(node, frame),
         }
     };
-    warn!(%node, %remote_addr, %reason, "inner link closed");
+    if shutdown.is_cancelled() {
+        info!(%node, %remote_addr, %reason, "inner link closed");
+    } else {
+        warn!(%node, %remote_addr, %reason, "inner link closed");
+    }
 }
