@@ -643,13 +643,6 @@ impl Router {
         }
     }
 
-    /// Closes every link.
-    pub fn close_links(&self) {
-        if let Some(cluster) = &self.cluster {
-            cluster.links_cancel.cancel();
-        }
-    }
-
     /// Number of links currently open or connecting, for tests and metrics.
     pub fn n_links(&self) -> usize {
         self.cluster.as_ref().map_or(0, |cluster| {
