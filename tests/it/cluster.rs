@@ -11,14 +11,45 @@ use crate::harness::http::{UPGRADE_HEADERS, request};
 use crate::harness::redis::RedisServer;
 use crate::harness::{TestNode, random_channel_id, wait_until};
 
+/// A Redis, two nodes on it, and a pair with its app on node A and its web on node B.
+struct Cluster {
+    redis: RedisServer,
+    node_a: TestNode,
+    node_b: TestNode,
+    id: wspair::ChannelId,
+    app: crate::harness::Client,
+    web: crate::harness::Client,
+}
+
+impl Cluster {
+    async fn with_a_pair() -> Cluster {
+        let redis = RedisServer::start();
+        let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+        let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+        let id = random_channel_id();
+        let app = node_a.connect(Role::App, &id).await;
+        let web = node_b.connect(Role::Web, &id).await;
+        Cluster {
+            redis,
+            node_a,
+            node_b,
+            id,
+            app,
+            web,
+        }
+    }
+}
+
 #[tokio::test]
 async fn app_and_web_on_different_nodes_relay_both_ways() {
-    let redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let mut app = node_a.connect(Role::App, &id).await;
-    let mut web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        redis: _redis,
+        node_a,
+        node_b,
+        id: _,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
     app.send_text("hello across nodes").await;
     assert_eq!(web.recv_text().await, "hello across nodes");
     web.send_binary(b"and back").await;
@@ -29,12 +60,14 @@ async fn app_and_web_on_different_nodes_relay_both_ways() {
 
 #[tokio::test]
 async fn ten_thousand_messages_each_way_cross_nodes_arrive_in_order() {
-    let redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let app = node_a.connect(Role::App, &id).await;
-    let web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        redis: _redis,
+        node_a,
+        node_b,
+        id: _,
+        app,
+        web,
+    } = Cluster::with_a_pair().await;
     crate::harness::client::exchange(app, web, 10_000).await;
     node_a.shutdown().await;
     node_b.shutdown().await;
@@ -42,12 +75,14 @@ async fn ten_thousand_messages_each_way_cross_nodes_arrive_in_order() {
 
 #[tokio::test]
 async fn relaying_costs_no_redis_command_per_message() {
-    let redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let app = node_a.connect(Role::App, &id).await;
-    let web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        redis,
+        node_a,
+        node_b,
+        id: _,
+        app,
+        web,
+    } = Cluster::with_a_pair().await;
     // Heartbeats are the only scripts that run ZADD; every other script, GET or SET is route
     // work, and relaying must need none.
     let route_commands = || {
@@ -115,12 +150,14 @@ async fn duplicate_on_another_node_with_replace_closes_the_old_one_with_4001() {
 
 #[tokio::test]
 async fn redis_down_refuses_new_connections_with_503_and_existing_pairs_keep_relaying() {
-    let mut redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let mut app = node_a.connect(Role::App, &id).await;
-    let mut web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        mut redis,
+        node_a,
+        node_b,
+        id: _,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
     redis.stop();
     let other = random_channel_id();
     let response = request(
@@ -150,12 +187,14 @@ async fn redis_down_refuses_new_connections_with_503_and_existing_pairs_keep_rel
 
 #[tokio::test]
 async fn redis_restarted_empty_keeps_pairs_and_every_node_registers_again() {
-    let mut redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let mut app = node_a.connect(Role::App, &id).await;
-    let mut web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        mut redis,
+        node_a,
+        node_b,
+        id,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
     redis.restart();
     assert_eq!(redis.cli(&["DBSIZE"]).unwrap().trim(), "0");
     app.send_text("after the restart").await;
@@ -263,12 +302,14 @@ async fn garbage_and_an_oversized_frame_close_only_that_link() {
     use futures::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use wspair::inner::{auth, codec::InnerCodec};
-    let redis = RedisServer::start();
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-    let id = random_channel_id();
-    let mut app = node_a.connect(Role::App, &id).await;
-    let mut web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        redis: _redis,
+        node_a,
+        node_b,
+        id: _,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
     let inner = node_a.inner_addr.unwrap();
 
     // Garbage instead of a handshake.
@@ -370,8 +411,8 @@ async fn a_three_master_redis_cluster_works_as_the_registry() {
 /// credit, while 100 other cross-node pairs on the same link keep flowing.
 #[tokio::test]
 async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Bytes, Message};
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Bytes;
     const MESSAGE_BYTES: usize = 8 * 1024;
     let redis = RedisServer::start();
     let small_queue = |c: &mut wspair::Config| c.outer.send_queue = 64;
@@ -383,18 +424,12 @@ async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
 
     let (mut sink, _stream) = sender.ws.split();
     let payload = Bytes::from(vec![b'x'; MESSAGE_BYTES]);
-    let mut sent = 0usize;
-    loop {
-        let send = sink.send(Message::binary(payload.clone()));
-        match tokio::time::timeout(Duration::from_millis(300), send).await {
-            Ok(result) => {
-                result.unwrap();
-                sent += 1;
-            }
-            Err(_) => break,
-        }
-        assert!(sent < 20_000, "the sender was never throttled");
-    }
+    let sent = crate::harness::client::send_until_throttled(
+        &mut sink,
+        &payload,
+        Duration::from_millis(300),
+    )
+    .await;
     // Bounded by the credit window, the receiver's queue and the sockets' buffers.
     assert!(
         sent * MESSAGE_BYTES < 64 * 1024 * 1024,

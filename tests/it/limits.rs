@@ -133,18 +133,12 @@ async fn a_stalled_reader_throttles_its_sender_only_and_is_closed_with_1013() {
     // the relay stopped reading from it.
     let (mut sink, stream) = sender.ws.split();
     let payload = Bytes::from(vec![b'x'; MESSAGE_BYTES]);
-    let mut sent = 0usize;
-    loop {
-        let send = sink.send(Message::binary(payload.clone()));
-        match tokio::time::timeout(Duration::from_millis(200), send).await {
-            Ok(result) => {
-                result.unwrap();
-                sent += 1;
-            }
-            Err(_) => break,
-        }
-        assert!(sent < 20_000, "the sender was never throttled");
-    }
+    let sent = crate::harness::client::send_until_throttled(
+        &mut sink,
+        &payload,
+        Duration::from_millis(200),
+    )
+    .await;
     // What is buffered is bounded: the peer's queue plus the kernel's socket buffers.
     assert!(
         sent * MESSAGE_BYTES < 64 * 1024 * 1024,

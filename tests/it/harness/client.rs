@@ -145,3 +145,30 @@ pub async fn exchange(app: Client, web: Client, n: usize) -> (Client, Client) {
     }
     tokio::join!(run(app, "app", "web", n), run(web, "web", "app", n))
 }
+
+/// The write half of a client that is made to send as fast as it can.
+pub type Sink = futures::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<MaybeTlsStream<TcpStream>>,
+    Message,
+>;
+
+/// Sends `payload` until one send cannot finish within `patience` (the relay stopped reading
+/// from this client), and returns how many went through; fails if that never happens.
+pub async fn send_until_throttled(
+    sink: &mut Sink,
+    payload: &Bytes,
+    patience: std::time::Duration,
+) -> usize {
+    let mut sent = 0usize;
+    loop {
+        let send = sink.send(Message::binary(payload.clone()));
+        match tokio::time::timeout(patience, send).await {
+            Ok(result) => {
+                result.expect("send");
+                sent += 1;
+            }
+            Err(_) => return sent,
+        }
+        assert!(sent < 20_000, "the sender was never throttled");
+    }
+}
