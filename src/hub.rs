@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -63,7 +63,7 @@ impl Slots {
     fn forget_remotes(&mut self) {
         for slot in [&mut self.app, &mut self.web] {
             if let Some(Peer::Remote(remote)) = slot {
-                remote.gone.cancel();
+                remote.mark_gone();
                 *slot = None;
             }
         }
@@ -81,9 +81,21 @@ pub struct RemotePeer {
     pub link: LinkHandle,
     /// Credit: messages this node may still send to that session before it acknowledges some.
     pub credits: Arc<Semaphore>,
-    /// Cancelled when this record is replaced or forgotten (the session ended, moved, or its
-    /// node died).
-    pub gone: CancellationToken,
+    /// Set when this record is replaced or forgotten (the session ended, moved, or its node
+    /// died). An atomic, not a token: senders check it for every message.
+    pub gone: Arc<AtomicBool>,
+}
+
+impl RemotePeer {
+    /// Marks the record as no longer current; senders caching it look again.
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+    }
+
+    /// True once [`RemotePeer::mark_gone`] was called.
+    pub fn is_marked_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
 }
 
 /// Where a session's peer is: on this node, or behind a link.
@@ -96,11 +108,14 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// True once the peer has ended, moved, or been replaced; look it up again.
+    /// True once the peer has ended, moved, or been replaced; look it up again. Checked for
+    /// every message, so it reads atomics only: a local session counts as gone once its queue
+    /// closes (the first thing a stopping session does), not when its stop token fires, which
+    /// would take a mutex. Messages queued in between are counted as dropped by that session.
     pub fn is_gone(&self) -> bool {
         match self {
-            Peer::Local(handle) => handle.is_gone(),
-            Peer::Remote(remote) => remote.gone.is_cancelled() || remote.link.is_closed(),
+            Peer::Local(handle) => handle.outbound_tx.is_closed(),
+            Peer::Remote(remote) => remote.is_marked_gone() || remote.link.is_closed(),
         }
     }
 }
@@ -189,7 +204,7 @@ impl Hub {
                 }
             },
             // A session of another node held this role; the registry claim decides about it.
-            Some(Peer::Remote(remote)) => remote.gone.cancel(),
+            Some(Peer::Remote(remote)) => remote.mark_gone(),
             _ => {}
         }
         *slot = Some(Peer::Local(handle.clone()));
@@ -235,7 +250,7 @@ impl Hub {
             return;
         }
         if let Some(Peer::Remote(old)) = slot {
-            old.gone.cancel();
+            old.mark_gone();
         }
         *slot = Some(Peer::Remote(remote));
     }
@@ -250,7 +265,7 @@ impl Hub {
                 && remote.node == node
                 && remote.session == session
             {
-                remote.gone.cancel();
+                remote.mark_gone();
                 *slot = None;
             }
         }
@@ -270,7 +285,7 @@ impl Hub {
                 if let Some(Peer::Remote(remote)) = slot
                     && remote.node == node
                 {
-                    remote.gone.cancel();
+                    remote.mark_gone();
                     *slot = renew(remote).map(Peer::Remote);
                 }
             }

@@ -436,7 +436,7 @@ impl Router {
             session: route.session,
             link: self.link(cluster, &info),
             credits: Arc::new(Semaphore::new(info.window as usize)),
-            gone: CancellationToken::new(),
+            gone: Arc::default(),
         })
     }
 
@@ -483,7 +483,7 @@ impl Router {
             let window = self.window_of(node)?;
             Some(RemotePeer {
                 credits: Arc::new(Semaphore::new(window)),
-                gone: CancellationToken::new(),
+                gone: Arc::default(),
                 ..old.clone()
             })
         });

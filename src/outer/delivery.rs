@@ -86,45 +86,49 @@ impl Delivery {
     pub fn send(&mut self, mut message: Message) {
         // A second attempt covers a cached peer that ended since it was cached.
         for _ in 0..2 {
-            let Some(peer) = self.current_peer() else {
+            if self.current_peer().is_none() {
                 break;
-            };
-            match peer {
+            }
+            // Taken out and put back, so the hot path clones no handle.
+            let peer = self.peer.take().expect("current_peer cached it");
+            let returned = match &peer {
                 Peer::Local(handle) => match handle.outbound_tx.try_send(message) {
-                    Ok(()) => return self.relayed(),
+                    Ok(()) => {
+                        self.relayed();
+                        None
+                    }
                     Err(TrySendError::Full(returned)) => {
                         let sender = PollSender::new(handle.outbound_tx.clone());
                         self.blocked = Some(Blocked::Local {
                             message: returned,
                             sender,
                         });
-                        return;
+                        None
                     }
-                    Err(TrySendError::Closed(returned)) => message = returned,
+                    Err(TrySendError::Closed(returned)) => Some(returned),
                 },
-                Peer::Remote(remote) => {
-                    let remote = remote.clone();
-                    match remote.credits.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            permit.forget();
-                            match self.send_to_link(&remote, message) {
-                                Some(returned) => message = returned,
-                                None => return,
-                            }
-                        }
-                        Err(_) => {
-                            let credits = PollSemaphore::new(Arc::clone(&remote.credits));
-                            self.blocked = Some(Blocked::Credit {
-                                message,
-                                remote,
-                                credits,
-                            });
-                            return;
-                        }
+                Peer::Remote(remote) => match remote.credits.try_acquire() {
+                    Ok(permit) => {
+                        permit.forget();
+                        self.send_to_link(remote, message)
                     }
+                    Err(_) => {
+                        self.blocked = Some(Blocked::Credit {
+                            message,
+                            remote: remote.clone(),
+                            credits: PollSemaphore::new(Arc::clone(&remote.credits)),
+                        });
+                        None
+                    }
+                },
+            };
+            match returned {
+                None => {
+                    self.peer = Some(peer);
+                    return;
                 }
+                Some(returned) => message = returned,
             }
-            self.peer = None;
         }
         self.drop_no_peer(&message);
     }
@@ -185,7 +189,7 @@ impl Delivery {
                 Blocked::Credit {
                     remote, credits, ..
                 } => {
-                    if remote.gone.is_cancelled() {
+                    if remote.is_marked_gone() {
                         let Some(Blocked::Credit { message, .. }) = self.blocked.take() else {
                             unreachable!("matched Credit above");
                         };
@@ -236,7 +240,7 @@ impl Delivery {
     /// Called periodically: a message parked on a peer that has since gone is sent again.
     pub fn recheck(&mut self) {
         if let Some(Blocked::Credit { remote, .. }) = &self.blocked
-            && remote.gone.is_cancelled()
+            && remote.is_marked_gone()
             && let Some(Blocked::Credit { message, .. }) = self.blocked.take()
         {
             self.retry(message);
