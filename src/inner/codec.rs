@@ -186,32 +186,29 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             channel_id,
             role,
             session,
-        } => {
-            put_target(dst, 5, channel_id, *role);
-            dst.put_u64(*session);
         }
-        InnerFrame::Unbound {
+        | InnerFrame::Unbound {
+            channel_id,
+            role,
+            session,
+        }
+        | InnerFrame::Evict {
+            channel_id,
+            role,
+            session,
+        }
+        | InnerFrame::BoundAck {
             channel_id,
             role,
             session,
         } => {
-            put_target(dst, 6, channel_id, *role);
-            dst.put_u64(*session);
-        }
-        InnerFrame::Evict {
-            channel_id,
-            role,
-            session,
-        } => {
-            put_target(dst, 7, channel_id, *role);
-            dst.put_u64(*session);
-        }
-        InnerFrame::BoundAck {
-            channel_id,
-            role,
-            session,
-        } => {
-            put_target(dst, 10, channel_id, *role);
+            let type_byte = match frame {
+                InnerFrame::Bound { .. } => 5,
+                InnerFrame::Unbound { .. } => 6,
+                InnerFrame::Evict { .. } => 7,
+                _ => 10,
+            };
+            put_target(dst, type_byte, channel_id, *role);
             dst.put_u64(*session);
         }
         InnerFrame::Ping => dst.put_u8(8),

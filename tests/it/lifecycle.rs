@@ -36,37 +36,34 @@ fn config_file(text: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn a_misspelt_key_in_the_config_file_is_named_and_exits_64() {
-    let path = config_file("[outer]\nprot = 2000\n");
+/// Runs `wspair serve` on a config file holding `text`, checks it refuses with exit code 64,
+/// and returns what it printed on stderr.
+fn refused_config(text: &str) -> String {
+    let path = config_file(text);
     let output = wspair()
         .arg("serve")
         .arg("--config")
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown key `outer.prot`"), "{stderr}");
     std::fs::remove_file(path).unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_misspelt_key_in_the_config_file_is_named_and_exits_64() {
+    let stderr = refused_config("[outer]\nprot = 2000\n");
+    assert!(stderr.contains("unknown key `outer.prot`"), "{stderr}");
 }
 
 #[test]
 fn a_bad_value_names_the_key_and_the_problem() {
-    let path = config_file("[outer]\nmax-frame-size = -5\n");
-    let output = wspair()
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_config("[outer]\nmax-frame-size = -5\n");
     assert!(
         stderr.contains("outer.max-frame-size: -5 is out of range 1..=67108864"),
         "{stderr}"
     );
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
