@@ -444,6 +444,14 @@ impl Router {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        // Credit returns come through here as often as every message: use an open link in
+        // place, without cloning its handle or the node's directory entry.
+        if let Some((handle, _)) = lock(&cluster.links).get(&node)
+            && !handle.is_closed()
+        {
+            handle.send_control(frame);
+            return;
+        }
         let Some(info) = lock(&cluster.directory).live.get(&node).cloned() else {
             debug!(%node, "control frame for a node that is not live dropped");
             return;
