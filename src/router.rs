@@ -15,7 +15,7 @@
 //!
 //! Backpressure across a link is per session, by credit: a sender may have at most the
 //! receiving node's `outer.send-queue` messages in flight to one remote session; the receiving
-//! session returns credit as it writes them to its client. A slow receiver stops only its own
+//! session returns credit, in batches, as it writes them to its client. A slow receiver stops only its own
 //! sender, and the link never waits on a session, so other channels on it keep flowing.
 
 use std::collections::{HashMap, HashSet};
@@ -444,7 +444,7 @@ impl Router {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        // Credit returns come through here as often as every message: use an open link in
+        // Credit returns come through here as often as every 32 messages: use an open link in
         // place, without cloning its handle or the node's directory entry.
         if let Some((handle, _)) = lock(&cluster.links).get(&node)
             && !handle.is_closed()

@@ -23,8 +23,7 @@ use crate::node::NodeId;
 use crate::pair::{ChannelId, Message, Role};
 use crate::router::Router;
 
-/// Credit returned to a sending node in one frame, at most; a session also returns what it
-/// owes whenever its queue runs empty.
+/// Credit returned to a sending node in one frame, at most (see [`CreditReturn`]).
 const CREDIT_BATCH: u32 = 32;
 
 /// A parked message and what it waits for.
@@ -277,28 +276,81 @@ impl Delivery {
 }
 
 /// The receiving half: credit owed to nodes whose messages this session wrote to its client.
-#[derive(Debug, Default)]
+///
+/// Credit goes back in batches of half this node's window (at most [`CREDIT_BATCH`]), never
+/// one message at a time: at a low message rate that would double the frames on the links and
+/// wake the sending node once more per message. Holding back less than half the window never
+/// stalls a sender: once this session has written everything, the sender still has at least
+/// half its window.
+#[derive(Debug)]
 pub struct CreditReturn {
+    batch: u32,
     owed: Option<(NodeId, u32)>,
 }
 
 impl CreditReturn {
+    /// Credit return for a session of a node whose window is `window` messages.
+    pub fn new(window: usize) -> CreditReturn {
+        CreditReturn {
+            batch: u32::try_from(window / 2)
+                .unwrap_or(u32::MAX)
+                .clamp(1, CREDIT_BATCH),
+            owed: None,
+        }
+    }
+
     /// Notes that a message from `origin` was written; returns credit due now, if any.
     pub fn written(&mut self, origin: NodeId) -> Option<(NodeId, u32)> {
         match &mut self.owed {
             Some((node, n)) if *node == origin => {
                 *n += 1;
-                if *n >= CREDIT_BATCH {
+                if *n >= self.batch {
                     return self.owed.take();
                 }
                 None
             }
-            _ => self.owed.replace((origin, 1)),
+            // Credit owed to another node is returned at once: this session's peer moved.
+            _ => {
+                let previous = self.owed.replace((origin, 1));
+                if previous.is_none() && self.batch == 1 {
+                    return self.owed.take();
+                }
+                previous
+            }
         }
     }
+}
 
-    /// All credit owed, to return when the queue runs empty.
-    pub fn take(&mut self) -> Option<(NodeId, u32)> {
-        self.owed.take()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u64) -> NodeId {
+        NodeId::from_u64(n).unwrap()
+    }
+
+    #[test]
+    fn credit_goes_back_in_batches_of_half_the_window() {
+        let mut credit = CreditReturn::new(8);
+        let due: Vec<_> = (0..8).map(|_| credit.written(node(1))).collect();
+        assert_eq!(
+            due.iter().flatten().collect::<Vec<_>>(),
+            [&(node(1), 4), &(node(1), 4)]
+        );
+    }
+
+    #[test]
+    fn a_window_of_one_returns_every_message() {
+        let mut credit = CreditReturn::new(1);
+        assert_eq!(credit.written(node(1)), Some((node(1), 1)));
+        assert_eq!(credit.written(node(2)), Some((node(2), 1)));
+    }
+
+    #[test]
+    fn credit_owed_to_a_previous_node_is_returned_when_the_peer_moves() {
+        let mut credit = CreditReturn::new(1024);
+        assert_eq!(credit.written(node(1)), None);
+        assert_eq!(credit.written(node(1)), None);
+        assert_eq!(credit.written(node(2)), Some((node(1), 2)));
     }
 }

@@ -140,7 +140,7 @@ pub async fn run(
             Arc::clone(&ctx.router),
             Arc::clone(&ctx.metrics),
         ),
-        credit: CreditReturn::default(),
+        credit: CreditReturn::new(ctx.config.send_queue),
         claim,
         ctx,
         ticker,
@@ -255,11 +255,6 @@ impl Session {
                 // The hub and this session's claim hold senders, so the queue never closes here.
                 Poll::Ready(None) | Poll::Pending => break,
             }
-        }
-        if self.outbound_rx.is_empty()
-            && let Some((node, n)) = self.credit.take()
-        {
-            self.return_credit(node, n);
         }
         if self.unflushed
             && let Poll::Ready(result) = Pin::new(&mut self.ws).poll_flush(cx)

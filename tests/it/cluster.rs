@@ -459,6 +459,24 @@ async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
     node_b.shutdown().await;
 }
 
+/// Credit comes back in batches of half the window; with the smallest windows (one message,
+/// and three, which hold back one credit) a long exchange across nodes never stalls.
+#[tokio::test]
+async fn tiny_credit_windows_never_stall_a_cross_node_pair() {
+    let redis = RedisServer::start();
+    for window in [1, 3] {
+        let set_window = move |c: &mut wspair::Config| c.outer.send_queue = window;
+        let node_a = TestNode::start_in_cluster(vec![redis.url()], set_window).await;
+        let node_b = TestNode::start_in_cluster(vec![redis.url()], set_window).await;
+        let id = random_channel_id();
+        let app = node_a.connect(Role::App, &id).await;
+        let web = node_b.connect(Role::Web, &id).await;
+        crate::harness::client::exchange(app, web, 500).await;
+        node_a.shutdown().await;
+        node_b.shutdown().await;
+    }
+}
+
 /// A node that loses Redis alone, long enough for the others to time it out while its
 /// clients stay connected, announces its sessions again when it reaches Redis again, and its
 /// pairs join up without reconnecting.
