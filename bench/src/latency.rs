@@ -4,22 +4,18 @@
 //! corrected histogram measures from the schedule, so a sender held up by the relay does not
 //! hide the delay it caused (coordinated omission); it also includes the load generator's own
 //! lateness. The plain histogram measures from the moment of sending. Both are reported.
-//!
-//! The schedule is kept by a [`Pacer`] thread, not by tokio's timer: tokio's timer has 1 ms
-//! resolution, so at 20 000 msg/s it fires twenty senders at once every millisecond, and each
-//! message then waits behind the rest of its burst (half a millisecond at the median, on two
-//! vCPUs), which is the generator's delay, not the relay's. The pacer sleeps with the OS timer
-//! (about 50 µs resolution) and hands each message to its sender when it is due.
+//! Messages are sent by the [`pacer`](crate::pacer) thread and received here, one task per
+//! direction.
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{Target, Ws};
-use crate::flow::{SeqCheck, header, open_pairs, payload};
+use crate::flow::{SeqCheck, header, open_pairs};
+use crate::pacer::{self, RawSender, Schedule};
 
 #[derive(Debug, clap::Args)]
 pub struct LatencyArgs {
@@ -31,7 +27,7 @@ pub struct LatencyArgs {
     /// Total messages per second, over every pair and both directions.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// Message size in bytes (at least 16).
+    /// Message size in bytes (at least 24).
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// Seconds measured, after the warm-up.
@@ -49,12 +45,8 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds")
 }
 
-type Sink = futures::stream::SplitSink<Ws, Message>;
-type Stream = futures::stream::SplitStream<Ws>;
-
 pub async fn run(args: LatencyArgs) -> Result<(), String> {
     let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
-    let origin = Instant::now();
     let warm_ns = Duration::from_secs_f64(args.warmup).as_nanos() as u64;
     let total_ns = warm_ns + Duration::from_secs_f64(args.seconds).as_nanos() as u64;
     let schedule = Schedule {
@@ -62,26 +54,27 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
         messages: (u128::from(total_ns) * u128::from(args.rate) / 1_000_000_000) as u64,
         senders: 2 * pairs.len() as u64,
     };
-    let mut tasks = Vec::new();
-    let mut due_txs = Vec::new();
-    for (index, (app, web)) in pairs.into_iter().enumerate() {
-        let (app_sink, app_stream) = app.split();
-        let (web_sink, web_stream) = web.split();
-        for (k, (sink, stream)) in [(app_sink, web_stream), (web_sink, app_stream)]
-            .into_iter()
-            .enumerate()
-        {
-            let (due_tx, due_rx) = mpsc::unbounded_channel();
-            due_txs.push(due_tx);
-            let expected = schedule.messages_for(2 * index as u64 + k as u64);
-            tasks.push(tokio::spawn(direction(
-                sink, stream, due_rx, origin, expected, total_ns, warm_ns, args.size,
-            )));
-        }
+    // Sender 2i writes on pair i's app socket, sender 2i+1 on its web socket.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (app, web) in pairs {
+        senders.push(RawSender::new(app.get_ref())?);
+        senders.push(RawSender::new(web.get_ref())?);
+        receivers.push(web);
+        receivers.push(app);
     }
+    let origin = Instant::now();
+    let mut tasks = Vec::new();
+    for (sender, ws) in receivers.into_iter().enumerate() {
+        let expected = schedule.messages_for(sender as u64);
+        tasks.push(tokio::spawn(receive(
+            ws, origin, expected, total_ns, warm_ns,
+        )));
+    }
+    let size = args.size;
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
-        .spawn(move || schedule.pace(origin, due_txs))
+        .spawn(move || pacer::pace(schedule, origin, size, senders, DRAIN))
         .map_err(|err| err.to_string())?;
     let mut histogram = new_histogram();
     let mut corrected = new_histogram();
@@ -128,74 +121,28 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
             total.duplicated_or_reordered
         );
     }
-    pacer.join().map_err(|_| "the pacer thread panicked")?;
+    pacer.join().map_err(|_| "the pacer thread panicked")??;
     if total.lost > 0 || total.duplicated_or_reordered > 0 {
         return Err("messages were lost, duplicated or reordered".into());
     }
     Ok(())
 }
 
-/// When each message is due: message `k` of the run at `k / rate` seconds, sent by sender
-/// `k % senders`, so every sender runs at the same rate and the total is smooth.
-#[derive(Debug, Clone, Copy)]
-struct Schedule {
-    rate: u64,
-    messages: u64,
-    senders: u64,
-}
+/// How long the receivers wait for the last messages, and the pacer for full sockets.
+const DRAIN: Duration = Duration::from_secs(10);
 
-impl Schedule {
-    /// How many messages sender `sender` sends in the whole run.
-    fn messages_for(self, sender: u64) -> u64 {
-        self.messages.saturating_sub(sender).div_ceil(self.senders)
-    }
-
-    /// Hands each message to its sender when it is due (its due time, in ns since `origin`);
-    /// sleeps with the OS timer in between. A sender that falls behind finds its messages
-    /// queued, and the delay shows in the histogram measured from the schedule.
-    fn pace(self, origin: Instant, due_txs: Vec<mpsc::UnboundedSender<u64>>) {
-        for k in 0..self.messages {
-            let due_ns = (u128::from(k) * 1_000_000_000 / u128::from(self.rate)) as u64;
-            let now_ns = origin.elapsed().as_nanos() as u64;
-            if due_ns > now_ns {
-                std::thread::sleep(Duration::from_nanos(due_ns - now_ns));
-            }
-            // A sender that has failed has dropped its receiver; its task reports the error.
-            let _ = due_txs[(k % self.senders) as usize].send(due_ns);
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn direction(
-    mut sink: Sink,
-    mut stream: Stream,
-    mut due_rx: mpsc::UnboundedReceiver<u64>,
+/// Receives one direction's messages and measures each.
+async fn receive(
+    mut stream: Ws,
     origin: Instant,
     n_messages: u64,
     total_ns: u64,
     warm_ns: u64,
-    size: usize,
 ) -> Result<(SeqCheck, Histogram<u64>, Histogram<u64>), String> {
-    let sender = tokio::spawn(async move {
-        let mut seq = 0;
-        while let Some(scheduled_ns) = due_rx.recv().await {
-            let sent_ns = origin.elapsed().as_nanos() as u64;
-            let mut bytes = payload(seq, scheduled_ns, size.max(24));
-            bytes[16..24].copy_from_slice(&sent_ns.to_be_bytes());
-            sink.send(Message::binary(Bytes::from(bytes)))
-                .await
-                .map_err(|err| err.to_string())?;
-            seq += 1;
-        }
-        Ok::<_, String>(sink)
-    });
     let mut histogram = new_histogram();
     let mut corrected = new_histogram();
     let mut check = SeqCheck::default();
-    let deadline = tokio::time::Instant::from_std(
-        origin + Duration::from_nanos(total_ns) + Duration::from_secs(10),
-    );
+    let deadline = tokio::time::Instant::from_std(origin + Duration::from_nanos(total_ns) + DRAIN);
     while check.next < n_messages {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => break,
@@ -220,7 +167,6 @@ async fn direction(
             Ok(None) => return Err("connection closed".into()),
         }
     }
-    let _sink = sender.await.map_err(|err| err.to_string())??;
     check.finish(n_messages);
     Ok((check, histogram, corrected))
 }

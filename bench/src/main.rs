@@ -8,6 +8,7 @@ mod clients;
 mod flow;
 mod hold;
 mod latency;
+mod pacer;
 mod throughput;
 
 use clap::{Parser, Subcommand};
