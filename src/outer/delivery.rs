@@ -55,7 +55,8 @@ pub struct Delivery {
     metrics: Arc<Metrics>,
     /// The peer, cached; looked up again only when absent or gone.
     peer: Option<Peer>,
-    blocked: Option<Blocked>,
+    /// Boxed: rarely set, and large (its wakers), while every idle session holds a `Delivery`.
+    blocked: Option<Box<Blocked>>,
 }
 
 impl Delivery {
@@ -98,10 +99,10 @@ impl Delivery {
                     }
                     Err(TrySendError::Full(returned)) => {
                         let sender = PollSender::new(handle.outbound_tx.clone());
-                        self.blocked = Some(Blocked::Local {
+                        self.blocked = Some(Box::new(Blocked::Local {
                             message: returned,
                             sender,
-                        });
+                        }));
                         None
                     }
                     Err(TrySendError::Closed(returned)) => Some(returned),
@@ -112,11 +113,11 @@ impl Delivery {
                         self.send_to_link(remote, message)
                     }
                     Err(_) => {
-                        self.blocked = Some(Blocked::Credit {
+                        self.blocked = Some(Box::new(Blocked::Credit {
                             message,
                             remote: remote.clone(),
                             credits: PollSemaphore::new(Arc::clone(&remote.credits)),
-                        });
+                        }));
                         None
                     }
                 },
@@ -147,10 +148,10 @@ impl Delivery {
                 None
             }
             Err(LinkError::Full(frame)) => {
-                self.blocked = Some(Blocked::Link {
+                self.blocked = Some(Box::new(Blocked::Link {
                     frame,
                     sender: remote.link.data_sender(),
-                });
+                }));
                 None
             }
             Err(LinkError::Closed(InnerFrame::Data { kind, payload, .. })) => Some(Message {
@@ -168,14 +169,14 @@ impl Delivery {
             let Some(blocked) = &mut self.blocked else {
                 return Poll::Ready(());
             };
-            match blocked {
+            match &mut **blocked {
                 Blocked::Local { sender, .. } => match sender.poll_reserve(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(result) => {
                         let Some(Blocked::Local {
                             message,
                             mut sender,
-                        }) = self.blocked.take()
+                        }) = self.take_blocked()
                         else {
                             unreachable!("matched Local above");
                         };
@@ -189,7 +190,7 @@ impl Delivery {
                     remote, credits, ..
                 } => {
                     if remote.is_marked_gone() {
-                        let Some(Blocked::Credit { message, .. }) = self.blocked.take() else {
+                        let Some(Blocked::Credit { message, .. }) = self.take_blocked() else {
                             unreachable!("matched Credit above");
                         };
                         self.retry(message);
@@ -200,7 +201,7 @@ impl Delivery {
                         Poll::Ready(permit) => {
                             let Some(Blocked::Credit {
                                 message, remote, ..
-                            }) = self.blocked.take()
+                            }) = self.take_blocked()
                             else {
                                 unreachable!("matched Credit above");
                             };
@@ -219,7 +220,7 @@ impl Delivery {
                 Blocked::Link { sender, .. } => match sender.poll_reserve(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(result) => {
-                        let Some(Blocked::Link { frame, mut sender }) = self.blocked.take() else {
+                        let Some(Blocked::Link { frame, mut sender }) = self.take_blocked() else {
                             unreachable!("matched Link above");
                         };
                         match result.and_then(|()| sender.send_item(frame)) {
@@ -238,9 +239,9 @@ impl Delivery {
 
     /// Called periodically: a message parked on a peer that has since gone is sent again.
     pub fn recheck(&mut self) {
-        if let Some(Blocked::Credit { remote, .. }) = &self.blocked
+        if let Some(Blocked::Credit { remote, .. }) = self.blocked.as_deref()
             && remote.is_marked_gone()
-            && let Some(Blocked::Credit { message, .. }) = self.blocked.take()
+            && let Some(Blocked::Credit { message, .. }) = self.take_blocked()
         {
             self.retry(message);
         }
@@ -249,6 +250,10 @@ impl Delivery {
     /// Drops a parked message at the end of the session; returns how many were dropped.
     pub fn abandon(&mut self) -> u64 {
         u64::from(self.blocked.take().is_some())
+    }
+
+    fn take_blocked(&mut self) -> Option<Blocked> {
+        self.blocked.take().map(|blocked| *blocked)
     }
 
     fn retry(&mut self, message: Message) {

@@ -222,6 +222,8 @@ async fn upgrade(
     let session_ctx = Arc::clone(&ctx.session);
     let permit = Arc::clone(permit);
     let handshake_timeout = ctx.config().handshake_timeout;
+    // Boxed: the task would otherwise keep room for the upgrade's state for the whole session.
+    let upgrading = Box::pin(upgrading);
     ctx.tracker.spawn(async move {
         let ws: HttpWebSocket = match tokio::time::timeout(handshake_timeout, upgrading).await {
             Ok(Ok(ws)) => ws,

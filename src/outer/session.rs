@@ -116,13 +116,17 @@ struct TickMarks {
 }
 
 /// Runs a session until it ends, then closes the connection with the reason's code.
-pub async fn run(
+///
+/// Not an `async fn`: the session is built before the future exists, so the future holds
+/// the session alone, not also the arguments it was built from (an idle connection's memory
+/// is mostly this future).
+pub fn run(
     ws: HttpWebSocket,
     claim: Claim,
     outbound_rx: mpsc::Receiver<Message>,
     ctx: Arc<SessionContext>,
     remote_addr: SocketAddr,
-) {
+) -> impl Future<Output = ()> + Send {
     let channel_id = claim.channel_id;
     let role = claim.role;
     Metrics::incr(&ctx.metrics.sessions_opened);
@@ -158,12 +162,20 @@ pub async fn run(
         client_close_code: None,
         library_closed: false,
     };
-    let reason = session.relay().await;
-    session.finish(&reason).await;
-    info!(%channel_id, %role, %remote_addr, close = %reason, "session closed");
+    // The block only borrows the session: moving it into an `async fn` would store it twice.
+    async move { session.serve(remote_addr).await }
 }
 
 impl Session {
+    async fn serve(&mut self, remote_addr: SocketAddr) {
+        let reason = self.relay().await;
+        // Boxed: closing needs as much state again as relaying, and only for a moment at
+        // the end; unboxed, every idle session's task would carry room for it.
+        Box::pin(self.finish(&reason)).await;
+        info!(channel_id = %self.claim.channel_id, role = %self.claim.role, %remote_addr,
+            close = %reason, "session closed");
+    }
+
     /// Relays until something ends the session, and says what.
     async fn relay(&mut self) -> CloseReason {
         loop {
