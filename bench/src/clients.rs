@@ -139,14 +139,3 @@ impl Connector {
         Ok(ws)
     }
 }
-
-/// The server's resident set size in KiB, from `/proc/PID/status`.
-pub fn rss_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|err| format!("cannot read /proc/{pid}/status: {err}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
-}

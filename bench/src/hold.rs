@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{Target, Ws, rss_kib};
+use crate::clients::{Target, Ws};
 use crate::flow::open_pairs;
+use crate::procfs::rss_kib;
 
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::clients::{Target, Ws};
 use crate::flow::{SeqCheck, header, open_pairs};
 use crate::pacer::{self, RawSender, Schedule};
+use crate::procfs;
 
 #[derive(Debug, clap::Args)]
 pub struct LatencyArgs {
@@ -36,6 +37,10 @@ pub struct LatencyArgs {
     /// Seconds of warm-up, not counted.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// PID of a server whose CPU use during the measured seconds is reported (several may
+    /// be given, for a cluster).
+    #[arg(long)]
+    server_pid: Vec<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -71,6 +76,11 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
             ws, origin, expected, total_ns, warm_ns,
         )));
     }
+    let cpu = tokio::spawn(sample_cpu(
+        args.server_pid.clone(),
+        origin + Duration::from_nanos(warm_ns),
+        origin + Duration::from_nanos(total_ns),
+    ));
     let size = args.size;
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
@@ -87,6 +97,7 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
             .add(&part_corrected)
             .map_err(|err| err.to_string())?;
     }
+    let cpu = cpu.await.map_err(|err| err.to_string())??;
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let cus = |q: f64| corrected.value_at_quantile(q) as f64 / 1000.0;
     let achieved = histogram.len() as f64 / args.seconds;
@@ -100,6 +111,7 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
                 "max_us": histogram.max() as f64 / 1000.0,
                 "corrected_p50_us": cus(0.5), "corrected_p99_us": cus(0.99),
                 "corrected_p999_us": cus(0.999), "corrected_max_us": corrected.max() as f64 / 1000.0,
+                "server_cpu_percent": cpu.server_percent, "generator_cpu_percent": cpu.generator_percent,
                 "received": total.received, "lost": total.lost,
                 "duplicated_or_reordered": total.duplicated_or_reordered,
             })
@@ -107,7 +119,8 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
     } else {
         println!(
             "latency: {} msg/s asked, {achieved:.0} measured; p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; \
-             from schedule: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; lost {}, dup/reordered {}",
+             from schedule: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; CPU: servers {:.0} %, generator {:.0} %; \
+             lost {}, dup/reordered {}",
             args.rate,
             us(0.5),
             us(0.9),
@@ -117,6 +130,8 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
             cus(0.5),
             cus(0.99),
             cus(0.999),
+            cpu.server_percent,
+            cpu.generator_percent,
             total.lost,
             total.duplicated_or_reordered
         );
@@ -126,6 +141,31 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
         return Err("messages were lost, duplicated or reordered".into());
     }
     Ok(())
+}
+
+/// CPU used during the measured seconds, in percent of one CPU.
+struct CpuUse {
+    server_percent: f64,
+    generator_percent: f64,
+}
+
+/// Samples the servers' and this process's CPU time at `from` and at `to`.
+async fn sample_cpu(server_pids: Vec<u32>, from: Instant, to: Instant) -> Result<CpuUse, String> {
+    let sample = || -> Result<(f64, f64), String> {
+        Ok((
+            procfs::total_cpu_seconds(&server_pids)?,
+            procfs::cpu_seconds("self")?,
+        ))
+    };
+    tokio::time::sleep_until(from.into()).await;
+    let (server_before, generator_before) = sample()?;
+    tokio::time::sleep_until(to.into()).await;
+    let (server_after, generator_after) = sample()?;
+    let seconds = to.duration_since(from).as_secs_f64();
+    Ok(CpuUse {
+        server_percent: 100.0 * (server_after - server_before) / seconds,
+        generator_percent: 100.0 * (generator_after - generator_before) / seconds,
+    })
 }
 
 /// How long the receivers wait for the last messages, and the pacer for full sockets.

@@ -9,6 +9,7 @@ mod flow;
 mod hold;
 mod latency;
 mod pacer;
+mod procfs;
 mod throughput;
 
 use clap::{Parser, Subcommand};
