@@ -6,9 +6,11 @@
 # inner connections. Every figure comes from this one run. Takes about 6 minutes on 2 cores.
 #
 # Usage: bash scripts/bench.sh [RUNS]   (RUNS of each throughput and latency figure; default 3)
+#        bash scripts/bench.sh sweep RATE...   (only latency, at each RATE msg/s; RUNS=3 runs each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-3}
+SWEEP=()
+if [ "${1:-}" = sweep ]; then shift; SWEEP=("$@"); RUNS=${RUNS:-3}; else RUNS=${1:-3}; fi
 OUT=$(mktemp -d /tmp/wspair-bench.XXXXXX)
 cargo build --release -q -p wspair -p wspair-bench
 BIN=./target/release
@@ -42,6 +44,37 @@ BASE_T=$(target 1124 1124); SAME_T=$(target 1024 1024); CROSS_T=$(target 11024 1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
+# Open loop needs a write per message from the generator, which shares the two vCPUs with the
+# servers: it cannot offer half of the throughput maximum (that needs batched writes), so latency
+# is measured at a fixed rate; BENCHMARKS.md explains. Each run reports the CPU the servers and
+# the generator used while measuring.
+BASE_PIDS="--server-pid $BASELINE"; SAME_PIDS="--server-pid $SINGLE"; CROSS_PIDS="--server-pid $NODE1 --server-pid $NODE2"
+# latency_runs RATE FILE-SUFFIX: RUNS runs of each target at RATE msg/s, JSON lines in $OUT.
+latency_runs() {
+    echo "== latency: 100 pairs, 64 B, open loop at $1 msg/s, 5 s; $RUNS runs"
+    for run in $(seq "$RUNS"); do
+        for name in BASE SAME CROSS; do
+            t=${name}_T; pids=${name}_PIDS
+            $BENCH latency ${!t} ${!pids} --pairs 100 --rate "$1" --size 64 --seconds 5 --warmup 1 --json \
+                | tee -a "$OUT/latency-$name$2.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"  $name run $run: p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us (from schedule: p50 {d['corrected_p50_us']:.0f}, p99 {d['corrected_p99_us']:.0f}); CPU servers {d['server_cpu_percent']:.0f} %, generator {d['generator_cpu_percent']:.0f} %\")"
+        done
+    done
+}
+lat() { python3 -c "import json;print('\n'.join(str(json.loads(l)['$2']) for l in open('$OUT/latency-$1.json')))" | median | xargs printf %.0f; }
+spread() { python3 -c "import json;v=[json.loads(l)['$2'] for l in open('$OUT/latency-$1.json')];print('%.0f–%.0f' % (min(v), max(v)))"; }
+
+if [ ${#SWEEP[@]} -gt 0 ]; then
+    for rate in "${SWEEP[@]}"; do latency_runs "$rate" "-$rate"; done
+    echo
+    echo "| msg/s | baseline p50 / p99 µs | same-node p50 / p99 µs | cross-node p50 / p99 µs | CPU % servers: baseline / same / cross | CPU % generator (cross runs) |"
+    echo "|---:|---:|---:|---:|---:|---:|"
+    for r in "${SWEEP[@]}"; do
+        echo "| $r | $(lat BASE-$r p50_us) / $(lat BASE-$r p99_us) | $(lat SAME-$r p50_us) / $(lat SAME-$r p99_us) | $(lat CROSS-$r p50_us) / $(lat CROSS-$r p99_us) | $(lat BASE-$r server_cpu_percent) / $(lat SAME-$r server_cpu_percent) / $(lat CROSS-$r server_cpu_percent) | $(lat CROSS-$r generator_cpu_percent) |"
+    done
+    echo "raw results: $OUT"
+    exit 0
+fi
+
 echo "== throughput: 64 B, 1000 pairs, window 16, 5 s after 1 s warm-up; $RUNS runs, interleaved"
 for run in $(seq "$RUNS"); do
     for name in BASE SAME CROSS; do
@@ -54,22 +87,8 @@ TP_BASE=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_pe
 TP_SAME=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAME.json')))" | median)
 TP_CROSS=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSS.json')))" | median)
 
-# Open loop needs a write per message from the generator, which shares the two vCPUs with the
-# servers: it cannot offer half of the throughput maximum (that needs batched writes), so latency
-# is measured at a fixed rate; BENCHMARKS.md explains. Each run reports the CPU the servers and
-# the generator used while measuring.
 RATE=${LATENCY_RATE:-20000}
-BASE_PIDS="--server-pid $BASELINE"; SAME_PIDS="--server-pid $SINGLE"; CROSS_PIDS="--server-pid $NODE1 --server-pid $NODE2"
-echo "== latency: 100 pairs, 64 B, open loop at $RATE msg/s, 5 s; $RUNS runs"
-for run in $(seq "$RUNS"); do
-    for name in BASE SAME CROSS; do
-        t=${name}_T; pids=${name}_PIDS
-        $BENCH latency ${!t} ${!pids} --pairs 100 --rate "$RATE" --size 64 --seconds 5 --warmup 1 --json \
-            | tee -a "$OUT/latency-$name.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"  $name run $run: p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us (from schedule: p50 {d['corrected_p50_us']:.0f}, p99 {d['corrected_p99_us']:.0f}); CPU servers {d['server_cpu_percent']:.0f} %, generator {d['generator_cpu_percent']:.0f} %\")"
-    done
-done
-lat() { python3 -c "import json;print('\n'.join(str(json.loads(l)['$2']) for l in open('$OUT/latency-$1.json')))" | median | xargs printf %.0f; }
-spread() { python3 -c "import json;v=[json.loads(l)['$2'] for l in open('$OUT/latency-$1.json')];print('%.0f–%.0f' % (min(v), max(v)))"; }
+latency_runs "$RATE" ""
 
 echo "== Redis commands: 500 cross-node pairs connect, relay 20 messages each way, disconnect"
 # MONITOR shows every command with its client; commands run inside scripts are tagged "lua"
