@@ -54,6 +54,13 @@ impl Slots {
         }
     }
 
+    fn slot_ref(&self, role: Role) -> Option<&Peer> {
+        match role {
+            Role::App => self.app.as_ref(),
+            Role::Web => self.web.as_ref(),
+        }
+    }
+
     fn has_local(&self) -> bool {
         [&self.app, &self.web]
             .into_iter()
@@ -230,6 +237,30 @@ impl Hub {
         match self.peer(channel_id, role)? {
             Peer::Local(handle) => Some(handle),
             Peer::Remote(_) => None,
+        }
+    }
+
+    /// Queues `message` for the live local session of `role` in `channel_id`, without
+    /// waiting; hands the message back if there is none or its queue is full.
+    ///
+    /// The receiving side of a link calls this for every data frame, so it clones no handle:
+    /// cloning and dropping a `SessionHandle` takes its stop token's mutex twice.
+    pub fn deliver_local(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        message: Message,
+    ) -> Result<(), Message> {
+        let sessions = self.lock();
+        match sessions
+            .get(channel_id)
+            .and_then(|slots| slots.slot_ref(role))
+        {
+            Some(Peer::Local(handle)) => handle
+                .outbound_tx
+                .try_send(message)
+                .map_err(|err| err.into_inner()),
+            _ => Err(message),
         }
     }
 

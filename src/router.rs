@@ -299,11 +299,7 @@ impl Router {
                     payload,
                     origin: Some(from),
                 };
-                let delivered = self
-                    .hub
-                    .local(&channel_id, role)
-                    .is_some_and(|handle| handle.outbound_tx.try_send(message).is_ok());
-                if !delivered {
+                if self.hub.deliver_local(&channel_id, role, message).is_err() {
                     // The session is gone (or, after a link reset, over its window): count the
                     // message and give the credit back so the sender's window stays whole.
                     Metrics::incr(&self.metrics.messages_dropped_remote);

@@ -221,10 +221,13 @@ impl Link {
         let mut last_heard = Instant::now();
         let mut control = Vec::new();
         let mut data = Vec::new();
+        // Made once: a fresh `cancelled()` per loop would lock the token's mutex per message.
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return "node shutting down".into(),
+                _ = &mut cancelled => return "node shutting down".into(),
                 n = self.control_rx.recv_many(&mut control, BATCH) => {
                     if n == 0 {
                         return "control queue closed".into();

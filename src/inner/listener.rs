@@ -100,10 +100,13 @@ async fn serve_link(
     let mut frames: u64 = 0;
     let mut frames_seen: u64 = 0;
     let mut heard_at = tokio::time::Instant::now();
+    // Made once: a fresh `cancelled()` per frame would lock the token's mutex per frame.
+    let cancelled = shutdown.clone().cancelled_owned();
+    tokio::pin!(cancelled);
     let reason = loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break "node shutting down".to_owned(),
+            _ = &mut cancelled => break "node shutting down".to_owned(),
             next = framed.next() => next,
             _ = ticker.tick() => {
                 let now = tokio::time::Instant::now();
