@@ -7,6 +7,8 @@
 #
 # Usage: bash scripts/bench.sh [RUNS]   (RUNS of each throughput and latency figure; default 3)
 #        bash scripts/bench.sh sweep RATE...   (only latency, at each RATE msg/s; RUNS=3 runs each)
+# WORKERS=N runs every server (baseline included) with N runtime worker threads (default: one
+# per CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SWEEP=()
@@ -20,6 +22,8 @@ PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 ulimit -n 20000 2>/dev/null || true
+# Servers get WORKERS; the load generator keeps its default.
+if [ -n "${WORKERS:-}" ]; then export TOKIO_WORKER_THREADS=$WORKERS; else unset TOKIO_WORKER_THREADS; fi
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -37,6 +41,7 @@ cluster_node 11024 11025; NODE1=$!
 cluster_node 12024 12025; NODE2=$!
 cluster_node 13024 13025; NODE3=$!
 for port in 1124 1024 11024 12024 13024; do wait_port $port; done
+unset TOKIO_WORKER_THREADS
 
 url() { echo "ws://127.0.0.1:$1/channel?type=$2&channelId={id}"; }
 target() { echo "--app-url $(url "$1" app) --web-url $(url "$2" web) --source-ips 127.0.0.2-127.0.0.9"; }
