@@ -35,6 +35,7 @@ use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::metrics::Metrics;
 use crate::node::{NodeId, NodeInfo};
+use crate::outer::delivery::CreditReturn;
 use crate::pair::{ChannelId, Message, Role};
 use crate::registry::{ROUTE_TTL, RedisRegistry, RegistryError, Route};
 
@@ -422,8 +423,8 @@ impl Router {
                 .is_some_and(|cluster| lock(&cluster.directory).live.contains_key(&node))
     }
 
-    /// A fresh record of a remote session, with a full credit window; `None` if its node is
-    /// not live.
+    /// A fresh record of a remote session, with a full credit window (see
+    /// [`CreditReturn::sender_credits`]); `None` if its node is not live.
     fn remote_peer(&self, route: Route) -> Option<RemotePeer> {
         let cluster = self.cluster.as_ref()?;
         let info = lock(&cluster.directory).live.get(&route.node).cloned()?;
@@ -431,7 +432,9 @@ impl Router {
             node: route.node,
             session: route.session,
             link: self.link(cluster, &info),
-            credits: Arc::new(Semaphore::new(info.window as usize)),
+            credits: Arc::new(Semaphore::new(CreditReturn::sender_credits(
+                info.window as usize,
+            ))),
             gone: Arc::default(),
         })
     }
@@ -486,7 +489,7 @@ impl Router {
         self.hub.update_remotes_of(node, |old| {
             let window = self.window_of(node)?;
             Some(RemotePeer {
-                credits: Arc::new(Semaphore::new(window)),
+                credits: Arc::new(Semaphore::new(CreditReturn::sender_credits(window))),
                 gone: Arc::default(),
                 ..old.clone()
             })

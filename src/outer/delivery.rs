@@ -285,8 +285,12 @@ impl Delivery {
 /// Credit goes back in batches of half this node's window (at most [`CREDIT_BATCH`]), never
 /// one message at a time: at a low message rate that would double the frames on the links and
 /// wake the sending node once more per message. Holding back less than half the window never
-/// stalls a sender: once this session has written everything, the sender still has at least
-/// half its window.
+/// stalls a sender: once this session has written everything, the sender still has credit.
+///
+/// What a session owes when its peer is replaced by a new session on the same node (at most
+/// one batch less one) goes back to the new sender, which did not spend it. Senders therefore
+/// start with [`CreditReturn::sender_credits`], a batch less than the window, so even then no
+/// more messages are in flight than the receiving session's queue holds.
 #[derive(Debug)]
 pub struct CreditReturn {
     batch: u32,
@@ -297,11 +301,20 @@ impl CreditReturn {
     /// Credit return for a session of a node whose window is `window` messages.
     pub fn new(window: usize) -> CreditReturn {
         CreditReturn {
-            batch: u32::try_from(window / 2)
-                .unwrap_or(u32::MAX)
-                .clamp(1, CREDIT_BATCH),
+            batch: Self::batch(window),
             owed: None,
         }
+    }
+
+    /// Credit a sender starts with towards a session of a node whose window is `window`.
+    pub fn sender_credits(window: usize) -> usize {
+        window + 1 - Self::batch(window) as usize
+    }
+
+    fn batch(window: usize) -> u32 {
+        u32::try_from(window / 2)
+            .unwrap_or(u32::MAX)
+            .clamp(1, CREDIT_BATCH)
     }
 
     /// Notes that a message from `origin` was written; returns credit due now, if any.
@@ -314,7 +327,8 @@ impl CreditReturn {
                 }
                 None
             }
-            // Credit owed to another node is returned at once: this session's peer moved.
+            // The first credit owed, or credit from a new node (the peer moved): what the
+            // previous node was owed goes back at once.
             _ => {
                 let previous = self.owed.replace((origin, 1));
                 if previous.is_none() && self.batch == 1 {
@@ -342,6 +356,23 @@ mod tests {
             due.iter().flatten().collect::<Vec<_>>(),
             [&(node(1), 4), &(node(1), 4)]
         );
+    }
+
+    #[test]
+    fn senders_start_a_batch_less_one_below_the_window_and_never_at_zero() {
+        assert_eq!(CreditReturn::sender_credits(1024), 1024 - 31);
+        assert_eq!(CreditReturn::sender_credits(8), 5);
+        assert_eq!(CreditReturn::sender_credits(3), 3);
+        assert_eq!(CreditReturn::sender_credits(1), 1);
+        for window in 1..200 {
+            let credits = CreditReturn::sender_credits(window);
+            let held_back = CreditReturn::batch(window) as usize - 1;
+            assert!(credits > held_back, "window {window} could stall");
+            assert!(
+                credits + held_back <= window,
+                "window {window} could overflow"
+            );
+        }
     }
 
     #[test]

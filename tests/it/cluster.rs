@@ -477,6 +477,54 @@ async fn tiny_credit_windows_never_stall_a_cross_node_pair() {
     }
 }
 
+/// Credit a receiving session still owes its previous peer reaches the new peer's sender when
+/// the peer reconnects on the same node. Senders start a batch below the window, so even then
+/// a receiver that stops reading never gets more messages than its queue holds: none dropped.
+#[tokio::test]
+async fn credit_owed_to_a_previous_peer_never_overflows_a_stalled_receiver() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Bytes;
+    const MESSAGE_BYTES: usize = 8 * 1024;
+    let redis = RedisServer::start();
+    let window = |c: &mut wspair::Config| c.outer.send_queue = 64;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], window).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], window).await;
+    let id = random_channel_id();
+    let mut web = node_b.connect(Role::Web, &id).await;
+    // 31 messages written by the web session leave it owing 31 credits (its batch is 32).
+    let mut first_app = node_a.connect(Role::App, &id).await;
+    for i in 0..31 {
+        first_app.send_text(&format!("first-{i}")).await;
+        assert_eq!(web.recv_text().await, format!("first-{i}"));
+    }
+    first_app.close().await;
+    wait_until("node A to release the first app", || {
+        node_a.router.hub.counts().0 == 0
+    })
+    .await;
+
+    let app = node_a.connect(Role::App, &id).await;
+    let (mut sink, _stream) = app.ws.split();
+    let payload = Bytes::from(vec![b'x'; MESSAGE_BYTES]);
+    let sent = crate::harness::client::send_until_throttled(
+        &mut sink,
+        &payload,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        crate::harness::read(&node_b.metrics.messages_dropped_remote),
+        0,
+        "messages dropped at the stalled receiver's full queue"
+    );
+    for n in 0..sent {
+        let message = web.recv_binary().await;
+        assert_eq!(message.len(), MESSAGE_BYTES, "message {n}");
+    }
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
 /// A node that loses Redis alone, long enough for the others to time it out while its
 /// clients stay connected, announces its sessions again when it reaches Redis again, and its
 /// pairs join up without reconnecting.
