@@ -146,6 +146,15 @@ impl SessionHandle {
     }
 }
 
+/// Why [`Hub::deliver_local`] could not queue a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// This node holds no live session of that role in that channel.
+    NoSession,
+    /// The session's queue is full.
+    QueueFull,
+}
+
 /// A second client of a role that `outer.on-duplicate = "reject"` refuses.
 #[derive(Debug, thiserror::Error)]
 #[error("channel {channel_id} already has a connected {role}")]
@@ -241,7 +250,7 @@ impl Hub {
     }
 
     /// Queues `message` for the live local session of `role` in `channel_id`, without
-    /// waiting; hands the message back if there is none or its queue is full.
+    /// waiting; says why not otherwise.
     ///
     /// The receiving side of a link calls this for every data frame, so it clones no handle:
     /// cloning and dropping a `SessionHandle` takes its stop token's mutex twice.
@@ -250,17 +259,22 @@ impl Hub {
         channel_id: &ChannelId,
         role: Role,
         message: Message,
-    ) -> Result<(), Message> {
+    ) -> Result<(), Undelivered> {
         let sessions = self.lock();
         match sessions
             .get(channel_id)
             .and_then(|slots| slots.slot_ref(role))
         {
-            Some(Peer::Local(handle)) => handle
-                .outbound_tx
-                .try_send(message)
-                .map_err(|err| err.into_inner()),
-            _ => Err(message),
+            Some(Peer::Local(handle)) => {
+                handle
+                    .outbound_tx
+                    .try_send(message)
+                    .map_err(|err| match err {
+                        mpsc::error::TrySendError::Full(_) => Undelivered::QueueFull,
+                        mpsc::error::TrySendError::Closed(_) => Undelivered::NoSession,
+                    })
+            }
+            _ => Err(Undelivered::NoSession),
         }
     }
 

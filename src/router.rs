@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::DuplicatePolicy;
-use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer};
+use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer, Undelivered};
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::metrics::Metrics;
@@ -300,12 +300,23 @@ impl Router {
                     payload,
                     origin: Some(from),
                 };
-                if self.hub.deliver_local(&channel_id, role, message).is_err() {
-                    // The session is gone (or, after a link reset, over its window): count the
-                    // message and give the credit back so the sender's window stays whole.
-                    Metrics::incr(&self.metrics.messages_dropped_remote);
-                    debug!(%channel_id, %role, node = %from, "message from a remote node dropped: no session");
-                    self.grant_credit(from, channel_id, role.peer(), 1);
+                match self.hub.deliver_local(&channel_id, role, message) {
+                    Ok(()) => {}
+                    // Count the message and give its credit back, so the sender's window
+                    // stays whole for whichever session it finds next.
+                    Err(Undelivered::NoSession) => {
+                        Metrics::incr(&self.metrics.messages_dropped_remote);
+                        debug!(%channel_id, %role, node = %from, "message from a remote node dropped: no session");
+                        self.grant_credit(from, channel_id, role.peer(), 1);
+                    }
+                    // Credit keeps the queue from filling, so the sender holds more credit than
+                    // the window (after a link reset renewed it while old frames still arrived).
+                    // Keeping this message's credit takes the excess back; returning it would
+                    // let the sender overrun the queue again and again.
+                    Err(Undelivered::QueueFull) => {
+                        Metrics::incr(&self.metrics.messages_dropped_remote);
+                        warn!(%channel_id, %role, node = %from, "message from a remote node dropped: session queue full, sender over its window");
+                    }
                 }
             }
             InnerFrame::Credit {
