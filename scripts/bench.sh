@@ -102,8 +102,18 @@ echo "== Redis commands: 500 cross-node pairs connect, relay 20 messages each wa
 redis-cli -p $REDIS_PORT MONITOR >"$OUT/monitor.txt" &
 MONITOR=$!
 sleep 0.5
-stamp() { while IFS= read -r line; do echo "$(date +%s.%N) $line"; done; }
-$BENCH hold $CROSS_T --pairs 500 --relay 20 --linger 1 2>&1 >/dev/null | stamp >"$OUT/phases.txt"
+# Each phase line is timestamped; INFO commandstats is read in the pauses around the relay phase.
+commandstats() { redis-cli -p $REDIS_PORT INFO commandstats >"$1"; }
+phases() {
+    while IFS= read -r line; do
+        echo "$(date +%s.%N) $line"
+        case "$line" in
+            "phase connected"*) commandstats "$OUT/commandstats-before.txt" ;;
+            "phase relayed"*) commandstats "$OUT/commandstats-after.txt" ;;
+        esac
+    done
+}
+$BENCH hold $CROSS_T --pairs 500 --relay 20 --phase-pause 1 --linger 1 2>&1 >/dev/null | phases >"$OUT/phases.txt"
 sleep 1.5
 kill $MONITOR
 T_CONNECTED=$(grep "phase connected" "$OUT/phases.txt" | cut -d' ' -f1)
@@ -130,6 +140,17 @@ for line in open(path):
 connections = 1000
 print(round(phases[0] / connections, 2), round(phases[1] / messages, 6),
       round(phases[2] / connections, 2), round(heartbeats / (last - first), 1))
+PY
+)
+
+# Every command but INFO itself (the first snapshot's INFO is counted in the second).
+STATS_DELTA=$(python3 - "$OUT/commandstats-before.txt" "$OUT/commandstats-after.txt" <<'PY'
+import re, sys
+def calls(path):
+    return {m[1]: int(m[2]) for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", open(path).read())}
+before, after = calls(sys.argv[1]), calls(sys.argv[2])
+delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if k != "info"}
+print(sum(delta.values()), " ".join(f"{k}={v}" for k, v in sorted(delta.items()) if v))
 PY
 )
 
@@ -168,6 +189,7 @@ cat <<TABLE
 | Redis round trips per connect (MONITOR) | $PER_CONNECT | | | |
 | Redis round trips per disconnect (MONITOR) | $PER_DISCONNECT | | | |
 | Redis round trips per relayed message (MONITOR) | $PER_MESSAGE | | | 0 |
+| Redis commands while $RELAYED messages were relayed, 1 s pause included (INFO commandstats delta: total, by command) | $STATS_DELTA | | | heartbeats only |
 | heartbeat round trips per second, 3 nodes | $HEARTBEAT_PER_S | | | one per node per node-ttl/5 |
 | inner TCP connections, 3 nodes, 1 000 cross-node pairs | $LINKS | | | ≤ 6 |
 TABLE

@@ -37,6 +37,10 @@ pub struct HoldArgs {
     /// `phase closing`) so a script can time what the server did in each.
     #[arg(long, default_value_t = 0)]
     relay: usize,
+    /// Seconds to wait after announcing each phase before starting the next, so a script can
+    /// take a snapshot of the server (or Redis) between phases.
+    #[arg(long, default_value_t = 0.0)]
+    phase_pause: f64,
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), String> {
@@ -57,6 +61,7 @@ pub async fn run(args: HoldArgs) -> Result<(), String> {
         verify(web, app, &format!("w{n}")).await?;
     }
     eprintln!("phase connected");
+    tokio::time::sleep(Duration::from_secs_f64(args.phase_pause)).await;
     if args.relay > 0 {
         let relays = pairs
             .iter_mut()
@@ -72,6 +77,7 @@ pub async fn run(args: HoldArgs) -> Result<(), String> {
             result?;
         }
         eprintln!("phase relayed {}", 2 * args.relay * pairs.len());
+        tokio::time::sleep(Duration::from_secs_f64(args.phase_pause)).await;
     }
     let rss_after = total_rss(&args.server_pid)?;
     let per_connection =
