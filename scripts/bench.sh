@@ -28,6 +28,13 @@ if [ -n "${WORKERS:-}" ]; then export TOKIO_WORKER_THREADS=$WORKERS; else unset 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 REDIS_PORT=16379
+PORTS=($REDIS_PORT 1124 1024 11024 11025 12024 12025 13024 13025)
+for port in "${PORTS[@]}"; do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+        echo "port $port is already in use; stop what listens there first" >&2
+        exit 1
+    fi
+done
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 wait_port $REDIS_PORT
 "$BIN/wspair-baseline" 127.0.0.1:1124 2>/dev/null & PIDS+=($!); BASELINE=$!
