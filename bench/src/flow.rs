@@ -27,6 +27,24 @@ pub fn header(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((seq, sent))
 }
 
+/// Settings the throughput and latency modes share.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Message size in bytes (at least 16; 24 in latency mode, whose header also carries the
+    /// send time).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds of warm-up, not counted.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Checks one direction's sequence numbers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SeqCheck {

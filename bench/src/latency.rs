@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{Target, Ws};
-use crate::flow::{SeqCheck, header, open_pairs};
+use crate::flow::{RunArgs, SeqCheck, header, open_pairs};
 use crate::pacer::{self, RawSender, Schedule};
 use crate::procfs;
 
@@ -28,22 +28,12 @@ pub struct LatencyArgs {
     /// Total messages per second, over every pair and both directions.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// Message size in bytes (at least 24).
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Seconds measured, after the warm-up.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// Seconds of warm-up, not counted.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// PID of a server whose CPU use during the measured seconds is reported (several may
     /// be given, for a cluster).
     #[arg(long)]
     server_pid: Vec<u32>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -52,8 +42,8 @@ fn new_histogram() -> Histogram<u64> {
 
 pub async fn run(args: LatencyArgs) -> Result<(), String> {
     let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
-    let warm_ns = Duration::from_secs_f64(args.warmup).as_nanos() as u64;
-    let total_ns = warm_ns + Duration::from_secs_f64(args.seconds).as_nanos() as u64;
+    let warm_ns = Duration::from_secs_f64(args.run.warmup).as_nanos() as u64;
+    let total_ns = warm_ns + Duration::from_secs_f64(args.run.seconds).as_nanos() as u64;
     let schedule = Schedule {
         rate: args.rate.max(1),
         messages: (u128::from(total_ns) * u128::from(args.rate) / 1_000_000_000) as u64,
@@ -81,7 +71,7 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
         origin + Duration::from_nanos(warm_ns),
         origin + Duration::from_nanos(total_ns),
     ));
-    let size = args.size;
+    let size = args.run.size;
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
         .spawn(move || pacer::pace(schedule, origin, size, senders, DRAIN))
@@ -100,13 +90,13 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
     let cpu = cpu.await.map_err(|err| err.to_string())??;
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let cus = |q: f64| corrected.value_at_quantile(q) as f64 / 1000.0;
-    let achieved = histogram.len() as f64 / args.seconds;
-    if args.json {
+    let achieved = histogram.len() as f64 / args.run.seconds;
+    if args.run.json {
         println!(
             "{}",
             serde_json::json!({
                 "mode": "latency", "pairs": args.pairs, "rate": args.rate, "achieved_rate": achieved,
-                "size": args.size, "seconds": args.seconds,
+                "size": args.run.size, "seconds": args.run.seconds,
                 "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
                 "max_us": histogram.max() as f64 / 1000.0,
                 "corrected_p50_us": cus(0.5), "corrected_p99_us": cus(0.99),

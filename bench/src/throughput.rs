@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::clients::{Target, Ws};
-use crate::flow::{SeqCheck, header, open_pairs, payload};
+use crate::flow::{RunArgs, SeqCheck, header, open_pairs, payload};
 
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
@@ -21,18 +21,8 @@ pub struct ThroughputArgs {
     /// Messages in flight per pair and direction.
     #[arg(long, default_value_t = 16)]
     window: usize,
-    /// Message size in bytes (at least 16).
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Seconds measured, after the warm-up.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// Seconds of warm-up, not counted.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// What one direction of one pair did.
@@ -45,8 +35,8 @@ struct DirectionResult {
 pub async fn run(args: ThroughputArgs) -> Result<(), String> {
     let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
     let started = Instant::now();
-    let warm_until = started + Duration::from_secs_f64(args.warmup);
-    let stop_at = warm_until + Duration::from_secs_f64(args.seconds);
+    let warm_until = started + Duration::from_secs_f64(args.run.warmup);
+    let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
     let mut tasks = Vec::new();
     for (app, web) in pairs {
         let (app_sink, app_stream) = app.split();
@@ -58,7 +48,7 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
             app_sink,
             web_stream,
             Arc::clone(&app_to_web),
-            args.size,
+            args.run.size,
             warm_until,
             stop_at,
         )));
@@ -66,7 +56,7 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
             web_sink,
             app_stream,
             Arc::clone(&web_to_app),
-            args.size,
+            args.run.size,
             warm_until,
             stop_at,
         )));
@@ -80,14 +70,14 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
         counted += result.counted;
         sent += result.sent;
     }
-    let rate = counted as f64 / args.seconds;
-    let mbytes = rate * args.size as f64 / 1e6;
-    if args.json {
+    let rate = counted as f64 / args.run.seconds;
+    let mbytes = rate * args.run.size as f64 / 1e6;
+    if args.run.json {
         println!(
             "{}",
             serde_json::json!({
-                "mode": "throughput", "pairs": args.pairs, "window": args.window, "size": args.size,
-                "seconds": args.seconds, "messages_per_second": rate, "megabytes_per_second": mbytes,
+                "mode": "throughput", "pairs": args.pairs, "window": args.window, "size": args.run.size,
+                "seconds": args.run.seconds, "messages_per_second": rate, "megabytes_per_second": mbytes,
                 "sent": sent, "received": total.received, "lost": total.lost,
                 "duplicated_or_reordered": total.duplicated_or_reordered,
             })
@@ -97,7 +87,7 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
             "throughput: {rate:.0} msg/s ({mbytes:.1} MB/s), {} pairs, window {}, {} B; sent {sent}, received {}, lost {}, dup/reordered {}",
             args.pairs,
             args.window,
-            args.size,
+            args.run.size,
             total.received,
             total.lost,
             total.duplicated_or_reordered
