@@ -181,14 +181,25 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info = masters[0].cli(&["CLUSTER", "INFO"]).unwrap_or_default();
-            if info.contains("cluster_state:ok") {
-                break;
+        // Every master must see the whole cluster before a client asks one of them for the slot
+        // map: the first master agreeing is not enough (the others learn by gossip).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for master in &masters {
+            loop {
+                let info = master.cli(&["CLUSTER", "INFO"]).unwrap_or_default();
+                if info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains("cluster_known_nodes:3")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "master {} never saw the whole cluster: {info}",
+                    master.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(Instant::now() < deadline, "cluster never became ok: {info}");
-            std::thread::sleep(Duration::from_millis(50));
         }
         RedisCluster { masters }
     }
