@@ -3,7 +3,7 @@
 #
 # Starts, on loopback: the baseline relay, one wspair node, and a cluster of wspair nodes with a
 # redis-server; then measures throughput, latency, idle memory, connect rate, Redis commands and
-# inner connections. Every figure comes from this one run. Takes about 6 minutes on 2 cores.
+# inner connections. Every figure comes from this one run. Takes about 2–3 minutes on 2 cores.
 #
 # Usage: bash scripts/bench.sh [RUNS]   (RUNS of each throughput and latency figure; default 3)
 #        bash scripts/bench.sh sweep RATE...   (only latency, at each RATE msg/s; RUNS=3 runs each)
