@@ -236,9 +236,12 @@ impl Hub {
 
     /// Where the live session of `role` in `channel_id` is, if this node knows.
     pub fn peer(&self, channel_id: &ChannelId, role: Role) -> Option<Peer> {
-        let mut sessions = self.lock();
-        let slots = sessions.get_mut(channel_id)?;
-        slots.slot(role).clone().filter(|peer| !peer.is_gone())
+        let sessions = self.lock();
+        sessions
+            .get(channel_id)?
+            .slot_ref(role)
+            .filter(|peer| !peer.is_gone())
+            .cloned()
     }
 
     /// The live session of `role` in `channel_id`, if this node holds it.
