@@ -65,6 +65,7 @@ fn query_parsing(c: &mut Criterion) {
 fn hub_lookup(c: &mut Criterion) {
     let hub = Arc::new(Hub::new(
         1024,
+        256 * 1024,
         DuplicatePolicy::Replace,
         Arc::default(),
         CancellationToken::new(),

@@ -100,6 +100,14 @@ impl KeySpec {
 
 const MAX_U32: i64 = u32::MAX as i64;
 
+/// Largest `outer.max-frame-size` accepted (16 MiB): a relay of small messages has no use for
+/// more, and every session may hold a message of this size in memory.
+const MAX_FRAME_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
+/// Longest duration any key accepts (one day): longer values are mistakes, and some overflow
+/// the timers that use them.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Every configuration key wspair reads. The README's configuration table mirrors this list.
 pub const KEYS: &[KeySpec] = &[
     KeySpec {
@@ -124,7 +132,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "outer.max-frame-size",
         kind: Kind::Integer {
             min: 1,
-            max: 64 * 1024 * 1024,
+            max: MAX_FRAME_SIZE_LIMIT,
         },
         default: "10240",
         help: "largest message accepted, in bytes, after reassembling fragments and decompressing; larger ones close the session with 1009",
@@ -161,6 +169,27 @@ pub const KEYS: &[KeySpec] = &[
         },
         default: "1024",
         help: "messages waiting for one client; when full, the relay stops reading from its peer",
+    },
+    KeySpec {
+        key: "outer.send-queue-bytes",
+        kind: Kind::Integer {
+            min: 1,
+            max: MAX_U32,
+        },
+        default: "1048576",
+        help: "payload bytes waiting for one client; when full, the relay stops reading from its peer; at least outer.max-frame-size",
+    },
+    KeySpec {
+        key: "outer.message-timeout",
+        kind: Kind::Duration,
+        default: "10s",
+        help: "a message whose first bytes arrived must be complete (all its fragments) within this, or the session is closed with 1008",
+    },
+    KeySpec {
+        key: "outer.max-fragments",
+        kind: Kind::Integer { min: 1, max: 65536 },
+        default: "128",
+        help: "frames one fragmented message may be split into; more close the session with 1008",
     },
     KeySpec {
         key: "outer.stall-timeout",
@@ -215,6 +244,15 @@ pub const KEYS: &[KeySpec] = &[
         },
         default: "65536",
         help: "frames waiting for one link; when full, senders wait",
+    },
+    KeySpec {
+        key: "inner.queue-bytes",
+        kind: Kind::Integer {
+            min: 1,
+            max: MAX_U32,
+        },
+        default: "16777216",
+        help: "payload bytes of data frames waiting for one link; when full, senders wait; at least outer.max-frame-size",
     },
     KeySpec {
         key: "inner.heartbeat-interval",
@@ -296,6 +334,12 @@ pub struct OuterConfig {
     pub idle_timeout: Duration,
     /// `outer.send-queue`, in messages.
     pub send_queue: usize,
+    /// `outer.send-queue-bytes`, in payload bytes.
+    pub send_queue_bytes: usize,
+    /// `outer.message-timeout`.
+    pub message_timeout: Duration,
+    /// `outer.max-fragments`.
+    pub max_fragments: usize,
     /// `outer.stall-timeout`.
     pub stall_timeout: Duration,
     /// `outer.compression`.
@@ -317,6 +361,8 @@ pub struct InnerConfig {
     pub secret: String,
     /// `inner.queue`, in frames.
     pub queue: usize,
+    /// `inner.queue-bytes`, in payload bytes of data frames.
+    pub queue_bytes: usize,
     /// `inner.heartbeat-interval`.
     pub heartbeat_interval: Duration,
     /// `inner.link-timeout`.
@@ -336,6 +382,24 @@ pub struct RegistryConfig {
     pub node_ttl: Duration,
     /// `registry.timeout`.
     pub timeout: Duration,
+}
+
+/// How long a closing session may take to send its close frame and see the client's reply
+/// before the connection is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Room in `shutdown-timeout` beyond the slowest session's close, for the tasks to end.
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(500);
+
+impl OuterConfig {
+    /// The credit window this node grants to senders on other nodes, per session: as many
+    /// messages as fit in a session's queue even if every one is as large as allowed, so
+    /// messages from other nodes can never overflow `outer.send-queue-bytes`.
+    pub fn credit_window(&self) -> usize {
+        self.send_queue
+            .min(self.send_queue_bytes / self.max_frame_size)
+            .max(1)
+    }
 }
 
 /// Smallest `inner.secret` accepted, in bytes.
@@ -424,18 +488,38 @@ impl Config {
             ping_interval: duration("outer.ping-interval")?,
             idle_timeout: duration("outer.idle-timeout")?,
             send_queue: int("outer.send-queue")? as usize,
+            send_queue_bytes: int("outer.send-queue-bytes")? as usize,
+            message_timeout: duration("outer.message-timeout")?,
+            max_fragments: int("outer.max-fragments")? as usize,
             stall_timeout: duration("outer.stall-timeout")?,
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
         };
-        if outer.ping_interval >= outer.idle_timeout {
+        // Timeouts are checked on a tick a quarter of the idle timeout long at most, so a ping
+        // goes out up to a tick after it is due: at half the idle timeout, it still leaves the
+        // client a quarter of it to answer.
+        if outer.ping_interval > outer.idle_timeout / 2 {
             return Err(invalid(
                 "outer.ping-interval",
                 format!(
-                    "{:?} must be shorter than outer.idle-timeout {:?}, or live clients would time out",
+                    "{:?} must be at most half of outer.idle-timeout {:?}, or a live client could time out before its first ping",
                     outer.ping_interval, outer.idle_timeout
                 ),
             ));
+        }
+        for (key, bytes) in [
+            ("outer.send-queue-bytes", outer.send_queue_bytes),
+            ("inner.queue-bytes", int("inner.queue-bytes")? as usize),
+        ] {
+            if bytes < outer.max_frame_size {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{bytes} must be at least outer.max-frame-size {}, or the largest message could never be queued",
+                        outer.max_frame_size
+                    ),
+                ));
+            }
         }
         let inner = InnerConfig {
             ip: ip("inner.ip")?,
@@ -443,6 +527,7 @@ impl Config {
             advertise: checked_text(get("inner.advertise"))?,
             secret: checked_text(get("inner.secret"))?,
             queue: int("inner.queue")? as usize,
+            queue_bytes: int("inner.queue-bytes")? as usize,
             heartbeat_interval: duration("inner.heartbeat-interval")?,
             link_timeout: duration("inner.link-timeout")?,
             connect_timeout: duration("inner.connect-timeout")?,
@@ -471,11 +556,33 @@ impl Config {
                 ),
             ));
         }
+        let shutdown_timeout = duration("shutdown-timeout")?;
+        // A closing session may take CLOSE_TIMEOUT for its close handshake, then releases its
+        // route in the registry; a shorter shutdown would fail whenever one client is silent.
+        let release_time = if registry.redis.is_empty() {
+            Duration::ZERO
+        } else {
+            registry.timeout
+        };
+        let min_shutdown = CLOSE_TIMEOUT + release_time + SHUTDOWN_SLACK;
+        if shutdown_timeout < min_shutdown {
+            return Err(invalid(
+                "shutdown-timeout",
+                format!(
+                    "{shutdown_timeout:?} is too short: closing a session takes up to {CLOSE_TIMEOUT:?}{}, so at least {min_shutdown:?} is needed",
+                    if release_time.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" plus registry.timeout {release_time:?}")
+                    }
+                ),
+            ));
+        }
         Ok(Config {
             outer,
             inner,
             registry,
-            shutdown_timeout: duration("shutdown-timeout")?,
+            shutdown_timeout,
         })
     }
 }
@@ -648,6 +755,12 @@ fn checked_duration(entry: (&KeySpec, &toml::Value)) -> Result<Duration, ConfigE
     if duration.is_zero() {
         return Err(invalid(entry.0.key, "must be longer than zero".to_owned()));
     }
+    if duration > MAX_DURATION {
+        return Err(invalid(
+            entry.0.key,
+            format!("{text} is longer than the longest duration accepted, one day (1440m)"),
+        ));
+    }
     Ok(duration)
 }
 
@@ -752,6 +865,74 @@ mod tests {
     fn ping_must_be_shorter_than_idle_timeout() {
         let err = from_file("[outer]\nping-interval = \"60s\"\n").unwrap_err();
         assert!(err.to_string().starts_with("outer.ping-interval:"), "{err}");
+    }
+
+    /// Regression: `idle-timeout = 25s` with the default 20 s ping was accepted, and closed
+    /// healthy clients with 4002 at 25 s, before the tick that would have pinged them.
+    #[test]
+    fn ping_must_leave_the_client_time_to_answer_before_the_idle_timeout() {
+        let err = from_file("[outer]\nidle-timeout = \"25s\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.ping-interval: 20s must be at most half of outer.idle-timeout 25s, or a live client could time out before its first ping"
+        );
+        assert!(from_file("[outer]\nidle-timeout = \"40s\"\n").is_ok());
+    }
+
+    /// Regression: `shutdown-timeout = 500ms` was accepted although a closing session gets
+    /// 1 s, so one silent client made every shutdown fail.
+    #[test]
+    fn shutdown_timeout_must_cover_a_session_close() {
+        let err = from_file("shutdown-timeout = \"500ms\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "shutdown-timeout: 500ms is too short: closing a session takes up to 1s, so at least 1.5s is needed"
+        );
+        assert!(from_file("shutdown-timeout = \"1500ms\"\n").is_ok());
+    }
+
+    /// Regression: `handshake-timeout = 18446744073709551615s` was accepted, and then every
+    /// connection panicked inside hyper's timer.
+    #[test]
+    fn durations_are_bounded() {
+        let err =
+            from_file("[outer]\nhandshake-timeout = \"18446744073709551615s\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.handshake-timeout: 18446744073709551615s is longer than the longest duration accepted, one day (1440m)"
+        );
+        assert!(from_file("[outer]\nhandshake-timeout = \"1440m\"\n").is_ok());
+    }
+
+    #[test]
+    fn byte_budgets_hold_at_least_the_largest_message() {
+        let err =
+            from_file("[outer]\nmax-frame-size = 65536\nsend-queue-bytes = 65535\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "outer.send-queue-bytes: 65535 must be at least outer.max-frame-size 65536"
+            ),
+            "{err}"
+        );
+        let err = from_file("[outer]\nmax-frame-size = 65536\n[inner]\nqueue-bytes = 1000\n")
+            .unwrap_err();
+        assert!(err.to_string().starts_with("inner.queue-bytes:"), "{err}");
+        let err = from_file("[outer]\nmax-frame-size = 16777217\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.max-frame-size: 16777217 is out of range 1..=16777216"
+        );
+    }
+
+    #[test]
+    fn the_credit_window_fits_the_queue_in_bytes() {
+        let config = Config::default();
+        assert_eq!(config.outer.credit_window(), 102);
+        let config = from_file("[outer]\nsend-queue = 8\n").unwrap();
+        assert_eq!(config.outer.credit_window(), 8);
+        let config =
+            from_file("[outer]\nmax-frame-size = 1048576\nsend-queue-bytes = 1048576\n").unwrap();
+        assert_eq!(config.outer.credit_window(), 1);
     }
 
     #[test]

@@ -17,9 +17,11 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::ByteBudget;
 use crate::config::DuplicatePolicy;
 use crate::inner::link::LinkHandle;
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct Hub {
     next_session_id: AtomicU64,
     /// Capacity of every session's outbound queue (`outer.send-queue`).
     send_queue: usize,
+    /// Payload bytes every session's outbound queue may hold (`outer.send-queue-bytes`).
+    send_queue_bytes: usize,
     policy: DuplicatePolicy,
     metrics: Arc<Metrics>,
     /// The node's shutdown token; every session's stop token is a child of it.
@@ -97,6 +101,9 @@ impl RemotePeer {
     /// Marks the record as no longer current; senders caching it look again.
     pub fn mark_gone(&self) {
         self.gone.store(true, Ordering::Release);
+        // Wakes a sender parked on this record's credit, so it looks for the peer again now
+        // rather than at its next tick.
+        self.credits.close();
     }
 
     /// True once [`RemotePeer::mark_gone`] was called.
@@ -134,12 +141,31 @@ pub struct SessionHandle {
     pub id: u64,
     /// The session's bounded outbound queue; the session task is the only receiver.
     pub outbound_tx: mpsc::Sender<Message>,
+    /// Payload bytes the outbound queue may still take; the session gives them back as it
+    /// writes. Every message queued took its length from it first.
+    pub queue_bytes: ByteBudget,
     /// Cancelled when the session must stop: a newer client of the same role and channel id
     /// replaced it, or the node is shutting down (it is a child of the shutdown token).
     pub stop: CancellationToken,
 }
 
 impl SessionHandle {
+    /// Queues `message` if the queue has a free slot and the bytes for it; never waits. A full
+    /// queue (in messages or in bytes) hands the message back as `Full`.
+    pub fn try_queue(&self, message: Message) -> Result<(), TrySendError<Message>> {
+        let len = message.payload.len();
+        if !self.queue_bytes.try_take(len) {
+            return Err(if self.outbound_tx.is_closed() {
+                TrySendError::Closed(message)
+            } else {
+                TrySendError::Full(message)
+            });
+        }
+        self.outbound_tx
+            .try_send(message)
+            .inspect_err(|_| self.queue_bytes.give_back(len))
+    }
+
     /// True once the session is replaced or has ended; its queue accepts nothing useful then.
     pub fn is_gone(&self) -> bool {
         self.stop.is_cancelled() || self.outbound_tx.is_closed()
@@ -178,9 +204,11 @@ pub struct Claim {
 }
 
 impl Hub {
-    /// An empty hub whose sessions get queues of `send_queue` messages.
+    /// An empty hub whose sessions get queues of `send_queue` messages and `send_queue_bytes`
+    /// payload bytes.
     pub fn new(
         send_queue: usize,
+        send_queue_bytes: usize,
         policy: DuplicatePolicy,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -189,6 +217,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_session_id: AtomicU64::new(1),
             send_queue,
+            send_queue_bytes,
             policy,
             metrics,
             shutdown,
@@ -207,6 +236,7 @@ impl Hub {
         let handle = SessionHandle {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
             outbound_tx,
+            queue_bytes: ByteBudget::new(self.send_queue_bytes),
             stop: self.shutdown.child_token(),
         };
         let mut sessions = self.lock();
@@ -268,15 +298,10 @@ impl Hub {
             .get(channel_id)
             .and_then(|slots| slots.slot_ref(role))
         {
-            Some(Peer::Local(handle)) => {
-                handle
-                    .outbound_tx
-                    .try_send(message)
-                    .map_err(|err| match err {
-                        mpsc::error::TrySendError::Full(_) => Undelivered::QueueFull,
-                        mpsc::error::TrySendError::Closed(_) => Undelivered::NoSession,
-                    })
-            }
+            Some(Peer::Local(handle)) => handle.try_queue(message).map_err(|err| match err {
+                TrySendError::Full(_) => Undelivered::QueueFull,
+                TrySendError::Closed(_) => Undelivered::NoSession,
+            }),
             _ => Err(Undelivered::NoSession),
         }
     }
@@ -406,6 +431,7 @@ mod tests {
     fn hub(policy: DuplicatePolicy) -> Arc<Hub> {
         Arc::new(Hub::new(
             4,
+            1024,
             policy,
             Arc::default(),
             CancellationToken::new(),

@@ -111,6 +111,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(
             config.outer.send_queue,
+            config.outer.send_queue_bytes,
             config.outer.on_duplicate,
             Arc::clone(&metrics),
             shutdown.clone(),
@@ -118,7 +119,7 @@ impl Server {
         let mut me = NodeInfo {
             id: NodeId::generate(),
             advertise: config.inner.advertise_addr(),
-            window: u32::try_from(config.outer.send_queue).unwrap_or(u32::MAX),
+            window: u32::try_from(config.outer.credit_window()).unwrap_or(u32::MAX),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let mut inner_addr = None;

@@ -29,7 +29,7 @@ pub enum InnerFrame {
         node: NodeId,
         /// A fresh random challenge the other side must answer.
         nonce: [u8; NONCE_BYTES],
-        /// The sender's credit window (its `outer.send-queue`).
+        /// The sender's credit window (see `OuterConfig::credit_window`).
         window: u32,
         /// The sender's `inner.advertise`, so a node can answer one it has not yet seen in
         /// the registry.
@@ -102,4 +102,14 @@ pub enum InnerFrame {
     Ping,
     /// Answer to `Ping`.
     Pong,
+}
+
+impl InnerFrame {
+    /// Payload bytes of a data frame, which is what a link's byte budget counts; 0 for others.
+    pub fn data_len(&self) -> usize {
+        match self {
+            InnerFrame::Data { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! `Link::run` owns the stream and redials it with backoff; everyone else holds a
 //! [`LinkHandle`]. Frames wait in two bounded queues while the link connects: data (messages;
-//! `inner.queue` frames, senders wait when it is full) and control (credits, announcements,
-//! evictions), which is written first. Frames still queued after the link has been down for
+//! `inner.queue` frames and `inner.queue-bytes` payload bytes, senders wait when either is
+//! full) and control (credits, announcements, evictions), which is written first. Frames still queued after the link has been down for
 //! `inner.connect-timeout` are dropped and counted. The link pings every
 //! `inner.heartbeat-interval` and is redialled when the remote node stays silent for
 //! `inner.link-timeout`. This module never talks to the registry.
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::auth;
 use super::codec::InnerCodec;
 use super::frame::InnerFrame;
+use crate::budget::{BudgetWaiter, ByteBudget};
 use crate::config::InnerConfig;
 use crate::metrics::Metrics;
 use crate::node::{NodeId, NodeInfo};
@@ -36,7 +37,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A full or closed link queue; the frame is handed back.
 #[derive(Debug)]
 pub enum LinkError {
-    /// The data queue is full; the sender should wait (see [`LinkHandle::data_sender`]).
+    /// The data queue is full; the sender should wait (see [`LinkHandle::data_waiters`]).
     Full(InnerFrame),
     /// The link task has ended (the node is shutting down or the remote node is gone).
     Closed(InnerFrame),
@@ -48,6 +49,9 @@ pub struct LinkHandle {
     /// The remote node.
     pub node: NodeId,
     data_tx: mpsc::Sender<InnerFrame>,
+    /// Payload bytes the data queue may still take; the link task gives them back as it
+    /// writes or drops frames.
+    data_bytes: ByteBudget,
     control_tx: mpsc::Sender<InnerFrame>,
     metrics: Arc<Metrics>,
 }
@@ -55,15 +59,29 @@ pub struct LinkHandle {
 impl LinkHandle {
     /// Queues a data frame without waiting.
     pub fn try_send_data(&self, frame: InnerFrame) -> Result<(), LinkError> {
-        self.data_tx.try_send(frame).map_err(|err| match err {
-            TrySendError::Full(frame) => LinkError::Full(frame),
-            TrySendError::Closed(frame) => LinkError::Closed(frame),
+        let len = frame.data_len();
+        if !self.data_bytes.try_take(len) {
+            return Err(if self.data_tx.is_closed() {
+                LinkError::Closed(frame)
+            } else {
+                LinkError::Full(frame)
+            });
+        }
+        self.data_tx.try_send(frame).map_err(|err| {
+            self.data_bytes.give_back(len);
+            match err {
+                TrySendError::Full(frame) => LinkError::Full(frame),
+                TrySendError::Closed(frame) => LinkError::Closed(frame),
+            }
         })
     }
 
-    /// A sender that can wait for room in the data queue.
-    pub fn data_sender(&self) -> PollSender<InnerFrame> {
-        PollSender::new(self.data_tx.clone())
+    /// What a sender waits on for room in the data queue: its bytes, then a slot.
+    pub fn data_waiters(&self) -> (BudgetWaiter, PollSender<InnerFrame>) {
+        (
+            self.data_bytes.waiter(),
+            PollSender::new(self.data_tx.clone()),
+        )
     }
 
     /// Queues a control frame. A full control queue means the remote node has stopped
@@ -99,6 +117,7 @@ struct Link {
     target: NodeInfo,
     ctx: Arc<LinkContext>,
     data_rx: mpsc::Receiver<InnerFrame>,
+    data_bytes: ByteBudget,
     control_rx: mpsc::Receiver<InnerFrame>,
     cancel: CancellationToken,
     /// Called each time the link (re)connects, so credit windows can start afresh.
@@ -115,9 +134,11 @@ pub fn spawn_link(
 ) -> LinkHandle {
     let (data_tx, data_rx) = mpsc::channel(ctx.config.queue);
     let (control_tx, control_rx) = mpsc::channel(ctx.config.queue);
+    let data_bytes = ByteBudget::new(ctx.config.queue_bytes);
     let handle = LinkHandle {
         node: target.id,
         data_tx,
+        data_bytes: data_bytes.clone(),
         control_tx,
         metrics: Arc::clone(&ctx.metrics),
     };
@@ -125,6 +146,7 @@ pub fn spawn_link(
         target,
         ctx,
         data_rx,
+        data_bytes,
         control_rx,
         cancel,
         on_up,
@@ -197,7 +219,8 @@ impl Link {
     /// Counts and drops every queued frame: the link could not be established in time.
     fn drop_queued(&mut self) {
         let mut dropped = 0;
-        while self.data_rx.try_recv().is_ok() {
+        while let Ok(frame) = self.data_rx.try_recv() {
+            self.data_bytes.give_back(frame.data_len());
             dropped += 1;
         }
         while self.control_rx.try_recv().is_ok() {
@@ -255,6 +278,9 @@ impl Link {
                 continue;
             }
             let n_frames = (control.len() + data.len()) as u64;
+            // The frames leave the queue now, whether the write succeeds or they are dropped.
+            self.data_bytes
+                .give_back(data.iter().map(InnerFrame::data_len).sum());
             let write = async {
                 for frame in control.drain(..).chain(data.drain(..)) {
                     writer.feed(frame).await?;
@@ -276,5 +302,12 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+impl Drop for Link {
+    /// Wakes senders waiting for bytes: the queue is gone, and they learn it.
+    fn drop(&mut self) {
+        self.data_bytes.close();
     }
 }

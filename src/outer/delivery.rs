@@ -15,6 +15,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tracing::debug;
 
+use crate::budget::BudgetWaiter;
 use crate::hub::{Peer, RemotePeer};
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::LinkError;
@@ -28,9 +29,11 @@ const CREDIT_BATCH: u32 = 32;
 
 /// A parked message and what it waits for.
 enum Blocked {
-    /// Room in a local peer's queue.
+    /// Bytes in a local peer's queue, then a slot in it.
     Local {
         message: Message,
+        bytes: BudgetWaiter,
+        bytes_taken: bool,
         sender: PollSender<Message>,
     },
     /// Credit from the remote peer.
@@ -39,9 +42,11 @@ enum Blocked {
         remote: RemotePeer,
         credits: PollSemaphore,
     },
-    /// Room in the link's data queue (the credit is already taken).
+    /// Bytes in the link's data queue, then a slot in it (the credit is already taken).
     Link {
         frame: InnerFrame,
+        bytes: BudgetWaiter,
+        bytes_taken: bool,
         sender: PollSender<InnerFrame>,
     },
 }
@@ -92,16 +97,14 @@ impl Delivery {
             // Taken out and put back, so the hot path clones no handle.
             let peer = self.peer.take().expect("current_peer cached it");
             let returned = match &peer {
-                Peer::Local(handle) => match handle.outbound_tx.try_send(message) {
-                    Ok(()) => {
-                        self.relayed();
-                        None
-                    }
+                Peer::Local(handle) => match handle.try_queue(message) {
+                    Ok(()) => None,
                     Err(TrySendError::Full(returned)) => {
-                        let sender = PollSender::new(handle.outbound_tx.clone());
                         self.blocked = Some(Box::new(Blocked::Local {
                             message: returned,
-                            sender,
+                            bytes: handle.queue_bytes.waiter(),
+                            bytes_taken: false,
+                            sender: PollSender::new(handle.outbound_tx.clone()),
                         }));
                         None
                     }
@@ -143,14 +146,14 @@ impl Delivery {
             payload: message.payload,
         };
         match remote.link.try_send_data(frame) {
-            Ok(()) => {
-                self.relayed();
-                None
-            }
+            Ok(()) => None,
             Err(LinkError::Full(frame)) => {
+                let (bytes, sender) = remote.link.data_waiters();
                 self.blocked = Some(Box::new(Blocked::Link {
                     frame,
-                    sender: remote.link.data_sender(),
+                    bytes,
+                    bytes_taken: false,
+                    sender,
                 }));
                 None
             }
@@ -170,22 +173,30 @@ impl Delivery {
                 return Poll::Ready(());
             };
             match &mut **blocked {
-                Blocked::Local { sender, .. } => match sender.poll_reserve(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => {
-                        let Some(Blocked::Local {
-                            message,
-                            mut sender,
-                        }) = self.take_blocked()
-                        else {
-                            unreachable!("matched Local above");
-                        };
-                        match result.and_then(|()| sender.send_item(message.clone())) {
-                            Ok(()) => self.relayed(),
-                            Err(_closed) => self.retry(message),
-                        }
+                Blocked::Local {
+                    message,
+                    bytes,
+                    bytes_taken,
+                    sender,
+                } => {
+                    let len = message.payload.len();
+                    let reserved = match poll_room(cx, len, bytes, bytes_taken, sender) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(reserved) => reserved,
+                    };
+                    let Some(Blocked::Local {
+                        message,
+                        mut sender,
+                        ..
+                    }) = self.take_blocked()
+                    else {
+                        unreachable!("matched Local above");
+                    };
+                    let sent = reserved && sender.send_item(message.clone()).is_ok();
+                    if !sent {
+                        self.retry(message);
                     }
-                },
+                }
                 Blocked::Credit {
                     remote, credits, ..
                 } => {
@@ -217,22 +228,29 @@ impl Delivery {
                         }
                     }
                 }
-                Blocked::Link { sender, .. } => match sender.poll_reserve(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => {
-                        let Some(Blocked::Link { frame, mut sender }) = self.take_blocked() else {
-                            unreachable!("matched Link above");
-                        };
-                        match result.and_then(|()| sender.send_item(frame)) {
-                            Ok(()) => self.relayed(),
-                            Err(_closed) => {
-                                Metrics::incr(&self.metrics.link_frames_dropped);
-                                debug!(channel_id = %self.channel_id, role = %self.role,
-                                    "message dropped: link closed");
-                            }
-                        }
+                Blocked::Link {
+                    frame,
+                    bytes,
+                    bytes_taken,
+                    sender,
+                } => {
+                    let len = frame.data_len();
+                    let reserved = match poll_room(cx, len, bytes, bytes_taken, sender) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(reserved) => reserved,
+                    };
+                    let Some(Blocked::Link {
+                        frame, mut sender, ..
+                    }) = self.take_blocked()
+                    else {
+                        unreachable!("matched Link above");
+                    };
+                    if !reserved || sender.send_item(frame).is_err() {
+                        Metrics::incr(&self.metrics.link_frames_dropped);
+                        debug!(channel_id = %self.channel_id, role = %self.role,
+                            "message dropped: link closed");
                     }
-                },
+                }
             }
         }
     }
@@ -249,7 +267,29 @@ impl Delivery {
 
     /// Drops a parked message at the end of the session; returns how many were dropped.
     pub fn abandon(&mut self) -> u64 {
-        u64::from(self.blocked.take().is_some())
+        match self.take_blocked() {
+            None => 0,
+            Some(blocked) => {
+                // Bytes taken for a slot that never came go back, or every abandoned message
+                // would shrink the receiver's budget for good.
+                match blocked {
+                    Blocked::Local {
+                        message,
+                        bytes,
+                        bytes_taken: true,
+                        ..
+                    } => bytes.give_back(message.payload.len()),
+                    Blocked::Link {
+                        frame,
+                        bytes,
+                        bytes_taken: true,
+                        ..
+                    } => bytes.give_back(frame.data_len()),
+                    _ => {}
+                }
+                1
+            }
+        }
     }
 
     fn take_blocked(&mut self) -> Option<Blocked> {
@@ -259,10 +299,6 @@ impl Delivery {
     fn retry(&mut self, message: Message) {
         self.peer = None;
         self.send(message);
-    }
-
-    fn relayed(&self) {
-        Metrics::incr(&self.metrics.messages_relayed);
     }
 
     fn drop_no_peer(&self, message: &Message) {
@@ -278,6 +314,25 @@ impl Delivery {
         }
         self.peer.as_ref()
     }
+}
+
+/// Waits for a queue to have `len` bytes and then a free slot; `false` if the queue is gone.
+/// The bytes, once taken, stay taken (`bytes_taken`) while the slot is awaited.
+fn poll_room<T: Send>(
+    cx: &mut Context<'_>,
+    len: usize,
+    bytes: &mut BudgetWaiter,
+    bytes_taken: &mut bool,
+    sender: &mut PollSender<T>,
+) -> Poll<bool> {
+    if !*bytes_taken {
+        match bytes.poll_take(cx, len) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(false) => return Poll::Ready(false),
+            Poll::Ready(true) => *bytes_taken = true,
+        }
+    }
+    sender.poll_reserve(cx).map(|reserved| reserved.is_ok())
 }
 
 /// The receiving half: credit owed to nodes whose messages this session wrote to its client.

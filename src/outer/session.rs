@@ -31,15 +31,11 @@ use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
 use super::delivery::{CreditReturn, Delivery};
-use crate::config::OuterConfig;
+use crate::config::{CLOSE_TIMEOUT, OuterConfig};
 use crate::hub::Claim;
 use crate::metrics::Metrics;
 use crate::pair::{Message, MessageKind};
 use crate::router::Router;
-
-/// How long a closing session may take to send its close frame and see the client's reply
-/// before the connection is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every session of a node shares.
 #[derive(Debug)]
@@ -184,6 +180,10 @@ impl Session {
                     if let Some(reason) = self.on_frame(frame) {
                         return reason;
                     }
+                    // One unit of tokio's cooperative budget per frame: a client sending tiny
+                    // frames as fast as it can yields its worker every so often, instead of
+                    // starving the other sessions on it while its socket stays readable.
+                    tokio::task::coop::consume_budget().await;
                 }
                 Event::Read(Err(WebSocketError::ConnectionClosed)) => {
                     return match self.client_close_code {
@@ -237,7 +237,30 @@ impl Session {
     }
 
     /// Moves queued messages into the socket's buffer while it has room, then flushes.
+    ///
+    /// Once the client has sent its close, nothing more is written (RFC 6455 §5.5.1): the
+    /// library writes the echo, and what is still queued is dropped and counted by `finish`.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WebSocketError> {
+        if self.client_close_code.is_some() {
+            return Ok(());
+        }
+        let mut written = 0;
+        let mut written_bytes = 0;
+        let result = self.poll_write_queued(cx, &mut written, &mut written_bytes);
+        if written > 0 {
+            // Once per burst, not per message: giving bytes back takes the budget's lock.
+            self.claim.handle.queue_bytes.give_back(written_bytes);
+            Metrics::add(&self.ctx.metrics.messages_relayed, written);
+        }
+        result
+    }
+
+    fn poll_write_queued(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: &mut u64,
+        written_bytes: &mut usize,
+    ) -> Result<(), WebSocketError> {
         loop {
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(result) => result?,
@@ -251,6 +274,8 @@ impl Session {
             }
             match self.outbound_rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
+                    *written += 1;
+                    *written_bytes += message.payload.len();
                     if let Some(origin) = message.origin
                         && let Some((node, n)) = self.credit.written(origin)
                     {
@@ -347,6 +372,8 @@ impl Session {
     /// [`CLOSE_TIMEOUT`].
     async fn finish(&mut self, reason: &CloseReason) {
         self.outbound_rx.close();
+        // Wakes a peer waiting for bytes in this queue, so it looks for the next session.
+        self.claim.handle.queue_bytes.close();
         let mut undelivered = 0;
         while self.outbound_rx.try_recv().is_ok() {
             undelivered += 1;

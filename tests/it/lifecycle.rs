@@ -61,7 +61,7 @@ fn a_misspelt_key_in_the_config_file_is_named_and_exits_64() {
 fn a_bad_value_names_the_key_and_the_problem() {
     let stderr = refused_config("[outer]\nmax-frame-size = -5\n");
     assert!(
-        stderr.contains("outer.max-frame-size: -5 is out of range 1..=67108864"),
+        stderr.contains("outer.max-frame-size: -5 is out of range 1..=16777216"),
         "{stderr}"
     );
 }

@@ -1,0 +1,166 @@
+//! Byte budgets: how many payload bytes a queue may hold, beside how many items.
+//!
+//! A queue bounded only in messages is bounded in memory only by the message size times its
+//! length, and permessage-deflate makes messages cheap to send and large to hold: a few dozen
+//! compressed bytes on the wire can become 10 kB in a queue. Every queue that holds payloads
+//! (a session's outbound queue, a link's data queue) therefore also takes bytes from a
+//! [`ByteBudget`] before it accepts a message, and gives them back once the message has left.
+//!
+//! A budget is a semaphore of bytes: senders take a message's length, and a sender that finds
+//! too little waits on [`ByteBudget::poll_take`], which is how backpressure reaches it. A
+//! message longer than the whole budget takes all of it, so it still passes, alone.
+//! Configuration makes every budget at least `outer.max-frame-size`, so that case is only a
+//! guard.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::PollSemaphore;
+
+/// The bytes one queue may still accept. Cheap to clone; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    bytes: Arc<Semaphore>,
+    /// The whole budget: what a message longer than it costs.
+    limit: u32,
+}
+
+impl ByteBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> ByteBudget {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        ByteBudget {
+            bytes: Arc::new(Semaphore::new(limit as usize)),
+            limit,
+        }
+    }
+
+    /// What a payload of `len` bytes costs.
+    fn cost(&self, len: usize) -> u32 {
+        u32::try_from(len).unwrap_or(u32::MAX).min(self.limit)
+    }
+
+    /// Takes `len` bytes if the budget has them; never waits.
+    pub fn try_take(&self, len: usize) -> bool {
+        match self.bytes.try_acquire_many(self.cost(len)) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back what a payload of `len` bytes took, once it has left the queue.
+    pub fn give_back(&self, len: usize) {
+        let cost = self.cost(len);
+        if cost > 0 {
+            self.bytes.add_permits(cost as usize);
+        }
+    }
+
+    /// Marks the queue as gone: waiters wake and learn it, and nothing more is taken.
+    pub fn close(&self) {
+        self.bytes.close();
+    }
+
+    /// Bytes the queue may still accept.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// A waiter for this budget, for a sender that found it short.
+    pub fn waiter(&self) -> BudgetWaiter {
+        BudgetWaiter {
+            semaphore: PollSemaphore::new(Arc::clone(&self.bytes)),
+            budget: self.clone(),
+        }
+    }
+}
+
+/// Waits until a budget has the bytes a parked message needs.
+#[derive(Debug)]
+pub struct BudgetWaiter {
+    semaphore: PollSemaphore,
+    budget: ByteBudget,
+}
+
+impl BudgetWaiter {
+    /// Gives back what `len` bytes took, for a message that was not queued after all.
+    pub fn give_back(&self, len: usize) {
+        self.budget.give_back(len);
+    }
+
+    /// Ready once `len` bytes are taken from the budget (`true`), or once the queue is gone
+    /// ([`ByteBudget::close`], `false`).
+    pub fn poll_take(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<bool> {
+        let cost = self.budget.cost(len);
+        match self.semaphore.poll_acquire_many(cx, cost) {
+            Poll::Ready(Some(permit)) => {
+                permit.forget();
+                Poll::Ready(true)
+            }
+            Poll::Ready(None) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_until_short_and_refills_on_give_back() {
+        let budget = ByteBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(60));
+        assert!(budget.try_take(40));
+        budget.give_back(60);
+        assert_eq!(budget.available(), 60);
+    }
+
+    #[test]
+    fn a_message_longer_than_the_budget_takes_all_of_it() {
+        let budget = ByteBudget::new(100);
+        assert!(budget.try_take(1000));
+        assert_eq!(budget.available(), 0);
+        assert!(budget.try_take(0));
+        budget.give_back(1000);
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_when_bytes_come_back() {
+        let budget = ByteBudget::new(10);
+        assert!(budget.try_take(10));
+        let mut waiter = budget.waiter();
+        let taking = std::future::poll_fn(|cx| waiter.poll_take(cx, 5).map(|taken| assert!(taken)));
+        let giving = async {
+            tokio::task::yield_now().await;
+            budget.give_back(5);
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(taking, giving)
+        })
+        .await
+        .expect("the waiter is woken");
+        assert_eq!(budget.available(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_a_waiter_and_says_so() {
+        let budget = ByteBudget::new(10);
+        assert!(budget.try_take(10));
+        let mut waiter = budget.waiter();
+        let taking = std::future::poll_fn(|cx| waiter.poll_take(cx, 5));
+        let closing = async {
+            tokio::task::yield_now().await;
+            budget.close();
+        };
+        let (taken, ()) = tokio::join!(taking, closing);
+        assert!(!taken);
+        assert!(!budget.try_take(0));
+    }
+}
