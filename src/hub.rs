@@ -201,6 +201,25 @@ pub struct Claim {
     pub role: Role,
     /// The session's own handle; its `stop` token tells the session to end.
     pub handle: SessionHandle,
+    /// The session of this node this claim took the slot from (`outer.on-duplicate =
+    /// "replace"`). It keeps running until [`Claim::evict_displaced`], called once this
+    /// session's upgrade is complete; if the upgrade fails instead, dropping the claim puts it
+    /// back in the slot, so a client that gives up mid-upgrade never evicts a working one.
+    pub displaced: Option<SessionHandle>,
+    /// The session of another node this claim took the route from, evicted like `displaced`.
+    pub displaced_remote: Option<(NodeId, u64)>,
+}
+
+impl Claim {
+    /// Stops the local session this claim displaced, if any: the new session is upgraded.
+    pub fn evict_displaced(&mut self) {
+        if let Some(old) = self.displaced.take() {
+            if !old.is_gone() {
+                Metrics::incr(&self.hub.metrics.sessions_replaced);
+            }
+            old.stop.cancel();
+        }
+    }
 }
 
 impl Hub {
@@ -226,7 +245,8 @@ impl Hub {
 
     /// Registers a new session for `role` in `channel_id` and returns its claim and the
     /// receiving end of its outbound queue. With [`DuplicatePolicy::Replace`] an existing
-    /// session of that role is evicted; with [`DuplicatePolicy::Reject`] the claim fails.
+    /// session of that role is displaced (see [`Claim::displaced`]); with
+    /// [`DuplicatePolicy::Reject`] the claim fails.
     pub fn claim(
         self: &Arc<Self>,
         channel_id: ChannelId,
@@ -241,13 +261,11 @@ impl Hub {
         };
         let mut sessions = self.lock();
         let slot = sessions.entry(channel_id).or_default().slot(role);
+        let mut displaced = None;
         match slot.as_ref() {
             Some(Peer::Local(old)) if !old.is_gone() => match self.policy {
                 DuplicatePolicy::Reject => return Err(DuplicateError { channel_id, role }),
-                DuplicatePolicy::Replace => {
-                    old.stop.cancel();
-                    Metrics::incr(&self.metrics.sessions_replaced);
-                }
+                DuplicatePolicy::Replace => displaced = Some(old.clone()),
             },
             // A session of another node held this role; the registry claim decides about it.
             Some(Peer::Remote(remote)) => remote.mark_gone(),
@@ -260,6 +278,8 @@ impl Hub {
             channel_id,
             role,
             handle,
+            displaced,
+            displaced_remote: None,
         };
         Ok((claim, outbound_rx))
     }
@@ -393,13 +413,21 @@ impl Hub {
             })
     }
 
-    fn release(&self, channel_id: &ChannelId, role: Role, session_id: u64) {
+    /// Empties the slot of session `session_id`, or gives it back to the session it displaced
+    /// if that one still runs.
+    fn release(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        session_id: u64,
+        displaced: Option<SessionHandle>,
+    ) {
         let mut sessions = self.lock();
         if let Entry::Occupied(mut entry) = sessions.entry(*channel_id) {
             let slots = entry.get_mut();
             let slot = slots.slot(role);
             if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
-                *slot = None;
+                *slot = displaced.filter(|old| !old.is_gone()).map(Peer::Local);
             }
             if !slots.has_local() {
                 slots.forget_remotes();
@@ -419,8 +447,9 @@ impl Hub {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        let displaced = self.displaced.take();
         self.hub
-            .release(&self.channel_id, self.role, self.handle.id);
+            .release(&self.channel_id, self.role, self.handle.id, displaced);
     }
 }
 
@@ -465,10 +494,24 @@ mod tests {
     fn replace_evicts_the_old_session_and_its_release_keeps_the_new_one() {
         let hub = hub(DuplicatePolicy::Replace);
         let (old, _old_rx) = hub.claim(id(1), Role::Web).unwrap();
-        let (new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (mut new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        // Only once the new session is upgraded.
+        assert!(!old.handle.stop.is_cancelled());
+        new.evict_displaced();
         assert!(old.handle.stop.is_cancelled());
         drop(old);
         let found = hub.local(&id(1), Role::Web).unwrap();
         assert_eq!(found.id, new.handle.id);
+    }
+
+    #[test]
+    fn a_replacement_that_never_upgrades_gives_the_slot_back() {
+        let hub = hub(DuplicatePolicy::Replace);
+        let (old, _old_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        assert_eq!(hub.local(&id(1), Role::Web).unwrap().id, new.handle.id);
+        drop(new);
+        assert!(!old.handle.stop.is_cancelled());
+        assert_eq!(hub.local(&id(1), Role::Web).unwrap().id, old.handle.id);
     }
 }

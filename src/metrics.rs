@@ -13,7 +13,7 @@ pub struct Metrics {
     pub sessions_opened: AtomicU64,
     /// Upgrade requests refused with an HTTP error (400, 404, 409, 426).
     pub handshakes_refused: AtomicU64,
-    /// Messages handed to the peer's queue.
+    /// Messages written to the receiving client (not merely queued for it).
     pub messages_relayed: AtomicU64,
     /// Messages dropped because the peer was not connected when they arrived.
     pub messages_dropped_no_peer: AtomicU64,
@@ -37,6 +37,9 @@ pub struct Metrics {
     pub messages_dropped_remote: AtomicU64,
     /// Upgrade requests answered 503 because the registry was unavailable.
     pub registry_unavailable: AtomicU64,
+    /// Upgrades answered 101 that did not complete (the client went away, or the deadline
+    /// passed); the session they displaced keeps its place.
+    pub upgrades_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -98,6 +101,7 @@ impl Metrics {
                 "wspair_registry_unavailable_total",
                 read(&self.registry_unavailable),
             ),
+            ("wspair_upgrades_failed_total", read(&self.upgrades_failed)),
         ]
     }
 }

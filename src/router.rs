@@ -168,15 +168,100 @@ impl Router {
         channel_id: ChannelId,
         role: Role,
     ) -> Result<(Claim, mpsc::Receiver<Message>), ClaimError> {
-        let (claim, outbound_rx) = self.hub.claim(channel_id, role)?;
+        let (mut claim, outbound_rx) = self.hub.claim(channel_id, role)?;
         if let Some(cluster) = &self.cluster {
             // On error the claim is dropped, which releases the hub slot.
-            self.claim_in_registry(cluster, &claim).await?;
+            self.claim_in_registry(cluster, &mut claim).await?;
         }
         Ok((claim, outbound_rx))
     }
 
-    async fn claim_in_registry(&self, cluster: &Cluster, claim: &Claim) -> Result<(), ClaimError> {
+    /// Completes a claim once its session's upgrade is answered: the session it displaced,
+    /// here or on another node, is evicted only now.
+    pub fn activate(&self, claim: &mut Claim) {
+        claim.evict_displaced();
+        if let Some((node, session)) = claim.displaced_remote.take() {
+            Metrics::incr(&self.metrics.sessions_replaced);
+            self.send_control(
+                node,
+                InnerFrame::Evict {
+                    channel_id: claim.channel_id,
+                    role: claim.role,
+                    session,
+                },
+            );
+        }
+    }
+
+    /// Gives up a claim whose upgrade failed or timed out. The session it displaced, which was
+    /// never evicted, gets its route back; with none, the route is released.
+    ///
+    /// A displaced session of this node also gets its slot back (when the claim drops) and is
+    /// announced again to a peer on another node. A displaced session of another node gets its
+    /// route back when its peer is here or absent. When the peer is on a third node, which has
+    /// already learnt of the failed session and cannot be told of the displaced one by this
+    /// node, the displaced session is evicted after all: the pair ends up consistent, with the
+    /// evicted client reconnecting, rather than half-routed.
+    pub async fn abandon(&self, mut claim: Claim) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let (channel_id, role) = (claim.channel_id, claim.role);
+        let remote_peer = match self.hub.peer(&channel_id, role.peer()) {
+            Some(Peer::Remote(remote)) => Some(remote),
+            _ => None,
+        };
+        let local = claim
+            .displaced
+            .as_ref()
+            .filter(|old| !old.is_gone())
+            .map(|old| Route {
+                node: self.me.id,
+                session: old.id,
+            });
+        let remote = claim
+            .displaced_remote
+            .filter(|_| remote_peer.is_none())
+            .map(|(node, session)| Route { node, session });
+        let Some(restore) = local.or(remote) else {
+            self.activate(&mut claim);
+            self.release(&claim).await;
+            return;
+        };
+        let mine = Route {
+            node: self.me.id,
+            session: claim.handle.id,
+        };
+        if let Err(err) = cluster
+            .registry
+            .compare_and_set(&channel_id, role, Some(mine), restore)
+            .await
+        {
+            warn!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
+            lock(&cluster.pending_releases).push((channel_id, role, mine));
+        }
+        if let Some(remote_peer) = remote_peer {
+            remote_peer.link.send_control(InnerFrame::Bound {
+                channel_id,
+                role,
+                session: restore.session,
+            });
+        }
+        // Dropping the claim gives a displaced session of this node its slot back; one of
+        // another node is recorded again for the local peer.
+        drop(claim);
+        if restore.node != self.me.id
+            && let Some(remote) = self.remote_peer(restore)
+        {
+            self.hub.set_remote(&channel_id, role, remote);
+        }
+    }
+
+    async fn claim_in_registry(
+        &self,
+        cluster: &Cluster,
+        claim: &mut Claim,
+    ) -> Result<(), ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
         let mine = Route {
             node: self.me.id,
@@ -200,17 +285,8 @@ impl Router {
                 .compare_and_set(&channel_id, role, current, mine)
                 .await?
             {
-                if let Some(holder) = holder {
-                    Metrics::incr(&self.metrics.sessions_replaced);
-                    self.send_control(
-                        holder.node,
-                        InnerFrame::Evict {
-                            channel_id,
-                            role,
-                            session: holder.session,
-                        },
-                    );
-                }
+                // Evicted only once this session is upgraded (`activate`).
+                claim.displaced_remote = holder.map(|holder| (holder.node, holder.session));
                 claimed = true;
                 break;
             }

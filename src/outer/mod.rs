@@ -26,7 +26,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use yawc::{DeflatePool, HttpWebSocket, Options, WebSocket};
@@ -34,7 +35,9 @@ use yawc::{DeflatePool, HttpWebSocket, Options, WebSocket};
 use self::handshake::HandshakeError;
 use self::session::SessionContext;
 use crate::config::OuterConfig;
+use crate::hub;
 use crate::metrics::Metrics;
+use crate::pair::Message;
 
 /// Path of the health document.
 pub const HEALTHZ_PATH: &str = "/healthz";
@@ -218,7 +221,7 @@ async fn upgrade(
             }
         })?;
     // Claimed only now, so a malformed upgrade never evicts a working session.
-    let (claim, outbound_rx) = ctx.session.router.claim(pair.channel_id, pair.role).await?;
+    let (claim, outbound_rx) = claim(ctx, pair).await?;
     let session_ctx = Arc::clone(&ctx.session);
     let permit = Arc::clone(permit);
     let handshake_timeout = ctx.config().handshake_timeout;
@@ -229,17 +232,64 @@ async fn upgrade(
             Ok(Ok(ws)) => ws,
             Ok(Err(err)) => {
                 debug!(%remote_addr, error = %err, "upgrade failed");
+                abandon(claim, outbound_rx, &session_ctx).await;
                 return;
             }
             Err(_) => {
                 debug!(%remote_addr, "upgrade did not complete within outer.handshake-timeout");
+                abandon(claim, outbound_rx, &session_ctx).await;
                 return;
             }
         };
+        let mut claim = claim;
+        // The 101 is on the wire: only now may the session this one replaces be evicted.
+        session_ctx.router.activate(&mut claim);
         session::run(ws, claim, outbound_rx, session_ctx, remote_addr).await;
         drop(permit);
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
+}
+
+/// Claims the pair's role in a task of its own, so a client that goes away while the claim
+/// waits for Redis or for the peer's node (hyper then drops this request's future) cannot
+/// leave a route behind: the task finishes the claim and abandons it.
+async fn claim(
+    ctx: &Arc<OuterContext>,
+    pair: handshake::PairRequest,
+) -> Result<(hub::Claim, Receiver<Message>), HandshakeError> {
+    let (claimed_tx, claimed_rx) = oneshot::channel();
+    let session_ctx = Arc::clone(&ctx.session);
+    ctx.tracker.spawn(async move {
+        let claimed = session_ctx.router.claim(pair.channel_id, pair.role).await;
+        if let Err(Ok((claim, outbound_rx))) = claimed_tx.send(claimed) {
+            debug!(channel_id = %claim.channel_id, role = %claim.role,
+                "client went away while its role was being claimed");
+            abandon(claim, outbound_rx, &session_ctx).await;
+        }
+    });
+    claimed_rx
+        .await
+        .expect("the claim task sends its result or abandons it")
+        .map_err(HandshakeError::from)
+}
+
+/// Ends a claim whose upgrade never completed: what it displaced gets its place back, and
+/// the messages its peer had already queued for it are dropped and counted.
+async fn abandon(claim: hub::Claim, mut outbound_rx: Receiver<Message>, ctx: &SessionContext) {
+    Metrics::incr(&ctx.metrics.upgrades_failed);
+    let (channel_id, role) = (claim.channel_id, claim.role);
+    let queue_bytes = claim.handle.queue_bytes.clone();
+    ctx.router.abandon(claim).await;
+    outbound_rx.close();
+    queue_bytes.close();
+    let mut undelivered = 0;
+    while outbound_rx.try_recv().is_ok() {
+        undelivered += 1;
+    }
+    if undelivered > 0 {
+        Metrics::add(&ctx.metrics.messages_dropped_closed, undelivered);
+        debug!(%channel_id, %role, undelivered, "queued messages dropped with a failed upgrade");
+    }
 }
 
 fn refusal(err: &HandshakeError) -> Response<Full<Bytes>> {

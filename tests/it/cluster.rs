@@ -7,9 +7,9 @@ use wspair::Role;
 use wspair::config::DuplicatePolicy;
 
 use crate::harness::client::Ending;
-use crate::harness::http::{UPGRADE_HEADERS, request};
+use crate::harness::http::{UPGRADE_HEADERS, abandoned_upgrade, request};
 use crate::harness::redis::RedisServer;
-use crate::harness::{TestNode, random_channel_id, wait_until};
+use crate::harness::{TestNode, random_channel_id, read, wait_until};
 
 /// A Redis, two nodes on it, and a pair with its app on node A and its web on node B.
 struct Cluster {
@@ -121,6 +121,37 @@ async fn duplicate_on_another_node_with_reject_answers_409() {
     );
     app.send_text("first app still paired").await;
     assert_eq!(web.recv_text().await, "first app still paired");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+/// Regression: a replacement that gave up mid-upgrade had already evicted the old session
+/// (here: a holder on another node, then one on the same node), leaving its pair broken.
+#[tokio::test]
+async fn a_replacement_that_gives_up_mid_upgrade_leaves_the_pair_across_nodes_working() {
+    let Cluster {
+        redis: _redis,
+        node_a,
+        node_b,
+        id,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
+    let target = format!("/channel?type=app&channelId={id}");
+    // The displaced app is on another node, its peer here; then both on the same node.
+    for (n, node) in [&node_b, &node_a].into_iter().enumerate() {
+        abandoned_upgrade(node.addr, &target).await;
+        wait_until("the abandoned upgrade to fail", || {
+            read(&node.metrics.upgrades_failed) == 1
+        })
+        .await;
+        app.send_text(&format!("app still paired {n}")).await;
+        assert_eq!(web.recv_text().await, format!("app still paired {n}"));
+        web.send_text(&format!("web still paired {n}")).await;
+        assert_eq!(app.recv_text().await, format!("web still paired {n}"));
+    }
+    assert_eq!(read(&node_a.metrics.sessions_replaced), 0);
+    assert_eq!(read(&node_b.metrics.sessions_replaced), 0);
     node_a.shutdown().await;
     node_b.shutdown().await;
 }

@@ -4,8 +4,8 @@ use wspair::Role;
 use wspair::config::DuplicatePolicy;
 
 use crate::harness::client::Ending;
-use crate::harness::http::{UPGRADE_HEADERS, request};
-use crate::harness::{TestNode, random_channel_id};
+use crate::harness::http::{UPGRADE_HEADERS, abandoned_upgrade, request};
+use crate::harness::{TestNode, random_channel_id, read, wait_until};
 
 #[tokio::test]
 async fn app_and_web_of_one_channel_relay_both_ways() {
@@ -92,6 +92,27 @@ async fn duplicate_with_replace_closes_the_old_client_with_4001() {
     );
     app.send_text("to the newest").await;
     assert_eq!(new_web.recv_text().await, "to the newest");
+    node.shutdown().await;
+}
+
+/// Regression: with `replace`, the old session was evicted when the new one was claimed, before
+/// its 101 was on the wire; a client that gave up mid-upgrade closed the working one for nothing.
+#[tokio::test]
+async fn a_replacement_that_gives_up_mid_upgrade_leaves_the_old_client_paired() {
+    let node = TestNode::start(|c| c.outer.on_duplicate = DuplicatePolicy::Replace).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    abandoned_upgrade(node.addr, &format!("/channel?type=web&channelId={id}")).await;
+    wait_until("the abandoned upgrade to fail", || {
+        read(&node.metrics.upgrades_failed) == 1
+    })
+    .await;
+    app.send_text("still paired").await;
+    assert_eq!(web.recv_text().await, "still paired");
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+    assert_eq!(read(&node.metrics.sessions_replaced), 0);
     node.shutdown().await;
 }
 

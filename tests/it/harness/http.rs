@@ -98,3 +98,16 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// Sends an upgrade request for `target` and resets the connection at once, without reading
+/// the answer: a client that gives up in the middle of its upgrade.
+pub async fn abandoned_upgrade(addr: SocketAddr, target: &str) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{UPGRADE_HEADERS}\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    stream.set_zero_linger().expect("SO_LINGER 0");
+    drop(stream);
+}
