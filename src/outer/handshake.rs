@@ -1,12 +1,13 @@
-//! Checks an upgrade request before it is answered: path, query and upgrade headers.
+//! Checks an upgrade request before it is answered: path, method, query and upgrade headers.
 //!
 //! Every refusal is a [`HandshakeError`] that becomes an HTTP status with a one-line reason in
-//! the body, so a client learns what it got wrong before any WebSocket exists. Query rules:
-//! `type` and `channelId` are required and may appear once each; other parameters are ignored,
-//! so clients may add their own (cache busters, tracing ids) without breaking.
+//! the body, so a client learns what it got wrong before any WebSocket exists; this includes
+//! the refusals of the request head itself (`outer::head`). Query rules: `type` and
+//! `channelId` are required and may appear once each; other parameters are ignored, so
+//! clients may add their own (cache busters, tracing ids) without breaking.
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, StatusCode};
+use hyper::{Method, Request, StatusCode};
 
 use crate::hub::DuplicateError;
 use crate::pair::{ChannelId, ChannelIdError, Role, RoleError};
@@ -47,6 +48,21 @@ pub enum HandshakeError {
     /// A request other than GET (405).
     #[error("method {0} not allowed; use GET with a WebSocket upgrade")]
     Method(Method),
+    /// A request to `/healthz` other than GET or HEAD (405).
+    #[error("method {0} not allowed on /healthz; use GET or HEAD")]
+    HealthzMethod(Method),
+    /// The request head is longer than `outer.max-request-head` (431).
+    #[error("request head exceeds outer.max-request-head ({0} bytes)")]
+    HeadTooLarge(usize),
+    /// Not even the request line fits in `outer.max-request-head` (414).
+    #[error("request line exceeds outer.max-request-head ({0} bytes)")]
+    RequestLineTooLong(usize),
+    /// The request head has more header fields than hyper parses (431).
+    #[error("request head has more than {0} header fields")]
+    TooManyHeaderFields(usize),
+    /// The request head is not HTTP/1.x (400).
+    #[error("malformed request head: {0}")]
+    MalformedHead(#[source] httparse::Error),
     /// A plain HTTP request to the upgrade path (426).
     #[error("this path accepts only WebSocket upgrades")]
     NotUpgrade,
@@ -82,8 +98,15 @@ impl HandshakeError {
             | HandshakeError::Repeated(_)
             | HandshakeError::BadRole(_)
             | HandshakeError::BadChannelId(_)
-            | HandshakeError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
-            HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            | HandshakeError::BadUpgrade(_)
+            | HandshakeError::MalformedHead(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::Method(_) | HandshakeError::HealthzMethod(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            HandshakeError::HeadTooLarge(_) | HandshakeError::TooManyHeaderFields(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            HandshakeError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
             HandshakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,33 +128,33 @@ impl HandshakeError {
                 ),
             ],
             HandshakeError::Method(_) => vec![(header::ALLOW, HeaderValue::from_static("GET"))],
+            HandshakeError::HealthzMethod(_) => {
+                vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
+            }
             _ => Vec::new(),
         }
     }
 }
 
 /// Checks path, method, query and that the request asks for a WebSocket, in that order.
-pub fn check(
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    expected_path: &str,
-) -> Result<PairRequest, HandshakeError> {
+pub fn check<B>(request: &Request<B>, expected_path: &str) -> Result<PairRequest, HandshakeError> {
+    let path = request.uri().path();
     if path != expected_path {
         return Err(HandshakeError::WrongPath {
             path: path.to_owned(),
             expected: expected_path.to_owned(),
         });
     }
+    let method = request.method();
     if method != Method::GET {
         return Err(HandshakeError::Method(method.clone()));
     }
-    let request = parse_query(query.unwrap_or(""))?;
+    let pair = parse_query(request.uri().query().unwrap_or(""))?;
+    let headers = request.headers();
     if !asks_for_websocket(headers) {
         return Err(HandshakeError::NotUpgrade);
     }
-    Ok(request)
+    Ok(pair)
 }
 
 /// Parses `type=app|web&channelId=ID`, percent-decoding values.
@@ -231,14 +254,10 @@ mod tests {
 
     #[test]
     fn plain_get_is_not_an_upgrade() {
-        let err = check(
-            &Method::GET,
-            "/channel",
-            Some(&format!("type=app&channelId={ID}")),
-            &HeaderMap::new(),
-            "/channel",
-        )
-        .unwrap_err();
+        let request = Request::get(format!("/channel?type=app&channelId={ID}"))
+            .body(())
+            .unwrap();
+        let err = check(&request, "/channel").unwrap_err();
         assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
     }
 }
