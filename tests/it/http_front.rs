@@ -192,6 +192,63 @@ async fn a_malformed_head_gets_400_with_a_reason() {
 }
 
 #[tokio::test]
+async fn an_upgrade_without_host_gets_400_naming_the_header() {
+    let node = TestNode::start(|_| {}).await;
+    let response = send_head(node.addr, &upgrade_head("HTTP/1.1", UPGRADE_HEADERS)).await;
+    assert_eq!(refusal(&response), (400, "missing header `Host`"));
+    let twice = format!("Host: a\r\nHost: b\r\n{UPGRADE_HEADERS}");
+    let response = send_head(node.addr, &upgrade_head("HTTP/1.1", &twice)).await;
+    assert_eq!(refusal(&response), (400, "header `Host` is repeated"));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_that_are_not_base64_of_16_bytes_get_400_with_a_reason() {
+    let node = TestNode::start(|_| {}).await;
+    let not_base64 = "header `Sec-WebSocket-Key` is not the base64 encoding of 16 bytes";
+    let cases = [
+        (
+            "abc",
+            "header `Sec-WebSocket-Key` must be 24 characters (base64 of 16 bytes), got 3",
+        ),
+        // base64 of 15 bytes.
+        (
+            "AAECAwQFBgcICQoLDA0O",
+            "header `Sec-WebSocket-Key` must be 24 characters (base64 of 16 bytes), got 20",
+        ),
+        // base64 of 17 bytes.
+        ("AAECAwQFBgcICQoLDA0ODxA=", not_base64),
+        ("AAECAwQFBgcICQoLDA0O!!==", not_base64),
+    ];
+    for (key, reason) in cases {
+        let headers =
+            format!("Host: wspair\r\n{UPGRADE_HEADERS}").replace("dGhlIHNhbXBsZSBub25jZQ==", key);
+        let response = send_head(node.addr, &upgrade_head("HTTP/1.1", &headers)).await;
+        assert_eq!(refusal(&response), (400, reason), "for key {key}");
+    }
+    let without = format!("Host: wspair\r\n{UPGRADE_HEADERS}")
+        .replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+    let response = send_head(node.addr, &upgrade_head("HTTP/1.1", &without)).await;
+    assert_eq!(
+        refusal(&response),
+        (400, "missing header `Sec-WebSocket-Key`")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http_1_0_upgrade_gets_400() {
+    let node = TestNode::start(|_| {}).await;
+    let headers = format!("Host: wspair\r\n{UPGRADE_HEADERS}");
+    let response = send_head(node.addr, &upgrade_head("HTTP/1.0", &headers)).await;
+    assert_eq!(
+        refusal(&response),
+        (400, "WebSocket upgrades need HTTP/1.1, got HTTP/1.0")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn healthz_answers_get_and_head_closes_and_refuses_other_methods_with_405() {
     let node = TestNode::start(|_| {}).await;
     let response = request(node.addr, "GET", "/healthz", "").await;
