@@ -147,7 +147,16 @@ pub const KEYS: &[KeySpec] = &[
         key: "outer.handshake-timeout",
         kind: Kind::Duration,
         default: "10s",
-        help: "time a new TCP connection has to send its complete upgrade request",
+        help: "time a new TCP connection has from accept to a completed upgrade; a connection that has not upgraded by then is dropped, whatever it is doing",
+    },
+    KeySpec {
+        key: "outer.max-request-head",
+        kind: Kind::Integer {
+            min: 1024,
+            max: 64 * 1024,
+        },
+        default: "8192",
+        help: "largest request head (request line and header fields) read before the upgrade, in bytes; a longer one is answered 431, or 414 when the request line alone does not fit",
     },
     KeySpec {
         key: "outer.ping-interval",
@@ -326,8 +335,11 @@ pub struct OuterConfig {
     pub max_frame_size: usize,
     /// `outer.on-duplicate`.
     pub on_duplicate: DuplicatePolicy,
-    /// `outer.handshake-timeout`.
+    /// `outer.handshake-timeout`: the one deadline from accept to upgrade.
     pub handshake_timeout: Duration,
+    /// `outer.max-request-head`, in bytes: also the most a connection buffers before hyper
+    /// sees its request.
+    pub max_request_head: usize,
     /// `outer.ping-interval`.
     pub ping_interval: Duration,
     /// `outer.idle-timeout`.
@@ -485,6 +497,7 @@ impl Config {
             max_frame_size: int("outer.max-frame-size")? as usize,
             on_duplicate,
             handshake_timeout: duration("outer.handshake-timeout")?,
+            max_request_head: int("outer.max-request-head")? as usize,
             ping_interval: duration("outer.ping-interval")?,
             idle_timeout: duration("outer.idle-timeout")?,
             send_queue: int("outer.send-queue")? as usize,

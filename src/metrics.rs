@@ -11,8 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     /// Sessions that completed the upgrade.
     pub sessions_opened: AtomicU64,
-    /// Upgrade requests refused with an HTTP error (400, 404, 409, 426).
+    /// Requests refused with an HTTP error before the upgrade (400, 404, 405, 409, 414, 426,
+    /// 431, 503).
     pub handshakes_refused: AtomicU64,
+    /// Connections dropped because they had not upgraded within `outer.handshake-timeout`.
+    pub handshakes_timed_out: AtomicU64,
+    /// Request heads refused with 431 or 414 for exceeding `outer.max-request-head` or the
+    /// header field limit (also counted in `handshakes_refused`).
+    pub request_heads_too_large: AtomicU64,
     /// Messages written to the receiving client (not merely queued for it).
     pub messages_relayed: AtomicU64,
     /// Messages dropped because the peer was not connected when they arrived.
@@ -61,6 +67,14 @@ impl Metrics {
             (
                 "wspair_handshakes_refused_total",
                 read(&self.handshakes_refused),
+            ),
+            (
+                "wspair_handshakes_timed_out_total",
+                read(&self.handshakes_timed_out),
+            ),
+            (
+                "wspair_request_heads_too_large_total",
+                read(&self.request_heads_too_large),
             ),
             (
                 "wspair_messages_relayed_total",

@@ -1,12 +1,15 @@
-//! Checks an upgrade request before it is answered: path, query and upgrade headers.
+//! Checks an upgrade request before it is answered: path, method, query and upgrade headers.
 //!
 //! Every refusal is a [`HandshakeError`] that becomes an HTTP status with a one-line reason in
-//! the body, so a client learns what it got wrong before any WebSocket exists. Query rules:
-//! `type` and `channelId` are required and may appear once each; other parameters are ignored,
-//! so clients may add their own (cache busters, tracing ids) without breaking.
+//! the body, so a client learns what it got wrong before any WebSocket exists; this includes
+//! the refusals of the request head itself (`outer::head`). Query rules: `type` and
+//! `channelId` are required and may appear once each; other parameters are ignored, so
+//! clients may add their own (cache busters, tracing ids) without breaking. Upgrade headers
+//! follow RFC 6455 §4.2.1 strictly: HTTP/1.1, one `Host`, version 13, and one
+//! `Sec-WebSocket-Key` that is the base64 encoding of 16 bytes.
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, StatusCode};
+use hyper::{Method, Request, StatusCode, Version};
 
 use crate::hub::DuplicateError;
 use crate::pair::{ChannelId, ChannelIdError, Role, RoleError};
@@ -47,6 +50,40 @@ pub enum HandshakeError {
     /// A request other than GET (405).
     #[error("method {0} not allowed; use GET with a WebSocket upgrade")]
     Method(Method),
+    /// A request to `/healthz` other than GET or HEAD (405).
+    #[error("method {0} not allowed on /healthz; use GET or HEAD")]
+    HealthzMethod(Method),
+    /// The request head is longer than `outer.max-request-head` (431).
+    #[error("request head exceeds outer.max-request-head ({0} bytes)")]
+    HeadTooLarge(usize),
+    /// Not even the request line fits in `outer.max-request-head` (414).
+    #[error("request line exceeds outer.max-request-head ({0} bytes)")]
+    RequestLineTooLong(usize),
+    /// The request head has more header fields than hyper parses (431).
+    #[error("request head has more than {0} header fields")]
+    TooManyHeaderFields(usize),
+    /// The request head is not HTTP/1.x (400).
+    #[error("malformed request head: {0}")]
+    MalformedHead(#[source] httparse::Error),
+    /// An upgrade over HTTP/1.0 (400). RFC 6455 §4.1 requires HTTP/1.1 or later, and §4.2.1
+    /// tells the server to stop and answer an error "such as 400 Bad Request" when the
+    /// handshake does not match; 505 would be wrong, since the server does speak HTTP/1.0
+    /// (`/healthz`), and 426 would ask for the upgrade the client already asked for.
+    #[error("WebSocket upgrades need HTTP/1.1, got {0:?}")]
+    NeedsHttp11(Version),
+    /// A header the upgrade needs is absent (400): `Host` (RFC 9112 §3.2) or
+    /// `Sec-WebSocket-Key`.
+    #[error("missing header `{0}`")]
+    MissingHeader(&'static str),
+    /// A header that must appear once appears more than once (400).
+    #[error("header `{0}` is repeated")]
+    RepeatedHeader(&'static str),
+    /// `Sec-WebSocket-Key` does not have the 24 characters of base64 of 16 bytes (400).
+    #[error("header `Sec-WebSocket-Key` must be 24 characters (base64 of 16 bytes), got {0}")]
+    KeyLength(usize),
+    /// `Sec-WebSocket-Key` has 24 characters but is not base64 of 16 bytes (400).
+    #[error("header `Sec-WebSocket-Key` is not the base64 encoding of 16 bytes")]
+    KeyNotBase64,
     /// A plain HTTP request to the upgrade path (426).
     #[error("this path accepts only WebSocket upgrades")]
     NotUpgrade,
@@ -82,8 +119,20 @@ impl HandshakeError {
             | HandshakeError::Repeated(_)
             | HandshakeError::BadRole(_)
             | HandshakeError::BadChannelId(_)
-            | HandshakeError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
-            HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            | HandshakeError::BadUpgrade(_)
+            | HandshakeError::MalformedHead(_)
+            | HandshakeError::NeedsHttp11(_)
+            | HandshakeError::MissingHeader(_)
+            | HandshakeError::RepeatedHeader(_)
+            | HandshakeError::KeyLength(_)
+            | HandshakeError::KeyNotBase64 => StatusCode::BAD_REQUEST,
+            HandshakeError::Method(_) | HandshakeError::HealthzMethod(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            HandshakeError::HeadTooLarge(_) | HandshakeError::TooManyHeaderFields(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            HandshakeError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
             HandshakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,33 +154,85 @@ impl HandshakeError {
                 ),
             ],
             HandshakeError::Method(_) => vec![(header::ALLOW, HeaderValue::from_static("GET"))],
+            HandshakeError::HealthzMethod(_) => {
+                vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
+            }
             _ => Vec::new(),
         }
     }
 }
 
-/// Checks path, method, query and that the request asks for a WebSocket, in that order.
-pub fn check(
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    expected_path: &str,
-) -> Result<PairRequest, HandshakeError> {
+/// Checks path, method, query, that the request asks for a WebSocket, and then its upgrade
+/// headers (HTTP version, `Host`, `Sec-WebSocket-Version`, `Sec-WebSocket-Key`), in that order.
+pub fn check<B>(request: &Request<B>, expected_path: &str) -> Result<PairRequest, HandshakeError> {
+    let path = request.uri().path();
     if path != expected_path {
         return Err(HandshakeError::WrongPath {
             path: path.to_owned(),
             expected: expected_path.to_owned(),
         });
     }
+    let method = request.method();
     if method != Method::GET {
         return Err(HandshakeError::Method(method.clone()));
     }
-    let request = parse_query(query.unwrap_or(""))?;
+    let pair = parse_query(request.uri().query().unwrap_or(""))?;
+    let headers = request.headers();
     if !asks_for_websocket(headers) {
         return Err(HandshakeError::NotUpgrade);
     }
-    Ok(request)
+    if request.version() != Version::HTTP_11 {
+        return Err(HandshakeError::NeedsHttp11(request.version()));
+    }
+    single_header(headers, header::HOST, "Host")?;
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    if !(versions.next().is_some_and(|version| version == "13") && versions.next().is_none()) {
+        return Err(HandshakeError::Version);
+    }
+    check_key(single_header(
+        headers,
+        header::SEC_WEBSOCKET_KEY,
+        "Sec-WebSocket-Key",
+    )?)?;
+    Ok(pair)
+}
+
+/// The one value of `name`; absent or repeated is an error naming `spelling`.
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: header::HeaderName,
+    spelling: &'static str,
+) -> Result<&'a HeaderValue, HandshakeError> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Ok(value),
+        (None, _) => Err(HandshakeError::MissingHeader(spelling)),
+        (Some(_), Some(_)) => Err(HandshakeError::RepeatedHeader(spelling)),
+    }
+}
+
+/// RFC 6455 §4.1: the key is a random 16-byte value, base64-encoded, which is always 22
+/// base64 characters and `==`. The 22nd character carries only 2 bits of the last byte, so
+/// its low 4 bits must be zero (RFC 4648 §3.5, canonical encoding).
+fn check_key(key: &HeaderValue) -> Result<(), HandshakeError> {
+    let key = key.as_bytes();
+    if key.len() != 24 {
+        return Err(HandshakeError::KeyLength(key.len()));
+    }
+    let sextet = |byte: u8| match byte {
+        b'A'..=b'Z' => Some(byte - b'A'),
+        b'a'..=b'z' => Some(byte - b'a' + 26),
+        b'0'..=b'9' => Some(byte - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let (digits, padding) = key.split_at(22);
+    let sextets: Option<Vec<u8>> = digits.iter().map(|&byte| sextet(byte)).collect();
+    match sextets {
+        Some(sextets) if padding == b"==" && sextets[21] & 0x0f == 0 => Ok(()),
+        _ => Err(HandshakeError::KeyNotBase64),
+    }
 }
 
 /// Parses `type=app|web&channelId=ID`, percent-decoding values.
@@ -229,16 +330,51 @@ mod tests {
         assert!(parse_query(&format!("type=%61pp&channelId={encoded}")).is_ok());
     }
 
+    fn upgrade_request(key: &str) -> Request<()> {
+        Request::get(format!("/channel?type=app&channelId={ID}"))
+            .header("host", "example.com")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", key)
+            .body(())
+            .unwrap()
+    }
+
     #[test]
     fn plain_get_is_not_an_upgrade() {
-        let err = check(
-            &Method::GET,
-            "/channel",
-            Some(&format!("type=app&channelId={ID}")),
-            &HeaderMap::new(),
-            "/channel",
-        )
-        .unwrap_err();
+        let request = Request::get(format!("/channel?type=app&channelId={ID}"))
+            .body(())
+            .unwrap();
+        let err = check(&request, "/channel").unwrap_err();
         assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
+    }
+
+    #[test]
+    fn keys_must_be_base64_of_16_bytes() {
+        assert!(check(&upgrade_request("dGhlIHNhbXBsZSBub25jZQ=="), "/channel").is_ok());
+        assert!(check(&upgrade_request("AAAAAAAAAAAAAAAAAAAAAA=="), "/channel").is_ok());
+        assert!(check(&upgrade_request("/////////////////////w=="), "/channel").is_ok());
+        let refused = |key: &str| {
+            check(&upgrade_request(key), "/channel")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("abc"),
+            "header `Sec-WebSocket-Key` must be 24 characters (base64 of 16 bytes), got 3"
+        );
+        // 15 and 17 bytes, a non-canonical last digit, and a character outside the alphabet.
+        for key in [
+            "AAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAB==",
+            "AAAAAAAAAAAAAAAAAAAA-A==",
+        ] {
+            assert!(
+                check(&upgrade_request(key), "/channel").is_err(),
+                "{key} is refused"
+            );
+        }
     }
 }

@@ -4,18 +4,21 @@
 //! Every refusal happens here, before the upgrade, as an HTTP status with a reason (see
 //! `handshake`). Limits applied to every connection: `outer.max-connections` (a semaphore; the
 //! accept loop waits for a permit, so excess connections wait in the listen backlog),
-//! `outer.handshake-timeout` (for the request head and for completing the upgrade), and the
-//! WebSocket limits in [`ws_options`]. Besides the upgrade path, `GET /healthz` answers with a
-//! small JSON document.
+//! `outer.handshake-timeout` (one deadline from accept to upgrade, whatever the connection is
+//! doing meanwhile), `outer.max-request-head` (read by `head` before hyper sees the request),
+//! one request per connection, and the WebSocket limits in [`ws_options`]. Besides the
+//! upgrade path, `GET /healthz` answers with a small JSON document.
 
 pub mod close;
 pub mod delivery;
 pub mod handshake;
+pub mod head;
 pub mod session;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,15 +27,17 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use yawc::{DeflatePool, HttpWebSocket, Options, WebSocket};
 
 use self::handshake::HandshakeError;
+use self::head::{HeadError, Prefixed};
 use self::session::SessionContext;
 use crate::config::OuterConfig;
 use crate::hub;
@@ -62,7 +67,26 @@ pub struct OuterContext {
     pub tracker: TaskTracker,
     /// Bounds open client connections (`outer.max-connections`).
     pub connections: Arc<Semaphore>,
+    /// Connections accepted that have neither upgraded nor closed; see [`Handshaking`].
+    pub handshaking: AtomicUsize,
     ws_options: Options,
+}
+
+/// Counts one connection in [`OuterContext::handshaking`] while it lives: dropped when the
+/// connection's HTTP ends, however it ends (upgrade, refusal, deadline, error or panic).
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl<'a> Handshaking<'a> {
+    fn enter(gauge: &'a AtomicUsize) -> Handshaking<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Handshaking(gauge)
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl OuterContext {
@@ -71,6 +95,7 @@ impl OuterContext {
         let config = &session.config;
         OuterContext {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            handshaking: AtomicUsize::new(0),
             ws_options: ws_options(config),
             session,
             tracker,
@@ -127,40 +152,68 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
                 }
             },
         };
+        let deadline = Instant::now() + ctx.config().handshake_timeout;
         let ctx = Arc::clone(&ctx);
         ctx.tracker
             .clone()
-            .spawn(serve_connection(stream, remote_addr, ctx, permit));
+            .spawn(serve_connection(stream, remote_addr, ctx, permit, deadline));
     }
 }
 
-/// Serves HTTP on one connection until it upgrades, closes, or the node shuts down.
+/// Serves HTTP on one connection until it upgrades, closes, passes `deadline`, or the node
+/// shuts down.
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote_addr: SocketAddr,
     ctx: Arc<OuterContext>,
     permit: OwnedSemaphorePermit,
+    deadline: Instant,
 ) {
+    let _handshaking = Handshaking::enter(&ctx.handshaking);
     // Relayed messages are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
+    let shutdown = ctx.session.shutdown.clone();
+    let limit = ctx.config().max_request_head;
+    let head = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        read = timeout_at(deadline, head::read_head(&mut stream, limit)) => match read {
+            Ok(Ok(head)) => head,
+            Ok(Err(HeadError::Refused(err))) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = refuse_head(&mut stream, &err, &ctx, remote_addr, deadline) => {}
+                }
+                return;
+            }
+            Ok(Err(err)) => {
+                debug!(%remote_addr, error = %err, "connection ended before its request");
+                return;
+            }
+            Err(_) => return timed_out(&ctx, remote_addr),
+        },
+    };
     let permit = Arc::new(permit);
     let service = {
         let ctx = Arc::clone(&ctx);
         service_fn(move |request| {
             let ctx = Arc::clone(&ctx);
             let permit = Arc::clone(&permit);
-            async move { Ok::<_, Infallible>(respond(request, &ctx, remote_addr, &permit).await) }
+            async move {
+                Ok::<_, Infallible>(respond(request, &ctx, remote_addr, &permit, deadline).await)
+            }
         })
     };
+    // hyper gets the head already read, so it never needs more room than that to parse it;
+    // its own limit is set above ours (and at least its minimum, 8 KiB) so that it never
+    // refuses a head first, without a reason. No hyper timer: the deadline covers everything.
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.config().handshake_timeout)
-        .serve_connection(TokioIo::new(stream), service)
+        .max_buf_size((limit + 1).max(8192))
+        .serve_connection(TokioIo::new(Prefixed::new(head, stream)), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let shutdown = ctx.session.shutdown.clone();
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        _ = tokio::time::sleep_until(deadline) => return timed_out(&ctx, remote_addr),
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             match tokio::time::timeout(Duration::from_secs(1), connection).await {
@@ -174,28 +227,90 @@ async fn serve_connection(
     }
 }
 
+/// Counts and logs a connection dropped at its deadline. The session task's wait for the
+/// upgrade shares the deadline, but by then hyper has handed the connection over, so a
+/// timeout is always seen here first.
+fn timed_out(ctx: &OuterContext, remote_addr: SocketAddr) {
+    Metrics::incr(&ctx.session.metrics.handshakes_timed_out);
+    debug!(%remote_addr, "no upgrade within outer.handshake-timeout; connection dropped");
+}
+
+/// Answers a request head that `head::read_head` refused, and closes the connection.
+async fn refuse_head(
+    stream: &mut TcpStream,
+    err: &HandshakeError,
+    ctx: &OuterContext,
+    remote_addr: SocketAddr,
+    deadline: Instant,
+) {
+    let metrics = &ctx.session.metrics;
+    Metrics::incr(&metrics.handshakes_refused);
+    if matches!(
+        err,
+        HandshakeError::HeadTooLarge(_)
+            | HandshakeError::RequestLineTooLong(_)
+            | HandshakeError::TooManyHeaderFields(_)
+    ) {
+        Metrics::incr(&metrics.request_heads_too_large);
+    }
+    debug!(%remote_addr, status = err.status().as_u16(), reason = %err, "request head refused");
+    match timeout_at(deadline, head::write_refusal(stream, err)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => debug!(%remote_addr, error = %err, "refusal not delivered"),
+        Err(_) => timed_out(ctx, remote_addr),
+    }
+}
+
 /// Answers one HTTP request: the health document, an upgrade, or a refusal.
+///
+/// Every answer but a 101 carries `Connection: close`, so hyper serves one request per
+/// connection and pipelined requests cannot queue answers. (hyper's `keep_alive(false)` would
+/// do the same, but also appends `close` to the 101's `Connection: upgrade`.)
 async fn respond(
     mut request: Request<Incoming>,
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
     permit: &Arc<OwnedSemaphorePermit>,
+    deadline: Instant,
 ) -> Response<Full<Bytes>> {
-    if request.uri().path() == HEALTHZ_PATH && request.method() == Method::GET {
-        return healthz(&ctx.session);
-    }
-    match upgrade(&mut request, ctx, remote_addr, permit).await {
-        Ok(response) => response,
-        Err(err) => {
-            Metrics::incr(&ctx.session.metrics.handshakes_refused);
-            if let HandshakeError::Unavailable(_) = err {
-                Metrics::incr(&ctx.session.metrics.registry_unavailable);
-            }
-            debug!(%remote_addr, uri = %request.uri(), status = err.status().as_u16(),
-                reason = %err, "upgrade refused");
-            refusal(&err)
+    let mut response = if request.uri().path() == HEALTHZ_PATH {
+        match *request.method() {
+            // hyper sends a HEAD answer's headers (Content-Length included) without its body.
+            Method::GET | Method::HEAD => healthz(ctx),
+            _ => refuse(
+                HandshakeError::HealthzMethod(request.method().clone()),
+                &request,
+                ctx,
+                remote_addr,
+            ),
         }
+    } else {
+        match upgrade(&mut request, ctx, remote_addr, permit, deadline).await {
+            Ok(response) => return response,
+            Err(err) => refuse(err, &request, ctx, remote_addr),
+        }
+    };
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Counts and logs a refusal, and builds its answer.
+fn refuse(
+    err: HandshakeError,
+    request: &Request<Incoming>,
+    ctx: &OuterContext,
+    remote_addr: SocketAddr,
+) -> Response<Full<Bytes>> {
+    Metrics::incr(&ctx.session.metrics.handshakes_refused);
+    if let HandshakeError::Unavailable(_) = err {
+        Metrics::incr(&ctx.session.metrics.registry_unavailable);
     }
+    debug!(%remote_addr, uri = %request.uri(), status = err.status().as_u16(),
+        reason = %err, "upgrade refused");
+    refusal(&err)
 }
 
 /// Checks the request, claims the role in the hub, and spawns the session that completes
@@ -205,14 +320,9 @@ async fn upgrade(
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
     permit: &Arc<OwnedSemaphorePermit>,
+    deadline: Instant,
 ) -> Result<Response<Full<Bytes>>, HandshakeError> {
-    let pair = handshake::check(
-        request.method(),
-        request.uri().path(),
-        request.uri().query(),
-        request.headers(),
-        &ctx.config().path,
-    )?;
+    let pair = handshake::check(request, &ctx.config().path)?;
     let (response, upgrading) =
         WebSocket::upgrade_with_options(&mut *request, ctx.ws_options.clone()).map_err(|err| {
             match err {
@@ -224,11 +334,10 @@ async fn upgrade(
     let (claim, outbound_rx) = claim(ctx, pair).await?;
     let session_ctx = Arc::clone(&ctx.session);
     let permit = Arc::clone(permit);
-    let handshake_timeout = ctx.config().handshake_timeout;
     // Boxed: the task would otherwise keep room for the upgrade's state for the whole session.
     let upgrading = Box::pin(upgrading);
     ctx.tracker.spawn(async move {
-        let ws: HttpWebSocket = match tokio::time::timeout(handshake_timeout, upgrading).await {
+        let ws: HttpWebSocket = match tokio::time::timeout_at(deadline, upgrading).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(err)) => {
                 debug!(%remote_addr, error = %err, "upgrade failed");
@@ -306,7 +415,8 @@ fn refusal(err: &HandshakeError) -> Response<Full<Bytes>> {
     response
 }
 
-fn healthz(ctx: &SessionContext) -> Response<Full<Bytes>> {
+fn healthz(outer: &OuterContext) -> Response<Full<Bytes>> {
+    let ctx = &outer.session;
     let (connections, pairs) = ctx.router.hub.counts();
     let counters: serde_json::Map<String, serde_json::Value> = ctx
         .metrics
@@ -318,6 +428,7 @@ fn healthz(ctx: &SessionContext) -> Response<Full<Bytes>> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "connections": connections,
+        "handshaking": outer.handshaking.load(Ordering::Relaxed),
         "pairs": pairs,
         "counters": counters,
     });

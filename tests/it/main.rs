@@ -4,6 +4,7 @@ mod harness;
 
 mod cluster;
 mod handshake;
+mod http_front;
 mod lifecycle;
 mod limits;
 mod relay;

@@ -46,6 +46,16 @@ pub async fn request(
     read_response(&mut stream).await
 }
 
+/// Sends `head` exactly as given (no Host or other header added) and reads the response.
+pub async fn send_head(addr: SocketAddr, head: &str) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write request head");
+    read_response(&mut stream).await
+}
+
 /// Reads one response; for a 101 only the head is read, since the socket then speaks WebSocket.
 pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
     let mut buffer = Vec::new();
