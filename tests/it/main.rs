@@ -7,5 +7,6 @@ mod handshake;
 mod http_front;
 mod lifecycle;
 mod limits;
+mod memory;
 mod relay;
 mod tidy;

@@ -51,6 +51,37 @@ impl ProcessNode {
         ProcessNode { addr, child }
     }
 
+    /// The process's resident set size in KiB, from `/proc/PID/status`.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/status: {err}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// The resident set size once it has not grown for `quiet`, within `limit`: what the
+    /// node holds after a load has stopped moving.
+    pub async fn settled_rss_kib(&self, quiet: Duration, limit: Duration) -> u64 {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = self.rss_kib();
+        let mut since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.rss_kib();
+            if now > last {
+                last = now;
+                since = std::time::Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        last
+    }
+
     /// `kill -9`: no shutdown, no deregistration.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
