@@ -253,3 +253,79 @@ async fn a_continuation_without_a_first_fragment_closes_with_1002() {
     assert_eq!(app.close_code().await, 1002);
     node.shutdown().await;
 }
+
+/// Regression: a session read every frame its socket had buffered before yielding its worker
+/// (tokio's budget counts socket reads, and one read holds ~150 one-byte frames), so one
+/// client flooding tiny frames held the worker for tens of milliseconds at a time while the
+/// other sessions on it waited. Each frame now spends one unit of tokio's budget.
+#[tokio::test]
+async fn a_flood_of_tiny_frames_does_not_starve_other_sessions_on_its_worker() {
+    // The test's runtime has one thread: the node's sessions all share it.
+    let node = TestNode::start(|_| {}).await;
+    let flood_id = random_channel_id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let addr = node.addr;
+        let stop = std::sync::Arc::clone(&stop);
+        let target = format!("/channel?type=app&channelId={flood_id}");
+        std::thread::spawn(move || flood_tiny_frames(addr, &target, &stop))
+    };
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    wait_until("the flood to reach the node", || {
+        read(&node.metrics.messages_dropped_no_peer) > 100_000
+    })
+    .await;
+    let mut slowest = Duration::ZERO;
+    for n in 0..50 {
+        let sent_at = std::time::Instant::now();
+        app.send_text(&format!("round {n}")).await;
+        assert_eq!(web.recv_text().await, format!("round {n}"));
+        slowest = slowest.max(sent_at.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Joined off the runtime: the flooder may be blocked writing until the node reads again.
+    let flooded = tokio::task::spawn_blocking(move || flooder.join().expect("flooder thread"))
+        .await
+        .expect("join task");
+    eprintln!("slowest of 50 messages beside a flood of {flooded} frames: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(20),
+        "a message beside the flood took {slowest:?}"
+    );
+    node.shutdown().await;
+}
+
+/// Upgrades `target` on a blocking socket and writes masked one-byte binary frames until
+/// `stop`; returns how many it wrote.
+fn flood_tiny_frames(
+    addr: std::net::SocketAddr,
+    target: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{}\r\n",
+        crate::harness::http::UPGRADE_HEADERS
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("upgrade response");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused");
+    // FIN + binary, masked, length 1, a zero mask, one byte.
+    let frames: Vec<u8> = [0x82u8, 0x81, 0, 0, 0, 0, 7].repeat(8 * 1024);
+    let mut written = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        stream.write_all(&frames).expect("flood");
+        written += 8 * 1024;
+    }
+    written
+}

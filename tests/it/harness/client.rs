@@ -25,7 +25,12 @@ pub enum Ending {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _response) =
-            tokio::time::timeout(EVENT_TIMEOUT, tokio_tungstenite::connect_async(url))
+            // Nagle off, as on the server: a test that times messages must not measure the
+            // client's own delayed-ACK wait.
+            tokio::time::timeout(
+                EVENT_TIMEOUT,
+                tokio_tungstenite::connect_async_with_config(url, None, true),
+            )
                 .await
                 .expect("upgrade completes in time")
                 .unwrap_or_else(|err| panic!("upgrade to {url} failed: {err}"));
