@@ -1,3 +1,4 @@
+// Modified for wspair: strict control-frame, RSV1 and mask checks; `Codec::is_mid_frame`.
 //! # codec
 //!
 //! WebSocket codec implementation for frame encoding and decoding.
@@ -177,6 +178,13 @@ impl From<(Decoder, Encoder)> for Codec {
     }
 }
 
+impl Codec {
+    /// Returns `true` while a frame has been partly decoded: its header read, its payload not.
+    pub(crate) fn is_mid_frame(&self) -> bool {
+        self.decoder.state.is_some()
+    }
+}
+
 impl codec::Decoder for Codec {
     type Item = <Decoder as codec::Decoder>::Item;
     type Error = <Decoder as codec::Decoder>::Error;
@@ -254,7 +262,7 @@ impl codec::Decoder for Decoder {
             // We have enough data for the payload
             if self.role == Role::Server {
                 let Some(mask) = state.mask() else {
-                    return Err(WebSocketError::InvalidFragment);
+                    return Err(WebSocketError::UnmaskedFrame);
                 };
                 crate::mask::apply_mask(&mut src[..state.payload_len], mask);
             }
@@ -280,6 +288,15 @@ impl codec::Decoder for Decoder {
 
         let opcode = frame::OpCode::try_from(src[0] & 0b00001111)?;
         let masked = src[1] & 0b10000000 != 0;
+
+        // RFC 6455 section 5.1: a server must close on an unmasked client frame.
+        if self.role == Role::Server && !masked {
+            return Err(WebSocketError::UnmaskedFrame);
+        }
+        // RFC 7692 section 6.1: RSV1 marks the first frame of a compressed message only.
+        if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+            return Err(WebSocketError::InvalidRsv1);
+        }
         let length_code = src[1] & 0x7F;
 
         // Determine additional header length
@@ -322,8 +339,9 @@ impl codec::Decoder for Decoder {
         if opcode.is_control() && !fin {
             return Err(WebSocketError::ControlFrameFragmented);
         }
-        if opcode == OpCode::Ping && payload_len > 125 {
-            return Err(WebSocketError::PingFrameTooLarge);
+        // RFC 6455 section 5.5: every control frame carries at most 125 bytes.
+        if opcode.is_control() && payload_len > 125 {
+            return Err(WebSocketError::ControlFrameTooLarge);
         }
         if payload_len >= self.max_payload_size {
             return Err(WebSocketError::FrameTooLarge);
@@ -339,7 +357,7 @@ impl codec::Decoder for Decoder {
         // We have everything, decode immediately
         if self.role == Role::Server {
             let Some(mask) = mask else {
-                return Err(WebSocketError::InvalidFragment);
+                return Err(WebSocketError::UnmaskedFrame);
             };
             crate::mask::apply_mask(&mut src[..payload_len], mask);
         }
@@ -416,7 +434,60 @@ impl codec::Encoder<Frame> for Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::codec::Encoder as _;
+    use tokio_util::codec::{Decoder as _, Encoder as _};
+
+    /// What a server's decoder makes of `frame` as a client encodes it.
+    fn server_decodes(frame: Frame) -> Result<Option<Frame>, WebSocketError> {
+        let mut bytes = BytesMut::new();
+        Encoder::new(Role::Client)
+            .encode(frame, &mut bytes)
+            .unwrap();
+        Decoder::new(Role::Server, 1 << 20).decode(&mut bytes)
+    }
+
+    #[test]
+    fn control_frames_over_125_bytes_are_rejected() {
+        for frame in [
+            Frame::ping(vec![0u8; 126]),
+            Frame::pong(vec![0u8; 1000]),
+            Frame::close_raw(
+                vec![0x03, 0xE8]
+                    .into_iter()
+                    .chain([b'a'; 4998])
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            assert!(matches!(
+                server_decodes(frame),
+                Err(WebSocketError::ControlFrameTooLarge)
+            ));
+        }
+        assert!(matches!(
+            server_decodes(Frame::pong(vec![0u8; 125])),
+            Ok(Some(_))
+        ));
+    }
+
+    #[test]
+    fn rsv1_on_control_or_continuation_frames_is_rejected() {
+        for mut frame in [Frame::ping("x"), Frame::continuation("x")] {
+            frame.is_compressed = true;
+            assert!(matches!(
+                server_decodes(frame),
+                Err(WebSocketError::InvalidRsv1)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_server_rejects_an_unmasked_frame() {
+        let mut bytes = BytesMut::new();
+        Encoder::new(Role::Server)
+            .encode(Frame::text("hello"), &mut bytes)
+            .unwrap();
+        let res = Decoder::new(Role::Server, 1 << 20).decode(&mut bytes);
+        assert!(matches!(res, Err(WebSocketError::UnmaskedFrame)));
+    }
 
     #[test]
     fn encodes_the_rfc6455_masked_hello_example() {

@@ -1,7 +1,8 @@
+// Modified for wspair: corrupt deflate data from the peer is `InvalidDeflateData`, not an I/O error.
 use std::{io, mem};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use flate2::{CompressError, DecompressError, FlushCompress, FlushDecompress, Status};
+use flate2::{CompressError, FlushCompress, FlushDecompress, Status};
 
 use nom::{
     bytes::complete::{tag, take_while1},
@@ -530,13 +531,6 @@ fn deflate_error(err: CompressError) -> io::Error {
     )
 }
 
-fn inflate_error(err: DecompressError) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("Decompression error: {err}"),
-    )
-}
-
 /// The output buffer a compressor or decompressor starts with.
 const OUTPUT_CAPACITY: usize = 1024;
 
@@ -762,23 +756,13 @@ impl Inflate {
                     break;
                 }
                 Ok(Status::Ok | Status::BufError) => {}
-                Err(..) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "corrupt deflate stream",
-                    )
-                    .into())
-                }
+                Err(..) => return Err(WebSocketError::InvalidDeflateData),
             }
 
             // Guard against any other state where the inflater makes no progress:
             // without this the loop would spin on the CPU until the process is killed.
             if consumed == 0 && read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "deflate stream made no progress",
-                )
-                .into());
+                return Err(WebSocketError::InvalidDeflateData);
             }
         }
 
@@ -799,7 +783,7 @@ impl Inflate {
             let before_out = decompressor.total_out();
             decompressor
                 .decompress(&[], dst, flush)
-                .map_err(inflate_error)?;
+                .map_err(|_| WebSocketError::InvalidDeflateData)?;
 
             let written = (decompressor.total_out() - before_out) as usize;
             if written == 0 && flush == FlushDecompress::None {
@@ -972,6 +956,14 @@ mod tests {
             .decompress(&compressed, true, usize::MAX)
             .expect("Decompression failed");
         assert_eq!(decompressed.as_ref(), &data[..]);
+    }
+
+    #[test]
+    fn corrupt_deflate_data_is_invalid_deflate_data() {
+        let mut inflate = Inflate::default();
+        // 0xFF starts a block of the reserved type 3.
+        let res = inflate.decompress(&[0xFF; 16], true, usize::MAX);
+        assert!(matches!(res, Err(WebSocketError::InvalidDeflateData)));
     }
 
     #[test]

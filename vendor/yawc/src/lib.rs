@@ -1,3 +1,5 @@
+// Modified for wspair: error variants for control frames over 125 bytes, RSV1 misuse,
+// unmasked client frames and corrupt deflate data.
 //! # yawc
 //!
 //! WebSocket (RFC 6455) with permessage-deflate compression (RFC 7692).
@@ -231,9 +233,32 @@ pub enum WebSocketError {
     ControlFrameFragmented,
 
     /// Ping frame exceeds 125 bytes.
+    ///
+    /// No longer returned: every control frame over 125 bytes is
+    /// [`WebSocketError::ControlFrameTooLarge`]. Kept so matches on it still compile.
     #[error("Ping frame too large")]
     #[cfg(not(target_arch = "wasm32"))]
     PingFrameTooLarge,
+
+    /// Control frame (close, ping or pong) payload exceeds 125 bytes (RFC 6455 section 5.5).
+    #[error("Control frame too large")]
+    #[cfg(not(target_arch = "wasm32"))]
+    ControlFrameTooLarge,
+
+    /// RSV1 is set on a control or continuation frame (RFC 7692 section 6.1).
+    #[error("RSV1 set on a control or continuation frame")]
+    #[cfg(not(target_arch = "wasm32"))]
+    InvalidRsv1,
+
+    /// A client sent a frame without a mask (RFC 6455 section 5.1).
+    #[error("Unmasked frame from client")]
+    #[cfg(not(target_arch = "wasm32"))]
+    UnmaskedFrame,
+
+    /// A compressed message is not valid deflate data (RFC 7692 section 7.2.2).
+    #[error("Invalid permessage-deflate data")]
+    #[cfg(not(target_arch = "wasm32"))]
+    InvalidDeflateData,
 
     /// Frame payload exceeds configured maximum.
     #[error("Frame too large")]
@@ -325,6 +350,10 @@ impl WebSocketError {
                 | Self::ReservedBitsNotZero
                 | Self::ControlFrameFragmented
                 | Self::PingFrameTooLarge
+                | Self::ControlFrameTooLarge
+                | Self::InvalidRsv1
+                | Self::UnmaskedFrame
+                | Self::InvalidDeflateData
                 | Self::InvalidOpCode(_)
                 | Self::CompressionNotSupported
         )

@@ -1,3 +1,5 @@
+// Modified for wspair: every read error but a closed connection or I/O error queues one
+// close frame; nothing is sent after a close; `has_pending_writes`, `is_reading_message`.
 //! Native WebSocket implementation for Tokio runtime.
 //!
 //! # Architecture Overview
@@ -1219,16 +1221,36 @@ where
     }
 
     /// Polls for the next frame in the WebSocket stream.
+    ///
+    /// Every read error but a closed connection or an I/O error queues one close frame
+    /// with its code, sent by the next poll of this stream or of the sink.
     pub fn poll_next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame>> {
         loop {
             let frame = ready!(self
                 .streaming
                 .poll_next_frame_with_limit(cx, self.fragment_layer.remaining_read_capacity()))?;
-            match self.on_frame(frame)? {
-                Some(ok) => break Poll::Ready(Ok(ok)),
-                None => continue,
+            match self.on_frame(frame) {
+                Ok(Some(ok)) => break Poll::Ready(Ok(ok)),
+                Ok(None) => continue,
+                Err(err) => {
+                    // Errors of the fragment layer and UTF-8 close like the codec's do.
+                    self.streaming.close_for_read_error(&err);
+                    break Poll::Ready(Err(err));
+                }
             }
         }
+    }
+
+    /// Returns `true` while a control frame (a pong, a close) waits to be sent, or bytes
+    /// wait in the write buffer or as queued fragments.
+    pub fn has_pending_writes(&self) -> bool {
+        self.streaming.has_pending_writes() || self.fragment_layer.has_outgoing_fragments()
+    }
+
+    /// Returns `true` while a message is being read: a fragmented message is being
+    /// assembled, or a frame has been partly read.
+    pub fn is_reading_message(&self) -> bool {
+        self.fragment_layer.incoming_fragment.is_some() || self.streaming.is_reading_frame()
     }
 
     /// Asynchronously retrieves the next frame from the WebSocket stream.
@@ -1378,6 +1400,10 @@ where
 
     fn start_send(self: Pin<&mut Self>, item: Frame) -> std::result::Result<(), Self::Error> {
         let this = self.get_mut();
+        // RFC 6455 section 5.5.1: nothing is sent after a close frame.
+        if this.streaming.is_closing() {
+            return Err(WebSocketError::ConnectionClosed);
+        }
         if this.fragment_layer.fragment_size.is_none() {
             return this.streaming.start_send_unpin(item);
         }

@@ -1,3 +1,5 @@
+// Modified for wspair: at most one waiting pong, no reads while control frames cannot be
+// written, one close frame per connection, nothing sent after it, `has_pending_writes`.
 //! Low-level streaming WebSocket layer for manual fragment control.
 //!
 //! This module provides the [`Streaming`] type, which gives users direct control over
@@ -157,8 +159,10 @@ pub struct Streaming<S> {
     write_half: WriteHalf,
     // waker proxy
     wake_proxy: Arc<WakeProxy>,
-    // frames we must send (control..)
+    // frames we must send (control..): at most one pong and one close
     obligated_sends: VecDeque<Frame>,
+    // a close frame was queued or sent: nothing may be sent after it
+    close_sent: bool,
     // flag to indicate the writer to flush sends
     flush_sends: bool,
     // compressor
@@ -208,6 +212,7 @@ where
             write_half: WriteHalf::new(),
             wake_proxy: Arc::new(WakeProxy::default()),
             obligated_sends: VecDeque::new(),
+            close_sent: false,
             flush_sends: false,
             deflate: negotiated.compressor(),
             inflate: negotiated.decompressor(),
@@ -272,11 +277,32 @@ where
         self.poll_next_frame_with_limit(cx, self.max_payload_read)
     }
 
+    /// Returns `true` while a control frame waits to be sent or bytes wait in the write buffer.
+    ///
+    /// A peer that does not read keeps this `true`: its pongs cannot be written, and no more
+    /// of its frames are read until they are.
+    pub fn has_pending_writes(&self) -> bool {
+        !self.obligated_sends.is_empty() || !self.stream.write_buffer().is_empty()
+    }
+
+    /// Returns `true` while a frame has been partly read: its header decoded, or some of its
+    /// bytes buffered.
+    pub(crate) fn is_reading_frame(&self) -> bool {
+        self.stream.codec().is_mid_frame() || !self.stream.read_buffer().is_empty()
+    }
+
     pub(crate) fn poll_next_frame_with_limit(
         &mut self,
         cx: &mut Context<'_>,
         max_read_buffer: usize,
     ) -> Poll<Result<Frame>> {
+        // Control frames owed to the peer go first. While they cannot be written, nothing
+        // more is read, so a peer that sends pings without reading the pongs is pushed back
+        // through TCP instead of growing the queue.
+        if !self.obligated_sends.is_empty() {
+            ready!(self.poll_flush_obligated(ContextKind::Read, cx))?;
+        }
+
         let res = if self.stream.read_buffer().is_empty() {
             self.wake_proxy.set_waker(ContextKind::Read, cx.waker());
             self.wake_proxy
@@ -300,22 +326,7 @@ where
                 Poll::Ready(Err(WebSocketError::ConnectionClosed))
             }
             Poll::Ready(Err(err)) => {
-                let code = match err {
-                    WebSocketError::FrameTooLarge => CloseCode::Size,
-                    WebSocketError::InvalidUTF8 => CloseCode::Invalid,
-                    WebSocketError::InvalidOpCode(_) => CloseCode::Unsupported,
-                    WebSocketError::ReservedBitsNotZero
-                    | WebSocketError::ControlFrameFragmented
-                    | WebSocketError::PingFrameTooLarge
-                    | WebSocketError::InvalidFragment
-                    | WebSocketError::InvalidCloseFrame
-                    | WebSocketError::InvalidCloseCode
-                    | WebSocketError::FragmentTimeout
-                    | WebSocketError::InvalidContinuationFrame
-                    | WebSocketError::CompressionNotSupported => CloseCode::Protocol,
-                    _ => CloseCode::Error,
-                };
-                self.emit_close(Frame::close(code, err.to_string()));
+                self.close_for_read_error(&err);
                 Poll::Ready(Err(err))
             }
             Poll::Pending => {
@@ -391,9 +402,24 @@ where
         Ok(frame)
     }
 
+    /// Queues the pong for `frame`, or gives its payload to the pong still waiting.
+    ///
+    /// RFC 6455 section 5.5.3 allows answering only the most recent ping, so at most one
+    /// pong waits. The payload is copied: a waiting pong must not pin the read buffer.
     fn on_ping(&mut self, frame: &Frame) {
-        self.obligated_sends
-            .push_back(Frame::pong(frame.payload.clone()));
+        // After a close frame nothing is sent, not even a pong.
+        if self.close_sent {
+            return;
+        }
+        let payload = Bytes::copy_from_slice(&frame.payload);
+        let waiting = self
+            .obligated_sends
+            .iter_mut()
+            .find(|waiting| waiting.opcode == OpCode::Pong);
+        match waiting {
+            Some(pong) => pong.payload = payload,
+            None => self.obligated_sends.push_back(Frame::pong(payload)),
+        }
     }
 
     fn on_close(&mut self, frame: &Frame) -> Result<()> {
@@ -416,9 +442,32 @@ where
         Ok(())
     }
 
+    /// Queues the close frame for a read error, unless it is the connection's own failure
+    /// (closed or an I/O error), where there is no one to tell.
+    pub(crate) fn close_for_read_error(&mut self, err: &WebSocketError) {
+        let code = match err {
+            WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => return,
+            WebSocketError::FrameTooLarge => CloseCode::Size,
+            WebSocketError::InvalidUTF8 => CloseCode::Invalid,
+            err if err.is_protocol_error() => CloseCode::Protocol,
+            _ => CloseCode::Error,
+        };
+        self.emit_close(Frame::close(code, close_reason(err)));
+    }
+
+    /// Queues `frame`, a close, unless one was already queued or sent: an endpoint sends
+    /// one close frame (RFC 6455 section 5.5.1). Nothing more is read either way.
     fn emit_close(&mut self, frame: Frame) {
-        self.obligated_sends.push_back(frame);
+        if !self.close_sent {
+            self.close_sent = true;
+            self.obligated_sends.push_back(frame);
+        }
         self.read_half.is_closed = true;
+    }
+
+    /// Returns `true` once a close frame has been queued or sent.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close_sent
     }
 
     fn poll_flush_obligated(
@@ -490,6 +539,14 @@ where
     fn start_send(self: Pin<&mut Self>, mut item: Frame) -> std::result::Result<(), Self::Error> {
         let this = self.get_mut();
 
+        // RFC 6455 section 5.5.1: nothing is sent after a close frame.
+        if this.close_sent {
+            return Err(WebSocketError::ConnectionClosed);
+        }
+        if item.opcode == OpCode::Close {
+            this.close_sent = true;
+        }
+
         #[cfg(test)]
         println!(
             ">>Compression>> OpCode={:?} Fin={} Payload={}",
@@ -545,9 +602,27 @@ where
     ) -> Poll<std::result::Result<(), Self::Error>> {
         let this = self.get_mut();
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
+        // A close frame already queued goes out first, so the writer does not add its own.
+        ready!(this.poll_flush_obligated(ContextKind::Write, cx))?;
+        this.close_sent = true;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_close(&mut this.stream, cx))
     }
+}
+
+/// The reason text of the close frame for `err`, cut to fit a control frame: two bytes of
+/// code and at most 123 of reason (RFC 6455 section 5.5).
+fn close_reason(err: &WebSocketError) -> String {
+    const MAX_REASON: usize = 123;
+    let mut reason = err.to_string();
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// Replaces `buffer` with one of `capacity` bytes, keeping its contents.
@@ -607,6 +682,79 @@ mod wake_tests {
         };
         assert_eq!(frame.opcode(), OpCode::Binary);
         assert_eq!(frame.payload().as_ref(), b"abc");
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+    use crate::Options;
+    use futures::{task::noop_waker, SinkExt};
+    use tokio::io::duplex;
+    use tokio_util::codec::Encoder as _;
+
+    /// A server whose peer sent `n` pings (already read) and reads nothing, with room for
+    /// only a few bytes of replies.
+    fn server_with_pings(n: u8) -> Streaming<tokio::io::DuplexStream> {
+        let mut pings = BytesMut::new();
+        for i in 0..n {
+            codec::Encoder::new(Role::Client)
+                .encode(Frame::ping(vec![i; 100]), &mut pings)
+                .unwrap();
+        }
+        let options = Options::default().with_backpressure_boundary(1);
+        let negotiated = Negotiation::new(None, &options, Role::Server).unwrap();
+        let (io, peer) = duplex(16);
+        std::mem::forget(peer);
+        Streaming::new(Role::Server, io, pings.freeze(), &negotiated)
+    }
+
+    #[test]
+    fn reading_stops_while_a_pong_cannot_be_written() {
+        let mut server = server_with_pings(20);
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut n_read = 0;
+        for _ in 0..40 {
+            if let Poll::Ready(frame) = server.poll_next_frame(&mut cx) {
+                assert_eq!(frame.unwrap().opcode(), OpCode::Ping);
+                n_read += 1;
+            }
+        }
+        // One pong fills the write buffer, the next waits, and then reading stops.
+        assert_eq!(n_read, 2);
+        assert_eq!(server.obligated_sends.len(), 1);
+        assert!(server.has_pending_writes());
+        assert!(server.is_reading_frame());
+    }
+
+    #[test]
+    fn a_ping_replaces_the_payload_of_the_waiting_pong() {
+        let mut server = server_with_pings(0);
+        server.on_ping(&Frame::ping(&b"first"[..]));
+        server.on_ping(&Frame::ping(&b"second"[..]));
+        assert_eq!(server.obligated_sends.len(), 1);
+        assert_eq!(server.obligated_sends[0].payload().as_ref(), b"second");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sent_after_a_queued_close() {
+        let mut server = server_with_pings(0);
+        server.close_for_read_error(&WebSocketError::InvalidOpCode(3));
+        server.close_for_read_error(&WebSocketError::FrameTooLarge);
+        assert_eq!(server.obligated_sends.len(), 1);
+        assert!(matches!(
+            server.start_send_unpin(Frame::text("late")),
+            Err(WebSocketError::ConnectionClosed)
+        ));
+        server.on_ping(&Frame::ping(&b"late"[..]));
+        assert_eq!(server.obligated_sends.len(), 1);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let err = WebSocketError::IoError(std::io::Error::other("é".repeat(100)));
+        assert!(close_reason(&err).len() <= 123);
     }
 }
 
