@@ -6,5 +6,6 @@ mod cluster;
 mod handshake;
 mod lifecycle;
 mod limits;
+mod protocol;
 mod relay;
 mod tidy;

@@ -51,6 +51,11 @@ impl ProcessNode {
         ProcessNode { addr, child }
     }
 
+    /// The process id, to read the node's memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no shutdown, no deregistration.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
