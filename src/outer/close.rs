@@ -87,6 +87,10 @@ impl CloseReason {
             WebSocketError::ReservedBitsNotZero
             | WebSocketError::ControlFrameFragmented
             | WebSocketError::PingFrameTooLarge
+            | WebSocketError::ControlFrameTooLarge
+            | WebSocketError::InvalidRsv1
+            | WebSocketError::UnmaskedFrame
+            | WebSocketError::InvalidDeflateData
             | WebSocketError::InvalidFragment
             | WebSocketError::InvalidCloseFrame
             | WebSocketError::InvalidCloseCode

@@ -192,10 +192,7 @@ impl Session {
                     };
                 }
                 Event::Read(Err(err)) => {
-                    self.library_closed = !matches!(
-                        err,
-                        WebSocketError::InvalidFragment | WebSocketError::FragmentTimeout
-                    );
+                    self.library_closed = !matches!(err, WebSocketError::IoError(_));
                     return CloseReason::from_read_error(&err);
                 }
                 Event::WriteFailed(err) => {

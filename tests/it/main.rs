@@ -8,5 +8,6 @@ mod http_front;
 mod lifecycle;
 mod limits;
 mod memory;
+mod protocol;
 mod relay;
 mod tidy;
