@@ -7,6 +7,7 @@
 //! | 1001 | the server is shutting down |
 //! | 1002 | the client broke the WebSocket protocol |
 //! | 1007 | a text message was not valid UTF-8 |
+//! | 1008 | a message took longer than `outer.message-timeout`, or more than `outer.max-fragments` frames |
 //! | 1009 | a message exceeded `outer.max-frame-size` |
 //! | 1011 | an internal error |
 //! | 1013 | the client accepted nothing for `outer.stall-timeout` while messages waited |
@@ -36,6 +37,10 @@ pub enum CloseReason {
     TooBig,
     /// A text message held invalid UTF-8.
     InvalidUtf8,
+    /// A message was not complete within `outer.message-timeout`.
+    MessageTimeout,
+    /// A message came in more frames than `outer.max-fragments`.
+    TooManyFragments,
     /// The client broke the WebSocket protocol.
     Protocol,
     /// Something failed inside the server.
@@ -43,6 +48,21 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason the server closes a session for with a code of its own (all but the
+    /// echo of a client's close and a lost connection): what the README's table lists.
+    pub const SENT_BY_THE_SERVER: &[CloseReason] = &[
+        CloseReason::Shutdown,
+        CloseReason::Protocol,
+        CloseReason::InvalidUtf8,
+        CloseReason::MessageTimeout,
+        CloseReason::TooManyFragments,
+        CloseReason::TooBig,
+        CloseReason::Internal,
+        CloseReason::Stalled,
+        CloseReason::Replaced,
+        CloseReason::Idle,
+    ];
+
     /// The close code sent to the client, if the server sends one.
     pub fn code(&self) -> Option<u16> {
         match self {
@@ -51,6 +71,7 @@ impl CloseReason {
             CloseReason::Shutdown => Some(1001),
             CloseReason::Protocol => Some(1002),
             CloseReason::InvalidUtf8 => Some(1007),
+            CloseReason::MessageTimeout | CloseReason::TooManyFragments => Some(1008),
             CloseReason::TooBig => Some(1009),
             CloseReason::Internal => Some(1011),
             CloseReason::Stalled => Some(1013),
@@ -70,6 +91,8 @@ impl CloseReason {
             CloseReason::Stalled => "not reading; send queue stalled",
             CloseReason::TooBig => "message too big",
             CloseReason::InvalidUtf8 => "invalid utf-8 in text message",
+            CloseReason::MessageTimeout => "message not complete within outer.message-timeout",
+            CloseReason::TooManyFragments => "message in more frames than outer.max-fragments",
             CloseReason::Protocol => "protocol error",
             CloseReason::Internal => "internal error",
         }
@@ -84,6 +107,8 @@ impl CloseReason {
             }
             WebSocketError::FrameTooLarge => CloseReason::TooBig,
             WebSocketError::InvalidUTF8 => CloseReason::InvalidUtf8,
+            WebSocketError::FragmentTimeout => CloseReason::MessageTimeout,
+            WebSocketError::TooManyFragments => CloseReason::TooManyFragments,
             WebSocketError::ReservedBitsNotZero
             | WebSocketError::ControlFrameFragmented
             | WebSocketError::PingFrameTooLarge
@@ -94,7 +119,6 @@ impl CloseReason {
             | WebSocketError::InvalidFragment
             | WebSocketError::InvalidCloseFrame
             | WebSocketError::InvalidCloseCode
-            | WebSocketError::FragmentTimeout
             | WebSocketError::InvalidContinuationFrame
             | WebSocketError::CompressionNotSupported
             | WebSocketError::InvalidOpCode(_) => CloseReason::Protocol,

@@ -116,6 +116,8 @@ pub fn ws_options(config: &OuterConfig) -> Options {
     // UTF-8 is checked by the session, which then sends close 1007 itself.
     let options = Options::default()
         .with_limits(limit, limit)
+        .with_max_fragments(config.max_fragments)
+        .with_fragment_timeout(config.message_timeout)
         .with_read_buffer_capacity(SOCKET_BUFFER_BYTES)
         .with_write_buffer_capacity(SOCKET_BUFFER_BYTES);
     if !config.compression {

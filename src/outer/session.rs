@@ -52,13 +52,15 @@ pub struct SessionContext {
 
 impl SessionContext {
     /// How often a session checks its timeouts and pings: fine enough that idle and stall
-    /// timeouts fire within a quarter of their length.
+    /// timeouts fire within a quarter of their length, and the message timeout within its
+    /// length (it may start counting up to a tick late).
     fn tick_period(&self) -> Duration {
         let config = &self.config;
         config
             .ping_interval
             .min(config.idle_timeout / 4)
             .min(config.stall_timeout / 4)
+            .min(config.message_timeout / 2)
             .max(Duration::from_millis(10))
     }
 }
@@ -91,8 +93,8 @@ struct Session {
     /// Frames written to the client's buffer and not yet flushed.
     unflushed: bool,
     ping_due: bool,
-    /// Counts frames read; compared at each tick to detect an idle client.
-    frames_read: u64,
+    /// Counts data messages read; a change between ticks means a message was completed.
+    messages_read: u64,
     /// Counts messages dequeued and flushes done; compared at each tick to detect a stall.
     write_progress: u64,
     seen: TickMarks,
@@ -104,8 +106,12 @@ struct Session {
 
 /// What the last ticks saw, to measure idle and stall time without reading the clock per message.
 struct TickMarks {
+    /// Frames read, continuation frames included; unchanged for `outer.idle-timeout` is idle.
     frames_read: u64,
     read_at: Instant,
+    messages_read: u64,
+    /// Since when a message has been in progress with no message completed, if one is.
+    reading_since: Option<Instant>,
     write_progress: u64,
     wrote_at: Instant,
     pinged_at: Instant,
@@ -146,11 +152,13 @@ pub fn run(
         ticker,
         unflushed: false,
         ping_due: false,
-        frames_read: 0,
+        messages_read: 0,
         write_progress: 0,
         seen: TickMarks {
             frames_read: 0,
             read_at: now,
+            messages_read: 0,
+            reading_since: None,
             write_progress: 0,
             wrote_at: now,
             pinged_at: now,
@@ -302,7 +310,6 @@ impl Session {
 
     /// Relays a data frame; returns a reason if the frame ends the session.
     fn on_frame(&mut self, frame: Frame) -> Option<CloseReason> {
-        self.frames_read += 1;
         let kind = match frame.opcode() {
             OpCode::Text => MessageKind::Text,
             OpCode::Binary => MessageKind::Binary,
@@ -315,6 +322,7 @@ impl Session {
             // Pings are answered by the library; pongs only prove the client is alive.
             _ => return None,
         };
+        self.messages_read += 1;
         let (_, _, payload) = frame.into_parts();
         // Checked here rather than in the library, which would close without a close frame.
         if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
@@ -340,11 +348,30 @@ impl Session {
         let now = Instant::now();
         let config = &self.ctx.config;
         let seen = &mut self.seen;
-        if self.frames_read != seen.frames_read {
-            seen.frames_read = self.frames_read;
+        let frames_read = self.ws.frames_received();
+        if frames_read != seen.frames_read {
+            seen.frames_read = frames_read;
             seen.read_at = now;
         }
-        let has_output = self.unflushed || !self.outbound_rx.is_empty();
+        // A message in progress, while this session reads (a parked message stops its
+        // reads), must complete within outer.message-timeout; the library also checks it
+        // as each continuation frame arrives.
+        let reading = self.ws.is_reading_message() && !self.delivery.is_blocked();
+        if !reading {
+            seen.reading_since = None;
+        } else if self.messages_read != seen.messages_read || seen.reading_since.is_none() {
+            seen.reading_since = Some(now);
+        }
+        seen.messages_read = self.messages_read;
+        if seen
+            .reading_since
+            .is_some_and(|since| now.duration_since(since) >= config.message_timeout)
+        {
+            return Some(CloseReason::MessageTimeout);
+        }
+        // Pongs and close frames the library could not write count as waiting output too.
+        let has_output =
+            self.unflushed || !self.outbound_rx.is_empty() || self.ws.has_pending_writes();
         if self.write_progress != seen.write_progress || !has_output {
             seen.write_progress = self.write_progress;
             seen.wrote_at = now;

@@ -329,3 +329,100 @@ fn flood_tiny_frames(
     }
     written
 }
+
+fn fragment(opcode: OpCode, payload: &[u8], fin: bool) -> Message {
+    Message::Frame(Frame::message(Bytes::copy_from_slice(payload), opcode, fin))
+}
+
+/// Regression: a fragmented message that never ended kept its session open for as long as a
+/// pong slipped in now and then; there was no deadline on assembling a message.
+#[tokio::test]
+async fn a_message_that_never_completes_is_closed_with_1008_after_message_timeout() {
+    let node = TestNode::start(|c| {
+        c.outer.message_timeout = Duration::from_millis(600);
+        c.outer.ping_interval = Duration::from_millis(100);
+        c.outer.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let opened_at = std::time::Instant::now();
+    app.ws
+        .send(fragment(OpCode::Data(Data::Binary), b"first", false))
+        .await
+        .unwrap();
+    // Reading answers every ping, so the client is never idle; only the deadline can end it.
+    assert_eq!(app.close_code().await, 1008);
+    let took = opened_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
+    node.shutdown().await;
+}
+
+/// Regression: a message could be split into any number of frames, empty continuation frames
+/// included, each costing a header to parse and relaying nothing.
+#[tokio::test]
+async fn a_message_in_more_frames_than_max_fragments_closes_with_1008() {
+    let node = TestNode::start(|c| c.outer.max_fragments = 4).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    let send_in = |n: usize| {
+        let mut frames = vec![fragment(OpCode::Data(Data::Text), b"a", false)];
+        frames.extend((1..n - 1).map(|_| fragment(OpCode::Data(Data::Continue), b"", false)));
+        frames.push(fragment(OpCode::Data(Data::Continue), b"b", true));
+        frames
+    };
+    for frame in send_in(4) {
+        app.ws.send(frame).await.unwrap();
+    }
+    assert_eq!(web.recv_text().await, "ab");
+    for frame in send_in(5) {
+        app.ws.send(frame).await.unwrap();
+    }
+    assert_eq!(app.close_code().await, 1008);
+    node.shutdown().await;
+}
+
+/// Regression: continuation frames did not count as activity, so a client streaming one
+/// large message slowly was closed with 4002 mid-message.
+#[tokio::test]
+async fn continuation_frames_keep_a_client_from_idling_out() {
+    let node = TestNode::start(|c| {
+        c.outer.ping_interval = Duration::from_millis(300);
+        c.outer.idle_timeout = Duration::from_millis(600);
+        c.outer.message_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    // The web reads (and answers pings) all along; the app only writes.
+    let reader = tokio::spawn(async move {
+        let text = web.recv_text().await;
+        (web, text)
+    });
+    app.ws
+        .send(fragment(OpCode::Data(Data::Text), b"0", false))
+        .await
+        .unwrap();
+    for n in 1..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let last = n == 9;
+        let digit = n.to_string();
+        app.ws
+            .send(fragment(
+                OpCode::Data(Data::Continue),
+                digit.as_bytes(),
+                last,
+            ))
+            .await
+            .unwrap();
+    }
+    let (_web, text) = reader.await.unwrap();
+    assert_eq!(text, "0123456789");
+    assert_eq!(read(&node.metrics.sessions_idle), 0);
+    node.shutdown().await;
+}

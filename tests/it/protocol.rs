@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Bytes;
+use wspair::Role;
 
+use crate::harness::client::send_until_throttled;
 use crate::harness::http::{UPGRADE_HEADERS, read_response};
 use crate::harness::process::ProcessNode;
-use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id};
+use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id, read, wait_until};
 
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
@@ -106,10 +109,20 @@ struct RawClient {
 
 impl RawClient {
     /// Upgrades `stream` as the app of a fresh channel id; `extra_headers` end in `\r\n`.
-    async fn upgrade(mut stream: TcpStream, addr: SocketAddr, extra_headers: &str) -> RawClient {
+    async fn upgrade(stream: TcpStream, addr: SocketAddr, extra_headers: &str) -> RawClient {
+        let target = format!("/channel?type=app&channelId={}", random_channel_id());
+        RawClient::upgrade_to(stream, addr, &target, extra_headers).await
+    }
+
+    /// Upgrades `stream` on `target`; `extra_headers` end in `\r\n`.
+    async fn upgrade_to(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        extra_headers: &str,
+    ) -> RawClient {
         let request = format!(
-            "GET /channel?type=app&channelId={} HTTP/1.1\r\nHost: {addr}\r\n{UPGRADE_HEADERS}{extra_headers}\r\n",
-            random_channel_id()
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{UPGRADE_HEADERS}{extra_headers}\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -393,4 +406,45 @@ async fn ping_flood_without_reading_does_not_grow_the_node() {
         "the node grew by {} KiB under a ping flood",
         growth / 1024
     );
+}
+
+/// Regression: after a client's close, messages still queued for it were written after the
+/// close echo (RFC 6455 section 5.5.1 forbids it; clients discard them) and counted as
+/// relayed: 84 of 1 462 in one run. Now nothing follows the echo, and every message sent is
+/// counted once: written to the client (relayed), or dropped.
+#[tokio::test]
+async fn nothing_is_written_after_the_echo_of_a_client_close_and_every_message_is_counted_once() {
+    let node = TestNode::start(|_| {}).await;
+    let id = random_channel_id();
+    let stream = TcpStream::connect(node.addr).await.expect("connect");
+    let target = format!("/channel?type=web&channelId={id}");
+    let mut web = RawClient::upgrade_to(stream, node.addr, &target, "").await;
+    let app = node.connect(Role::App, &id).await;
+    let (mut sink, _stream) = futures::StreamExt::split(app.ws);
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    let sent = send_until_throttled(&mut sink, &payload, Duration::from_millis(300)).await as u64;
+    web.send(&masked(FIN | CLOSE, &1000u16.to_be_bytes())).await;
+    let frames = web.frames_until_closed().await;
+    let close_at = frames
+        .iter()
+        .position(|frame| frame.opcode == CLOSE)
+        .expect("the close is echoed");
+    assert_eq!(close_at, frames.len() - 1, "frames after the close echo");
+    let received = frames.iter().filter(|frame| frame.opcode == BINARY).count() as u64;
+    // What the app still had in flight is dropped as it reaches a node with no web.
+    drop(sink);
+    let metrics = &node.metrics;
+    wait_until("every message sent to be counted", || {
+        read(&metrics.messages_relayed)
+            + read(&metrics.messages_dropped_closed)
+            + read(&metrics.messages_dropped_no_peer)
+            == sent
+    })
+    .await;
+    assert_eq!(read(&metrics.messages_relayed), received);
+    assert!(
+        read(&metrics.messages_dropped_closed) > 0,
+        "the test must close with messages queued"
+    );
+    node.shutdown().await;
 }

@@ -50,3 +50,28 @@ fn readme_documents_every_config_key_with_its_default() {
         );
     }
 }
+
+#[test]
+fn readme_close_code_table_matches_the_codes_the_server_sends() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let table: Vec<u16> = readme
+        .split("## Close codes")
+        .nth(1)
+        .expect("README has a close code section")
+        .lines()
+        .skip_while(|line| !line.starts_with("| code |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| line.trim_start_matches('|').trim().get(..4)?.parse().ok())
+        .collect();
+    let mut sent: Vec<u16> = wspair::outer::close::CloseReason::SENT_BY_THE_SERVER
+        .iter()
+        .filter_map(|reason| reason.code())
+        .collect();
+    // The echo of a client's close: 1000, or the client's own code.
+    sent.push(1000);
+    sent.sort_unstable();
+    sent.dedup();
+    assert_eq!(table, sent, "README close codes against CloseReason");
+}

@@ -174,6 +174,11 @@ pub enum WebSocketError {
     #[cfg(not(target_arch = "wasm32"))]
     FragmentTimeout,
 
+    /// A fragmented message was split into more frames than allowed.
+    #[error("Too many fragments in one message")]
+    #[cfg(not(target_arch = "wasm32"))]
+    TooManyFragments,
+
     /// Payload contains invalid UTF-8.
     #[error("Invalid UTF-8")]
     InvalidUTF8,

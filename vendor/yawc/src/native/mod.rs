@@ -1,4 +1,5 @@
-// Modified for wspair: every read error but a closed connection or I/O error queues one
+// Modified for wspair: a limit on the frames of one message, a count of frames read;
+// every read error but a closed connection or I/O error queues one
 // close frame; nothing is sent after a close; `has_pending_writes`, `is_reading_message`.
 //! Native WebSocket implementation for Tokio runtime.
 //!
@@ -478,6 +479,8 @@ impl AsyncWrite for HttpStream {
 
 pub(super) struct FragmentationState {
     started: Instant,
+    /// Frames of this message read so far.
+    fragments: usize,
     opcode: OpCode,
     is_compressed: bool,
     bytes_read: usize,
@@ -503,6 +506,8 @@ struct FragmentLayer {
     max_read_buffer: usize,
     /// Timeout for receiving complete fragmented messages
     fragment_timeout: Option<Duration>,
+    /// Most frames one incoming message may be split into
+    max_fragments: Option<usize>,
 }
 
 impl FragmentLayer {
@@ -511,6 +516,7 @@ impl FragmentLayer {
         fragment_size: Option<usize>,
         max_read_buffer: usize,
         fragment_timeout: Option<Duration>,
+        max_fragments: Option<usize>,
     ) -> Self {
         Self {
             outgoing_fragments: VecDeque::new(),
@@ -519,6 +525,7 @@ impl FragmentLayer {
             fragment_size,
             max_read_buffer,
             fragment_timeout,
+            max_fragments,
         }
     }
 
@@ -586,6 +593,7 @@ impl FragmentLayer {
                     self.incoming_buffer.extend_from_slice(&frame.payload);
                     let fragmentation = FragmentationState {
                         started: Instant::now(),
+                        fragments: 1,
                         opcode: frame.opcode,
                         is_compressed: frame.is_compressed,
                         bytes_read: frame.payload.len(),
@@ -605,6 +613,13 @@ impl FragmentLayer {
                     .ok_or_else(|| WebSocketError::InvalidFragment)?;
 
                 fragment.bytes_read += frame.payload.len();
+                fragment.fragments += 1;
+                if self
+                    .max_fragments
+                    .is_some_and(|max| fragment.fragments > max)
+                {
+                    return Err(WebSocketError::TooManyFragments);
+                }
 
                 // Check buffer size
                 if fragment.bytes_read >= self.max_read_buffer {
@@ -756,6 +771,8 @@ pub struct WebSocket<S> {
     check_utf8: bool,
     /// Handles fragmentation and defragmentation of frames
     fragment_layer: FragmentLayer,
+    /// Every frame read, continuation frames included.
+    frames_received: u64,
 }
 
 impl WebSocket<MaybeTlsStream<TcpStream>> {
@@ -1229,6 +1246,7 @@ where
             let frame = ready!(self
                 .streaming
                 .poll_next_frame_with_limit(cx, self.fragment_layer.remaining_read_capacity()))?;
+            self.frames_received += 1;
             match self.on_frame(frame) {
                 Ok(Some(ok)) => break Poll::Ready(Ok(ok)),
                 Ok(None) => continue,
@@ -1245,6 +1263,12 @@ where
     /// wait in the write buffer or as queued fragments.
     pub fn has_pending_writes(&self) -> bool {
         self.streaming.has_pending_writes() || self.fragment_layer.has_outgoing_fragments()
+    }
+
+    /// Frames read so far, every continuation frame included: what a reader that
+    /// measures a peer's activity counts, since an assembled message may take many frames.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
     }
 
     /// Returns `true` while a message is being read: a fragmented message is being
@@ -1343,7 +1367,9 @@ where
                 opts.fragmentation.as_ref().and_then(|f| f.fragment_size),
                 opts.max_read_buffer,
                 opts.fragmentation.as_ref().and_then(|f| f.timeout),
+                opts.fragmentation.as_ref().and_then(|f| f.max_fragments),
             ),
+            frames_received: 0,
         }
     }
 

@@ -1,3 +1,4 @@
+// Modified for wspair: a limit on the frames of one incoming fragmented message.
 //! WebSocket connection configuration options.
 
 use std::time::Duration;
@@ -200,6 +201,15 @@ pub struct Fragmentation {
     ///
     /// Default: `None` (no automatic fragmentation)
     pub fragment_size: Option<usize>,
+
+    /// Most frames one incoming fragmented message may be split into; one more is a
+    /// [`TooManyFragments`](crate::WebSocketError::TooManyFragments) error.
+    ///
+    /// Each frame costs the reader a header to parse, so without this a peer can send
+    /// any number of empty continuation frames for one message.
+    ///
+    /// Default: `None` (no limit)
+    pub max_fragments: Option<usize>,
 }
 
 impl Options {
@@ -461,6 +471,16 @@ impl Options {
     pub fn with_fragment_timeout(self, timeout: Duration) -> Self {
         let mut fragmentation = self.fragmentation.unwrap_or_default();
         fragmentation.timeout = Some(timeout);
+        Self {
+            fragmentation: Some(fragmentation),
+            ..self
+        }
+    }
+
+    /// Sets the most frames one incoming fragmented message may be split into.
+    pub fn with_max_fragments(self, max_fragments: usize) -> Self {
+        let mut fragmentation = self.fragmentation.unwrap_or_default();
+        fragmentation.max_fragments = Some(max_fragments);
         Self {
             fragmentation: Some(fragmentation),
             ..self

@@ -449,6 +449,10 @@ where
             WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => return,
             WebSocketError::FrameTooLarge => CloseCode::Size,
             WebSocketError::InvalidUTF8 => CloseCode::Invalid,
+            // Limits the application set, not rules of the protocol.
+            WebSocketError::FragmentTimeout | WebSocketError::TooManyFragments => {
+                CloseCode::Policy
+            }
             err if err.is_protocol_error() => CloseCode::Protocol,
             _ => CloseCode::Error,
         };
