@@ -414,7 +414,8 @@ impl Hub {
     }
 
     /// Empties the slot of session `session_id`, or gives it back to the session it displaced
-    /// if that one still runs.
+    /// if that one still runs. If a newer session holds the slot by now, the displaced one is
+    /// stopped: nothing would route to it any more.
     fn release(
         &self,
         channel_id: &ChannelId,
@@ -428,6 +429,11 @@ impl Hub {
             let slot = slots.slot(role);
             if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
                 *slot = displaced.filter(|old| !old.is_gone()).map(Peer::Local);
+            } else if let Some(old) = displaced
+                && !old.is_gone()
+            {
+                old.stop.cancel();
+                Metrics::incr(&self.metrics.sessions_replaced);
             }
             if !slots.has_local() {
                 slots.forget_remotes();
@@ -502,6 +508,21 @@ mod tests {
         drop(old);
         let found = hub.local(&id(1), Role::Web).unwrap();
         assert_eq!(found.id, new.handle.id);
+    }
+
+    /// Regression: with a first replacement still upgrading when a second one came, the first
+    /// one's failure dropped the original session's handle without stopping it, so it ran on
+    /// outside the hub, still sending to its peer.
+    #[test]
+    fn overlapping_replacements_never_leave_a_session_outside_the_hub() {
+        let hub = hub(DuplicatePolicy::Replace);
+        let (first, _first_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (second, _second_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (mut third, _third_rx) = hub.claim(id(1), Role::Web).unwrap();
+        drop(second);
+        assert!(first.handle.stop.is_cancelled());
+        third.evict_displaced();
+        assert_eq!(hub.local(&id(1), Role::Web).unwrap().id, third.handle.id);
     }
 
     #[test]

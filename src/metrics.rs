@@ -43,8 +43,9 @@ pub struct Metrics {
     pub messages_dropped_remote: AtomicU64,
     /// Upgrade requests answered 503 because the registry was unavailable.
     pub registry_unavailable: AtomicU64,
-    /// Upgrades answered 101 that did not complete (the client went away, or the deadline
-    /// passed); the session they displaced keeps its place.
+    /// Upgrades that passed every check but never completed: the client went away while its
+    /// role was being claimed or after the 101, or the deadline passed. The session they
+    /// displaced keeps its place.
     pub upgrades_failed: AtomicU64,
 }
 

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::DuplicatePolicy;
-use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer, Undelivered};
+use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer, SessionHandle, Undelivered};
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::metrics::Metrics;
@@ -181,15 +181,31 @@ impl Router {
     pub fn activate(&self, claim: &mut Claim) {
         claim.evict_displaced();
         if let Some((node, session)) = claim.displaced_remote.take() {
+            let (channel_id, role) = (claim.channel_id, claim.role);
             Metrics::incr(&self.metrics.sessions_replaced);
             self.send_control(
                 node,
                 InnerFrame::Evict {
-                    channel_id: claim.channel_id,
-                    role: claim.role,
+                    channel_id,
+                    role,
                     session,
                 },
             );
+            // A peer on the displaced session's own node ignored this session's `Bound` while
+            // the displaced one still ran there; told again after the eviction, on the same
+            // link, it records this one.
+            if let Some(Peer::Remote(peer)) = self.hub.peer(&channel_id, role.peer())
+                && peer.node == node
+            {
+                self.send_control(
+                    node,
+                    InnerFrame::Bound {
+                        channel_id,
+                        role,
+                        session: claim.handle.id,
+                    },
+                );
+            }
         }
     }
 
@@ -198,10 +214,12 @@ impl Router {
     ///
     /// A displaced session of this node also gets its slot back (when the claim drops) and is
     /// announced again to a peer on another node. A displaced session of another node gets its
-    /// route back when its peer is here or absent. When the peer is on a third node, which has
-    /// already learnt of the failed session and cannot be told of the displaced one by this
-    /// node, the displaced session is evicted after all: the pair ends up consistent, with the
-    /// evicted client reconnecting, rather than half-routed.
+    /// route back when its peer is here, absent, or on its own node. When the peer is on a
+    /// third node, which has learnt of the failed session and cannot be told of the displaced
+    /// one by this node, the displaced session is evicted after all, and so it is when the
+    /// route cannot be given back (a newer claim took it, or Redis failed): the pair ends up
+    /// consistent, with the evicted client reconnecting, never with a session left running
+    /// that no route leads to.
     pub async fn abandon(&self, mut claim: Claim) {
         let Some(cluster) = &self.cluster else {
             return;
@@ -221,7 +239,7 @@ impl Router {
             });
         let remote = claim
             .displaced_remote
-            .filter(|_| remote_peer.is_none())
+            .filter(|(node, _)| remote_peer.as_ref().is_none_or(|peer| peer.node == *node))
             .map(|(node, session)| Route { node, session });
         let Some(restore) = local.or(remote) else {
             self.activate(&mut claim);
@@ -232,27 +250,47 @@ impl Router {
             node: self.me.id,
             session: claim.handle.id,
         };
-        if let Err(err) = cluster
+        let restored = match cluster
             .registry
             .compare_and_set(&channel_id, role, Some(mine), restore)
             .await
         {
-            warn!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
-            lock(&cluster.pending_releases).push((channel_id, role, mine));
+            Ok(restored) => restored,
+            Err(err) => {
+                warn!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
+                lock(&cluster.pending_releases).push((channel_id, role, mine));
+                false
+            }
+        };
+        if !restored {
+            self.activate(&mut claim);
+            return;
         }
-        if let Some(remote_peer) = remote_peer {
-            remote_peer.link.send_control(InnerFrame::Bound {
-                channel_id,
-                role,
-                session: restore.session,
-            });
+        let restored_here = restore.node == self.me.id;
+        if restored_here {
+            // A displaced session that ended meanwhile released its route before it was
+            // written back: remove it again rather than leave a route to nobody.
+            if claim.displaced.as_ref().is_some_and(SessionHandle::is_gone) {
+                if cluster
+                    .registry
+                    .release(&channel_id, role, restore)
+                    .await
+                    .is_err()
+                {
+                    lock(&cluster.pending_releases).push((channel_id, role, restore));
+                }
+            } else if let Some(remote_peer) = remote_peer {
+                remote_peer.link.send_control(InnerFrame::Bound {
+                    channel_id,
+                    role,
+                    session: restore.session,
+                });
+            }
         }
         // Dropping the claim gives a displaced session of this node its slot back; one of
-        // another node is recorded again for the local peer.
+        // another node is recorded again for a local peer.
         drop(claim);
-        if restore.node != self.me.id
-            && let Some(remote) = self.remote_peer(restore)
-        {
+        if !restored_here && let Some(remote) = self.remote_peer(restore) {
             self.hub.set_remote(&channel_id, role, remote);
         }
     }

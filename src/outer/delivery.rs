@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tracing::debug;
@@ -48,6 +49,8 @@ enum Blocked {
         bytes: BudgetWaiter,
         bytes_taken: bool,
         sender: PollSender<InnerFrame>,
+        /// The remote peer's credit, given back if the message is abandoned here.
+        credits: Arc<Semaphore>,
     },
 }
 
@@ -154,6 +157,7 @@ impl Delivery {
                     bytes,
                     bytes_taken: false,
                     sender,
+                    credits: Arc::clone(&remote.credits),
                 }));
                 None
             }
@@ -233,6 +237,7 @@ impl Delivery {
                     bytes,
                     bytes_taken,
                     sender,
+                    ..
                 } => {
                     let len = frame.data_len();
                     let reserved = match poll_room(cx, len, bytes, bytes_taken, sender) {
@@ -270,8 +275,8 @@ impl Delivery {
         match self.take_blocked() {
             None => 0,
             Some(blocked) => {
-                // Bytes taken for a slot that never came go back, or every abandoned message
-                // would shrink the receiver's budget for good.
+                // Bytes and credit taken for a slot that never came go back, or every abandoned
+                // message would shrink the receiver's budget or the remote window for good.
                 match blocked {
                     Blocked::Local {
                         message,
@@ -282,9 +287,15 @@ impl Delivery {
                     Blocked::Link {
                         frame,
                         bytes,
-                        bytes_taken: true,
+                        bytes_taken,
+                        credits,
                         ..
-                    } => bytes.give_back(frame.data_len()),
+                    } => {
+                        if bytes_taken {
+                            bytes.give_back(frame.data_len());
+                        }
+                        credits.add_permits(1);
+                    }
                     _ => {}
                 }
                 1

@@ -68,7 +68,15 @@ pub async fn read_head(stream: &mut TcpStream, limit: usize) -> Result<Bytes, He
         // accepts. Only the new bytes and the three before them can complete one.
         let scan_from = filled.saturating_sub(3);
         filled += n;
-        if !has_empty_line(&buffer[scan_from..filled]) {
+        // Empty lines before the request line end nothing: scanning from the first other byte
+        // keeps a client that sends only line ends from making every read parse it all again.
+        let Some(start) = buffer[..filled]
+            .iter()
+            .position(|&byte| byte != b'\r' && byte != b'\n')
+        else {
+            continue;
+        };
+        if !has_empty_line(&buffer[scan_from.max(start)..filled]) {
             continue;
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];

@@ -391,12 +391,7 @@ async fn abandon(claim: hub::Claim, mut outbound_rx: Receiver<Message>, ctx: &Se
     let (channel_id, role) = (claim.channel_id, claim.role);
     let queue_bytes = claim.handle.queue_bytes.clone();
     ctx.router.abandon(claim).await;
-    outbound_rx.close();
-    queue_bytes.close();
-    let mut undelivered = 0;
-    while outbound_rx.try_recv().is_ok() {
-        undelivered += 1;
-    }
+    let undelivered = session::close_queue(&mut outbound_rx, &queue_bytes).await;
     if undelivered > 0 {
         Metrics::add(&ctx.metrics.messages_dropped_closed, undelivered);
         debug!(%channel_id, %role, undelivered, "queued messages dropped with a failed upgrade");

@@ -31,6 +31,7 @@ use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
 use super::delivery::{CreditReturn, Delivery};
+use crate::budget::ByteBudget;
 use crate::config::{CLOSE_TIMEOUT, OuterConfig};
 use crate::hub::Claim;
 use crate::metrics::Metrics;
@@ -146,7 +147,7 @@ pub fn run(
             Arc::clone(&ctx.router),
             Arc::clone(&ctx.metrics),
         ),
-        credit: CreditReturn::new(ctx.config.send_queue),
+        credit: CreditReturn::new(ctx.config.credit_window()),
         claim,
         ctx,
         ticker,
@@ -168,6 +169,24 @@ pub fn run(
     };
     // The block only borrows the session: moving it into an `async fn` would store it twice.
     async move { session.serve(remote_addr).await }
+}
+
+/// Closes a session's outbound queue and returns how many messages were still in it.
+///
+/// Drained with `recv`, not `try_recv`: a peer that holds a slot it reserved before the close
+/// pushes its message afterwards, and only `recv` waits for it instead of losing it uncounted.
+/// Closing the byte budget wakes a peer parked on it, so it looks for the next session.
+pub async fn close_queue(
+    outbound_rx: &mut mpsc::Receiver<Message>,
+    queue_bytes: &ByteBudget,
+) -> u64 {
+    outbound_rx.close();
+    queue_bytes.close();
+    let mut undelivered = 0;
+    while outbound_rx.recv().await.is_some() {
+        undelivered += 1;
+    }
+    undelivered
 }
 
 impl Session {
@@ -356,7 +375,11 @@ impl Session {
         // A message in progress, while this session reads (a parked message stops its
         // reads), must complete within outer.message-timeout; the library also checks it
         // as each continuation frame arrives.
-        let reading = self.ws.is_reading_message() && !self.delivery.is_blocked();
+        // Reads held back (a parked message, or a pong the client does not read) leave bytes
+        // in the read buffer that the client may well have sent complete: not counted.
+        let reading = self.ws.is_reading_message()
+            && !self.delivery.is_blocked()
+            && !self.ws.has_pending_writes();
         if !reading {
             seen.reading_since = None;
         } else if self.messages_read != seen.messages_read || seen.reading_since.is_none() {
@@ -395,13 +418,8 @@ impl Session {
     /// the library send the one it queued), and shuts the connection down, within
     /// [`CLOSE_TIMEOUT`].
     async fn finish(&mut self, reason: &CloseReason) {
-        self.outbound_rx.close();
-        // Wakes a peer waiting for bytes in this queue, so it looks for the next session.
-        self.claim.handle.queue_bytes.close();
-        let mut undelivered = 0;
-        while self.outbound_rx.try_recv().is_ok() {
-            undelivered += 1;
-        }
+        let mut undelivered =
+            close_queue(&mut self.outbound_rx, &self.claim.handle.queue_bytes).await;
         undelivered += self.delivery.abandon();
         if undelivered > 0 {
             Metrics::add(&self.ctx.metrics.messages_dropped_closed, undelivered);

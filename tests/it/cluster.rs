@@ -613,3 +613,51 @@ async fn a_node_timed_out_while_alive_rejoins_its_pairs_when_it_registers_again(
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// Regression: the receiving session returned credit in batches sized from `outer.send-queue`
+/// while the window it advertised came from `outer.send-queue-bytes / outer.max-frame-size`;
+/// with 64 KiB messages allowed, a sender got 9 credits and waited for a batch of 32 for ever.
+#[tokio::test]
+async fn a_pair_across_nodes_never_stalls_on_credit_when_large_messages_are_allowed() {
+    let redis = RedisServer::start();
+    let large = |c: &mut wspair::Config| c.outer.max_frame_size = 65536;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], large).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], large).await;
+    let id = random_channel_id();
+    let app = node_a.connect(Role::App, &id).await;
+    let web = node_b.connect(Role::Web, &id).await;
+    crate::harness::client::exchange(app, web, 200).await;
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+/// Regression: with both clients on one node, a replacement that gave up mid-upgrade on
+/// another node evicted the working app (its peer was a remote record there, so the route
+/// was not given back).
+#[tokio::test]
+async fn a_replacement_that_gives_up_on_another_node_leaves_a_pair_on_one_node_alone() {
+    let redis = RedisServer::start();
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = node_a.connect(Role::Web, &id).await;
+    abandoned_upgrade(node_b.addr, &format!("/channel?type=app&channelId={id}")).await;
+    wait_until("the abandoned upgrade to fail", || {
+        read(&node_b.metrics.upgrades_failed) == 1
+    })
+    .await;
+    app.send_text("still paired").await;
+    assert_eq!(web.recv_text().await, "still paired");
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+    assert_eq!(read(&node_a.metrics.sessions_replaced), 0);
+    assert_eq!(read(&node_b.metrics.sessions_replaced), 0);
+    // A new app on node B replaces it for real, and pairs.
+    let mut new_app = node_b.connect(Role::App, &id).await;
+    assert_eq!(app.close_code().await, 4001);
+    web.send_text("to the new app").await;
+    assert_eq!(new_app.recv_text().await, "to the new app");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}

@@ -448,3 +448,35 @@ async fn nothing_is_written_after_the_echo_of_a_client_close_and_every_message_i
     );
     node.shutdown().await;
 }
+
+/// Regression: a reader that had pinged and then stopped reading was closed with 1008 for an
+/// incomplete message after `outer.message-timeout`: the server stops reading a client whose
+/// pong it cannot write, and the complete message behind the ping sat in its read buffer.
+/// Such a client is stalled, and closed with 1013 after `outer.stall-timeout`.
+#[tokio::test]
+async fn a_reader_that_pinged_and_stopped_reading_is_closed_as_stalled() {
+    let node = TestNode::start(|c| {
+        c.outer.message_timeout = Duration::from_millis(500);
+        c.outer.stall_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let id = random_channel_id();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.expect("connect");
+    let target = format!("/channel?type=web&channelId={id}");
+    let mut web = RawClient::upgrade_to(stream, node.addr, &target, "").await;
+    let app = node.connect(Role::App, &id).await;
+    let (mut sink, _stream) = futures::StreamExt::split(app.ws);
+    let payload = Bytes::from(vec![b'x'; 8000]);
+    send_until_throttled(&mut sink, &payload, Duration::from_millis(500)).await;
+    let mut bytes = masked(FIN | PING, b"p");
+    bytes.extend(masked(FIN | TEXT, b"hello"));
+    web.send(&bytes).await;
+    wait_until("the web session to close", || {
+        node.router.hub.counts().0 < 2
+    })
+    .await;
+    assert_eq!(read(&node.metrics.sessions_stalled), 1);
+    node.shutdown().await;
+}
