@@ -257,7 +257,7 @@ async fn a_continuation_without_a_first_fragment_closes_with_1002() {
 /// Regression: a session read every frame its socket had buffered before yielding its worker
 /// (tokio's budget counts socket reads, and one read holds ~150 one-byte frames), so one
 /// client flooding tiny frames held the worker for tens of milliseconds at a time while the
-/// other sessions on it waited. Each frame now spends one unit of tokio's budget.
+/// other sessions on it waited. A session now yields every 256 frames it reads.
 #[tokio::test]
 async fn a_flood_of_tiny_frames_does_not_starve_other_sessions_on_its_worker() {
     // The test's runtime has one thread: the node's sessions all share it.

@@ -222,76 +222,67 @@ impl RawClient {
     }
 }
 
+/// Sends `frames` on a fresh connection (offering permessage-deflate if `compressed`) and
+/// checks the server closes it with exactly one close frame with `code`.
+async fn closes_once_with(compressed: bool, frames: &[Vec<u8>], code: u16) {
+    let node = TestNode::start(|c| c.outer.compression = true).await;
+    let mut client = if compressed {
+        RawClient::connect_compressed(node.addr).await
+    } else {
+        RawClient::connect(node.addr).await
+    };
+    for frame in frames {
+        client.send(frame).await;
+    }
+    client.assert_closes_once_with(code).await;
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn unknown_opcodes_close_with_1002() {
-    let node = TestNode::start(|_| {}).await;
     for opcode in [0x3, 0xB] {
-        let mut client = RawClient::connect(node.addr).await;
-        client.send(&masked(FIN | opcode, b"x")).await;
-        client.assert_closes_once_with(1002).await;
+        closes_once_with(false, &[masked(FIN | opcode, b"x")], 1002).await;
     }
-    node.shutdown().await;
 }
 
 #[tokio::test]
 async fn unmasked_client_frame_closes_once_with_1002_then_the_connection() {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = RawClient::connect(node.addr).await;
-    client.send(&encode(FIN | TEXT, b"hello", None)).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    closes_once_with(false, &[encode(FIN | TEXT, b"hello", None)], 1002).await;
 }
 
 #[tokio::test]
 async fn pong_over_125_bytes_closes_with_1002() {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = RawClient::connect(node.addr).await;
-    client.send(&masked(FIN | PONG, &[7u8; 1000])).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    closes_once_with(false, &[masked(FIN | PONG, &[7u8; 1000])], 1002).await;
 }
 
 #[tokio::test]
 async fn close_with_a_long_reason_closes_with_1002_and_is_not_echoed() {
     // The server used to echo a close frame of any size, sending a control frame of 5000 bytes.
-    let node = TestNode::start(|_| {}).await;
-    let mut client = RawClient::connect(node.addr).await;
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend_from_slice(&[b'a'; 4998]);
-    client.send(&masked(FIN | CLOSE, &payload)).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    closes_once_with(false, &[masked(FIN | CLOSE, &payload)], 1002).await;
 }
 
 #[tokio::test]
 async fn ping_with_rsv1_closes_with_1002() {
-    let node = TestNode::start(|_| {}).await;
-    let mut client = RawClient::connect(node.addr).await;
-    client.send(&masked(FIN | RSV1 | PING, b"x")).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    closes_once_with(false, &[masked(FIN | RSV1 | PING, b"x")], 1002).await;
 }
 
 #[tokio::test]
 async fn continuation_with_rsv1_closes_with_1002() {
     // RFC 7692 section 6.1: only the first frame of a message may carry RSV1, even when
     // permessage-deflate is in use.
-    let node = TestNode::start(|c| c.outer.compression = true).await;
-    let mut client = RawClient::connect_compressed(node.addr).await;
-    client.send(&masked(TEXT, b"ab")).await;
-    client.send(&masked(FIN | RSV1 | CONTINUATION, b"cd")).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    let frames = [
+        masked(TEXT, b"ab"),
+        masked(FIN | RSV1 | CONTINUATION, b"cd"),
+    ];
+    closes_once_with(true, &frames, 1002).await;
 }
 
 #[tokio::test]
 async fn corrupt_deflate_data_closes_with_1002() {
-    let node = TestNode::start(|c| c.outer.compression = true).await;
-    let mut client = RawClient::connect_compressed(node.addr).await;
     // 0xFF starts a deflate block of the reserved type 3.
-    client.send(&masked(FIN | RSV1 | BINARY, &[0xFF; 16])).await;
-    client.assert_closes_once_with(1002).await;
-    node.shutdown().await;
+    closes_once_with(true, &[masked(FIN | RSV1 | BINARY, &[0xFF; 16])], 1002).await;
 }
 
 /// A ping of 125 bytes whose payload starts with `n`.
