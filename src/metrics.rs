@@ -31,6 +31,13 @@ pub struct Metrics {
     pub sessions_replaced: AtomicU64,
     /// Sessions closed with 4002 because they were silent for `outer.idle-timeout`.
     pub sessions_idle: AtomicU64,
+    /// Sessions closed with 1002 or 1007: the client broke the protocol or sent bad UTF-8.
+    pub sessions_protocol_errors: AtomicU64,
+    /// Sessions closed with 1008: a message over `outer.message-timeout` or
+    /// `outer.max-fragments`.
+    pub sessions_message_limits: AtomicU64,
+    /// Sessions closed with 1009: a message over `outer.max-frame-size`.
+    pub sessions_too_big: AtomicU64,
     /// Inner connections cut because the handshake failed (wrong secret, version, timeout).
     pub links_refused: AtomicU64,
     /// Inner links closed because the remote node sent a malformed or oversized frame.
@@ -98,6 +105,18 @@ impl Metrics {
                 read(&self.sessions_replaced),
             ),
             ("wspair_sessions_idle_total", read(&self.sessions_idle)),
+            (
+                "wspair_sessions_protocol_errors_total",
+                read(&self.sessions_protocol_errors),
+            ),
+            (
+                "wspair_sessions_message_limits_total",
+                read(&self.sessions_message_limits),
+            ),
+            (
+                "wspair_sessions_too_big_total",
+                read(&self.sessions_too_big),
+            ),
             ("wspair_links_refused_total", read(&self.links_refused)),
             ("wspair_links_malformed_total", read(&self.links_malformed)),
             (

@@ -200,6 +200,17 @@ pub async fn close_queue(
 impl Session {
     async fn serve(&mut self, remote_addr: SocketAddr) {
         let reason = self.relay().await;
+        let metrics = &self.ctx.metrics;
+        match reason {
+            CloseReason::Protocol | CloseReason::InvalidUtf8 => {
+                Metrics::incr(&metrics.sessions_protocol_errors);
+            }
+            CloseReason::MessageTimeout | CloseReason::TooManyFragments => {
+                Metrics::incr(&metrics.sessions_message_limits);
+            }
+            CloseReason::TooBig => Metrics::incr(&metrics.sessions_too_big),
+            _ => {}
+        }
         // Boxed: closing needs as much state again as relaying, and only for a moment at
         // the end; unboxed, every idle session's task would carry room for it.
         Box::pin(self.finish(&reason)).await;

@@ -30,6 +30,10 @@ async fn oversized_message_closes_with_1009() {
     let mut web = node.connect(Role::Web, &id).await;
     app.send_binary(&[7u8; 1001]).await;
     assert_eq!(app.close_code().await, 1009);
+    wait_until("the close to be counted", || {
+        read(&node.metrics.sessions_too_big) == 1
+    })
+    .await;
     // The peer is untouched and pairs with the next app.
     let mut app = node.connect(Role::App, &id).await;
     app.send_text("fine").await;
@@ -353,6 +357,10 @@ async fn a_message_that_never_completes_is_closed_with_1008_after_message_timeou
         .unwrap();
     // Reading answers every ping, so the client is never idle; only the deadline can end it.
     assert_eq!(app.close_code().await, 1008);
+    wait_until("the close to be counted", || {
+        read(&node.metrics.sessions_message_limits) == 1
+    })
+    .await;
     let took = opened_at.elapsed();
     assert!(
         took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
@@ -383,6 +391,10 @@ async fn a_message_in_more_frames_than_max_fragments_closes_with_1008() {
         app.ws.send(frame).await.unwrap();
     }
     assert_eq!(app.close_code().await, 1008);
+    wait_until("the close to be counted", || {
+        read(&node.metrics.sessions_message_limits) == 1
+    })
+    .await;
     node.shutdown().await;
 }
 

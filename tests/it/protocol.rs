@@ -235,6 +235,10 @@ async fn closes_once_with(compressed: bool, frames: &[Vec<u8>], code: u16) {
         client.send(frame).await;
     }
     client.assert_closes_once_with(code).await;
+    wait_until("the close to be counted", || {
+        read(&node.metrics.sessions_protocol_errors) == 1
+    })
+    .await;
     node.shutdown().await;
 }
 
