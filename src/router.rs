@@ -279,13 +279,23 @@ impl Router {
                 {
                     lock(&cluster.pending_releases).push((channel_id, role, restore));
                 }
-            } else if let Some(remote_peer) = remote_peer {
+            } else if let Some(remote_peer) = &remote_peer {
                 remote_peer.link.send_control(InnerFrame::Bound {
                     channel_id,
                     role,
                     session: restore.session,
                 });
             }
+        }
+        // A displaced session of another node is given back its route without this node knowing
+        // whether it still lives; its peer's node, had it recorded the failed session (the
+        // displaced one having ended meanwhile), forgets it rather than send into nothing.
+        if !restored_here && let Some(remote_peer) = &remote_peer {
+            remote_peer.link.send_control(InnerFrame::Unbound {
+                channel_id,
+                role,
+                session: claim.handle.id,
+            });
         }
         // Dropping the claim gives a displaced session of this node its slot back; one of
         // another node is recorded again for a local peer.

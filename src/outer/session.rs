@@ -183,7 +183,9 @@ pub fn run(
 ///
 /// Drained with `recv`, not `try_recv`: a peer that holds a slot it reserved before the close
 /// pushes its message afterwards, and only `recv` waits for it instead of losing it uncounted.
-/// Closing the byte budget wakes a peer parked on it, so it looks for the next session.
+/// That wait is bounded by [`CLOSE_TIMEOUT`], in case a peer holds its slot without sending;
+/// what is left then is swept without waiting. Closing the byte budget wakes a peer parked on
+/// it, so it looks for the next session.
 pub async fn close_queue(
     outbound_rx: &mut mpsc::Receiver<Message>,
     queue_bytes: &ByteBudget,
@@ -191,8 +193,16 @@ pub async fn close_queue(
     outbound_rx.close();
     queue_bytes.close();
     let mut undelivered = 0;
-    while outbound_rx.recv().await.is_some() {
-        undelivered += 1;
+    let drained = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while outbound_rx.recv().await.is_some() {
+            undelivered += 1;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        while outbound_rx.try_recv().is_ok() {
+            undelivered += 1;
+        }
     }
     undelivered
 }
@@ -443,9 +453,10 @@ impl Session {
     /// the library send the one it queued), and shuts the connection down, within
     /// [`CLOSE_TIMEOUT`].
     async fn finish(&mut self, reason: &CloseReason) {
-        let mut undelivered =
-            close_queue(&mut self.outbound_rx, &self.claim.handle.queue_bytes).await;
-        undelivered += self.delivery.abandon();
+        // The parked message first: it may hold a slot of the peer's queue, and a peer closing
+        // at the same time waits for that slot in its own `close_queue`.
+        let mut undelivered = self.delivery.abandon();
+        undelivered += close_queue(&mut self.outbound_rx, &self.claim.handle.queue_bytes).await;
         if undelivered > 0 {
             Metrics::add(&self.ctx.metrics.messages_dropped_closed, undelivered);
             debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
@@ -468,5 +479,43 @@ impl Session {
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         self.ctx.router.release(&self.claim).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            kind: MessageKind::Binary,
+            payload: bytes::Bytes::from_static(b"x"),
+            origin: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn close_queue_counts_what_a_peer_holding_a_slot_sends_after_the_close() {
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.try_send(message()).unwrap();
+        let permit = tx.reserve().await.unwrap();
+        let sending = async {
+            tokio::task::yield_now().await;
+            permit.send(message());
+        };
+        let budget = ByteBudget::new(64);
+        let (undelivered, ()) = tokio::join!(close_queue(&mut rx, &budget), sending);
+        assert_eq!(undelivered, 2);
+    }
+
+    /// Regression: two sessions closing at once, each parked on a slot of the other's queue,
+    /// each waited in `close_queue` for the slot the other held, for ever.
+    #[tokio::test(start_paused = true)]
+    async fn close_queue_gives_up_on_a_slot_held_past_the_close_timeout() {
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.try_send(message()).unwrap();
+        let _held = tx.reserve().await.unwrap();
+        let undelivered = close_queue(&mut rx, &ByteBudget::new(64)).await;
+        assert_eq!(undelivered, 1);
     }
 }
