@@ -264,6 +264,8 @@ impl Router {
         };
         if !restored {
             self.activate(&mut claim);
+            // Whatever `activate` told the peer's node of the failed session, it forgets now.
+            unbind(remote_peer.as_ref(), &claim);
             return;
         }
         let restored_here = restore.node == self.me.id;
@@ -290,12 +292,8 @@ impl Router {
         // A displaced session of another node is given back its route without this node knowing
         // whether it still lives; its peer's node, had it recorded the failed session (the
         // displaced one having ended meanwhile), forgets it rather than send into nothing.
-        if !restored_here && let Some(remote_peer) = &remote_peer {
-            remote_peer.link.send_control(InnerFrame::Unbound {
-                channel_id,
-                role,
-                session: claim.handle.id,
-            });
+        if !restored_here {
+            unbind(remote_peer.as_ref(), &claim);
         }
         // Dropping the claim gives a displaced session of this node its slot back; one of
         // another node is recorded again for a local peer.
@@ -382,11 +380,7 @@ impl Router {
         };
         let (channel_id, role) = (claim.channel_id, claim.role);
         if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
-            remote.link.send_control(InnerFrame::Unbound {
-                channel_id,
-                role,
-                session: claim.handle.id,
-            });
+            unbind(Some(&remote), claim);
         }
         let mine = Route {
             node: self.me.id,
@@ -793,6 +787,17 @@ impl Router {
                 .filter(|(link, _)| !link.is_closed())
                 .count()
         })
+    }
+}
+
+/// Tells the node of `remote_peer`, if any, that the session of `claim` is gone.
+fn unbind(remote_peer: Option<&RemotePeer>, claim: &Claim) {
+    if let Some(remote_peer) = remote_peer {
+        remote_peer.link.send_control(InnerFrame::Unbound {
+            channel_id: claim.channel_id,
+            role: claim.role,
+            session: claim.handle.id,
+        });
     }
 }
 
