@@ -70,6 +70,12 @@ impl ByteBudget {
         self.bytes.available_permits()
     }
 
+    /// Bytes taken and not given back: what the queue holds, plus what parked senders were
+    /// granted and have not queued yet.
+    pub fn used(&self) -> usize {
+        (self.limit as usize).saturating_sub(self.available())
+    }
+
     /// A waiter for this budget, for a sender that found it short.
     pub fn waiter(&self) -> BudgetWaiter {
         BudgetWaiter {

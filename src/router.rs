@@ -779,6 +779,14 @@ impl Router {
         }
     }
 
+    /// Payload bytes waiting in the link to `node`, if there is one; for tests and metrics.
+    pub fn link_queued_bytes(&self, node: NodeId) -> Option<usize> {
+        let cluster = self.cluster.as_ref()?;
+        lock(&cluster.links)
+            .get(&node)
+            .map(|(link, _)| link.queued_bytes())
+    }
+
     /// Number of links currently open or connecting, for tests and metrics.
     pub fn n_links(&self) -> usize {
         self.cluster.as_ref().map_or(0, |cluster| {

@@ -93,6 +93,11 @@ impl LinkHandle {
         }
     }
 
+    /// Payload bytes of the data frames waiting in this link's queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.data_bytes.used()
+    }
+
     /// True once the link task has ended.
     pub fn is_closed(&self) -> bool {
         self.data_tx.is_closed()

@@ -8,6 +8,7 @@ use wspair::config::DuplicatePolicy;
 
 use crate::harness::client::Ending;
 use crate::harness::http::{UPGRADE_HEADERS, abandoned_upgrade, request};
+use crate::harness::proxy::Proxy;
 use crate::harness::redis::RedisServer;
 use crate::harness::{TestNode, random_channel_id, read, wait_until};
 
@@ -561,7 +562,6 @@ async fn credit_owed_to_a_previous_peer_never_overflows_a_stalled_receiver() {
 /// pairs join up without reconnecting.
 #[tokio::test]
 async fn a_node_timed_out_while_alive_rejoins_its_pairs_when_it_registers_again() {
-    use crate::harness::proxy::Proxy;
     let redis = RedisServer::start();
     let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
     let node_a = TestNode::start_in_cluster(vec![format!("redis://{}", proxy.addr)], |_| {}).await;
@@ -658,6 +658,81 @@ async fn a_replacement_that_gives_up_on_another_node_leaves_a_pair_on_one_node_a
     assert_eq!(app.close_code().await, 4001);
     web.send_text("to the new app").await;
     assert_eq!(new_app.recv_text().await, "to the new app");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+/// A link that is down holds at most `inner.queue-bytes` of data frames: the senders of every
+/// pair across it wait (before, only `inner.queue` frames bounded it, 65 536 by default, and
+/// credit let each pair put dozens of messages in it), and once the link is back every
+/// message arrives, in order.
+#[tokio::test]
+async fn a_link_that_is_down_queues_at_most_inner_queue_bytes_and_loses_nothing() {
+    const QUEUE_BYTES: usize = 64 * 1024;
+    const PAIRS: usize = 10;
+    const MESSAGES: usize = 50;
+    let redis = RedisServer::start();
+    let b_inner_port = crate::harness::redis::free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{b_inner_port}").parse().unwrap()).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        c.inner.port = b_inner_port;
+        c.inner.advertise = proxy.addr.to_string();
+    })
+    .await;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        c.inner.queue_bytes = QUEUE_BYTES;
+        c.inner.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let b = node_b.router.me().id;
+    let mut apps = Vec::new();
+    let mut webs = Vec::new();
+    for _ in 0..PAIRS {
+        let id = random_channel_id();
+        let mut app = node_a.connect(Role::App, &id).await;
+        let mut web = node_b.connect(Role::Web, &id).await;
+        app.send_text("hello").await;
+        assert_eq!(web.recv_text().await, "hello");
+        apps.push(app);
+        webs.push(web);
+    }
+    proxy.cut();
+    wait_until("node A to fail to redial node B", || {
+        read(&node_a.metrics.link_dial_failures) > 0
+    })
+    .await;
+    let payload = |pair: usize, n: usize| format!("{pair}:{n}:{}", "x".repeat(10_000));
+    let floods: Vec<_> = apps
+        .into_iter()
+        .enumerate()
+        .map(|(pair, mut app)| {
+            tokio::spawn(async move {
+                for n in 0..MESSAGES {
+                    app.send_text(&payload(pair, n)).await;
+                }
+                app
+            })
+        })
+        .collect();
+    wait_until("the link's queue to fill", || {
+        node_a.router.link_queued_bytes(b).unwrap_or(0) > QUEUE_BYTES - 10_240
+    })
+    .await;
+    for _ in 0..10 {
+        let queued = node_a.router.link_queued_bytes(b).unwrap_or(0);
+        assert!(queued <= QUEUE_BYTES, "{queued} bytes queued on the link");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+    for (pair, web) in webs.iter_mut().enumerate() {
+        for n in 0..MESSAGES {
+            assert_eq!(web.recv_text().await, payload(pair, n));
+        }
+    }
+    for flood in floods {
+        flood.await.expect("flood task");
+    }
+    assert_eq!(read(&node_a.metrics.link_frames_dropped), 0);
     node_a.shutdown().await;
     node_b.shutdown().await;
 }

@@ -14,7 +14,8 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
