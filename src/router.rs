@@ -455,9 +455,13 @@ impl Router {
             } => {
                 if !self.is_live(from)
                     && let Some(cluster) = &self.cluster
-                    && let Some((info, _)) = lock(&cluster.heard).get(&from).cloned()
                 {
-                    self.learn_node(info);
+                    // Bound first: a guard in the `if let` would live through `learn_node`,
+                    // which locks `directory`, while the heartbeat locks them the other way.
+                    let heard = lock(&cluster.heard).get(&from).cloned();
+                    if let Some((info, _)) = heard {
+                        self.learn_node(info);
+                    }
                 }
                 if let Some(remote) = self.remote_peer(Route {
                     node: from,
@@ -581,6 +585,7 @@ impl Router {
             return;
         }
         let Some(info) = lock(&cluster.directory).live.get(&node).cloned() else {
+            Metrics::incr(&self.metrics.link_frames_dropped);
             debug!(%node, "control frame for a node that is not live dropped");
             return;
         };
@@ -646,16 +651,15 @@ impl Router {
             }
         };
         let dead = self.update_directory(cluster, beat.live);
-        {
-            let directory = lock(&cluster.directory);
-            lock(&cluster.heard).retain(|node, (_, heard_at)| {
-                if directory.live.contains_key(node) {
-                    *heard_at = Instant::now();
-                    return true;
-                }
-                heard_at.elapsed() < HEARD_RETAIN
-            });
-        }
+        // Locks never nest: the live set is copied out of `directory` before `heard` is taken.
+        let live: HashSet<NodeId> = lock(&cluster.directory).live.keys().copied().collect();
+        lock(&cluster.heard).retain(|node, (_, heard_at)| {
+            if live.contains(node) {
+                *heard_at = Instant::now();
+                return true;
+            }
+            heard_at.elapsed() < HEARD_RETAIN
+        });
         for node in dead {
             info!(%node, "node left the cluster; forgetting its sessions");
             self.hub.update_remotes_of(node, |_| None);
