@@ -264,6 +264,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "payload bytes of data frames waiting for one link; when full, senders wait; at least outer.max-frame-size",
     },
     KeySpec {
+        key: "inner.max-handshakes",
+        kind: Kind::Integer { min: 1, max: 65536 },
+        default: "64",
+        help: "inner connections that may be authenticating at once; more are cut on accept and counted",
+    },
+    KeySpec {
         key: "inner.heartbeat-interval",
         kind: Kind::Duration,
         default: "1s",
@@ -375,6 +381,8 @@ pub struct InnerConfig {
     pub queue: usize,
     /// `inner.queue-bytes`, in payload bytes of data frames.
     pub queue_bytes: usize,
+    /// `inner.max-handshakes`.
+    pub max_handshakes: usize,
     /// `inner.heartbeat-interval`.
     pub heartbeat_interval: Duration,
     /// `inner.link-timeout`.
@@ -541,6 +549,7 @@ impl Config {
             secret: checked_text(get("inner.secret"))?,
             queue: int("inner.queue")? as usize,
             queue_bytes: int("inner.queue-bytes")? as usize,
+            max_handshakes: int("inner.max-handshakes")? as usize,
             heartbeat_interval: duration("inner.heartbeat-interval")?,
             link_timeout: duration("inner.link-timeout")?,
             connect_timeout: duration("inner.connect-timeout")?,

@@ -36,8 +36,8 @@ pub enum AuthError {
     Unexpected {
         /// The frame the protocol calls for.
         expected: &'static str,
-        /// What arrived instead.
-        got: String,
+        /// The kind of frame that arrived instead (never its contents).
+        got: &'static str,
     },
     /// The other side speaks another protocol version.
     #[error("protocol version {0} is not {PROTOCOL_VERSION}")]
@@ -112,7 +112,7 @@ async fn expect_hello(stream: &mut LinkStream) -> Result<(NodeInfo, [u8; NONCE_B
         )),
         other => Err(AuthError::Unexpected {
             expected: "hello",
-            got: format!("{other:?}"),
+            got: other.kind(),
         }),
     }
 }
@@ -122,7 +122,7 @@ async fn expect_auth(stream: &mut LinkStream) -> Result<[u8; MAC_BYTES], AuthErr
         InnerFrame::Auth { mac } => Ok(mac),
         other => Err(AuthError::Unexpected {
             expected: "auth",
-            got: format!("{other:?}"),
+            got: other.kind(),
         }),
     }
 }

@@ -31,6 +31,10 @@ use crate::pair::{CHANNEL_ID_LEN, ChannelId, MessageKind, Role};
 /// Bytes a frame may carry beyond its message payload: type, channel id, role, kind.
 pub const HEADER_ALLOWANCE: usize = 64;
 
+/// Largest frame before authentication: a `Hello` with an advertised address of a few
+/// hundred bytes fits, a message does not.
+pub const HANDSHAKE_FRAME_LIMIT: usize = 1024;
+
 const LENGTH_BYTES: usize = 4;
 
 /// Why bytes from a link are not a frame. Every variant closes that link.
@@ -78,6 +82,24 @@ impl InnerCodec {
                 .new_codec(),
             limit,
         }
+    }
+
+    /// A codec for a handshake: frames of at most [`HANDSHAKE_FRAME_LIMIT`] bytes, so a
+    /// connection that has not authenticated cannot make the node buffer a message's worth.
+    pub fn for_handshake() -> InnerCodec {
+        let mut codec = InnerCodec::new(0);
+        codec.set_limit(HANDSHAKE_FRAME_LIMIT);
+        codec
+    }
+
+    /// Raises the limit, once the other side is authenticated, to messages of `max_message`.
+    pub fn allow_messages(&mut self, max_message: usize) {
+        self.set_limit(max_message + HEADER_ALLOWANCE);
+    }
+
+    fn set_limit(&mut self, limit: usize) {
+        self.framing.set_max_frame_length(limit);
+        self.limit = limit;
     }
 }
 

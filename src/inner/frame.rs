@@ -105,6 +105,22 @@ pub enum InnerFrame {
 }
 
 impl InnerFrame {
+    /// The frame's kind, for logs: never its contents, which may carry clients' payloads.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InnerFrame::Hello { .. } => "hello",
+            InnerFrame::Auth { .. } => "auth",
+            InnerFrame::Data { .. } => "data",
+            InnerFrame::Credit { .. } => "credit",
+            InnerFrame::Bound { .. } => "bound",
+            InnerFrame::BoundAck { .. } => "bound-ack",
+            InnerFrame::Unbound { .. } => "unbound",
+            InnerFrame::Evict { .. } => "evict",
+            InnerFrame::Ping => "ping",
+            InnerFrame::Pong => "pong",
+        }
+    }
+
     /// Payload bytes of a data frame, which is what a link's byte budget counts; 0 for others.
     pub fn data_len(&self) -> usize {
         match self {

@@ -207,7 +207,7 @@ impl Link {
             .await
             .map_err(|err| format!("connect {}: {err}", self.target.advertise))?;
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, InnerCodec::new(self.ctx.max_message));
+        let mut framed = Framed::new(stream, InnerCodec::for_handshake());
         let acceptor = auth::dial(&mut framed, &self.ctx.me, self.ctx.config.secret.as_bytes())
             .await
             .map_err(|err| err.to_string())?

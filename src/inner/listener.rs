@@ -1,7 +1,9 @@
 //! Accepts links from other nodes, authenticates them, and hands their frames to the router.
 //!
 //! A connection that fails the handshake within `inner.connect-timeout` is cut, logged and
-//! counted. After it, a malformed or oversized frame, or silence for `inner.link-timeout`,
+//! counted. Before it authenticates, a connection may send frames of at most
+//! `HANDSHAKE_FRAME_LIMIT` bytes, and at most `inner.max-handshakes` connections may be
+//! handshaking at once (more are cut on accept). Logs name frames by kind, never contents. After it, a malformed or oversized frame, or silence for `inner.link-timeout`,
 //! closes that link and nothing else; the dialing node redials. Frames are handed over
 //! without waiting (the router never blocks on a session), so one slow session cannot hold up
 //! the other channels on the link.
@@ -11,10 +13,11 @@ use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::auth;
 use super::codec::InnerCodec;
@@ -36,6 +39,7 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let handshakes = Arc::new(Semaphore::new(ctx.config.max_handshakes));
     loop {
         let (stream, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -48,9 +52,17 @@ pub async fn accept_loop(
                 }
             },
         };
+        // Connections that have not authenticated are capped: beyond inner.max-handshakes,
+        // a new one is cut at once rather than holding a task, a buffer and a timer.
+        let Ok(handshaking) = Arc::clone(&handshakes).try_acquire_owned() else {
+            Metrics::incr(&ctx.metrics.links_refused);
+            debug!(%remote_addr, "inner connection cut: inner.max-handshakes reached");
+            continue;
+        };
         tracker.spawn(serve_link(
             stream,
             remote_addr,
+            handshaking,
             Arc::clone(&ctx),
             Arc::clone(&sink),
             shutdown.clone(),
@@ -61,12 +73,13 @@ pub async fn accept_loop(
 async fn serve_link(
     stream: TcpStream,
     remote_addr: SocketAddr,
+    handshaking: OwnedSemaphorePermit,
     ctx: Arc<LinkContext>,
     sink: FrameSink,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, InnerCodec::new(ctx.max_message));
+    let mut framed = Framed::new(stream, InnerCodec::for_handshake());
     let secret = ctx.config.secret.as_bytes();
     let handshake = auth::accept(&mut framed, &ctx.me, secret);
     let dialer = match tokio::time::timeout(ctx.config.connect_timeout, handshake).await {
@@ -82,6 +95,8 @@ async fn serve_link(
             return;
         }
     };
+    drop(handshaking);
+    framed.codec_mut().allow_messages(ctx.max_message);
     let node = dialer.id;
     info!(%node, %remote_addr, "inner link accepted");
     sink(
@@ -139,7 +154,7 @@ async fn serve_link(
                 frame @ (InnerFrame::Hello { .. } | InnerFrame::Auth { .. } | InnerFrame::Pong),
             )) => {
                 Metrics::incr(&ctx.metrics.links_malformed);
-                break format!("unexpected frame after the handshake: {frame:?}");
+                break format!("unexpected {} frame after the handshake", frame.kind());
             }
             Some(Ok(frame)) => sink(node, frame),
         }

@@ -329,6 +329,76 @@ async fn a_link_with_the_wrong_secret_is_refused_and_counted() {
     node.shutdown().await;
 }
 
+/// Reads until the other side closes the connection; fails if it stays open for `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {within:?}"
+    );
+}
+
+/// Regression: before authenticating, a connection could announce a frame as long as the
+/// largest message (up to 64 MiB reserved from the length prefix) and be read for the whole
+/// handshake deadline. A handshake frame over 1 KiB now cuts it at once.
+#[tokio::test]
+async fn an_unauthenticated_frame_over_the_handshake_limit_is_cut_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start();
+    let node = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        c.inner.connect_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(node.inner_addr.unwrap())
+        .await
+        .unwrap();
+    stream.write_all(&5000u32.to_be_bytes()).await.unwrap();
+    stream.write_all(&[1u8; 100]).await.unwrap();
+    closed_within(&mut stream, Duration::from_secs(2)).await;
+    assert_eq!(read(&node.metrics.links_refused), 1);
+    node.shutdown().await;
+}
+
+/// Regression: any number of connections could sit on the inner port unauthenticated, each
+/// with a task, a buffer and a timer, until its handshake deadline.
+#[tokio::test]
+async fn inner_connections_beyond_max_handshakes_are_cut_and_links_still_form() {
+    let redis = RedisServer::start();
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        c.inner.max_handshakes = 2;
+        c.inner.connect_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let inner = node_a.inner_addr.unwrap();
+    let idle_1 = tokio::net::TcpStream::connect(inner).await.unwrap();
+    let idle_2 = tokio::net::TcpStream::connect(inner).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(inner).await.unwrap();
+    closed_within(&mut third, Duration::from_secs(2)).await;
+    assert_eq!(read(&node_a.metrics.links_refused), 1);
+    // Once the idle ones are gone, another node links to this one.
+    drop((idle_1, idle_2));
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_b.connect(Role::App, &id).await;
+    let mut web = node_a.connect(Role::Web, &id).await;
+    app.send_text("across").await;
+    assert_eq!(web.recv_text().await, "across");
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
 #[tokio::test]
 async fn garbage_and_an_oversized_frame_close_only_that_link() {
     use futures::SinkExt;
