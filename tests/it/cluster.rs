@@ -217,6 +217,36 @@ async fn redis_down_refuses_new_connections_with_503_and_existing_pairs_keep_rel
     node_b.shutdown().await;
 }
 
+/// Regression: while Redis was unreachable, a second client of a connected role evicted the
+/// working session (4001) before its own claim was answered 503.
+#[tokio::test]
+async fn a_duplicate_refused_with_503_while_redis_is_down_leaves_the_working_session() {
+    let Cluster {
+        mut redis,
+        node_a,
+        node_b,
+        id,
+        mut app,
+        mut web,
+    } = Cluster::with_a_pair().await;
+    redis.stop();
+    let response = request(
+        node_a.addr,
+        "GET",
+        &format!("/channel?type=app&channelId={id}"),
+        UPGRADE_HEADERS,
+    )
+    .await;
+    assert_eq!(response.status, 503);
+    app.send_text("still paired").await;
+    assert_eq!(web.recv_text().await, "still paired");
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+    assert_eq!(read(&node_a.metrics.sessions_replaced), 0);
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
 #[tokio::test]
 async fn redis_restarted_empty_keeps_pairs_and_every_node_registers_again() {
     let Cluster {
