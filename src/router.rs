@@ -171,7 +171,12 @@ impl Router {
         let (mut claim, outbound_rx) = self.hub.claim(channel_id, role)?;
         if let Some(cluster) = &self.cluster {
             // On error the claim is dropped, which releases the hub slot.
-            self.claim_in_registry(cluster, &mut claim).await?;
+            self.write_route(cluster, &mut claim).await?;
+            if let Err(err) = self.bind_peer(cluster, &claim).await {
+                // The route is written: it goes back to what the claim displaced, or away.
+                self.abandon(claim).await;
+                return Err(err);
+            }
         }
         Ok((claim, outbound_rx))
     }
@@ -303,11 +308,9 @@ impl Router {
         }
     }
 
-    async fn claim_in_registry(
-        &self,
-        cluster: &Cluster,
-        claim: &mut Claim,
-    ) -> Result<(), ClaimError> {
+    /// Writes this claim's route with compare-and-set, noting what it displaced on another
+    /// node; on error nothing was written.
+    async fn write_route(&self, cluster: &Cluster, claim: &mut Claim) -> Result<(), ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
         let mine = Route {
             node: self.me.id,
@@ -340,7 +343,14 @@ impl Router {
         if !claimed {
             return Err(ClaimError::Contended(channel_id));
         }
-        let peer = registry.route(&channel_id, role.peer()).await?;
+        Ok(())
+    }
+
+    /// Finds the claim's peer and, when it is on another node, tells that node of this session
+    /// and waits for its acknowledgement (up to the ack timeout).
+    async fn bind_peer(&self, cluster: &Cluster, claim: &Claim) -> Result<(), ClaimError> {
+        let (channel_id, role) = (claim.channel_id, claim.role);
+        let peer = cluster.registry.route(&channel_id, role.peer()).await?;
         if let Some(route) = peer {
             self.learn_if_unknown(route.node).await;
         }

@@ -247,6 +247,34 @@ async fn a_duplicate_refused_with_503_while_redis_is_down_leaves_the_working_ses
     node_b.shutdown().await;
 }
 
+/// Regression: a claim whose peer lookup failed after its route was written left that route
+/// in Redis (for 24 h), naming a session that never started.
+#[tokio::test]
+async fn a_claim_that_fails_after_writing_its_route_removes_it() {
+    let redis = RedisServer::start();
+    let node = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    // A key of the wrong type makes the peer lookup fail, after the app's route is written.
+    let web_key = format!("wspair:{{{id}}}:web");
+    redis
+        .cli(&["LPUSH", &web_key, "not-a-route"])
+        .expect("redis-cli");
+    let response = request(
+        node.addr,
+        "GET",
+        &format!("/channel?type=app&channelId={id}"),
+        UPGRADE_HEADERS,
+    )
+    .await;
+    assert_eq!(response.status, 503);
+    let app_key = format!("wspair:{{{id}}}:app");
+    wait_until("the app's route to be removed", || {
+        redis.cli(&["EXISTS", &app_key]).as_deref().map(str::trim) == Some("0")
+    })
+    .await;
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn redis_restarted_empty_keeps_pairs_and_every_node_registers_again() {
     let Cluster {
