@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::Semaphore;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::PollSemaphore;
 
 /// The bytes one queue may still accept. Cheap to clone; clones share the budget.
@@ -58,6 +59,25 @@ impl ByteBudget {
         if cost > 0 {
             self.bytes.add_permits(cost as usize);
         }
+    }
+
+    /// Queues `item`, `len` payload bytes, on `tx` if this budget has the bytes and `tx` a free
+    /// slot; never waits. A queue short of either hands the item back as `Full`; the bytes are
+    /// taken only if the item is queued.
+    pub fn try_send<T>(
+        &self,
+        tx: &mpsc::Sender<T>,
+        item: T,
+        len: usize,
+    ) -> Result<(), TrySendError<T>> {
+        if !self.try_take(len) {
+            return Err(if tx.is_closed() {
+                TrySendError::Closed(item)
+            } else {
+                TrySendError::Full(item)
+            });
+        }
+        tx.try_send(item).inspect_err(|_| self.give_back(len))
     }
 
     /// Marks the queue as gone: waiters wake and learn it, and nothing more is taken.

@@ -154,16 +154,7 @@ impl SessionHandle {
     /// queue (in messages or in bytes) hands the message back as `Full`.
     pub fn try_queue(&self, message: Message) -> Result<(), TrySendError<Message>> {
         let len = message.payload.len();
-        if !self.queue_bytes.try_take(len) {
-            return Err(if self.outbound_tx.is_closed() {
-                TrySendError::Closed(message)
-            } else {
-                TrySendError::Full(message)
-            });
-        }
-        self.outbound_tx
-            .try_send(message)
-            .inspect_err(|_| self.queue_bytes.give_back(len))
+        self.queue_bytes.try_send(&self.outbound_tx, message, len)
     }
 
     /// True once the session is replaced or has ended; its queue accepts nothing useful then.
@@ -214,10 +205,7 @@ impl Claim {
     /// Stops the local session this claim displaced, if any: the new session is upgraded.
     pub fn evict_displaced(&mut self) {
         if let Some(old) = self.displaced.take() {
-            if !old.is_gone() {
-                Metrics::incr(&self.hub.metrics.sessions_replaced);
-            }
-            old.stop.cancel();
+            self.hub.evict(&old);
         }
     }
 }
@@ -429,17 +417,22 @@ impl Hub {
             let slot = slots.slot(role);
             if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
                 *slot = displaced.filter(|old| !old.is_gone()).map(Peer::Local);
-            } else if let Some(old) = displaced
-                && !old.is_gone()
-            {
-                old.stop.cancel();
-                Metrics::incr(&self.metrics.sessions_replaced);
+            } else if let Some(old) = displaced {
+                self.evict(&old);
             }
             if !slots.has_local() {
                 slots.forget_remotes();
                 entry.remove();
             }
         }
+    }
+
+    /// Stops a session a newer one replaced, counting it unless it had ended already.
+    fn evict(&self, old: &SessionHandle) {
+        if !old.is_gone() {
+            Metrics::incr(&self.metrics.sessions_replaced);
+        }
+        old.stop.cancel();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Slots>> {

@@ -60,20 +60,12 @@ impl LinkHandle {
     /// Queues a data frame without waiting.
     pub fn try_send_data(&self, frame: InnerFrame) -> Result<(), LinkError> {
         let len = frame.data_len();
-        if !self.data_bytes.try_take(len) {
-            return Err(if self.data_tx.is_closed() {
-                LinkError::Closed(frame)
-            } else {
-                LinkError::Full(frame)
-            });
-        }
-        self.data_tx.try_send(frame).map_err(|err| {
-            self.data_bytes.give_back(len);
-            match err {
+        self.data_bytes
+            .try_send(&self.data_tx, frame, len)
+            .map_err(|err| match err {
                 TrySendError::Full(frame) => LinkError::Full(frame),
                 TrySendError::Closed(frame) => LinkError::Closed(frame),
-            }
-        })
+            })
     }
 
     /// What a sender waits on for room in the data queue: its bytes, then a slot.
