@@ -24,9 +24,14 @@ struct Cluster {
 
 impl Cluster {
     async fn with_a_pair() -> Cluster {
+        Cluster::with_a_pair_configured(|_| {}).await
+    }
+
+    /// As [`Cluster::with_a_pair`], with `configure` applied to both nodes.
+    async fn with_a_pair_configured(configure: impl Fn(&mut wspair::Config) + Copy) -> Cluster {
         let redis = RedisServer::start();
-        let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
-        let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+        let node_a = TestNode::start_in_cluster(vec![redis.url()], configure).await;
+        let node_b = TestNode::start_in_cluster(vec![redis.url()], configure).await;
         let id = random_channel_id();
         let app = node_a.connect(Role::App, &id).await;
         let web = node_b.connect(Role::Web, &id).await;
@@ -623,14 +628,16 @@ async fn a_stalled_remote_reader_throttles_only_its_sender_across_the_link() {
 /// and three, which hold back one credit) a long exchange across nodes never stalls.
 #[tokio::test]
 async fn tiny_credit_windows_never_stall_a_cross_node_pair() {
-    let redis = RedisServer::start();
     for window in [1, 3] {
         let set_window = move |c: &mut wspair::Config| c.outer.send_queue = window;
-        let node_a = TestNode::start_in_cluster(vec![redis.url()], set_window).await;
-        let node_b = TestNode::start_in_cluster(vec![redis.url()], set_window).await;
-        let id = random_channel_id();
-        let app = node_a.connect(Role::App, &id).await;
-        let web = node_b.connect(Role::Web, &id).await;
+        let Cluster {
+            redis: _redis,
+            node_a,
+            node_b,
+            id: _,
+            app,
+            web,
+        } = Cluster::with_a_pair_configured(set_window).await;
         crate::harness::client::exchange(app, web, 500).await;
         node_a.shutdown().await;
         node_b.shutdown().await;
@@ -747,13 +754,15 @@ async fn a_node_timed_out_while_alive_rejoins_its_pairs_when_it_registers_again(
 /// with 64 KiB messages allowed, a sender got 9 credits and waited for a batch of 32 for ever.
 #[tokio::test]
 async fn a_pair_across_nodes_never_stalls_on_credit_when_large_messages_are_allowed() {
-    let redis = RedisServer::start();
     let large = |c: &mut wspair::Config| c.outer.max_frame_size = 65536;
-    let node_a = TestNode::start_in_cluster(vec![redis.url()], large).await;
-    let node_b = TestNode::start_in_cluster(vec![redis.url()], large).await;
-    let id = random_channel_id();
-    let app = node_a.connect(Role::App, &id).await;
-    let web = node_b.connect(Role::Web, &id).await;
+    let Cluster {
+        redis: _redis,
+        node_a,
+        node_b,
+        id: _,
+        app,
+        web,
+    } = Cluster::with_a_pair_configured(large).await;
     crate::harness::client::exchange(app, web, 200).await;
     node_a.shutdown().await;
     node_b.shutdown().await;

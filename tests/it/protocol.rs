@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Bytes;
 use wspair::Role;
 
 use crate::harness::client::send_until_throttled;
-use crate::harness::http::{UPGRADE_HEADERS, read_response};
+use crate::harness::http::{RawResponse, UPGRADE_HEADERS, read_response};
 use crate::harness::process::ProcessNode;
 use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id, read, wait_until};
 
@@ -116,11 +116,23 @@ impl RawClient {
 
     /// Upgrades `stream` on `target`; `extra_headers` end in `\r\n`.
     async fn upgrade_to(
-        mut stream: TcpStream,
+        stream: TcpStream,
         addr: SocketAddr,
         target: &str,
         extra_headers: &str,
     ) -> RawClient {
+        RawClient::handshake(stream, addr, target, extra_headers)
+            .await
+            .0
+    }
+
+    /// Upgrades `stream` on `target` and returns the client with the server's 101 answer.
+    async fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        extra_headers: &str,
+    ) -> (RawClient, RawResponse) {
         let request = format!(
             "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{UPGRADE_HEADERS}{extra_headers}\r\n"
         );
@@ -130,10 +142,11 @@ impl RawClient {
             .expect("write upgrade");
         let response = read_response(&mut stream).await;
         assert_eq!(response.status, 101, "{response:?}");
-        RawClient {
+        let client = RawClient {
             stream,
             buffer: Vec::new(),
-        }
+        };
+        (client, response)
     }
 
     async fn connect(addr: SocketAddr) -> RawClient {
@@ -144,26 +157,14 @@ impl RawClient {
     /// Connects offering permessage-deflate, and checks the server agreed.
     async fn connect_compressed(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut stream = stream;
-        let request = format!(
-            "GET /channel?type=app&channelId={} HTTP/1.1\r\nHost: {addr}\r\n{UPGRADE_HEADERS}\
-             Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-            random_channel_id()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write upgrade");
-        let response = read_response(&mut stream).await;
-        assert_eq!(response.status, 101, "{response:?}");
+        let target = format!("/channel?type=app&channelId={}", random_channel_id());
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        let (client, response) = RawClient::handshake(stream, addr, &target, offer).await;
         let extensions = response
             .header("sec-websocket-extensions")
             .expect("permessage-deflate agreed");
         assert!(extensions.starts_with("permessage-deflate"), "{extensions}");
-        RawClient {
-            stream,
-            buffer: Vec::new(),
-        }
+        client
     }
 
     async fn send(&mut self, bytes: &[u8]) {
