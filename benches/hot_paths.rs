@@ -25,6 +25,9 @@ fn inner_codec(c: &mut Criterion) {
         let frame = InnerFrame::Data {
             channel_id: channel_id(1),
             role: Role::Web,
+            sender: 1,
+            receiver: 2,
+            seq: 3,
             kind: MessageKind::Binary,
             payload: Bytes::from(vec![7u8; size]),
         };
@@ -66,6 +69,7 @@ fn hub_lookup(c: &mut Criterion) {
     let hub = Arc::new(Hub::new(
         1024,
         256 * 1024,
+        1024,
         DuplicatePolicy::Replace,
         Arc::default(),
         CancellationToken::new(),

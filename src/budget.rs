@@ -133,6 +133,96 @@ impl BudgetWaiter {
     }
 }
 
+/// A session's queue: room for `outer.send-queue` messages and `outer.send-queue-bytes`
+/// payload bytes, taken by every message except those that arrive under credit from another
+/// node (credit has already reserved their room, see `credit`).
+#[derive(Debug, Clone)]
+pub struct QueueBudget {
+    slots: ByteBudget,
+    bytes: ByteBudget,
+}
+
+impl QueueBudget {
+    /// Room for `slots` messages and `bytes` payload bytes.
+    pub fn new(slots: usize, bytes: usize) -> QueueBudget {
+        QueueBudget {
+            slots: ByteBudget::new(slots),
+            bytes: ByteBudget::new(bytes),
+        }
+    }
+
+    /// Takes room for one message of `len` bytes if there is; never waits.
+    pub fn try_take(&self, len: usize) -> bool {
+        if !self.slots.try_take(1) {
+            return false;
+        }
+        if !self.bytes.try_take(len) {
+            self.slots.give_back(1);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the room `messages` messages of `bytes` bytes in all took.
+    pub fn give_back(&self, messages: usize, bytes: usize) {
+        self.slots.give_back(messages);
+        self.bytes.give_back(bytes);
+    }
+
+    /// Marks the queue as gone: waiters wake and learn it.
+    pub fn close(&self) {
+        self.slots.close();
+        self.bytes.close();
+    }
+
+    /// A waiter for a sender that found too little room.
+    pub fn waiter(&self) -> QueueWaiter {
+        QueueWaiter {
+            slots: self.slots.waiter(),
+            bytes: self.bytes.waiter(),
+            bytes_taken: false,
+        }
+    }
+}
+
+/// Waits until a queue has room for a parked message: its bytes first, then a slot.
+#[derive(Debug)]
+pub struct QueueWaiter {
+    slots: BudgetWaiter,
+    bytes: BudgetWaiter,
+    bytes_taken: bool,
+}
+
+impl QueueWaiter {
+    /// Ready once the room for a message of `len` bytes is taken (`true`), or the queue is
+    /// gone (`false`). Bytes taken stay taken while the slot is awaited.
+    pub fn poll_take(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<bool> {
+        if !self.bytes_taken {
+            match self.bytes.poll_take(cx, len) {
+                Poll::Ready(true) => self.bytes_taken = true,
+                other => return other,
+            }
+        }
+        match self.slots.poll_take(cx, 1) {
+            Poll::Ready(taken) => {
+                if !taken {
+                    self.bytes.give_back(len);
+                }
+                self.bytes_taken = false;
+                Poll::Ready(taken)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Gives back what a message of `len` bytes holds of the room, when it is abandoned.
+    pub fn abandon(&mut self, len: usize) {
+        if std::mem::take(&mut self.bytes_taken) {
+            self.bytes.give_back(len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,31 +13,41 @@
 //! `outer::session`).
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::ByteBudget;
+use crate::budget::QueueBudget;
 use crate::config::DuplicatePolicy;
+use crate::credit::{CreditState, Receipt};
 use crate::inner::link::LinkHandle;
 use crate::metrics::Metrics;
-use crate::node::NodeId;
+use crate::node::{Incarnation, NodeId};
 use crate::pair::{ChannelId, Message, Role};
+
+/// The hub's map is split into this many shards, each behind its own lock, so the receiving
+/// side of every link and every claim do not contend on one node-wide mutex.
+const SHARDS: usize = 16;
 
 /// The sessions of this node.
 #[derive(Debug)]
 pub struct Hub {
-    sessions: Mutex<HashMap<ChannelId, Slots>>,
+    shards: Box<[Mutex<HashMap<ChannelId, Slots>>]>,
+    hasher: RandomState,
     /// Source of session ids, so a release can tell its own entry from a newer one.
     next_session_id: AtomicU64,
-    /// Capacity of every session's outbound queue (`outer.send-queue`).
+    /// Messages every session's queue takes from local senders (`outer.send-queue`).
     send_queue: usize,
-    /// Payload bytes every session's outbound queue may hold (`outer.send-queue-bytes`).
+    /// Payload bytes every session's queue takes from local senders (`outer.send-queue-bytes`).
     send_queue_bytes: usize,
+    /// Messages other nodes may have in flight to one session (the credit window); the queue
+    /// holds them beside `send_queue`.
+    window: usize,
     policy: DuplicatePolicy,
     metrics: Arc<Metrics>,
     /// The node's shutdown token; every session's stop token is a child of it.
@@ -81,7 +91,8 @@ impl Slots {
     }
 }
 
-/// A session of another node, as far as this node knows: where to send, and how much.
+/// A session of another node, as far as this node knows: where it is and how to reach it.
+/// How much may be sent to it is the sending session's [`crate::credit::Grant`].
 #[derive(Debug, Clone)]
 pub struct RemotePeer {
     /// The node holding the session.
@@ -90,20 +101,23 @@ pub struct RemotePeer {
     pub session: u64,
     /// The link to that node.
     pub link: LinkHandle,
-    /// Credit: messages this node may still send to that session before it acknowledges some.
-    pub credits: Arc<Semaphore>,
     /// Set when this record is replaced or forgotten (the session ended, moved, or its node
     /// died). An atomic, not a token: senders check it for every message.
     pub gone: Arc<AtomicBool>,
 }
 
 impl RemotePeer {
+    /// The remote session's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        Incarnation {
+            node: self.node,
+            session: self.session,
+        }
+    }
+
     /// Marks the record as no longer current; senders caching it look again.
     pub fn mark_gone(&self) {
         self.gone.store(true, Ordering::Release);
-        // Wakes a sender parked on this record's credit, so it looks for the peer again now
-        // rather than at its next tick.
-        self.credits.close();
     }
 
     /// True once [`RemotePeer::mark_gone`] was called.
@@ -134,42 +148,75 @@ impl Peer {
     }
 }
 
-/// A cheap, cloneable way to reach one session: its outbound queue and its eviction token.
+/// A cheap, cloneable way to reach one session: its outbound queue, its credit and its
+/// eviction token.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// Unique within this node for its lifetime.
     pub id: u64,
-    /// The session's bounded outbound queue; the session task is the only receiver.
+    /// The session's outbound queue; the session task is the only receiver. It holds
+    /// `outer.send-queue` messages from local senders (their room taken from `queue`) plus
+    /// the credit window of messages from other nodes, so credited frames always fit.
     pub outbound_tx: mpsc::Sender<Message>,
-    /// Payload bytes the outbound queue may still take; the session gives them back as it
-    /// writes. Every message queued took its length from it first.
-    pub queue_bytes: ByteBudget,
+    /// Room for local senders' messages; the session gives it back as it writes them.
+    pub queue: QueueBudget,
+    /// The session's credit as a receiver (ledger) and as a sender (grant).
+    pub credit: Arc<CreditState>,
     /// Cancelled when the session must stop: a newer client of the same role and channel id
-    /// replaced it, or the node is shutting down (it is a child of the shutdown token).
+    /// replaced it, the node lost its route, or the node is shutting down (it is a child of
+    /// the shutdown token).
     pub stop: CancellationToken,
 }
 
 impl SessionHandle {
-    /// Queues `message` if the queue has a free slot and the bytes for it; never waits. A full
-    /// queue (in messages or in bytes) hands the message back as `Full`.
+    /// Queues `message` if the queue has room for it; never waits. A full queue (in messages
+    /// or in bytes) hands the message back as `Full`.
     pub fn try_queue(&self, message: Message) -> Result<(), TrySendError<Message>> {
         let len = message.payload.len();
-        self.queue_bytes.try_send(&self.outbound_tx, message, len)
+        if !self.queue.try_take(len) {
+            return Err(if self.outbound_tx.is_closed() {
+                TrySendError::Closed(message)
+            } else {
+                TrySendError::Full(message)
+            });
+        }
+        self.outbound_tx
+            .try_send(message)
+            .inspect_err(|_| self.queue.give_back(1, len))
     }
 
     /// True once the session is replaced or has ended; its queue accepts nothing useful then.
     pub fn is_gone(&self) -> bool {
         self.stop.is_cancelled() || self.outbound_tx.is_closed()
     }
+
+    /// The session's incarnation on node `node` (this node).
+    pub fn incarnation(&self, node: NodeId) -> Incarnation {
+        Incarnation {
+            node,
+            session: self.id,
+        }
+    }
 }
 
-/// Why [`Hub::deliver_local`] could not queue a message.
+/// Why [`Hub::deliver_remote`] could not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undelivered {
-    /// This node holds no live session of that role in that channel.
+    /// This node holds no live session of that role in that channel, or a newer incarnation
+    /// than the one the frame names.
     NoSession,
-    /// The session's queue is full.
+    /// The frame came without credit and the session's queue is full.
     QueueFull,
+}
+
+/// What [`Hub::set_remote`] did with an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The remote session is now the peer (new, or the one already recorded).
+    Peer,
+    /// Not recorded: nobody here needs it, the role is held here, or it is older than the
+    /// session of the same node already recorded.
+    Ignored,
 }
 
 /// A second client of a role that `outer.on-duplicate = "reject"` refuses.
@@ -211,20 +258,23 @@ impl Claim {
 }
 
 impl Hub {
-    /// An empty hub whose sessions get queues of `send_queue` messages and `send_queue_bytes`
-    /// payload bytes.
+    /// An empty hub whose sessions' queues take `send_queue` messages and `send_queue_bytes`
+    /// payload bytes from local senders, plus `window` messages from other nodes.
     pub fn new(
         send_queue: usize,
         send_queue_bytes: usize,
+        window: usize,
         policy: DuplicatePolicy,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Hub {
         Hub {
-            sessions: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
             next_session_id: AtomicU64::new(1),
             send_queue,
             send_queue_bytes,
+            window,
             policy,
             metrics,
             shutdown,
@@ -240,14 +290,15 @@ impl Hub {
         channel_id: ChannelId,
         role: Role,
     ) -> Result<(Claim, mpsc::Receiver<Message>), DuplicateError> {
-        let (outbound_tx, outbound_rx) = mpsc::channel(self.send_queue);
+        let (outbound_tx, outbound_rx) = mpsc::channel(self.send_queue + self.window);
         let handle = SessionHandle {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
             outbound_tx,
-            queue_bytes: ByteBudget::new(self.send_queue_bytes),
+            queue: QueueBudget::new(self.send_queue, self.send_queue_bytes),
+            credit: Arc::new(CreditState::new(self.window)),
             stop: self.shutdown.child_token(),
         };
-        let mut sessions = self.lock();
+        let mut sessions = self.lock(&channel_id);
         let slot = sessions.entry(channel_id).or_default().slot(role);
         let mut displaced = None;
         match slot.as_ref() {
@@ -274,7 +325,7 @@ impl Hub {
 
     /// Where the live session of `role` in `channel_id` is, if this node knows.
     pub fn peer(&self, channel_id: &ChannelId, role: Role) -> Option<Peer> {
-        let sessions = self.lock();
+        let sessions = self.lock(channel_id);
         sessions
             .get(channel_id)?
             .slot_ref(role)
@@ -290,56 +341,128 @@ impl Hub {
         }
     }
 
-    /// Queues `message` for the live local session of `role` in `channel_id`, without
-    /// waiting; says why not otherwise.
-    ///
-    /// The receiving side of a link calls this for every data frame, so it clones no handle:
-    /// cloning and dropping a `SessionHandle` takes its stop token's mutex twice.
-    pub fn deliver_local(
+    /// The credit of this node's session `session`, if it holds `role` of `channel_id`.
+    pub fn local_credit(
         &self,
         channel_id: &ChannelId,
         role: Role,
-        message: Message,
-    ) -> Result<(), Undelivered> {
-        let sessions = self.lock();
-        match sessions
-            .get(channel_id)
-            .and_then(|slots| slots.slot_ref(role))
-        {
-            Some(Peer::Local(handle)) => handle.try_queue(message).map_err(|err| match err {
-                TrySendError::Full(_) => Undelivered::QueueFull,
-                TrySendError::Closed(_) => Undelivered::NoSession,
-            }),
-            _ => Err(Undelivered::NoSession),
+        session: u64,
+    ) -> Option<Arc<CreditState>> {
+        let sessions = self.lock(channel_id);
+        match sessions.get(channel_id)?.slot_ref(role)? {
+            Peer::Local(handle) if handle.id == session => Some(Arc::clone(&handle.credit)),
+            _ => None,
         }
     }
 
-    /// Records that `role` of `channel_id` lives on another node. Ignored when this node holds
-    /// no session of the channel (nobody here needs to know) or holds that role itself.
-    pub fn set_remote(&self, channel_id: &ChannelId, role: Role, remote: RemotePeer) {
-        let mut sessions = self.lock();
+    /// The credit of this node's session `session` of `role`, if its recorded peer is
+    /// `receiver`: where a credit frame from `receiver` lands, and only there.
+    pub fn sender_credit(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        session: u64,
+        receiver: Incarnation,
+    ) -> Option<Arc<CreditState>> {
+        let sessions = self.lock(channel_id);
+        let slots = sessions.get(channel_id)?;
+        match (slots.slot_ref(role)?, slots.slot_ref(role.peer())?) {
+            (Peer::Local(handle), Peer::Remote(peer))
+                if handle.id == session && peer.incarnation() == receiver =>
+            {
+                Some(Arc::clone(&handle.credit))
+            }
+            _ => None,
+        }
+    }
+
+    /// Queues a message that session `sender` of another node sent, at position `seq`, for
+    /// this node's session `receiver` of `role`, without waiting; says why not otherwise.
+    /// Under credit it always fits; without (see [`Receipt::Uncredited`]) it takes room from
+    /// the queue's budget like a local sender's. Returns the frames found lost before it.
+    ///
+    /// The receiving side of a link calls this for every data frame, so it clones no handle
+    /// and locks one shard of the map and the session's ledger.
+    pub fn deliver_remote(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        receiver: u64,
+        sender: Incarnation,
+        seq: u64,
+        mut message: Message,
+    ) -> Result<u64, Undelivered> {
+        let sessions = self.lock(channel_id);
+        let Some(Peer::Local(handle)) = sessions
+            .get(channel_id)
+            .and_then(|slots| slots.slot_ref(role))
+        else {
+            return Err(Undelivered::NoSession);
+        };
+        if handle.id != receiver {
+            return Err(Undelivered::NoSession);
+        }
+        let receipt = handle.credit.ledger().receive(sender, seq);
+        let full = |err: TrySendError<Message>| match err {
+            TrySendError::Full(_) => Undelivered::QueueFull,
+            TrySendError::Closed(_) => Undelivered::NoSession,
+        };
+        match receipt {
+            Receipt::Credited { lost } => {
+                message.origin = Some(sender);
+                handle.outbound_tx.try_send(message).map_err(full)?;
+                Ok(lost)
+            }
+            Receipt::Uncredited => {
+                message.origin = None;
+                handle.try_queue(message).map_err(full)?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// Records that `role` of `channel_id` lives on another node, as `remote`. Ignored when
+    /// this node holds no session of the channel (nobody here needs to know), holds that role
+    /// itself, or has recorded a newer session of the same node (session ids only grow, so an
+    /// announcement that arrives late never overwrites its successor's). The record already
+    /// there is kept when it names the same session, so what senders cached stays valid.
+    pub fn set_remote(&self, channel_id: &ChannelId, role: Role, remote: RemotePeer) -> Recorded {
+        let mut sessions = self.lock(channel_id);
         let Some(slots) = sessions.get_mut(channel_id) else {
-            return;
+            return Recorded::Ignored;
         };
         if !slots.has_local() {
-            return;
+            return Recorded::Ignored;
         }
         let slot = slots.slot(role);
-        if let Some(Peer::Local(handle)) = slot
-            && !handle.is_gone()
-        {
-            return;
-        }
-        if let Some(Peer::Remote(old)) = slot {
-            old.mark_gone();
+        match slot {
+            Some(Peer::Local(handle)) if !handle.is_gone() => return Recorded::Ignored,
+            Some(Peer::Remote(old)) if old.node == remote.node && !old.is_marked_gone() => {
+                if old.session == remote.session {
+                    return Recorded::Peer;
+                }
+                if old.session > remote.session {
+                    return Recorded::Ignored;
+                }
+                old.mark_gone();
+            }
+            Some(Peer::Remote(old)) => old.mark_gone(),
+            _ => {}
         }
         *slot = Some(Peer::Remote(remote));
+        Recorded::Peer
     }
 
     /// Forgets the remote session `session` of `node` for `role` of `channel_id`, if it is the
-    /// one recorded.
-    pub fn clear_remote(&self, channel_id: &ChannelId, role: Role, node: NodeId, session: u64) {
-        let mut sessions = self.lock();
+    /// one recorded; true if it was.
+    pub fn clear_remote(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        node: NodeId,
+        session: u64,
+    ) -> bool {
+        let mut sessions = self.lock(channel_id);
         if let Some(slots) = sessions.get_mut(channel_id) {
             let slot = slots.slot(role);
             if let Some(Peer::Remote(remote)) = slot
@@ -348,26 +471,40 @@ impl Hub {
             {
                 remote.mark_gone();
                 *slot = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Forgets every remote record pointing at `node` (it died), marking each gone so
+    /// sessions look again.
+    pub fn forget_remotes_of(&self, node: NodeId) {
+        for shard in self.shards.iter() {
+            for slots in lock(shard).values_mut() {
+                for slot in [&mut slots.app, &mut slots.web] {
+                    if let Some(Peer::Remote(remote)) = slot
+                        && remote.node == node
+                    {
+                        remote.mark_gone();
+                        *slot = None;
+                    }
+                }
             }
         }
     }
 
-    /// Every remote record pointing at `node`, with `renew` deciding each one's fate: `None`
-    /// forgets it (the node died), `Some` replaces it (the link reconnected and credit starts
-    /// afresh). Either way the old record is marked gone, so sessions look again.
-    pub fn update_remotes_of(
-        &self,
-        node: NodeId,
-        renew: impl Fn(&RemotePeer) -> Option<RemotePeer>,
-    ) {
-        let mut sessions = self.lock();
-        for slots in sessions.values_mut() {
-            for slot in [&mut slots.app, &mut slots.web] {
-                if let Some(Peer::Remote(remote)) = slot
-                    && remote.node == node
-                {
-                    remote.mark_gone();
-                    *slot = renew(remote).map(Peer::Remote);
+    /// Calls `visit` with every live session this node holds, under its shard's lock: keep
+    /// it short, and take no other lock than a session's ledger in it.
+    pub fn for_each_local(&self, mut visit: impl FnMut(&ChannelId, Role, &SessionHandle)) {
+        for shard in self.shards.iter() {
+            for (channel_id, slots) in lock(shard).iter() {
+                for (role, slot) in [(Role::App, &slots.app), (Role::Web, &slots.web)] {
+                    if let Some(Peer::Local(handle)) = slot
+                        && !handle.is_gone()
+                    {
+                        visit(channel_id, role, handle);
+                    }
                 }
             }
         }
@@ -375,30 +512,26 @@ impl Hub {
 
     /// Every live session this node holds, for registering them again.
     pub fn local_sessions(&self) -> Vec<(ChannelId, Role, u64)> {
-        let sessions = self.lock();
         let mut found = Vec::new();
-        for (channel_id, slots) in sessions.iter() {
-            for (role, slot) in [(Role::App, &slots.app), (Role::Web, &slots.web)] {
-                if let Some(Peer::Local(handle)) = slot
-                    && !handle.is_gone()
-                {
-                    found.push((*channel_id, role, handle.id));
-                }
-            }
-        }
+        self.for_each_local(|channel_id, role, handle| found.push((*channel_id, role, handle.id)));
         found
     }
 
     /// Sessions held, and channel ids with both roles connected on this node.
     pub fn counts(&self) -> (usize, usize) {
-        let sessions = self.lock();
-        sessions
-            .values()
-            .fold((0, 0), |(n_sessions, n_pairs), slots| {
-                let local = |slot: &Option<Peer>| usize::from(matches!(slot, Some(Peer::Local(_))));
-                let n = local(&slots.app) + local(&slots.web);
-                (n_sessions + n, n_pairs + usize::from(n == 2))
+        self.shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .values()
+                    .fold((0, 0), |(n_sessions, n_pairs), slots| {
+                        let local =
+                            |slot: &Option<Peer>| usize::from(matches!(slot, Some(Peer::Local(_))));
+                        let n = local(&slots.app) + local(&slots.web);
+                        (n_sessions + n, n_pairs + usize::from(n == 2))
+                    })
             })
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// Empties the slot of session `session_id`, or gives it back to the session it displaced
@@ -411,7 +544,7 @@ impl Hub {
         session_id: u64,
         displaced: Option<SessionHandle>,
     ) {
-        let mut sessions = self.lock();
+        let mut sessions = self.lock(channel_id);
         if let Entry::Occupied(mut entry) = sessions.entry(*channel_id) {
             let slots = entry.get_mut();
             let slot = slots.slot(role);
@@ -428,20 +561,25 @@ impl Hub {
     }
 
     /// Stops a session a newer one replaced, counting it unless it had ended already.
-    fn evict(&self, old: &SessionHandle) {
+    pub fn evict(&self, old: &SessionHandle) {
         if !old.is_gone() {
             Metrics::incr(&self.metrics.sessions_replaced);
         }
         old.stop.cancel();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Slots>> {
-        // A panic while holding this lock would be a bug in a map operation; the map itself
-        // stays consistent, so carrying on with it is sound.
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self, channel_id: &ChannelId) -> MutexGuard<'_, HashMap<ChannelId, Slots>> {
+        let shard = self.hasher.hash_one(channel_id) as usize % SHARDS;
+        lock(&self.shards[shard])
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding this lock would be a bug in a map operation; the map itself
+    // stays consistent, so carrying on with it is sound.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for Claim {
@@ -460,6 +598,7 @@ mod tests {
         Arc::new(Hub::new(
             4,
             1024,
+            4,
             policy,
             Arc::default(),
             CancellationToken::new(),

@@ -19,6 +19,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod credit;
 pub mod hub;
 pub mod inner;
 pub mod metrics;

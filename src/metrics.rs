@@ -49,6 +49,13 @@ pub struct Metrics {
     pub link_frames_dropped: AtomicU64,
     /// Messages from a remote node for a session this node no longer holds.
     pub messages_dropped_remote: AtomicU64,
+    /// Messages another node sent that never arrived (a link broke under them), found from the
+    /// positions data frames carry; the sending node may have counted them in
+    /// `link_frames_dropped` too.
+    pub messages_lost_between_nodes: AtomicU64,
+    /// Inner control frames naming a session incarnation this node no longer holds (credit
+    /// for a replaced session, a late announcement): dropped, never applied to a successor.
+    pub inner_frames_stale: AtomicU64,
     /// Upgrade requests answered 503 because the registry was unavailable.
     pub registry_unavailable: AtomicU64,
     /// Upgrades that passed every check but never completed: the client went away while its
@@ -131,6 +138,14 @@ impl Metrics {
             (
                 "wspair_messages_dropped_remote_total",
                 read(&self.messages_dropped_remote),
+            ),
+            (
+                "wspair_messages_lost_between_nodes_total",
+                read(&self.messages_lost_between_nodes),
+            ),
+            (
+                "wspair_inner_frames_stale_total",
+                read(&self.inner_frames_stale),
             ),
             (
                 "wspair_registry_unavailable_total",

@@ -54,6 +54,18 @@ impl FromStr for NodeId {
     }
 }
 
+/// One session anywhere in the cluster: its node and its id on that node. Never reused: node
+/// ids are drawn per process and session ids count up within one, so a reconnecting client
+/// is a new incarnation, and a frame naming an old one can be told from one for its
+/// successor.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Incarnation {
+    /// The node holding the session.
+    pub node: NodeId,
+    /// The session's id on that node.
+    pub session: u64,
+}
+
 /// What a node tells the others about itself through the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {

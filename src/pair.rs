@@ -147,9 +147,11 @@ pub struct Message {
     pub kind: MessageKind,
     /// The message body, reassembled from fragments and decompressed.
     pub payload: Bytes,
-    /// The node it came from, if another node relayed it; the receiving session returns
-    /// credit to that node as it writes the message.
-    pub origin: Option<crate::node::NodeId>,
+    /// The session of another node that sent it under credit, if one did; the receiving
+    /// session accounts for it in its credit ledger as it writes it. `None`: the message took
+    /// room from the queue's budget instead (a local sender, or a frame that arrived
+    /// without credit), which the receiving session gives back as it writes it.
+    pub origin: Option<crate::node::Incarnation>,
 }
 
 #[cfg(test)]

@@ -13,29 +13,33 @@
 //! directory is forgotten: its remote records are dropped and its link closed. Relaying a
 //! message therefore costs no Redis operation in steady state.
 //!
-//! Backpressure across a link is per session, by credit: a sender may have at most the
-//! receiving node's `outer.send-queue` messages in flight to one remote session; the receiving
-//! session returns credit, in batches, as it writes them to its client. A slow receiver stops only its own
-//! sender, and the link never waits on a session, so other channels on it keep flowing.
+//! Backpressure across a link is per pair of session incarnations, by absolute credit (see
+//! `credit`): the receiving session grants, the sending session's grant bounds what it has in
+//! flight. A slow receiver stops only its own sender, and the link never waits on a session,
+//! so other channels on it keep flowing. Frames name incarnations on both ends; one that
+//! names a session this node no longer holds is dropped and counted, never applied to its
+//! successor.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::DuplicatePolicy;
-use crate::hub::{Claim, DuplicateError, Hub, Peer, RemotePeer, SessionHandle, Undelivered};
+use crate::credit::CreditDue;
+use crate::hub::{
+    Claim, DuplicateError, Hub, Peer, Recorded, RemotePeer, SessionHandle, Undelivered,
+};
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::metrics::Metrics;
-use crate::node::{NodeId, NodeInfo};
-use crate::outer::delivery::CreditReturn;
+use crate::node::{Incarnation, NodeId, NodeInfo};
 use crate::pair::{ChannelId, Message, Role};
 use crate::registry::{ROUTE_TTL, RedisRegistry, RegistryError, Route};
 
@@ -287,6 +291,9 @@ impl Router {
                     lock(&cluster.pending_releases).push((channel_id, role, restore));
                 }
             } else if let Some(remote_peer) = &remote_peer {
+                // The failed session first, on the same link: its node records a newer
+                // session of a node over an older one, never the other way round.
+                unbind(Some(remote_peer), &claim);
                 remote_peer.link.send_control(InnerFrame::Bound {
                     channel_id,
                     role,
@@ -304,7 +311,7 @@ impl Router {
         // another node is recorded again for a local peer.
         drop(claim);
         if !restored_here && let Some(remote) = self.remote_peer(restore) {
-            self.hub.set_remote(&channel_id, role, remote);
+            self.adopt_remote(channel_id, role, remote);
         }
     }
 
@@ -358,6 +365,7 @@ impl Router {
             && peer.node != self.me.id
             && let Some(remote) = self.remote_peer(peer)
         {
+            let incarnation = remote.incarnation();
             self.hub.set_remote(&channel_id, role.peer(), remote);
             // The client is answered only once the peer's node knows of it, so a message the
             // peer sends after this client is connected is never dropped for want of a route.
@@ -372,6 +380,12 @@ impl Router {
                     session: claim.handle.id,
                 },
             );
+            // After the `Bound`, on the same queue: the peer's node applies credit only from a
+            // session it has recorded.
+            let due = claim.handle.credit.ledger().open(incarnation);
+            if let Some(due) = due {
+                self.send_credit(channel_id, role, claim.handle.id, due);
+            }
             if tokio::time::timeout(cluster.ack_timeout, ack_rx)
                 .await
                 .is_err()
@@ -402,16 +416,35 @@ impl Router {
         }
     }
 
-    /// Tells `node` that the session of `role` (the sender's role) may send `n` more messages.
-    pub fn grant_credit(&self, node: NodeId, channel_id: ChannelId, role: Role, n: u32) {
+    /// Announces credit from this node's session `receiver` (holding `role` of `channel_id`)
+    /// to the sending session `due.to`.
+    pub fn send_credit(&self, channel_id: ChannelId, role: Role, receiver: u64, due: CreditDue) {
         self.send_control(
-            node,
+            due.to.node,
             InnerFrame::Credit {
                 channel_id,
-                role,
-                n,
+                role: role.peer(),
+                sender: due.to.session,
+                receiver,
+                limit: due.limit,
             },
         );
+    }
+
+    /// Records `remote` as the session of `role` in `channel_id` and, if it is now the peer
+    /// of a session here, opens its credit account there and announces the grant.
+    fn adopt_remote(&self, channel_id: ChannelId, role: Role, remote: RemotePeer) {
+        let incarnation = remote.incarnation();
+        if self.hub.set_remote(&channel_id, role, remote) == Recorded::Ignored {
+            Metrics::incr(&self.metrics.inner_frames_stale);
+            return;
+        }
+        if let Some(handle) = self.hub.local(&channel_id, role.peer()) {
+            let due = handle.credit.ledger().open(incarnation);
+            if let Some(due) = due {
+                self.send_credit(channel_id, role.peer(), handle.id, due);
+            }
+        }
     }
 
     /// Handles a frame an authenticated link delivered from `from`. Never waits.
@@ -420,44 +453,68 @@ impl Router {
             InnerFrame::Data {
                 channel_id,
                 role,
+                sender,
+                receiver,
+                seq,
                 kind,
                 payload,
             } => {
                 let message = Message {
                     kind,
                     payload,
-                    origin: Some(from),
+                    origin: None,
                 };
-                match self.hub.deliver_local(&channel_id, role, message) {
-                    Ok(()) => {}
-                    // Count the message and give its credit back, so the sender's window
-                    // stays whole for whichever session it finds next.
+                let sender = Incarnation {
+                    node: from,
+                    session: sender,
+                };
+                match self
+                    .hub
+                    .deliver_remote(&channel_id, role, receiver, sender, seq, message)
+                {
+                    Ok(0) => {}
+                    Ok(lost) => {
+                        Metrics::add(&self.metrics.messages_lost_between_nodes, lost);
+                        warn!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
+                    }
+                    // The receiving incarnation is gone: the sender's grant for it is void, so
+                    // nothing is given back; the sender finds the successor and its grant.
                     Err(Undelivered::NoSession) => {
                         Metrics::incr(&self.metrics.messages_dropped_remote);
-                        debug!(%channel_id, %role, node = %from, "message from a remote node dropped: no session");
-                        self.grant_credit(from, channel_id, role.peer(), 1);
+                        debug!(%channel_id, %role, node = %from, "message from a remote node dropped: its session is gone");
                     }
-                    // Credit keeps the queue from filling, so the sender holds more credit than
-                    // the window (after a link reset renewed it while old frames still arrived).
-                    // Keeping this message's credit takes the excess back; returning it would
-                    // let the sender overrun the queue again and again.
                     Err(Undelivered::QueueFull) => {
                         Metrics::incr(&self.metrics.messages_dropped_remote);
-                        warn!(%channel_id, %role, node = %from, "message from a remote node dropped: session queue full, sender over its window");
+                        warn!(%channel_id, %role, node = %from, "message from a remote node dropped: it came without credit and the session's queue is full");
                     }
                 }
             }
             InnerFrame::Credit {
                 channel_id,
                 role,
-                n,
+                sender,
+                receiver,
+                limit,
             } => {
-                if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer())
-                    && remote.node == from
-                {
-                    remote.credits.add_permits(n as usize);
+                let receiver = Incarnation {
+                    node: from,
+                    session: receiver,
+                };
+                match self.hub.sender_credit(&channel_id, role, sender, receiver) {
+                    Some(credit) => credit.credit(receiver, limit),
+                    None => {
+                        Metrics::incr(&self.metrics.inner_frames_stale);
+                        debug!(%channel_id, %role, node = %from, "credit for a session incarnation no longer here dropped");
+                    }
                 }
             }
+            InnerFrame::Sent {
+                channel_id,
+                role,
+                sender,
+                receiver,
+                sent,
+            } => self.on_sent(from, channel_id, role, sender, receiver, sent),
             InnerFrame::Bound {
                 channel_id,
                 role,
@@ -477,7 +534,7 @@ impl Router {
                     node: from,
                     session,
                 }) {
-                    self.hub.set_remote(&channel_id, role, remote);
+                    self.adopt_remote(channel_id, role, remote);
                 }
                 self.send_control(
                     from,
@@ -521,7 +578,20 @@ impl Router {
                 channel_id,
                 role,
                 session,
-            } => self.hub.clear_remote(&channel_id, role, from, session),
+                sent,
+            } => {
+                self.hub.clear_remote(&channel_id, role, from, session);
+                if let Some(handle) = self.hub.local(&channel_id, role.peer()) {
+                    let sender = Incarnation {
+                        node: from,
+                        session,
+                    };
+                    let due = handle.credit.ledger().ended(sender, sent);
+                    if let Some(due) = due {
+                        self.send_credit(channel_id, role.peer(), handle.id, due);
+                    }
+                }
+            }
             InnerFrame::Evict {
                 channel_id,
                 role,
@@ -534,6 +604,68 @@ impl Router {
                 }
             }
             InnerFrame::Auth { .. } | InnerFrame::Ping | InnerFrame::Pong => {}
+        }
+    }
+
+    /// A sender that waited for credit says how many messages it sent: what never arrived is
+    /// counted lost and credited, and the limit goes back to it. A sender this session has no
+    /// account for, but records as its peer (its node was forgotten and came back), gets one
+    /// opened at its position.
+    fn on_sent(
+        &self,
+        from: NodeId,
+        channel_id: ChannelId,
+        role: Role,
+        sender: u64,
+        receiver: u64,
+        sent: u64,
+    ) {
+        let Some(credit) = self.hub.local_credit(&channel_id, role, receiver) else {
+            Metrics::incr(&self.metrics.inner_frames_stale);
+            return;
+        };
+        let sender = Incarnation {
+            node: from,
+            session: sender,
+        };
+        let is_peer = || {
+            matches!(self.hub.peer(&channel_id, role.peer()),
+                Some(Peer::Remote(peer)) if peer.incarnation() == sender)
+        };
+        let (lost, due) = {
+            let known = credit.ledger().knows(sender);
+            // Checked outside the ledger's lock: the hub's lock comes first, never inside.
+            if !known && !is_peer() {
+                Metrics::incr(&self.metrics.inner_frames_stale);
+                return;
+            }
+            let mut ledger = credit.ledger();
+            if !ledger.knows(sender) {
+                ledger.open(sender);
+            }
+            ledger.sent(sender, sent)
+        };
+        if lost > 0 {
+            Metrics::add(&self.metrics.messages_lost_between_nodes, lost);
+            warn!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
+        }
+        if let Some(due) = due {
+            self.send_credit(channel_id, role, receiver, due);
+        }
+    }
+
+    /// Forgets a node that died: its sessions' records, and the credit its senders held,
+    /// which goes to the senders that replaced them.
+    fn forget_node(&self, node: NodeId) {
+        self.hub.forget_remotes_of(node);
+        let mut dues = Vec::new();
+        self.hub.for_each_local(|channel_id, role, handle| {
+            if let Some(due) = handle.credit.ledger().forget_node(node) {
+                dues.push((*channel_id, role, handle.id, due));
+            }
+        });
+        for (channel_id, role, receiver, due) in dues {
+            self.send_credit(channel_id, role, receiver, due);
         }
     }
 
@@ -566,8 +698,7 @@ impl Router {
                 .is_some_and(|cluster| lock(&cluster.directory).live.contains_key(&node))
     }
 
-    /// A fresh record of a remote session, with a full credit window (see
-    /// [`CreditReturn::sender_credits`]); `None` if its node is not live.
+    /// A record of a remote session; `None` if its node is not live.
     fn remote_peer(&self, route: Route) -> Option<RemotePeer> {
         let cluster = self.cluster.as_ref()?;
         let info = lock(&cluster.directory).live.get(&route.node).cloned()?;
@@ -575,9 +706,6 @@ impl Router {
             node: route.node,
             session: route.session,
             link: self.link(cluster, &info),
-            credits: Arc::new(Semaphore::new(CreditReturn::sender_credits(
-                info.window as usize,
-            ))),
             gone: Arc::default(),
         })
     }
@@ -627,23 +755,19 @@ impl Router {
         handle
     }
 
-    /// A (re)connected link starts with full credit windows: frames lost with the old
-    /// connection took their credit with them.
+    /// A (re)connected link: credit frames may have been lost with the old connection, so
+    /// every session here announces its current grant to its senders on that node again.
+    /// Absolute limits make the repetition harmless.
     fn on_link_up(&self, node: NodeId) {
-        self.hub.update_remotes_of(node, |old| {
-            let window = self.window_of(node)?;
-            Some(RemotePeer {
-                credits: Arc::new(Semaphore::new(CreditReturn::sender_credits(window))),
-                gone: Arc::default(),
-                ..old.clone()
-            })
+        let mut dues = Vec::new();
+        self.hub.for_each_local(|channel_id, role, handle| {
+            if let Some(due) = handle.credit.ledger().current_on(node) {
+                dues.push((*channel_id, role, handle.id, due));
+            }
         });
-    }
-
-    fn window_of(&self, node: NodeId) -> Option<usize> {
-        let cluster = self.cluster.as_ref()?;
-        let directory = lock(&cluster.directory);
-        directory.live.get(&node).map(|info| info.window as usize)
+        for (channel_id, role, receiver, due) in dues {
+            self.send_credit(channel_id, role, receiver, due);
+        }
     }
 
     /// Runs one heartbeat: refreshes this node's liveness, updates the directory, forgets
@@ -672,7 +796,7 @@ impl Router {
         });
         for node in dead {
             info!(%node, "node left the cluster; forgetting its sessions");
-            self.hub.update_remotes_of(node, |_| None);
+            self.forget_node(node);
             if let Some((_, cancel)) = lock(&cluster.links).remove(&node) {
                 cancel.cancel();
             }
@@ -812,13 +936,15 @@ impl Router {
     }
 }
 
-/// Tells the node of `remote_peer`, if any, that the session of `claim` is gone.
+/// Tells the node of `remote_peer`, if any, that the session of `claim` is gone, and how many
+/// messages it sent there.
 fn unbind(remote_peer: Option<&RemotePeer>, claim: &Claim) {
     if let Some(remote_peer) = remote_peer {
         remote_peer.link.send_control(InnerFrame::Unbound {
             channel_id: claim.channel_id,
             role: claim.role,
             session: claim.handle.id,
+            sent: claim.handle.credit.sent_to(remote_peer.incarnation()),
         });
     }
 }

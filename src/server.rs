@@ -112,6 +112,7 @@ impl Server {
         let hub = Arc::new(Hub::new(
             config.outer.send_queue,
             config.outer.send_queue_bytes,
+            config.outer.credit_window(),
             config.outer.on_duplicate,
             Arc::clone(&metrics),
             shutdown.clone(),

@@ -6,14 +6,15 @@
 //! |---|---|---|
 //! | 1 | Hello | version u16, node id u64, nonce [32], window u32, advertise (the rest, UTF-8) |
 //! | 2 | Auth | mac [32] |
-//! | 3 | Data | channel id [32], role u8, kind u8, payload (the rest) |
-//! | 4 | Credit | channel id [32], role u8, n u32 |
+//! | 3 | Data | channel id [32], role u8, kind u8, sender u64, receiver u64, seq u64, payload (the rest) |
+//! | 4 | Credit | channel id [32], role u8, sender u64, receiver u64, limit u64 |
 //! | 5 | Bound | channel id [32], role u8, session u64 |
-//! | 6 | Unbound | channel id [32], role u8, session u64 |
+//! | 6 | Unbound | channel id [32], role u8, session u64, sent u64 |
 //! | 7 | Evict | channel id [32], role u8, session u64 |
 //! | 8 | Ping | |
 //! | 9 | Pong | |
 //! | 10 | BoundAck | channel id [32], role u8, session u64 |
+//! | 11 | Sent | channel id [32], role u8, sender u64, receiver u64, sent u64 |
 //!
 //! Roles are 0 (app) and 1 (web); kinds 0 (text) and 1 (binary); integers are big-endian. The
 //! length is checked before anything is buffered past it: a frame longer than the limit (the
@@ -28,7 +29,8 @@ use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES};
 use crate::node::NodeId;
 use crate::pair::{CHANNEL_ID_LEN, ChannelId, MessageKind, Role};
 
-/// Bytes a frame may carry beyond its message payload: type, channel id, role, kind.
+/// Bytes a frame may carry beyond its message payload: type, channel id, role, kind, two
+/// session ids and a position (59 bytes), with room to spare.
 pub const HEADER_ALLOWANCE: usize = 64;
 
 /// Largest frame before authentication: a `Hello` with an advertised address of a few
@@ -186,6 +188,9 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
         InnerFrame::Data {
             channel_id,
             role,
+            sender,
+            receiver,
+            seq,
             kind,
             payload,
         } => {
@@ -194,22 +199,46 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
                 MessageKind::Text => 0,
                 MessageKind::Binary => 1,
             });
+            dst.put_u64(*sender);
+            dst.put_u64(*receiver);
+            dst.put_u64(*seq);
             dst.put_slice(payload);
         }
         InnerFrame::Credit {
             channel_id,
             role,
-            n,
-        } => {
-            put_target(dst, 4, channel_id, *role);
-            dst.put_u32(*n);
+            sender,
+            receiver,
+            limit: count,
         }
-        InnerFrame::Bound {
+        | InnerFrame::Sent {
+            channel_id,
+            role,
+            sender,
+            receiver,
+            sent: count,
+        } => {
+            let type_byte = if matches!(frame, InnerFrame::Credit { .. }) {
+                4
+            } else {
+                11
+            };
+            put_target(dst, type_byte, channel_id, *role);
+            dst.put_u64(*sender);
+            dst.put_u64(*receiver);
+            dst.put_u64(*count);
+        }
+        InnerFrame::Unbound {
             channel_id,
             role,
             session,
+            sent,
+        } => {
+            put_target(dst, 6, channel_id, *role);
+            dst.put_u64(*session);
+            dst.put_u64(*sent);
         }
-        | InnerFrame::Unbound {
+        InnerFrame::Bound {
             channel_id,
             role,
             session,
@@ -226,7 +255,6 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
         } => {
             let type_byte = match frame {
                 InnerFrame::Bound { .. } => 5,
-                InnerFrame::Unbound { .. } => 6,
                 InnerFrame::Evict { .. } => 7,
                 _ => 10,
             };
@@ -329,6 +357,7 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
         8 => "ping",
         9 => "pong",
         10 => "bound-ack",
+        11 => "sent",
         other => return Err(CodecError::UnknownType(other)),
     };
     let mut fields = Fields { body, frame };
@@ -361,10 +390,16 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
                 1 => MessageKind::Binary,
                 other => return Err(fields.malformed(format!("kind {other}"))),
             };
+            let sender = fields.u64()?;
+            let receiver = fields.u64()?;
+            let seq = fields.u64()?;
             let payload = std::mem::take(&mut fields.body);
             InnerFrame::Data {
                 channel_id,
                 role,
+                sender,
+                receiver,
+                seq,
                 kind,
                 payload,
             }
@@ -372,19 +407,29 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
         4 => InnerFrame::Credit {
             channel_id: fields.channel_id()?,
             role: fields.role()?,
-            n: fields.u32()?,
+            sender: fields.u64()?,
+            receiver: fields.u64()?,
+            limit: fields.u64()?,
         },
-        5..=7 | 10 => {
+        11 => InnerFrame::Sent {
+            channel_id: fields.channel_id()?,
+            role: fields.role()?,
+            sender: fields.u64()?,
+            receiver: fields.u64()?,
+            sent: fields.u64()?,
+        },
+        6 => InnerFrame::Unbound {
+            channel_id: fields.channel_id()?,
+            role: fields.role()?,
+            session: fields.u64()?,
+            sent: fields.u64()?,
+        },
+        5 | 7 | 10 => {
             let channel_id = fields.channel_id()?;
             let role = fields.role()?;
             let session = fields.u64()?;
             match type_byte {
                 5 => InnerFrame::Bound {
-                    channel_id,
-                    role,
-                    session,
-                },
-                6 => InnerFrame::Unbound {
                     channel_id,
                     role,
                     session,
@@ -445,13 +490,25 @@ mod tests {
             InnerFrame::Data {
                 channel_id: id(),
                 role: Role::Web,
+                sender: 11,
+                receiver: 12,
+                seq: 13,
                 kind: MessageKind::Text,
                 payload,
             },
             InnerFrame::Credit {
                 channel_id: id(),
                 role: Role::App,
-                n: 12,
+                sender: 14,
+                receiver: 15,
+                limit: u64::MAX,
+            },
+            InnerFrame::Sent {
+                channel_id: id(),
+                role: Role::App,
+                sender: 16,
+                receiver: 17,
+                sent: 18,
             },
             InnerFrame::Bound {
                 channel_id: id(),
@@ -462,6 +519,7 @@ mod tests {
                 channel_id: id(),
                 role: Role::Web,
                 session: 4,
+                sent: 19,
             },
             InnerFrame::Evict {
                 channel_id: id(),
@@ -486,6 +544,9 @@ mod tests {
             let frame = InnerFrame::Data {
                 channel_id: id(),
                 role: Role::App,
+                sender: 1,
+                receiver: 2,
+                seq: 3,
                 kind: MessageKind::Binary,
                 payload: Bytes::from(vec![1u8; length]),
             };
@@ -538,6 +599,9 @@ mod tests {
         let frame = InnerFrame::Data {
             channel_id: id(),
             role: Role::App,
+            sender: 1,
+            receiver: 2,
+            seq: 3,
             kind: MessageKind::Binary,
             payload: Bytes::from(vec![1u8; 200]),
         };

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use crate::node::NodeId;
 use crate::pair::{ChannelId, MessageKind, Role};
 
-/// Version of the inner protocol, checked in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the inner protocol, checked in `Hello`. Version 2 names session incarnations
+/// in data and credit frames; nodes of version 1 cannot link with it.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;
@@ -40,25 +41,54 @@ pub enum InnerFrame {
         /// HMAC-SHA256 under `inner.secret`.
         mac: [u8; MAC_BYTES],
     },
-    /// A message for the session of `role` in `channel_id` on the receiving node.
+    /// A message from session `sender` of the sending node to session `receiver` (holding
+    /// `role` of `channel_id`) of the receiving node, at position `seq` of that pair.
     Data {
         /// The pair's channel id.
         channel_id: ChannelId,
         /// The role of the receiving session.
         role: Role,
+        /// The sending session's id on the sending node.
+        sender: u64,
+        /// The receiving session's id on the receiving node.
+        receiver: u64,
+        /// 1 for the first message `sender` sent `receiver`, then one more for each.
+        seq: u64,
         /// Text or binary.
         kind: MessageKind,
         /// The message body.
         payload: Bytes,
     },
-    /// The receiving node's session of `role` may send `n` more messages to its peer.
+    /// Session `sender` (holding `role` on the receiving node) may have sent up to `limit`
+    /// messages in all to session `receiver` of the sending node. Absolute: a repeated or
+    /// late one changes nothing.
     Credit {
         /// The pair's channel id.
         channel_id: ChannelId,
         /// The role of the sending session whose window grows.
         role: Role,
-        /// Messages acknowledged.
-        n: u32,
+        /// The sending session's id, on the node receiving this frame.
+        sender: u64,
+        /// The receiving session's id, on the node sending this frame.
+        receiver: u64,
+        /// Messages the sender may have sent in all.
+        limit: u64,
+    },
+    /// Session `sender` of the sending node has sent `sent` messages in all to session
+    /// `receiver` (holding `role`) of the receiving node. Queued behind its data, by a sender
+    /// that has waited for credit: any it sent that did not arrive were lost; the answer is a
+    /// `Credit`.
+    Sent {
+        /// The pair's channel id.
+        channel_id: ChannelId,
+        /// The role of the receiving session.
+        role: Role,
+        /// The sending session's id on the sending node.
+        sender: u64,
+        /// The receiving session's id on the receiving node.
+        receiver: u64,
+        /// Messages sent in all.
+        sent: u64,
     },
     /// `role` of `channel_id` is now held by `session` on the sending node.
     Bound {
@@ -87,6 +117,8 @@ pub enum InnerFrame {
         role: Role,
         /// The ended session's id on the sending node.
         session: u64,
+        /// Messages it sent its peer on the receiving node: credit beyond them is free.
+        sent: u64,
     },
     /// Close `session` (holding `role` of `channel_id` on the receiving node) with 4001:
     /// a newer client replaced it on the sending node.
@@ -112,6 +144,7 @@ impl InnerFrame {
             InnerFrame::Auth { .. } => "auth",
             InnerFrame::Data { .. } => "data",
             InnerFrame::Credit { .. } => "credit",
+            InnerFrame::Sent { .. } => "sent",
             InnerFrame::Bound { .. } => "bound",
             InnerFrame::BoundAck { .. } => "bound-ack",
             InnerFrame::Unbound { .. } => "unbound",

@@ -1,8 +1,9 @@
 //! Delivery: hands the messages a session reads to its peer, wherever the peer is, with
-//! backpressure; and returns credit for the messages a session received from other nodes.
+//! backpressure.
 //!
 //! A message goes to a local peer's bounded queue, or, for a peer on another node, takes one
-//! credit and goes into the link's data queue. When the queue is full or the credit is spent,
+//! credit from the session's grant towards that incarnation (see `credit`) and goes into the
+//! link's data queue, numbered with its position. When the queue is full or the credit is spent,
 //! the message is parked ([`Delivery::is_blocked`]) and the session stops reading its client
 //! until [`Delivery::poll_unblock`] says it went through; that is the whole backpressure.
 //! A peer that ends while a message is parked gets looked up again, so a reconnected peer
@@ -11,37 +12,37 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tracing::debug;
 
-use crate::budget::BudgetWaiter;
+use crate::budget::{BudgetWaiter, QueueBudget, QueueWaiter};
+use crate::credit::{CreditState, Grant};
 use crate::hub::{Peer, RemotePeer};
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::LinkError;
 use crate::metrics::Metrics;
-use crate::node::NodeId;
 use crate::pair::{ChannelId, Message, Role};
 use crate::router::Router;
 
-/// Credit returned to a sending node in one frame, at most (see [`CreditReturn`]).
-const CREDIT_BATCH: u32 = 32;
-
 /// A parked message and what it waits for.
 enum Blocked {
-    /// Bytes in a local peer's queue, then a slot in it.
+    /// Room in a local peer's queue.
     Local {
         message: Message,
-        bytes: BudgetWaiter,
-        bytes_taken: bool,
-        sender: PollSender<Message>,
+        room: QueueWaiter,
+        queue: QueueBudget,
+        tx: mpsc::Sender<Message>,
     },
     /// Credit from the remote peer.
     Credit {
         message: Message,
         remote: RemotePeer,
+        grant: Arc<Grant>,
         credits: PollSemaphore,
+        /// Ticks seen while waiting; at the second, the sender says where it stands (`Sent`).
+        ticks: u32,
     },
     /// Bytes in the link's data queue, then a slot in it (the credit is already taken).
     Link {
@@ -49,8 +50,8 @@ enum Blocked {
         bytes: BudgetWaiter,
         bytes_taken: bool,
         sender: PollSender<InnerFrame>,
-        /// The remote peer's credit, given back if the message is abandoned here.
-        credits: Arc<Semaphore>,
+        /// The credit and position the frame took, given back if it is not sent.
+        grant: Arc<Grant>,
     },
 }
 
@@ -59,28 +60,39 @@ pub struct Delivery {
     channel_id: ChannelId,
     /// The role of the session that sends.
     role: Role,
+    /// The sending session's id on this node.
+    session: u64,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
+    /// The session's credit, whose grant bounds what it sends to a remote peer.
+    credit: Arc<CreditState>,
     /// The peer, cached; looked up again only when absent or gone.
     peer: Option<Peer>,
+    /// The grant towards a remote peer, cached while it is for that peer.
+    grant: Option<Arc<Grant>>,
     /// Boxed: rarely set, and large (its wakers), while every idle session holds a `Delivery`.
     blocked: Option<Box<Blocked>>,
 }
 
 impl Delivery {
-    /// Delivery for the session of `role` in `channel_id`.
+    /// Delivery for session `session` of `role` in `channel_id`.
     pub fn new(
         channel_id: ChannelId,
         role: Role,
+        session: u64,
+        credit: Arc<CreditState>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
     ) -> Delivery {
         Delivery {
             channel_id,
             role,
+            session,
             router,
             metrics,
+            credit,
             peer: None,
+            grant: None,
             blocked: None,
         }
     }
@@ -88,6 +100,11 @@ impl Delivery {
     /// True while a message waits; the session must not read its client meanwhile.
     pub fn is_blocked(&self) -> bool {
         self.blocked.is_some()
+    }
+
+    /// Messages this session sent to the remote session `remote`, for its `Unbound`.
+    pub fn sent_to(&self, remote: &RemotePeer) -> u64 {
+        self.credit.sent_to(remote.incarnation())
     }
 
     /// Sends `message` now, or parks it. Never waits.
@@ -105,28 +122,30 @@ impl Delivery {
                     Err(TrySendError::Full(returned)) => {
                         self.blocked = Some(Box::new(Blocked::Local {
                             message: returned,
-                            bytes: handle.queue_bytes.waiter(),
-                            bytes_taken: false,
-                            sender: PollSender::new(handle.outbound_tx.clone()),
+                            room: handle.queue.waiter(),
+                            queue: handle.queue.clone(),
+                            tx: handle.outbound_tx.clone(),
                         }));
                         None
                     }
                     Err(TrySendError::Closed(returned)) => Some(returned),
                 },
-                Peer::Remote(remote) => match remote.credits.try_acquire() {
-                    Ok(permit) => {
-                        permit.forget();
-                        self.send_to_link(remote, message)
+                Peer::Remote(remote) => {
+                    let grant = self.grant_for(remote);
+                    match grant.try_take() {
+                        Some(seq) => self.send_to_link(remote, grant, seq, message),
+                        None => {
+                            self.blocked = Some(Box::new(Blocked::Credit {
+                                message,
+                                remote: remote.clone(),
+                                credits: PollSemaphore::new(grant.permits()),
+                                grant,
+                                ticks: 0,
+                            }));
+                            None
+                        }
                     }
-                    Err(_) => {
-                        self.blocked = Some(Box::new(Blocked::Credit {
-                            message,
-                            remote: remote.clone(),
-                            credits: PollSemaphore::new(Arc::clone(&remote.credits)),
-                        }));
-                        None
-                    }
-                },
+                }
             };
             match returned {
                 None => {
@@ -139,12 +158,34 @@ impl Delivery {
         self.drop_no_peer(&message);
     }
 
-    /// Puts a data frame (its credit taken) on the link; returns the message if the link is
-    /// closed, so the caller can look for the peer again.
-    fn send_to_link(&mut self, remote: &RemotePeer, message: Message) -> Option<Message> {
+    /// The grant towards `remote`: the cached one while it is for that session.
+    fn grant_for(&mut self, remote: &RemotePeer) -> Arc<Grant> {
+        let receiver = remote.incarnation();
+        match &self.grant {
+            Some(grant) if grant.receiver == receiver && !grant.is_closed() => Arc::clone(grant),
+            _ => {
+                let grant = self.credit.grant_for(receiver);
+                self.grant = Some(Arc::clone(&grant));
+                grant
+            }
+        }
+    }
+
+    /// Puts a data frame at position `seq` (its credit taken) on the link; returns the
+    /// message if the link is closed, so the caller can look for the peer again.
+    fn send_to_link(
+        &mut self,
+        remote: &RemotePeer,
+        grant: Arc<Grant>,
+        seq: u64,
+        message: Message,
+    ) -> Option<Message> {
         let frame = InnerFrame::Data {
             channel_id: self.channel_id,
             role: self.role.peer(),
+            sender: self.session,
+            receiver: remote.session,
+            seq,
             kind: message.kind,
             payload: message.payload,
         };
@@ -157,16 +198,14 @@ impl Delivery {
                     bytes,
                     bytes_taken: false,
                     sender,
-                    credits: Arc::clone(&remote.credits),
+                    grant,
                 }));
                 None
             }
-            Err(LinkError::Closed(InnerFrame::Data { kind, payload, .. })) => Some(Message {
-                kind,
-                payload,
-                origin: None,
-            }),
-            Err(LinkError::Closed(_)) => unreachable!("send_to_link only sends data frames"),
+            Err(LinkError::Closed(frame)) => {
+                grant.untake();
+                Some(into_message(frame))
+            }
         }
     }
 
@@ -177,34 +216,36 @@ impl Delivery {
                 return Poll::Ready(());
             };
             match &mut **blocked {
-                Blocked::Local {
-                    message,
-                    bytes,
-                    bytes_taken,
-                    sender,
-                } => {
-                    let len = message.payload.len();
-                    let reserved = match poll_room(cx, len, bytes, bytes_taken, sender) {
+                Blocked::Local { message, room, .. } => {
+                    let reserved = match room.poll_take(cx, message.payload.len()) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(reserved) => reserved,
                     };
                     let Some(Blocked::Local {
-                        message,
-                        mut sender,
-                        ..
+                        message, queue, tx, ..
                     }) = self.take_blocked()
                     else {
                         unreachable!("matched Local above");
                     };
-                    let sent = reserved && sender.send_item(message.clone()).is_ok();
-                    if !sent {
+                    if !reserved {
                         self.retry(message);
+                        continue;
+                    }
+                    // The queue holds a local sender's share and the credit window beside
+                    // it, so with room taken it is never full; it may have closed.
+                    let len = message.payload.len();
+                    if let Err(err) = tx.try_send(message) {
+                        queue.give_back(1, len);
+                        self.retry(err.into_inner());
                     }
                 }
                 Blocked::Credit {
-                    remote, credits, ..
+                    remote,
+                    grant,
+                    credits,
+                    ..
                 } => {
-                    if remote.is_marked_gone() {
+                    if remote.is_marked_gone() || grant.is_closed() {
                         let Some(Blocked::Credit { message, .. }) = self.take_blocked() else {
                             unreachable!("matched Credit above");
                         };
@@ -215,7 +256,10 @@ impl Delivery {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(permit) => {
                             let Some(Blocked::Credit {
-                                message, remote, ..
+                                message,
+                                remote,
+                                grant,
+                                ..
                             }) = self.take_blocked()
                             else {
                                 unreachable!("matched Credit above");
@@ -223,7 +267,10 @@ impl Delivery {
                             match permit {
                                 Some(permit) => {
                                     permit.forget();
-                                    if let Some(returned) = self.send_to_link(&remote, message) {
+                                    let seq = grant.advance();
+                                    if let Some(returned) =
+                                        self.send_to_link(&remote, grant, seq, message)
+                                    {
                                         self.retry(returned);
                                     }
                                 }
@@ -245,28 +292,59 @@ impl Delivery {
                         Poll::Ready(reserved) => reserved,
                     };
                     let Some(Blocked::Link {
-                        frame, mut sender, ..
+                        frame,
+                        mut sender,
+                        grant,
+                        ..
                     }) = self.take_blocked()
                     else {
                         unreachable!("matched Link above");
                     };
-                    if !reserved || sender.send_item(frame).is_err() {
-                        Metrics::incr(&self.metrics.link_frames_dropped);
-                        debug!(channel_id = %self.channel_id, role = %self.role,
-                            "message dropped: link closed");
+                    if !reserved {
+                        grant.untake();
+                        self.retry(into_message(frame));
+                    } else if let Err(err) = sender.send_item(frame) {
+                        grant.untake();
+                        let frame = err
+                            .into_inner()
+                            .expect("a reserved send hands the frame back");
+                        self.retry(into_message(frame));
                     }
                 }
             }
         }
     }
 
-    /// Called periodically: a message parked on a peer that has since gone is sent again.
+    /// Called at each tick of the session: a message parked on a peer that has since gone is
+    /// sent again; one that has waited for credit since the last tick asks for it with the
+    /// sender's position (`Sent`), which also settles frames lost on the way.
     pub fn recheck(&mut self) {
-        if let Some(Blocked::Credit { remote, .. }) = self.blocked.as_deref()
-            && remote.is_marked_gone()
-            && let Some(Blocked::Credit { message, .. }) = self.take_blocked()
-        {
-            self.retry(message);
+        let Some(Blocked::Credit {
+            remote,
+            grant,
+            ticks,
+            ..
+        }) = self.blocked.as_deref_mut()
+        else {
+            return;
+        };
+        if remote.is_marked_gone() || grant.is_closed() {
+            if let Some(Blocked::Credit { message, .. }) = self.take_blocked() {
+                self.retry(message);
+            }
+            return;
+        }
+        *ticks += 1;
+        if *ticks >= 2 {
+            *ticks = 0;
+            // Behind this session's data on the link's queue, so it tells where the data ends.
+            let _ = remote.link.try_send_data(InnerFrame::Sent {
+                channel_id: self.channel_id,
+                role: self.role.peer(),
+                sender: self.session,
+                receiver: remote.session,
+                sent: grant.sent(),
+            });
         }
     }
 
@@ -275,28 +353,25 @@ impl Delivery {
         match self.take_blocked() {
             None => 0,
             Some(blocked) => {
-                // Bytes and credit taken for a slot that never came go back, or every abandoned
-                // message would shrink the receiver's budget or the remote window for good.
+                // Room and credit taken for a message that never went give back, or every
+                // abandoned message would shrink the receiver's queue or the window for good.
                 match blocked {
                     Blocked::Local {
-                        message,
-                        bytes,
-                        bytes_taken: true,
-                        ..
-                    } => bytes.give_back(message.payload.len()),
+                        message, mut room, ..
+                    } => room.abandon(message.payload.len()),
                     Blocked::Link {
                         frame,
                         bytes,
                         bytes_taken,
-                        credits,
+                        grant,
                         ..
                     } => {
                         if bytes_taken {
                             bytes.give_back(frame.data_len());
                         }
-                        credits.add_permits(1);
+                        grant.untake();
                     }
-                    _ => {}
+                    Blocked::Credit { .. } => {}
                 }
                 1
             }
@@ -327,6 +402,18 @@ impl Delivery {
     }
 }
 
+/// The message a data frame carries, to send it elsewhere.
+fn into_message(frame: InnerFrame) -> Message {
+    match frame {
+        InnerFrame::Data { kind, payload, .. } => Message {
+            kind,
+            payload,
+            origin: None,
+        },
+        other => unreachable!("only data frames carry messages, not {}", other.kind()),
+    }
+}
+
 /// Waits for a queue to have `len` bytes and then a free slot; `false` if the queue is gone.
 /// The bytes, once taken, stay taken (`bytes_taken`) while the slot is awaited.
 fn poll_room<T: Send>(
@@ -344,115 +431,4 @@ fn poll_room<T: Send>(
         }
     }
     sender.poll_reserve(cx).map(|reserved| reserved.is_ok())
-}
-
-/// The receiving half: credit owed to nodes whose messages this session wrote to its client.
-///
-/// Credit goes back in batches of half this node's window (at most [`CREDIT_BATCH`]), never
-/// one message at a time: at a low message rate that would double the frames on the links and
-/// wake the sending node once more per message. Holding back less than half the window never
-/// stalls a sender: once this session has written everything, the sender still has credit.
-///
-/// What a session owes when its peer is replaced by a new session on the same node (at most
-/// one batch less one) goes back to the new sender, which did not spend it. Senders therefore
-/// start with [`CreditReturn::sender_credits`], a batch less than the window, so even then no
-/// more messages are in flight than the receiving session's queue holds.
-#[derive(Debug)]
-pub struct CreditReturn {
-    batch: u32,
-    owed: Option<(NodeId, u32)>,
-}
-
-impl CreditReturn {
-    /// Credit return for a session of a node whose window is `window` messages.
-    pub fn new(window: usize) -> CreditReturn {
-        CreditReturn {
-            batch: Self::batch(window),
-            owed: None,
-        }
-    }
-
-    /// Credit a sender starts with towards a session of a node whose window is `window`.
-    pub fn sender_credits(window: usize) -> usize {
-        window + 1 - Self::batch(window) as usize
-    }
-
-    fn batch(window: usize) -> u32 {
-        u32::try_from(window / 2)
-            .unwrap_or(u32::MAX)
-            .clamp(1, CREDIT_BATCH)
-    }
-
-    /// Notes that a message from `origin` was written; returns credit due now, if any.
-    pub fn written(&mut self, origin: NodeId) -> Option<(NodeId, u32)> {
-        match &mut self.owed {
-            Some((node, n)) if *node == origin => {
-                *n += 1;
-                if *n >= self.batch {
-                    return self.owed.take();
-                }
-                None
-            }
-            // The first credit owed, or credit from a new node (the peer moved): what the
-            // previous node was owed goes back at once.
-            _ => {
-                let previous = self.owed.replace((origin, 1));
-                if previous.is_none() && self.batch == 1 {
-                    return self.owed.take();
-                }
-                previous
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(n: u64) -> NodeId {
-        NodeId::from_u64(n).unwrap()
-    }
-
-    #[test]
-    fn credit_goes_back_in_batches_of_half_the_window() {
-        let mut credit = CreditReturn::new(8);
-        let due: Vec<_> = (0..8).map(|_| credit.written(node(1))).collect();
-        assert_eq!(
-            due.iter().flatten().collect::<Vec<_>>(),
-            [&(node(1), 4), &(node(1), 4)]
-        );
-    }
-
-    #[test]
-    fn senders_start_a_batch_less_one_below_the_window_and_never_at_zero() {
-        assert_eq!(CreditReturn::sender_credits(1024), 1024 - 31);
-        assert_eq!(CreditReturn::sender_credits(8), 5);
-        assert_eq!(CreditReturn::sender_credits(3), 3);
-        assert_eq!(CreditReturn::sender_credits(1), 1);
-        for window in 1..200 {
-            let credits = CreditReturn::sender_credits(window);
-            let held_back = CreditReturn::batch(window) as usize - 1;
-            assert!(credits > held_back, "window {window} could stall");
-            assert!(
-                credits + held_back <= window,
-                "window {window} could overflow"
-            );
-        }
-    }
-
-    #[test]
-    fn a_window_of_one_returns_every_message() {
-        let mut credit = CreditReturn::new(1);
-        assert_eq!(credit.written(node(1)), Some((node(1), 1)));
-        assert_eq!(credit.written(node(2)), Some((node(2), 1)));
-    }
-
-    #[test]
-    fn credit_owed_to_a_previous_node_is_returned_when_the_peer_moves() {
-        let mut credit = CreditReturn::new(1024);
-        assert_eq!(credit.written(node(1)), None);
-        assert_eq!(credit.written(node(1)), None);
-        assert_eq!(credit.written(node(2)), Some((node(1), 2)));
-    }
 }

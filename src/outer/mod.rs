@@ -418,9 +418,9 @@ async fn claim(
 async fn abandon(claim: hub::Claim, mut outbound_rx: Receiver<Message>, ctx: &SessionContext) {
     Metrics::incr(&ctx.metrics.upgrades_failed);
     let (channel_id, role) = (claim.channel_id, claim.role);
-    let queue_bytes = claim.handle.queue_bytes.clone();
+    let queue = claim.handle.queue.clone();
     ctx.router.abandon(claim).await;
-    let undelivered = session::close_queue(&mut outbound_rx, &queue_bytes).await;
+    let undelivered = session::close_queue(&mut outbound_rx, &queue);
     if undelivered > 0 {
         Metrics::add(&ctx.metrics.messages_dropped_closed, undelivered);
         debug!(%channel_id, %role, undelivered, "queued messages dropped with a failed upgrade");

@@ -30,11 +30,12 @@ use tracing::{debug, info};
 use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
-use super::delivery::{CreditReturn, Delivery};
-use crate::budget::ByteBudget;
+use super::delivery::Delivery;
+use crate::budget::QueueBudget;
 use crate::config::{CLOSE_TIMEOUT, OuterConfig};
 use crate::hub::Claim;
 use crate::metrics::Metrics;
+use crate::node::Incarnation;
 use crate::pair::{Message, MessageKind};
 use crate::router::Router;
 
@@ -94,8 +95,9 @@ struct Session {
     ctx: Arc<SessionContext>,
     /// Sends what the client says to its peer.
     delivery: Delivery,
-    /// Credit owed to other nodes for messages written to the client.
-    credit: CreditReturn,
+    /// Messages of one remote sender written since the ledger last heard of it; settled once
+    /// per burst (or when the sender changes), not per message.
+    unsettled: Option<(Incarnation, u64)>,
     /// Fires when the session must stop (its `stop` token, a child of the shutdown token).
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     ticker: Interval,
@@ -111,6 +113,15 @@ struct Session {
     /// True when the library has already queued the close frame (an echo or a protocol
     /// error's), so the server must not send a second one.
     library_closed: bool,
+}
+
+/// What one burst of writes took from the queue.
+#[derive(Default)]
+struct Written {
+    messages: u64,
+    /// Messages that took room from the queue's budget, and their bytes.
+    local: usize,
+    local_bytes: usize,
 }
 
 /// What the last ticks saw, to measure idle and stall time without reading the clock per message.
@@ -152,10 +163,12 @@ pub fn run(
         delivery: Delivery::new(
             claim.channel_id,
             claim.role,
+            claim.handle.id,
+            Arc::clone(&claim.handle.credit),
             Arc::clone(&ctx.router),
             Arc::clone(&ctx.metrics),
         ),
-        credit: CreditReturn::new(ctx.config.credit_window()),
+        unsettled: None,
         claim,
         ctx,
         ticker,
@@ -181,28 +194,15 @@ pub fn run(
 
 /// Closes a session's outbound queue and returns how many messages were still in it.
 ///
-/// Drained with `recv`, not `try_recv`: a peer that holds a slot it reserved before the close
-/// pushes its message afterwards, and only `recv` waits for it instead of losing it uncounted.
-/// That wait is bounded by [`CLOSE_TIMEOUT`], in case a peer holds its slot without sending;
-/// what is left then is swept without waiting. Closing the byte budget wakes a peer parked on
-/// it, so it looks for the next session.
-pub async fn close_queue(
-    outbound_rx: &mut mpsc::Receiver<Message>,
-    queue_bytes: &ByteBudget,
-) -> u64 {
+/// Every sender queues without waiting once it has room (`try_send`), so after the close
+/// nothing more arrives and a sweep finds everything. Closing the queue's budget wakes a peer
+/// parked on it, so it looks for the next session.
+pub fn close_queue(outbound_rx: &mut mpsc::Receiver<Message>, queue: &QueueBudget) -> u64 {
     outbound_rx.close();
-    queue_bytes.close();
+    queue.close();
     let mut undelivered = 0;
-    let drained = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while outbound_rx.recv().await.is_some() {
-            undelivered += 1;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        while outbound_rx.try_recv().is_ok() {
-            undelivered += 1;
-        }
+    while outbound_rx.try_recv().is_ok() {
+        undelivered += 1;
     }
     undelivered
 }
@@ -303,13 +303,18 @@ impl Session {
         if self.client_close_code.is_some() {
             return Ok(());
         }
-        let mut written = 0;
-        let mut written_bytes = 0;
-        let result = self.poll_write_queued(cx, &mut written, &mut written_bytes);
-        if written > 0 {
-            // Once per burst, not per message: giving bytes back takes the budget's lock.
-            self.claim.handle.queue_bytes.give_back(written_bytes);
-            Metrics::add(&self.ctx.metrics.messages_relayed, written);
+        let mut written = Written::default();
+        let result = self.poll_write_queued(cx, &mut written);
+        if written.messages > 0 {
+            // Once per burst, not per message: giving room back takes the budget's locks.
+            if written.local > 0 {
+                self.claim
+                    .handle
+                    .queue
+                    .give_back(written.local, written.local_bytes);
+            }
+            self.settle();
+            Metrics::add(&self.ctx.metrics.messages_relayed, written.messages);
         }
         result
     }
@@ -317,8 +322,7 @@ impl Session {
     fn poll_write_queued(
         &mut self,
         cx: &mut Context<'_>,
-        written: &mut u64,
-        written_bytes: &mut usize,
+        written: &mut Written,
     ) -> Result<(), WebSocketError> {
         loop {
             match Pin::new(&mut self.ws).poll_ready(cx) {
@@ -333,12 +337,19 @@ impl Session {
             }
             match self.outbound_rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
-                    *written += 1;
-                    *written_bytes += message.payload.len();
-                    if let Some(origin) = message.origin
-                        && let Some((node, n)) = self.credit.written(origin)
-                    {
-                        self.return_credit(node, n);
+                    written.messages += 1;
+                    match message.origin {
+                        None => {
+                            written.local += 1;
+                            written.local_bytes += message.payload.len();
+                        }
+                        Some(origin) => match &mut self.unsettled {
+                            Some((sender, n)) if *sender == origin => *n += 1,
+                            _ => {
+                                self.settle();
+                                self.unsettled = Some((origin, 1));
+                            }
+                        },
                     }
                     let frame = match message.kind {
                         MessageKind::Text => Frame::text(message.payload),
@@ -390,10 +401,20 @@ impl Session {
         None
     }
 
-    fn return_credit(&self, node: crate::node::NodeId, n: u32) {
-        self.ctx
-            .router
-            .grant_credit(node, self.claim.channel_id, self.claim.role.peer(), n);
+    /// Tells the ledger what was written of a remote sender's messages, and announces the
+    /// credit that frees, if any.
+    fn settle(&mut self) {
+        if let Some((sender, n)) = self.unsettled.take() {
+            let due = self.claim.handle.credit.ledger().written(sender, n);
+            if let Some(due) = due {
+                self.ctx.router.send_credit(
+                    self.claim.channel_id,
+                    self.claim.role,
+                    self.claim.handle.id,
+                    due,
+                );
+            }
+        }
     }
 
     /// Checks the idle and stall timeouts and schedules a ping.
@@ -456,7 +477,7 @@ impl Session {
         // The parked message first: it may hold a slot of the peer's queue, and a peer closing
         // at the same time waits for that slot in its own `close_queue`.
         let mut undelivered = self.delivery.abandon();
-        undelivered += close_queue(&mut self.outbound_rx, &self.claim.handle.queue_bytes).await;
+        undelivered += close_queue(&mut self.outbound_rx, &self.claim.handle.queue);
         if undelivered > 0 {
             Metrics::add(&self.ctx.metrics.messages_dropped_closed, undelivered);
             debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
@@ -494,28 +515,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn close_queue_counts_what_a_peer_holding_a_slot_sends_after_the_close() {
+    #[test]
+    fn close_queue_counts_what_was_queued_and_refuses_more() {
         let (tx, mut rx) = mpsc::channel(4);
         tx.try_send(message()).unwrap();
-        let permit = tx.reserve().await.unwrap();
-        let sending = async {
-            tokio::task::yield_now().await;
-            permit.send(message());
-        };
-        let budget = ByteBudget::new(64);
-        let (undelivered, ()) = tokio::join!(close_queue(&mut rx, &budget), sending);
-        assert_eq!(undelivered, 2);
-    }
-
-    /// Regression: two sessions closing at once, each parked on a slot of the other's queue,
-    /// each waited in `close_queue` for the slot the other held, for ever.
-    #[tokio::test(start_paused = true)]
-    async fn close_queue_gives_up_on_a_slot_held_past_the_close_timeout() {
-        let (tx, mut rx) = mpsc::channel(4);
         tx.try_send(message()).unwrap();
-        let _held = tx.reserve().await.unwrap();
-        let undelivered = close_queue(&mut rx, &ByteBudget::new(64)).await;
-        assert_eq!(undelivered, 1);
+        let queue = QueueBudget::new(4, 64);
+        assert_eq!(close_queue(&mut rx, &queue), 2);
+        assert!(tx.try_send(message()).is_err());
+        assert!(!queue.try_take(1));
     }
 }

@@ -1,0 +1,492 @@
+//! Credit between sessions on different nodes: how many messages a sender may have in flight
+//! to a receiver, so that a link never waits on a session and a receiver's queue never
+//! overflows.
+//!
+//! Credit is **absolute** and **per pair of incarnations**, as QUIC's `MAX_STREAM_DATA`: the
+//! receiving session R tells the sending session S "you may have sent up to `limit` messages
+//! to me". Every data frame carries its position (`seq`, 1 for S's first message to R). A
+//! lost, repeated or late credit frame can therefore neither shrink nor inflate a window (the
+//! sender keeps the largest limit it heard), and credit meant for one incarnation never
+//! reaches another: a reconnected client is a new incarnation whose window starts at 0.
+//!
+//! The receiver decides ([`Ledger`]). Its window (the node's credit window, which fits the
+//! session's queue) is shared by every sender incarnation it has granted: an old one that may
+//! still have messages in flight keeps its share until it has ended (its `Unbound` says how
+//! many it sent) and those messages were written, or its node died. Whatever is free goes to
+//! the current sender. So however often the other side reconnects, the messages granted and
+//! not yet written never exceed the window.
+//!
+//! Losses are found, not assumed away: a gap in positions means frames were lost between the
+//! nodes (a link broke); a sender that has waited for credit for a while sends its position
+//! (`Sent`, behind its data on the same queue), and the receiver counts what it never got as
+//! lost, credits it, and answers with its limit. That also repairs a credit frame that was
+//! lost, and a window after a node rejoins the cluster.
+//!
+//! The sending side ([`Grant`]) is a semaphore of the messages still allowed, so a sender
+//! waiting for credit is woken by the frame that brings it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Semaphore;
+
+use crate::node::{Incarnation, NodeId};
+
+/// Credit announced to a sender in one frame, at most: larger windows are returned in batches
+/// of this many, so a fast pair sends one credit frame per 32 messages.
+const CREDIT_BATCH: u64 = 32;
+
+/// Most messages a sender accepts permission for beyond what it has sent: a guard against a
+/// corrupt or hostile limit, far above any window a configuration allows.
+const MAX_AHEAD: u64 = 1 << 24;
+
+/// A sender's window towards one remote incarnation.
+#[derive(Debug)]
+pub struct Grant {
+    /// The receiving session.
+    pub receiver: Incarnation,
+    limit: AtomicU64,
+    sent: AtomicU64,
+    permits: Arc<Semaphore>,
+}
+
+impl Grant {
+    fn new(receiver: Incarnation) -> Grant {
+        Grant {
+            receiver,
+            limit: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// Raises the limit to `limit` if it is higher; a lower or repeated one changes nothing.
+    fn raise(&self, limit: u64) {
+        let limit = limit.min(self.sent.load(Ordering::Acquire) + MAX_AHEAD);
+        let previous = self.limit.fetch_max(limit, Ordering::AcqRel);
+        if limit > previous {
+            self.permits.add_permits((limit - previous) as usize);
+        }
+    }
+
+    /// Takes one message's credit and returns its position, if any is left. Only the one
+    /// session that owns this grant sends on it.
+    pub fn try_take(&self) -> Option<u64> {
+        let permit = self.permits.try_acquire().ok()?;
+        permit.forget();
+        Some(self.advance())
+    }
+
+    /// The position of a message whose credit a waiter acquired (and forgot) itself.
+    pub fn advance(&self) -> u64 {
+        self.sent.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Gives back the credit and position of the last message taken, which was never sent.
+    pub fn untake(&self) {
+        self.sent.fetch_sub(1, Ordering::AcqRel);
+        self.permits.add_permits(1);
+    }
+
+    /// Messages sent on this grant.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// The semaphore a sender waiting for credit polls.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
+    /// True once a grant for another receiver replaced this one; wakes its waiter.
+    pub fn is_closed(&self) -> bool {
+        self.permits.is_closed()
+    }
+}
+
+/// Credit to announce: `limit` for the sending session `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditDue {
+    /// The sending session.
+    pub to: Incarnation,
+    /// The absolute limit.
+    pub limit: u64,
+}
+
+/// What a receiving session knows of one sender incarnation.
+#[derive(Debug)]
+struct Account {
+    sender: Incarnation,
+    /// Messages the sender may have sent in total.
+    limit: u64,
+    /// The last limit announced.
+    told: u64,
+    /// Highest position received.
+    received: u64,
+    /// Positions done with: written to the client, or found lost.
+    settled: u64,
+    /// The sender's last position once it has ended (or its node died): nothing beyond it
+    /// will come, and credit beyond it is free again.
+    ended_at: Option<u64>,
+    /// False until a frame from the sender told where it stands. A new sender starts at 0, but
+    /// one this session forgot (its node timed out and came back) does not, and the two cannot
+    /// be told apart when the account opens: the first data or `Sent` frame says.
+    synced: bool,
+}
+
+impl Account {
+    /// Credit granted and not yet settled: messages in flight or in the queue, and
+    /// permission not yet used.
+    fn outstanding(&self) -> u64 {
+        let cap = self.ended_at.map_or(self.limit, |end| end.min(self.limit));
+        cap.saturating_sub(self.settled)
+    }
+
+    /// Learns the sender's position before its next frame, for an account opened blind.
+    fn sync(&mut self, position: u64) {
+        if !self.synced {
+            self.synced = true;
+            if position > self.received {
+                let shift = position - self.received;
+                self.received += shift;
+                self.settled += shift;
+                self.limit += shift;
+            }
+        }
+    }
+}
+
+/// How a data frame is to be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// Under credit; `lost` positions before it never arrived.
+    Credited {
+        /// Frames lost before this one.
+        lost: u64,
+    },
+    /// Not under credit (from a sender without an account, or at a position already given
+    /// up as lost): it may be queued only where the queue's own budget has room.
+    Uncredited,
+}
+
+/// A receiving session's credit accounts, one per sender incarnation it granted.
+#[derive(Debug)]
+pub struct Ledger {
+    window: u64,
+    batch: u64,
+    accounts: Vec<Account>,
+    /// The sender now entitled to free credit: the session's peer.
+    current: Option<Incarnation>,
+}
+
+impl Ledger {
+    /// A ledger for a session whose window is `window` messages.
+    pub fn new(window: usize) -> Ledger {
+        let window = window.max(1) as u64;
+        Ledger {
+            window,
+            batch: (window / 2).clamp(1, CREDIT_BATCH),
+            accounts: Vec::new(),
+            current: None,
+        }
+    }
+
+    fn account(&mut self, sender: Incarnation) -> Option<&mut Account> {
+        self.accounts.iter_mut().find(|a| a.sender == sender)
+    }
+
+    /// True if `sender` has an account here.
+    pub fn knows(&self, sender: Incarnation) -> bool {
+        self.accounts.iter().any(|a| a.sender == sender)
+    }
+
+    /// `sender` is now this session's peer: opens its account if new and gives it what is
+    /// free. Returns the credit to announce, always (a repeated announcement is harmless and
+    /// repairs a lost one).
+    pub fn open(&mut self, sender: Incarnation) -> Option<CreditDue> {
+        match self.account(sender) {
+            Some(account) => account.ended_at = None,
+            None => self.accounts.push(Account {
+                sender,
+                limit: 0,
+                told: 0,
+                received: 0,
+                settled: 0,
+                ended_at: None,
+                synced: false,
+            }),
+        }
+        self.current = Some(sender);
+        self.rebalance(true)
+    }
+
+    /// A data frame at position `seq` arrived from `sender`.
+    pub fn receive(&mut self, sender: Incarnation, seq: u64) -> Receipt {
+        let Some(account) = self.account(sender) else {
+            return Receipt::Uncredited;
+        };
+        account.sync(seq.saturating_sub(1));
+        if seq <= account.received || account.ended_at.is_some_and(|end| seq > end) {
+            return Receipt::Uncredited;
+        }
+        let lost = seq - account.received - 1;
+        account.received = seq;
+        account.settled += lost;
+        Receipt::Credited { lost }
+    }
+
+    /// `n` messages from `sender` were written to the client.
+    pub fn written(&mut self, sender: Incarnation, n: u64) -> Option<CreditDue> {
+        let account = self.account(sender)?;
+        account.settled += n;
+        self.rebalance(false)
+    }
+
+    /// `sender` says it has sent `sent` messages in all; returns how many of them never
+    /// arrived, and the credit to announce (always: the sender is waiting for it).
+    pub fn sent(&mut self, sender: Incarnation, sent: u64) -> (u64, Option<CreditDue>) {
+        let Some(account) = self.account(sender) else {
+            return (0, None);
+        };
+        account.sync(sent);
+        let lost = sent.saturating_sub(account.received);
+        account.received += lost;
+        account.settled += lost;
+        let force = self.current == Some(sender);
+        (lost, self.rebalance(force))
+    }
+
+    /// `sender` ended after sending `sent` messages.
+    pub fn ended(&mut self, sender: Incarnation, sent: u64) -> Option<CreditDue> {
+        let account = self.account(sender)?;
+        account.ended_at = Some(sent);
+        if self.current == Some(sender) {
+            self.current = None;
+        }
+        self.rebalance(false)
+    }
+
+    /// `node` died: nothing more comes from its senders beyond what arrived.
+    pub fn forget_node(&mut self, node: NodeId) -> Option<CreditDue> {
+        for account in &mut self.accounts {
+            if account.sender.node == node {
+                account.ended_at = Some(account.received);
+            }
+        }
+        if self.current.is_some_and(|current| current.node == node) {
+            self.current = None;
+        }
+        self.rebalance(false)
+    }
+
+    /// The current sender's limit if it is on `node`, to announce again after its link
+    /// reconnected (credit frames may have been lost with the old connection).
+    pub fn current_on(&self, node: NodeId) -> Option<CreditDue> {
+        let current = self.current.filter(|current| current.node == node)?;
+        let account = self.accounts.iter().find(|a| a.sender == current)?;
+        Some(CreditDue {
+            to: current,
+            limit: account.limit,
+        })
+    }
+
+    /// Gives what is free to the current sender, drops accounts that are done, and says
+    /// what to announce: the current sender's limit when it grew by a batch, or when `force`.
+    fn rebalance(&mut self, force: bool) -> Option<CreditDue> {
+        self.accounts.retain(|a| {
+            Some(a.sender) == self.current || a.ended_at.is_none_or(|end| a.settled < end)
+        });
+        let outstanding: u64 = self.accounts.iter().map(Account::outstanding).sum();
+        let free = self.window.saturating_sub(outstanding);
+        let batch = self.batch;
+        let current = self.current?;
+        let account = self.accounts.iter_mut().find(|a| a.sender == current)?;
+        account.limit += free;
+        if force || account.limit >= account.told + batch {
+            account.told = account.limit;
+            return Some(CreditDue {
+                to: current,
+                limit: account.limit,
+            });
+        }
+        None
+    }
+}
+
+/// A session's credit: its ledger as a receiver, and its grant as a sender.
+#[derive(Debug)]
+pub struct CreditState {
+    ledger: Mutex<Ledger>,
+    grant: Mutex<Option<Arc<Grant>>>,
+}
+
+impl CreditState {
+    /// Credit for a session whose window is `window` messages.
+    pub fn new(window: usize) -> CreditState {
+        CreditState {
+            ledger: Mutex::new(Ledger::new(window)),
+            grant: Mutex::new(None),
+        }
+    }
+
+    /// The receiving ledger. Lock order: a hub shard, then a ledger; never the other way.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        lock(&self.ledger)
+    }
+
+    /// The grant towards `receiver`, made (with no credit yet) if the current one is for
+    /// another receiver, which is then closed so its waiter looks again.
+    pub fn grant_for(&self, receiver: Incarnation) -> Arc<Grant> {
+        let mut grant = lock(&self.grant);
+        if let Some(current) = grant.as_ref()
+            && current.receiver == receiver
+        {
+            return Arc::clone(current);
+        }
+        let fresh = Arc::new(Grant::new(receiver));
+        if let Some(old) = grant.replace(Arc::clone(&fresh)) {
+            old.permits.close();
+        }
+        fresh
+    }
+
+    /// Raises the grant towards `receiver` to `limit`.
+    pub fn credit(&self, receiver: Incarnation, limit: u64) {
+        self.grant_for(receiver).raise(limit);
+    }
+
+    /// Messages sent to `receiver`, if it is the one this session sends to.
+    pub fn sent_to(&self, receiver: Incarnation) -> u64 {
+        lock(&self.grant)
+            .as_ref()
+            .filter(|grant| grant.receiver == receiver)
+            .map_or(0, |grant| grant.sent())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is a few arithmetic steps; a panic inside one leaves the numbers
+    // usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(node: u64, session: u64) -> Incarnation {
+        Incarnation {
+            node: NodeId::from_u64(node).unwrap(),
+            session,
+        }
+    }
+
+    #[test]
+    fn a_new_sender_gets_the_whole_window_and_more_in_batches() {
+        let mut ledger = Ledger::new(8);
+        let s = sender(1, 1);
+        assert_eq!(ledger.open(s), Some(CreditDue { to: s, limit: 8 }));
+        for seq in 1..=8 {
+            assert_eq!(ledger.receive(s, seq), Receipt::Credited { lost: 0 });
+        }
+        assert_eq!(ledger.written(s, 3), None);
+        assert_eq!(ledger.written(s, 1), Some(CreditDue { to: s, limit: 12 }));
+    }
+
+    #[test]
+    fn a_successor_shares_the_window_with_what_its_predecessor_has_in_flight() {
+        let mut ledger = Ledger::new(8);
+        let (old, new) = (sender(1, 1), sender(1, 2));
+        ledger.open(old);
+        for seq in 1..=8 {
+            ledger.receive(old, seq);
+        }
+        // The old sender's 8 messages are queued, unwritten: nothing is free for the new one.
+        assert_eq!(ledger.open(new), Some(CreditDue { to: new, limit: 0 }));
+        assert_eq!(ledger.ended(old, 8), None);
+        assert_eq!(
+            ledger.written(old, 8),
+            Some(CreditDue { to: new, limit: 8 })
+        );
+    }
+
+    #[test]
+    fn credit_an_ended_sender_never_used_goes_to_the_next() {
+        let mut ledger = Ledger::new(8);
+        let (old, new) = (sender(1, 1), sender(2, 1));
+        ledger.open(old);
+        ledger.receive(old, 1);
+        ledger.receive(old, 2);
+        assert_eq!(ledger.open(new), Some(CreditDue { to: new, limit: 0 }));
+        // Ended after two: six are free at once, the two queued ones once written.
+        assert_eq!(ledger.ended(old, 2), Some(CreditDue { to: new, limit: 6 }));
+        assert_eq!(ledger.written(old, 2), None);
+        assert_eq!(ledger.accounts.len(), 1);
+        assert_eq!(
+            ledger.current_on(new.node),
+            Some(CreditDue { to: new, limit: 8 })
+        );
+    }
+
+    #[test]
+    fn gaps_and_probes_count_lost_frames_and_give_their_credit_back() {
+        let mut ledger = Ledger::new(4);
+        let s = sender(1, 1);
+        ledger.open(s);
+        assert_eq!(ledger.receive(s, 1), Receipt::Credited { lost: 0 });
+        assert_eq!(ledger.receive(s, 3), Receipt::Credited { lost: 1 });
+        // The fourth was lost too; the sender, out of credit, says where it stands.
+        let (lost, due) = ledger.sent(s, 4);
+        assert_eq!(lost, 1);
+        ledger.written(s, 2);
+        assert_eq!(ledger.sent(s, 4), (0, Some(CreditDue { to: s, limit: 8 })));
+        // A frame given up as lost that arrives after all is not credited twice.
+        assert_eq!(ledger.receive(s, 4), Receipt::Uncredited);
+        assert!(due.is_some());
+    }
+
+    #[test]
+    fn a_forgotten_sender_is_resynced_from_its_position() {
+        let mut ledger = Ledger::new(4);
+        let s = sender(1, 1);
+        // Opened blind (its node timed out and came back): positions are learnt.
+        assert_eq!(ledger.open(s), Some(CreditDue { to: s, limit: 4 }));
+        let (lost, due) = ledger.sent(s, 5000);
+        assert_eq!(lost, 0);
+        assert_eq!(due, Some(CreditDue { to: s, limit: 5004 }));
+        assert_eq!(ledger.receive(s, 5001), Receipt::Credited { lost: 0 });
+    }
+
+    #[test]
+    fn a_dead_node_frees_what_its_senders_never_sent() {
+        let mut ledger = Ledger::new(4);
+        let (old, new) = (sender(1, 1), sender(2, 1));
+        ledger.open(old);
+        ledger.receive(old, 1);
+        ledger.open(new);
+        assert_eq!(
+            ledger.forget_node(old.node),
+            Some(CreditDue { to: new, limit: 3 })
+        );
+    }
+
+    #[test]
+    fn grants_keep_the_highest_limit_and_close_when_replaced() {
+        let state = CreditState::new(4);
+        let r = sender(9, 1);
+        state.credit(r, 2);
+        state.credit(r, 1);
+        let grant = state.grant_for(r);
+        assert_eq!(grant.try_take(), Some(1));
+        assert_eq!(grant.try_take(), Some(2));
+        assert_eq!(grant.try_take(), None);
+        grant.untake();
+        assert_eq!(grant.try_take(), Some(2));
+        let other = state.grant_for(sender(9, 2));
+        assert!(grant.is_closed());
+        assert_eq!(other.try_take(), None);
+        assert_eq!(state.sent_to(r), 0);
+    }
+}
