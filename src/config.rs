@@ -285,7 +285,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "inner.connect-timeout",
         kind: Kind::Duration,
         default: "5s",
-        help: "frames waiting for a link that is not connected within this are dropped and counted",
+        help: "frames waiting for a link that is not connected within this are dropped and counted; a new session whose peer's node does not acknowledge it within this is refused with 503",
     },
     KeySpec {
         key: "registry.redis",

@@ -64,6 +64,10 @@ pub enum ClaimError {
     /// Other nodes kept changing the route; the client may retry.
     #[error("the route of channel {0} kept changing; retry")]
     Contended(ChannelId),
+    /// The node holding the peer did not acknowledge this session within
+    /// `inner.connect-timeout`: without that, the peer could not reach it, nor it the peer.
+    #[error("the node holding the peer did not answer within {0:?}; retry")]
+    PeerNodeSilent(Duration),
 }
 
 /// The cluster side of a node.
@@ -391,7 +395,8 @@ impl Router {
                 .is_err()
             {
                 lock(&cluster.pending_acks).remove(&key);
-                warn!(%channel_id, %role, node = %peer.node, "peer's node did not acknowledge the bind in time");
+                warn!(%channel_id, %role, node = %peer.node, "peer's node did not acknowledge the bind in time; refusing the client");
+                return Err(ClaimError::PeerNodeSilent(cluster.ack_timeout));
             }
         }
         Ok(())
