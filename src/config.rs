@@ -422,6 +422,9 @@ impl OuterConfig {
     }
 }
 
+/// Path of the health document.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
 /// Smallest `inner.secret` accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -488,7 +491,7 @@ impl Config {
                 format!("must start with `/`, got {path:?}"),
             ));
         }
-        if path == crate::outer::HEALTHZ_PATH {
+        if path == HEALTHZ_PATH {
             return Err(invalid(
                 "outer.path",
                 format!("{path:?} is taken by the health document"),

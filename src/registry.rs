@@ -76,6 +76,20 @@ impl Route {
     }
 }
 
+/// What [`RedisRegistry::claim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The route is written; it replaced `displaced`, if any.
+    Written {
+        /// The route it overwrote.
+        displaced: Option<Route>,
+    },
+    /// A live session of another node holds the role, and the policy is `reject`.
+    Held(Route),
+    /// The route names a node the caller holds neither live nor dead; nothing was written.
+    UnknownHolder(Route),
+}
+
 /// What one heartbeat learned.
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -86,6 +100,33 @@ pub struct Heartbeat {
     /// Every live node, this one included.
     pub live: Vec<NodeInfo>,
 }
+
+/// A claim in one round trip: writes this session's route unless a live session of another
+/// node holds the role and the policy is `reject`, and reads the peer's route.
+///
+/// KEYS: the route, the peer's route. ARGV: the new route, `reject` or `replace`, the TTL in
+/// ms, this node's id, then `,id,id,` lists of the nodes the caller holds as live and as dead.
+/// Returns `{status, current route or false, peer route or false}`: status 1 written, 0
+/// refused (a live holder, `reject`), 2 nothing written because the holder's node is in
+/// neither list (the caller learns whether it lives, then claims again).
+const CLAIM: &str = r"
+local current = redis.call('GET', KEYS[1])
+local peer = redis.call('GET', KEYS[2])
+if current then
+  local node = string.match(current, '^(%x+):%d+$')
+  if node and node ~= ARGV[4] then
+    local tag = ',' .. node .. ','
+    if string.find(ARGV[5], tag, 1, true) then
+      if ARGV[2] == 'reject' then
+        return {0, current, peer}
+      end
+    elseif not string.find(ARGV[6], tag, 1, true) then
+      return {2, current, peer}
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return {1, current, peer}";
 
 /// Sets a route if it still has the expected value (empty for absent).
 const COMPARE_AND_SET: &str = r"
@@ -139,6 +180,7 @@ pub struct RedisRegistry {
     me: NodeInfo,
     timeout: Duration,
     node_ttl: Duration,
+    claim: Script,
     compare_and_set: Script,
     compare_and_delete: Script,
     refresh: Script,
@@ -190,6 +232,7 @@ impl RedisRegistry {
             me,
             timeout: config.timeout,
             node_ttl: config.node_ttl,
+            claim: Script::new(CLAIM),
             compare_and_set: Script::new(COMPARE_AND_SET),
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
             refresh: Script::new(REFRESH),
@@ -231,7 +274,19 @@ impl RedisRegistry {
         key: &str,
         args: &[String],
     ) -> Result<T, RegistryError> {
-        let mut invocation = script.key(key);
+        self.run_keys(script, &[key], args).await
+    }
+
+    async fn run_keys<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, RegistryError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
         for arg in args {
             invocation.arg(arg);
         }
@@ -257,6 +312,58 @@ impl RedisRegistry {
             .query(redis::cmd("GET").arg(route_key(channel_id, role)).clone())
             .await?;
         Ok(value.as_deref().and_then(Route::decode))
+    }
+
+    /// Claims `role` of `channel_id` for `mine` and reads the peer's route, in one round trip.
+    /// `live` and `dead` are the other nodes the caller knows the fate of; a holder on a live
+    /// node is displaced (or, with `reject`, kept), one on a dead node overwritten.
+    pub async fn claim(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        mine: Route,
+        reject: bool,
+        live: &[crate::node::NodeId],
+        dead: &[crate::node::NodeId],
+    ) -> Result<(ClaimOutcome, Option<Route>), RegistryError> {
+        let list = |nodes: &[crate::node::NodeId]| {
+            let mut text = String::from(",");
+            for node in nodes {
+                text.push_str(&format!("{node},"));
+            }
+            text
+        };
+        let (status, current, peer): (i64, Option<String>, Option<String>) = self
+            .run_keys(
+                &self.claim,
+                &[
+                    &route_key(channel_id, role),
+                    &route_key(channel_id, role.peer()),
+                ],
+                &[
+                    mine.encode(),
+                    if reject { "reject" } else { "replace" }.to_owned(),
+                    ROUTE_TTL.as_millis().to_string(),
+                    self.me.id.to_string(),
+                    list(live),
+                    list(dead),
+                ],
+            )
+            .await?;
+        let current = current.as_deref().and_then(Route::decode);
+        let peer = peer.as_deref().and_then(Route::decode);
+        let outcome = match (status, current) {
+            (1, displaced) => ClaimOutcome::Written { displaced },
+            (0, Some(holder)) => ClaimOutcome::Held(holder),
+            (2, Some(holder)) => ClaimOutcome::UnknownHolder(holder),
+            _ => {
+                return Err(RegistryError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "claim script answered with a route it could not have read",
+                ))));
+            }
+        };
+        Ok((outcome, peer))
     }
 
     /// Writes `new` as the route if the current route is still `expected`.

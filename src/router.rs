@@ -41,7 +41,7 @@ use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::metrics::Metrics;
 use crate::node::{Incarnation, NodeId, NodeInfo};
 use crate::pair::{ChannelId, Message, Role};
-use crate::registry::{ROUTE_TTL, RedisRegistry, RegistryError, Route};
+use crate::registry::{ClaimOutcome, ROUTE_TTL, RedisRegistry, RegistryError, Route};
 
 /// Claims that lose a compare-and-set race are retried this many times.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -179,8 +179,8 @@ impl Router {
         let (mut claim, outbound_rx) = self.hub.claim(channel_id, role)?;
         if let Some(cluster) = &self.cluster {
             // On error the claim is dropped, which releases the hub slot.
-            self.write_route(cluster, &mut claim).await?;
-            if let Err(err) = self.bind_peer(cluster, &claim).await {
+            let peer = self.write_route(cluster, &mut claim).await?;
+            if let Err(err) = self.bind_peer(cluster, &claim, peer).await {
                 // The route is written: it goes back to what the claim displaced, or away.
                 self.abandon(claim).await;
                 return Err(err);
@@ -319,49 +319,69 @@ impl Router {
         }
     }
 
-    /// Writes this claim's route with compare-and-set, noting what it displaced on another
-    /// node; on error nothing was written.
-    async fn write_route(&self, cluster: &Cluster, claim: &mut Claim) -> Result<(), ClaimError> {
+    /// Writes this claim's route and reads the peer's, in one Redis round trip (one more, and
+    /// a directory read, only when the route names a node this node has not heard of), noting
+    /// what it displaced on another node. On error nothing was written.
+    async fn write_route(
+        &self,
+        cluster: &Cluster,
+        claim: &mut Claim,
+    ) -> Result<Option<Route>, ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
         let mine = Route {
             node: self.me.id,
             session: claim.handle.id,
         };
-        let registry = &cluster.registry;
-        let mut claimed = false;
+        let reject = self.policy == DuplicatePolicy::Reject;
+        let mut dead = Vec::new();
         for _ in 0..CLAIM_ATTEMPTS {
-            let current = registry.route(&channel_id, role).await?;
-            if let Some(route) = current {
-                self.learn_if_unknown(route.node).await;
-            }
-            // A route of this node that the hub did not refuse is a session being replaced
-            // here; a route of a dead node is absent.
-            let holder =
-                current.filter(|route| route.node != self.me.id && self.is_live(route.node));
-            if holder.is_some() && self.policy == DuplicatePolicy::Reject {
-                return Err(DuplicateError { channel_id, role }.into());
-            }
-            if registry
-                .compare_and_set(&channel_id, role, current, mine)
-                .await?
-            {
-                // Evicted only once this session is upgraded (`activate`).
-                claim.displaced_remote = holder.map(|holder| (holder.node, holder.session));
-                claimed = true;
-                break;
+            let live = self.live_nodes(cluster);
+            let (outcome, peer) = cluster
+                .registry
+                .claim(&channel_id, role, mine, reject, &live, &dead)
+                .await?;
+            match outcome {
+                ClaimOutcome::Written { displaced } => {
+                    // Evicted only once this session is upgraded (`activate`). A route of this
+                    // node is a session being replaced here, which the hub handles.
+                    claim.displaced_remote = displaced
+                        .filter(|holder| live.contains(&holder.node))
+                        .map(|holder| (holder.node, holder.session));
+                    return Ok(peer);
+                }
+                ClaimOutcome::Held(_) => return Err(DuplicateError { channel_id, role }.into()),
+                ClaimOutcome::UnknownHolder(holder) => {
+                    // A node that joined since the last heartbeat, or one long dead.
+                    self.learn_if_unknown(holder.node).await;
+                    if !self.is_live(holder.node) {
+                        dead.push(holder.node);
+                    }
+                }
             }
         }
-        if !claimed {
-            return Err(ClaimError::Contended(channel_id));
-        }
-        Ok(())
+        Err(ClaimError::Contended(channel_id))
     }
 
-    /// Finds the claim's peer and, when it is on another node, tells that node of this session
-    /// and waits for its acknowledgement (up to the ack timeout).
-    async fn bind_peer(&self, cluster: &Cluster, claim: &Claim) -> Result<(), ClaimError> {
+    /// Every other node the directory holds as live.
+    fn live_nodes(&self, cluster: &Cluster) -> Vec<NodeId> {
+        lock(&cluster.directory)
+            .live
+            .keys()
+            .copied()
+            .filter(|node| *node != self.me.id)
+            .collect()
+    }
+
+    /// Finds the claim's peer (`peer`, the route read with the claim) and, when it is on
+    /// another node, tells that node of this session and waits for its acknowledgement (up
+    /// to the ack timeout).
+    async fn bind_peer(
+        &self,
+        cluster: &Cluster,
+        claim: &Claim,
+        peer: Option<Route>,
+    ) -> Result<(), ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
-        let peer = cluster.registry.route(&channel_id, role.peer()).await?;
         if let Some(route) = peer {
             self.learn_if_unknown(route.node).await;
         }

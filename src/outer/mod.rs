@@ -42,13 +42,10 @@ use yawc::{DeflatePool, Options, WebSocket};
 use self::handshake::HandshakeError;
 use self::head::{HeadError, Prefixed};
 use self::session::SessionContext;
-use crate::config::OuterConfig;
+use crate::config::{HEALTHZ_PATH, OuterConfig};
 use crate::hub;
 use crate::metrics::Metrics;
 use crate::pair::Message;
-
-/// Path of the health document.
-pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// Socket buffer capacity of each session, in each direction. Buffers grow for larger
 /// messages and shrink back after them; small ones keep idle sessions cheap.

@@ -104,6 +104,51 @@ async fn relaying_costs_no_redis_command_per_message() {
     node_b.shutdown().await;
 }
 
+/// A connect is one script (claim and the peer's route), a disconnect one (compare-and-delete):
+/// Redis sees no other command from either, apart from the heartbeats.
+#[tokio::test]
+async fn a_connect_and_a_disconnect_cost_one_redis_round_trip_each() {
+    let redis = RedisServer::start();
+    let node = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let connect_and_leave = || async {
+        let id = random_channel_id();
+        let app = node.connect(Role::App, &id).await;
+        app.close().await;
+        wait_until("the route to be released", || {
+            redis
+                .cli(&["EXISTS", &format!("wspair:{{{id}}}:app")])
+                .is_some_and(|exists| exists.trim() == "0")
+        })
+        .await;
+    };
+    // Once first, so the scripts are loaded.
+    connect_and_leave().await;
+    let before = redis.calls();
+    connect_and_leave().await;
+    let after = redis.calls();
+    let delta = |command: &str| {
+        after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
+    };
+    // Heartbeats run one script each, the only ones with a ZADD.
+    let scripts = delta("evalsha") + delta("eval") - delta("zadd");
+    assert_eq!(scripts, 2, "scripts for one connect and one disconnect");
+    // Two inside the claim (the route and the peer's), one inside the release.
+    assert_eq!(delta("get"), 3, "GETs, all of them inside the scripts");
+    let inside_scripts = ["set", "del", "time", "zadd", "zscore", "zremrangebyscore"];
+    let by_the_test = ["exists", "info"];
+    let other: Vec<_> = after
+        .keys()
+        .filter(|command| {
+            !["evalsha", "eval", "get", "zrangebyscore"].contains(&command.as_str())
+                && !inside_scripts.contains(&command.as_str())
+                && !by_the_test.contains(&command.as_str())
+                && delta(command) > 0
+        })
+        .collect();
+    assert!(other.is_empty(), "other commands: {other:?}");
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn duplicate_on_another_node_with_reject_answers_409() {
     let redis = RedisServer::start();
