@@ -21,6 +21,7 @@ pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod inner;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod outer;
