@@ -22,6 +22,7 @@ pub mod config;
 pub mod credit;
 pub mod hub;
 pub mod inner;
+pub mod liveness;
 pub mod metrics;
 pub mod node;
 pub mod outer;

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub sessions_stalled: AtomicU64,
     /// Sessions closed with 4001 because a newer client of the same role took over.
     pub sessions_replaced: AtomicU64,
+    /// Sessions closed with 4001 because registering them again found their route held by
+    /// another session: a newer client replaced them but its `Evict` never reached this node.
+    pub sessions_fenced: AtomicU64,
     /// Sessions closed with 4002 because they were silent for `outer.idle-timeout`.
     pub sessions_idle: AtomicU64,
     /// Sessions closed with 1002 or 1007: the client broke the protocol or sent bad UTF-8.
@@ -112,6 +115,7 @@ impl Metrics {
                 "wspair_sessions_replaced_total",
                 read(&self.sessions_replaced),
             ),
+            ("wspair_sessions_fenced_total", read(&self.sessions_fenced)),
             ("wspair_sessions_idle_total", read(&self.sessions_idle)),
             (
                 "wspair_sessions_protocol_errors_total",

@@ -15,7 +15,8 @@
 //! per process, so a restarted node never revives its old routes.
 //!
 //! While a node is dying, readers may see its routes as live for up to `registry.node-ttl`
-//! (its last heartbeat's lifetime plus the readers' two polls); claims of those channels with
+//! after its last heartbeat (each reader judges by time, see `crate::liveness`; the heartbeat
+//! tells it how long ago every listed node beat); claims of those channels with
 //! `outer.on-duplicate = "reject"` answer 409 until then, and messages sent to its sessions are
 //! dropped and counted. Routes of a node that died stay in Redis until a claim overwrites them
 //! or [`ROUTE_TTL`] passes; nobody treats them as live.
@@ -98,7 +99,17 @@ pub struct Heartbeat {
     /// node holds must be registered and announced again.
     pub was_missing: bool,
     /// Every live node, this one included.
-    pub live: Vec<NodeInfo>,
+    pub live: Vec<LiveNode>,
+}
+
+/// A node the heartbeat found live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    /// Its entry.
+    pub info: NodeInfo,
+    /// How long before the heartbeat's reply it last refreshed its entry, by the Redis clock,
+    /// reckoned with this node's `node-ttl` (zero for an entry that outlives this node's own).
+    pub since_beat: Duration,
 }
 
 /// A claim in one round trip: writes this session's route unless a live session of another
@@ -154,7 +165,8 @@ end
 return 0";
 
 /// Refreshes this node's entry and returns whether it was missing (absent, or expired so that
-/// other nodes may have timed this node out), and every live entry.
+/// other nodes may have timed this node out), every live entry, and the milliseconds each has
+/// left (its score less now), from which the caller tells how long ago it was refreshed.
 const HEARTBEAT: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -165,7 +177,13 @@ if previous == false or tonumber(previous) < now then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'WITHSCORES')
+local members, left = {}, {}
+for i = 1, #live, 2 do
+  members[#members + 1] = live[i]
+  left[#left + 1] = tonumber(live[i + 1]) - now
+end
+return {missing, members, left}";
 
 #[derive(Clone)]
 enum Connection {
@@ -243,6 +261,16 @@ impl RedisRegistry {
     /// This node's entry.
     pub fn me(&self) -> &NodeInfo {
         &self.me
+    }
+
+    /// `registry.node-ttl`: a node not seen live for this long is dead.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
+    /// How long a heartbeat keeps this node's entry live.
+    fn entry_lifetime(&self) -> Duration {
+        self.node_ttl * 3 / 5
     }
 
     async fn deadline<T>(
@@ -423,20 +451,27 @@ impl RedisRegistry {
 
     /// Refreshes this node's liveness entry and reads every live node.
     pub async fn heartbeat(&self) -> Result<Heartbeat, RegistryError> {
-        let lifetime = (self.node_ttl * 3 / 5).as_millis().to_string();
+        let lifetime = self.entry_lifetime();
         let retain = NODE_RETAIN.as_millis().to_string();
-        let (missing, members): (i64, Vec<String>) = self
+        let (missing, members, left): (i64, Vec<String>, Vec<i64>) = self
             .run(
                 &self.heartbeat,
                 NODES_KEY,
-                &[self.me.encode(), lifetime, retain],
+                &[self.me.encode(), lifetime.as_millis().to_string(), retain],
             )
             .await?;
         Ok(Heartbeat {
             was_missing: missing == 1,
             live: members
                 .iter()
-                .filter_map(|member| NodeInfo::decode(member))
+                .zip(left)
+                .filter_map(|(member, left)| {
+                    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                    Some(LiveNode {
+                        info: NodeInfo::decode(member)?,
+                        since_beat: lifetime.saturating_sub(left),
+                    })
+                })
                 .collect(),
         })
     }

@@ -3,8 +3,10 @@
 //! message.
 //!
 //! The router owns the cluster side of a node: the registry, the links (one per remote node,
-//! spawned on first use), the directory of live nodes (refreshed by the heartbeat), and the
-//! handling of every frame an inner link delivers. In single-node mode it holds only the hub.
+//! spawned on first use), the directory of live nodes (refreshed by the heartbeat, judged by
+//! time: see [`crate::liveness`]), the upkeep of this node's routes (a maintenance task of its
+//! own, so the heartbeat never waits on it), and the handling of every frame an inner link
+//! delivers. In single-node mode it holds only the hub.
 //!
 //! How caches stay right (cluster mode): a session claims its role in Redis (compare-and-set),
 //! then reads its peer's route once; if the peer is on another node, it records it in the hub
@@ -21,11 +23,12 @@
 //! successor.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,10 +41,11 @@ use crate::hub::{
 };
 use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::node::{Incarnation, NodeId, NodeInfo};
 use crate::pair::{ChannelId, Message, Role};
-use crate::registry::{ClaimOutcome, ROUTE_TTL, RedisRegistry, RegistryError, Route};
+use crate::registry::{ClaimOutcome, Heartbeat, ROUTE_TTL, RedisRegistry, RegistryError, Route};
 
 /// Claims that lose a compare-and-set race are retried this many times.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -49,8 +53,18 @@ const CLAIM_ATTEMPTS: usize = 4;
 /// How long a node that dialed this one is remembered after it stops being live.
 const HEARD_RETAIN: Duration = Duration::from_secs(60 * 60);
 
-/// Routes registered again at once after Redis lost them.
+/// Routes registered again (or releases retried) at once: enough to hide the round trip,
+/// few enough that a heartbeat sharing the connection waits behind no more than this.
 const REREGISTER_CONCURRENCY: usize = 32;
+
+/// Routes registered again (or releases retried) per second, at most. A node with 100 000
+/// sessions takes 20 s, well within a route's life; ten such nodes registering again at once
+/// after Redis restarted empty ask it for 50 000 short scripts a second, a fraction of what one
+/// Redis core serves, which leaves room for the claims of the reconnecting clients.
+const REREGISTER_PER_SECOND: usize = 5_000;
+
+/// The pace of that rate: a batch of `REREGISTER_PER_SECOND / 10` every 100 ms.
+const REREGISTER_TICK: Duration = Duration::from_millis(100);
 
 /// Why a claim failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +90,12 @@ struct Cluster {
     link_ctx: Arc<LinkContext>,
     links: Mutex<HashMap<NodeId, (LinkHandle, CancellationToken)>>,
     directory: Mutex<Directory>,
-    /// Routes whose release failed (Redis down); retried at each heartbeat.
+    /// One extra poll of the directory at a time (claims meeting a node not known yet).
+    extra_polls: tokio::sync::Mutex<()>,
+    /// What the heartbeat asks of the maintenance task.
+    upkeep: Upkeep,
+    /// Routes whose release failed (Redis down); the maintenance task retries them after each
+    /// heartbeat that reached Redis.
     pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
     /// What each node that dialed this one said in its `Hello`; lets a `Bound` from a node the
     /// directory has timed out (but which is evidently alive) be answered.
@@ -91,12 +110,44 @@ struct Cluster {
     links_cancel: CancellationToken,
 }
 
-/// Live nodes, as the last heartbeats saw them.
-#[derive(Debug, Default)]
+/// Live nodes, as the heartbeats saw them: dead when not seen for `registry.node-ttl`.
+#[derive(Debug)]
 struct Directory {
-    live: HashMap<NodeId, NodeInfo>,
-    /// Nodes missing from the last poll; a second miss makes them dead.
-    missing_once: HashSet<NodeId>,
+    live: Liveness,
+    /// When the last poll that has ended (answered or not) started: a claim that asked for a
+    /// poll before then needs no other.
+    polled: Option<Instant>,
+}
+
+/// What the heartbeat asks of the maintenance task ([`Router::maintenance_loop`]).
+#[derive(Debug, Default)]
+struct Upkeep {
+    /// Notified after every heartbeat that reached Redis.
+    wake: Notify,
+    /// Set when a poll found this node's entry missing: every session is registered again.
+    reregister: AtomicBool,
+}
+
+/// A route the maintenance task is to write again.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    channel_id: ChannelId,
+    role: Role,
+    session: u64,
+    /// Send `Bound` to the peer's node once written: this node's registration was lost, and
+    /// the other nodes may have forgotten the session.
+    announce: bool,
+    /// When its route was found held by another session. A claim in flight on this node holds
+    /// its slot before it writes its route, so one look is no proof; a second look, made after
+    /// the next heartbeat and half a heartbeat interval later at least, is.
+    suspect: Option<Instant>,
+}
+
+impl Directory {
+    /// Notes a poll that started at `started` and has ended, answered or not.
+    fn polled(&mut self, started: Instant) {
+        self.polled = Some(self.polled.map_or(started, |polled| polled.max(started)));
+    }
 }
 
 /// Routes messages and keeps the cluster's view of routes current.
@@ -143,6 +194,9 @@ impl Router {
         let ack_timeout = cluster.as_ref().map_or(Duration::ZERO, |parts| {
             parts.link_ctx.config.connect_timeout
         });
+        let node_ttl = cluster
+            .as_ref()
+            .map_or(Duration::ZERO, |parts| parts.registry.node_ttl());
         Arc::new_cyclic(|this| Router {
             hub,
             me,
@@ -152,7 +206,12 @@ impl Router {
                 registry: parts.registry,
                 link_ctx: parts.link_ctx,
                 links: Mutex::default(),
-                directory: Mutex::default(),
+                directory: Mutex::new(Directory {
+                    live: Liveness::new(node_ttl),
+                    polled: None,
+                }),
+                extra_polls: tokio::sync::Mutex::default(),
+                upkeep: Upkeep::default(),
                 pending_releases: Mutex::default(),
                 pending_acks: Mutex::default(),
                 heard: Mutex::default(),
@@ -366,8 +425,7 @@ impl Router {
     fn live_nodes(&self, cluster: &Cluster) -> Vec<NodeId> {
         lock(&cluster.directory)
             .live
-            .keys()
-            .copied()
+            .ids()
             .filter(|node| *node != self.me.id)
             .collect()
     }
@@ -695,23 +753,43 @@ impl Router {
     }
 
     /// Adds a node that authenticated a link to this one, if the directory does not have it
-    /// yet; the next heartbeats confirm it or time it out like any other.
+    /// yet, as seen now; the heartbeats confirm it or it dies like any other.
     fn learn_node(&self, info: NodeInfo) {
         if let Some(cluster) = &self.cluster {
-            let mut directory = lock(&cluster.directory);
-            if let std::collections::hash_map::Entry::Vacant(entry) = directory.live.entry(info.id)
-            {
-                info!(node = %info.id, advertise = %info.advertise, "node joined the cluster (link)");
-                entry.insert(info);
+            let (id, advertise) = (info.id, info.advertise.clone());
+            if lock(&cluster.directory).live.learn(info, Instant::now()) {
+                info!(node = %id, %advertise, "node joined the cluster (link)");
             }
         }
     }
 
     /// A route may name a node that joined since the last heartbeat; reads the directory
-    /// once more before treating it as dead. Costs a Redis call only for unknown nodes.
+    /// once more before treating it as dead. Costs a Redis call only for unknown nodes, and
+    /// claims that meet one at once share a poll. Such a poll adds nodes, never kills one.
     async fn learn_if_unknown(&self, node: NodeId) {
-        if !self.is_live(node) {
-            self.heartbeat(false).await;
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        if self.is_live(node) {
+            return;
+        }
+        let asked = Instant::now();
+        let _turn = cluster.extra_polls.lock().await;
+        let polled_since = lock(&cluster.directory)
+            .polled
+            .is_some_and(|polled| polled >= asked);
+        if polled_since || self.is_live(node) {
+            return;
+        }
+        let started = Instant::now();
+        match cluster.registry.heartbeat().await {
+            Ok(beat) => {
+                self.update_directory(cluster, beat, started, false);
+            }
+            Err(err) => {
+                lock(&cluster.directory).polled(started);
+                debug!(%node, error = %err, "directory poll for an unknown node failed");
+            }
         }
     }
 
@@ -720,7 +798,7 @@ impl Router {
             || self
                 .cluster
                 .as_ref()
-                .is_some_and(|cluster| lock(&cluster.directory).live.contains_key(&node))
+                .is_some_and(|cluster| lock(&cluster.directory).live.contains(&node))
     }
 
     /// A record of a remote session; `None` if its node is not live.
@@ -795,23 +873,28 @@ impl Router {
         }
     }
 
-    /// Runs one heartbeat: refreshes this node's liveness, updates the directory, forgets
-    /// dead nodes, and registers everything again if Redis lost it. Returns false if Redis
-    /// could not be reached.
+    /// Runs one heartbeat: refreshes this node's entry, updates the directory and forgets the
+    /// nodes that died, then wakes the maintenance task (which registers every session again if
+    /// Redis had lost this node's entry). Returns false if Redis could not be reached.
     pub async fn heartbeat(&self, first: bool) -> bool {
         let Some(cluster) = &self.cluster else {
             return true;
         };
+        let started = Instant::now();
         let beat = match cluster.registry.heartbeat().await {
             Ok(beat) => beat,
             Err(err) => {
                 warn!(error = %err, "registry heartbeat failed; established pairs keep relaying");
+                let mut directory = lock(&cluster.directory);
+                directory.live.blind(started);
+                directory.polled(started);
                 return false;
             }
         };
-        let dead = self.update_directory(cluster, beat.live);
+        let was_missing = beat.was_missing;
+        let dead = self.update_directory(cluster, beat, started, true);
         // Locks never nest: the live set is copied out of `directory` before `heard` is taken.
-        let live: HashSet<NodeId> = lock(&cluster.directory).live.keys().copied().collect();
+        let live: HashSet<NodeId> = lock(&cluster.directory).live.ids().collect();
         lock(&cluster.heard).retain(|node, (_, heard_at)| {
             if live.contains(node) {
                 *heard_at = Instant::now();
@@ -819,6 +902,56 @@ impl Router {
             }
             heard_at.elapsed() < HEARD_RETAIN
         });
+        self.forget_nodes(cluster, dead);
+        if first {
+            // A new node's entry is missing, and it holds no session yet.
+            cluster.upkeep.reregister.store(false, Ordering::Release);
+        } else if was_missing {
+            warn!(
+                "this node's registration was missing from Redis; registering every session again"
+            );
+        }
+        cluster.upkeep.wake.notify_one();
+        true
+    }
+
+    /// Takes the answer of a poll that started at `started`: adds and renews live nodes. A
+    /// `regular` poll (the heartbeat's) also ends a blind spell and returns the nodes now dead;
+    /// any other only adds. This node's entry found missing has its sessions registered again.
+    fn update_directory(
+        &self,
+        cluster: &Cluster,
+        beat: Heartbeat,
+        started: Instant,
+        regular: bool,
+    ) -> Vec<NodeId> {
+        if beat.was_missing {
+            cluster.upkeep.reregister.store(true, Ordering::Release);
+            if !regular {
+                cluster.upkeep.wake.notify_one();
+            }
+        }
+        let now = Instant::now();
+        let listed = beat
+            .live
+            .into_iter()
+            .map(|live| (live.info, live.since_beat));
+        let mut directory = lock(&cluster.directory);
+        directory.polled(started);
+        for info in directory.live.observe(listed, now) {
+            if info.id != self.me.id {
+                info!(node = %info.id, advertise = %info.advertise, version = %info.version, "node joined the cluster");
+            }
+        }
+        if !regular {
+            return Vec::new();
+        }
+        directory.live.sighted(now);
+        directory.live.expire(now)
+    }
+
+    /// Forgets nodes that died: their sessions' records and their links.
+    fn forget_nodes(&self, cluster: &Cluster, dead: Vec<NodeId>) {
         for node in dead {
             info!(%node, "node left the cluster; forgetting its sessions");
             self.forget_node(node);
@@ -826,108 +959,233 @@ impl Router {
                 cancel.cancel();
             }
         }
-        if beat.was_missing && !first {
-            warn!(
-                "this node's registration was missing from Redis; registering every session again"
-            );
-            self.reregister(cluster).await;
-        }
-        let pending = std::mem::take(&mut *lock(&cluster.pending_releases));
-        for (channel_id, role, route) in pending {
-            if cluster
-                .registry
-                .release(&channel_id, role, route)
-                .await
-                .is_err()
-            {
-                lock(&cluster.pending_releases).push((channel_id, role, route));
-            }
-        }
-        true
     }
 
-    fn update_directory(&self, cluster: &Cluster, live: Vec<NodeInfo>) -> Vec<NodeId> {
-        let mut directory = lock(&cluster.directory);
-        let seen: HashSet<NodeId> = live.iter().map(|info| info.id).collect();
-        let mut dead = Vec::new();
-        let known: Vec<NodeId> = directory.live.keys().copied().collect();
-        for node in known {
-            if seen.contains(&node) {
-                directory.missing_once.remove(&node);
-            } else if directory.missing_once.remove(&node) {
-                directory.live.remove(&node);
-                dead.push(node);
-            } else {
-                directory.missing_once.insert(node);
-            }
-        }
-        for info in live {
-            if info.id != self.me.id && !directory.live.contains_key(&info.id) {
-                info!(node = %info.id, advertise = %info.advertise, version = %info.version, "node joined the cluster");
-            }
-            directory.live.insert(info.id, info);
-        }
-        dead
-    }
-
-    /// Writes the route of every session this node holds again, where absent or still ours.
-    async fn reregister(&self, cluster: &Cluster) {
-        let sessions = self.hub.local_sessions();
-        let n_sessions = sessions.len();
-        let results: Vec<bool> = futures::stream::iter(sessions)
-            .map(|(channel_id, role, session)| {
-                let route = Route {
-                    node: self.me.id,
-                    session,
-                };
-                async move {
-                    cluster
-                        .registry
-                        .refresh(&channel_id, role, route)
-                        .await
-                        .unwrap_or(false)
+    /// Heartbeats every `registry.node-ttl / 5` until `shutdown`, and forgets a node the moment
+    /// it has gone unseen for `registry.node-ttl`. Does nothing else, so nothing delays it:
+    /// routes are kept up by [`Router::maintenance_loop`].
+    pub async fn heartbeat_loop(self: Arc<Self>, node_ttl: Duration, shutdown: CancellationToken) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(node_ttl / 5);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_death = lock(&cluster.directory).live.next_death();
+            let death = async {
+                match next_death {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-            })
-            .buffer_unordered(REREGISTER_CONCURRENCY)
-            .collect()
-            .await;
-        let written = results.iter().filter(|written| **written).count();
-        info!(sessions = n_sessions, written, "sessions registered again");
-        self.announce_sessions();
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    self.heartbeat(false).await;
+                }
+                () = death => {
+                    let dead = lock(&cluster.directory).live.expire(Instant::now());
+                    self.forget_nodes(cluster, dead);
+                }
+            }
+        }
     }
 
-    /// Sends `Bound` for every session whose peer is on another node. After this node's
+    /// Keeps this node's routes in Redis, woken by every heartbeat that reached it: retries
+    /// failed releases, and writes every session's route again when the heartbeat found this
+    /// node's entry missing, and every [`ROUTE_TTL`] / 2 so live routes never expire. Work left
+    /// over (Redis failed, or a route was found held by another session) waits for the next
+    /// heartbeat. Runs beside [`Router::heartbeat_loop`], never inside it.
+    pub async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut registered_at = Instant::now();
+        let mut backlog: HashMap<(ChannelId, Role), Refresh> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = cluster.upkeep.wake.notified() => {}
+            }
+            let round = async {
+                self.retry_releases(cluster).await;
+                let missing = cluster.upkeep.reregister.swap(false, Ordering::AcqRel);
+                if missing || registered_at.elapsed() >= ROUTE_TTL / 2 {
+                    registered_at = Instant::now();
+                    for (channel_id, role, session) in self.hub.local_sessions() {
+                        let entry = backlog.entry((channel_id, role)).or_insert(Refresh {
+                            channel_id,
+                            role,
+                            session,
+                            announce: false,
+                            suspect: None,
+                        });
+                        if entry.session != session {
+                            entry.session = session;
+                            entry.suspect = None;
+                        }
+                        entry.announce |= missing;
+                    }
+                }
+                if !backlog.is_empty() {
+                    self.reregister(cluster, &mut backlog).await;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = round => {}
+            }
+        }
+    }
+
+    /// Retries the releases that failed, paced; those that fail again wait for the next round.
+    async fn retry_releases(&self, cluster: &Cluster) {
+        let pending = std::mem::take(&mut *lock(&cluster.pending_releases));
+        if pending.is_empty() {
+            return;
+        }
+        let registry = &cluster.registry;
+        let untried =
+            paced(
+                pending,
+                |(channel_id, role, route)| async move {
+                    registry.release(&channel_id, role, route).await
+                },
+                |results| {
+                    let mut pending = lock(&cluster.pending_releases);
+                    for (release, result) in results {
+                        if result.is_err() {
+                            pending.push(release);
+                        }
+                    }
+                },
+            )
+            .await;
+        lock(&cluster.pending_releases).extend(untried);
+    }
+
+    /// Writes the routes in `backlog` again where absent or still this node's, paced (see
+    /// [`REREGISTER_PER_SECOND`]). A route another session holds at two looks, a heartbeat
+    /// apart, means that session replaced this one: it is closed with 4001 and not announced.
+    /// Written routes of sessions to announce are announced; routes whose write failed, and
+    /// those to look at again, stay in `backlog`.
+    async fn reregister(
+        &self,
+        cluster: &Cluster,
+        backlog: &mut HashMap<(ChannelId, Role), Refresh>,
+    ) {
+        let todo: Vec<Refresh> = backlog.drain().map(|(_, refresh)| refresh).collect();
+        let n_todo = todo.len();
+        let (mut written, mut fenced) = (0, 0);
+        let registry = &cluster.registry;
+        let me = self.me.id;
+        let second_look_after = registry.node_ttl() / 10;
+        let untried = paced(
+            todo,
+            |refresh| async move {
+                if !self.holds(refresh.channel_id, refresh.role, refresh.session) {
+                    return Ok(None);
+                }
+                let route = Route {
+                    node: me,
+                    session: refresh.session,
+                };
+                registry
+                    .refresh(&refresh.channel_id, refresh.role, route)
+                    .await
+                    .map(Some)
+            },
+            |results| {
+                let mut announce = Vec::new();
+                for (refresh, result) in results {
+                    let Refresh {
+                        channel_id,
+                        role,
+                        session,
+                        ..
+                    } = refresh;
+                    match result {
+                        // Ended before its turn: nothing to write.
+                        Ok(None) => {}
+                        // Ended meanwhile, maybe after its release: take the route away again.
+                        Ok(Some(true)) if !self.holds(channel_id, role, session) => {
+                            let route = Route { node: me, session };
+                            lock(&cluster.pending_releases).push((channel_id, role, route));
+                        }
+                        Ok(Some(true)) => {
+                            written += 1;
+                            if refresh.announce {
+                                announce.push((channel_id, role, session));
+                            }
+                        }
+                        Ok(Some(false)) => match refresh.suspect {
+                            Some(since) if since.elapsed() >= second_look_after => {
+                                fenced += usize::from(self.fence(channel_id, role, session));
+                            }
+                            Some(_) => {
+                                backlog.insert((channel_id, role), refresh);
+                            }
+                            None => {
+                                let suspect = Refresh {
+                                    suspect: Some(Instant::now()),
+                                    ..refresh
+                                };
+                                backlog.insert((channel_id, role), suspect);
+                            }
+                        },
+                        Err(_) => {
+                            backlog.insert((channel_id, role), refresh);
+                        }
+                    }
+                }
+                self.announce_sessions(&announce);
+            },
+        )
+        .await;
+        for refresh in untried {
+            backlog.insert((refresh.channel_id, refresh.role), refresh);
+        }
+        info!(
+            sessions = n_todo,
+            written,
+            fenced,
+            left = backlog.len(),
+            "sessions registered again"
+        );
+    }
+
+    /// True if this node still holds session `session` as `role` of `channel_id`.
+    fn holds(&self, channel_id: ChannelId, role: Role, session: u64) -> bool {
+        self.hub
+            .local(&channel_id, role)
+            .is_some_and(|handle| handle.id == session)
+    }
+
+    /// Closes a session whose route another session holds with 4001, as replaced: a newer
+    /// client took its role while this node was cut off, and its `Evict` never arrived.
+    fn fence(&self, channel_id: ChannelId, role: Role, session: u64) -> bool {
+        match self.hub.local(&channel_id, role) {
+            Some(handle) if handle.id == session => {
+                warn!(%channel_id, %role, "another session holds this session's route; closing it as replaced");
+                Metrics::incr(&self.metrics.sessions_fenced);
+                handle.stop.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends `Bound` for each of `sessions` whose peer is on another node. After this node's
     /// registration was lost, the other nodes may have timed it out and forgotten its sessions;
     /// this tells them again, so pairs split by the outage join up without reconnecting.
-    fn announce_sessions(&self) {
-        for (channel_id, role, session) in self.hub.local_sessions() {
+    fn announce_sessions(&self, sessions: &[(ChannelId, Role, u64)]) {
+        for &(channel_id, role, session) in sessions {
             if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
                 remote.link.send_control(InnerFrame::Bound {
                     channel_id,
                     role,
                     session,
                 });
-            }
-        }
-    }
-
-    /// Heartbeats every `registry.node-ttl / 5` until `shutdown`, and registers every session
-    /// again each [`ROUTE_TTL`] / 2 so live routes never expire.
-    pub async fn heartbeat_loop(self: Arc<Self>, node_ttl: Duration, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(node_ttl / 5);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut registered_at = Instant::now();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            self.heartbeat(false).await;
-            if registered_at.elapsed() >= ROUTE_TTL / 2
-                && let Some(cluster) = &self.cluster
-            {
-                self.reregister(cluster).await;
-                registered_at = Instant::now();
             }
         }
     }
@@ -971,6 +1229,45 @@ fn unbind(remote_peer: Option<&RemotePeer>, claim: &Claim) {
             session: claim.handle.id,
             sent: claim.handle.credit.sent_to(remote_peer.incarnation()),
         });
+    }
+}
+
+/// Runs `op` on every item, [`REREGISTER_CONCURRENCY`] at a time, in batches of
+/// [`REREGISTER_PER_SECOND`] / 10 one [`REREGISTER_TICK`] apart, handing each batch's results
+/// to `done`. After a batch in which `op` failed (Redis is likely down) it stops, and returns
+/// the items it did not try.
+async fn paced<T, R, Op, Fut>(
+    items: Vec<T>,
+    op: Op,
+    mut done: impl FnMut(Vec<(T, Result<R, RegistryError>)>),
+) -> Vec<T>
+where
+    T: Copy,
+    Op: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R, RegistryError>>,
+{
+    const PER_TICK: usize = REREGISTER_PER_SECOND
+        / (Duration::from_secs(1).as_millis() / REREGISTER_TICK.as_millis()) as usize;
+    let mut ticker = tokio::time::interval(REREGISTER_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut items = items.into_iter();
+    loop {
+        let batch: Vec<T> = items.by_ref().take(PER_TICK).collect();
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        ticker.tick().await;
+        let op = &op;
+        let results: Vec<(T, Result<R, RegistryError>)> = futures::stream::iter(batch)
+            .map(|item| async move { (item, op(item).await) })
+            .buffer_unordered(REREGISTER_CONCURRENCY)
+            .collect()
+            .await;
+        let failed = results.iter().any(|(_, result)| result.is_err());
+        done(results);
+        if failed {
+            return items.collect();
+        }
     }
 }
 

@@ -212,6 +212,10 @@ impl Server {
                 Arc::clone(&router)
                     .heartbeat_loop(self.config.registry.node_ttl, cluster.links_cancel.clone()),
             );
+            // Woken by the heartbeat; registers routes again and retries releases, paced.
+            cluster
+                .links_tracker
+                .spawn(Arc::clone(&router).maintenance_loop(cluster.links_cancel.clone()));
             info!(node = %router.me().id, advertise = %router.me().advertise, "cluster mode");
         }
         let cluster = self.cluster.map(|cluster| {
