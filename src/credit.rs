@@ -60,6 +60,18 @@ impl Grant {
         }
     }
 
+    /// A grant that carries on from `revoked`'s positions.
+    fn resume(revoked: &Grant) -> Grant {
+        let sent = revoked.sent();
+        let limit = revoked.limit.load(Ordering::Acquire).max(sent);
+        Grant {
+            receiver: revoked.receiver,
+            limit: AtomicU64::new(limit),
+            sent: AtomicU64::new(sent),
+            permits: Arc::new(Semaphore::new((limit - sent) as usize)),
+        }
+    }
+
     /// Raises the limit to `limit` if it is higher; a lower or repeated one changes nothing.
     fn raise(&self, limit: u64) {
         let limit = limit.min(self.sent.load(Ordering::Acquire) + MAX_AHEAD);
@@ -335,13 +347,19 @@ impl CreditState {
     }
 
     /// The grant towards `receiver`, made (with no credit yet) if the current one is for
-    /// another receiver, which is then closed so its waiter looks again.
+    /// another receiver, which is then closed so its waiter looks again. A revoked grant
+    /// towards `receiver` comes back with its positions: the receiver's ledger kept them.
     pub fn grant_for(&self, receiver: Incarnation) -> Arc<Grant> {
         let mut grant = lock(&self.grant);
         if let Some(current) = grant.as_ref()
             && current.receiver == receiver
         {
-            return Arc::clone(current);
+            if !current.is_closed() {
+                return Arc::clone(current);
+            }
+            let revived = Arc::new(Grant::resume(current));
+            *grant = Some(Arc::clone(&revived));
+            return revived;
         }
         let fresh = Arc::new(Grant::new(receiver));
         if let Some(old) = grant.replace(Arc::clone(&fresh)) {
@@ -353,6 +371,19 @@ impl CreditState {
     /// Raises the grant towards `receiver` to `limit`.
     pub fn credit(&self, receiver: Incarnation, limit: u64) {
         self.grant_for(receiver).raise(limit);
+    }
+
+    /// Closes the grant if `gone` says its receiving session is gone, or unreachable for now:
+    /// a sender waiting for its credit wakes and looks for the peer again. Its positions are
+    /// kept, in case the same session comes back (its node rejoins, a failed replacement gives
+    /// it its place back).
+    pub fn revoke(&self, gone: impl Fn(Incarnation) -> bool) {
+        let grant = lock(&self.grant);
+        if let Some(current) = grant.as_ref()
+            && gone(current.receiver)
+        {
+            current.permits.close();
+        }
     }
 
     /// Messages sent to `receiver`, if it is the one this session sends to.
@@ -484,8 +515,14 @@ mod tests {
         assert_eq!(grant.try_take(), None);
         grant.untake();
         assert_eq!(grant.try_take(), Some(2));
-        let other = state.grant_for(sender(9, 2));
+        state.revoke(|receiver| receiver == r);
         assert!(grant.is_closed());
+        let revived = state.grant_for(r);
+        assert_eq!(revived.try_take(), None, "positions and limit carry over");
+        state.credit(r, 3);
+        assert_eq!(revived.try_take(), Some(3));
+        let other = state.grant_for(sender(9, 2));
+        assert!(revived.is_closed());
         assert_eq!(other.try_take(), None);
         assert_eq!(state.sent_to(r), 0);
     }

@@ -299,17 +299,25 @@ impl Hub {
             stop: self.shutdown.child_token(),
         };
         let mut sessions = self.lock(&channel_id);
-        let slot = sessions.entry(channel_id).or_default().slot(role);
+        let slots = sessions.entry(channel_id).or_default();
         let mut displaced = None;
-        match slot.as_ref() {
+        match slots.slot_ref(role) {
             Some(Peer::Local(old)) if !old.is_gone() => match self.policy {
                 DuplicatePolicy::Reject => return Err(DuplicateError { channel_id, role }),
                 DuplicatePolicy::Replace => displaced = Some(old.clone()),
             },
             // A session of another node held this role; the registry claim decides about it.
-            Some(Peer::Remote(remote)) => remote.mark_gone(),
+            // A sender here waiting for its credit looks for the new peer.
+            Some(Peer::Remote(remote)) => {
+                remote.mark_gone();
+                let gone = remote.incarnation();
+                if let Some(Peer::Local(sender)) = slots.slot_ref(role.peer()) {
+                    sender.credit.revoke(|receiver| receiver == gone);
+                }
+            }
             _ => {}
         }
+        let slot = slots.slot(role);
         *slot = Some(Peer::Local(handle.clone()));
         drop(sessions);
         let claim = Claim {

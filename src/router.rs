@@ -669,6 +669,7 @@ impl Router {
                         node: from,
                         session,
                     };
+                    handle.credit.revoke(|receiver| receiver == sender);
                     let due = handle.credit.ledger().ended(sender, sent);
                     if let Some(due) = due {
                         self.send_credit(channel_id, role.peer(), handle.id, due);
@@ -743,6 +744,7 @@ impl Router {
         self.hub.forget_remotes_of(node);
         let mut dues = Vec::new();
         self.hub.for_each_local(|channel_id, role, handle| {
+            handle.credit.revoke(|receiver| receiver.node == node);
             if let Some(due) = handle.credit.ledger().forget_node(node) {
                 dues.push((*channel_id, role, handle.id, due));
             }
