@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod churn;
 mod cluster;
 mod handshake;
 mod http_front;

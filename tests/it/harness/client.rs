@@ -2,6 +2,7 @@
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -35,6 +36,62 @@ impl Client {
                 .expect("upgrade completes in time")
                 .unwrap_or_else(|err| panic!("upgrade to {url} failed: {err}"));
         Client { ws }
+    }
+
+    /// As [`Client::connect`], over a socket whose kernel buffers are fixed (SO_RCVBUF,
+    /// SO_SNDBUF, which turn the kernel's autotuning off) where given: a client on a slow
+    /// link, whose unread messages soon push back on the server, or whose own sends wait as
+    /// soon as the server stops reading.
+    pub async fn connect_with_socket_buffers(
+        url: &str,
+        recv_buffer: Option<u32>,
+        send_buffer: Option<u32>,
+    ) -> Client {
+        Client::try_connect_with_socket_buffers(url, recv_buffer, send_buffer)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// As [`Client::connect_with_socket_buffers`], but a failure is an error, not a panic.
+    pub async fn try_connect_with_socket_buffers(
+        url: &str,
+        recv_buffer: Option<u32>,
+        send_buffer: Option<u32>,
+    ) -> Result<Client, String> {
+        let request = url.into_client_request().expect("a WebSocket URL");
+        let authority = request.uri().authority().expect("a host and port").as_str();
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .expect("the host resolves")
+            .next()
+            .expect("an address");
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("a socket");
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        if let Some(bytes) = send_buffer {
+            socket.set_send_buffer_size(bytes).expect("SO_SNDBUF");
+        }
+        let upgrade = async {
+            let stream = socket
+                .connect(addr)
+                .await
+                .map_err(|err| format!("connect to {addr} failed: {err}"))?;
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+                .await
+                .map_err(|err| format!("upgrade to {url} failed: {err}"))
+        };
+        match tokio::time::timeout(EVENT_TIMEOUT, upgrade).await {
+            Ok(Ok((ws, _response))) => Ok(Client { ws }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(format!("upgrade to {url} did not complete in time")),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -176,4 +233,59 @@ pub async fn send_until_throttled(
         }
         assert!(sent < 20_000, "the sender was never throttled");
     }
+}
+
+/// As [`send_until_throttled`], with message `n`'s payload built by `payload(n)`, so that every
+/// message can be told apart. Returns how many sends finished: messages `0..returned` went
+/// out. Message number `returned`, whose send was given up, may sit in the client's write
+/// buffer and still go out with the next write (a close frame, say).
+pub async fn send_numbered_until_throttled(
+    sink: &mut Sink,
+    mut payload: impl FnMut(usize) -> Bytes,
+    patience: std::time::Duration,
+) -> usize {
+    let mut sent = 0usize;
+    loop {
+        let send = sink.send(Message::binary(payload(sent)));
+        match tokio::time::timeout(patience, send).await {
+            Ok(result) => {
+                result.expect("send");
+                sent += 1;
+            }
+            Err(_) => return sent,
+        }
+        assert!(sent < 20_000, "the sender was never throttled");
+    }
+}
+
+/// The read half of a split client.
+pub type Stream =
+    futures::stream::SplitStream<tokio_tungstenite::WebSocketStream<MaybeTlsStream<TcpStream>>>;
+
+/// Sends a close frame (1000) and reads until the server's close frame comes back, within
+/// `within`: true if the close handshake completed, the server having read everything sent
+/// before it. Data messages read meanwhile are discarded.
+pub async fn close_gracefully(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    within: std::time::Duration,
+) -> bool {
+    let handshake = async {
+        sink.send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .ok()?;
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) => return Some(()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    };
+    matches!(tokio::time::timeout(within, handshake).await, Ok(Some(())))
 }

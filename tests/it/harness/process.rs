@@ -88,6 +88,26 @@ impl ProcessNode {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process stops running (its sockets stay open, nothing answers), as a
+    /// node does in a long GC pause, a frozen VM or a stopped container.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT: a paused process runs again.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// A counter from `/healthz`.
     pub async fn counter(&self, name: &str) -> u64 {
         let response = super::http::request(self.addr, "GET", "/healthz", "").await;
