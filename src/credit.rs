@@ -27,14 +27,23 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::node::{Incarnation, NodeId};
 
 /// Credit announced to a sender in one frame, at most: larger windows are returned in batches
 /// of this many, so a fast pair sends one credit frame per 32 messages.
 const CREDIT_BATCH: u64 = 32;
+
+/// How long an account keeps its share after a newer session of the same node became the
+/// peer, waiting for the old one's `Unbound` (which says how many it sent). Normally that
+/// comes within a link's round trip; it never comes for a session that was announced only
+/// through the registry and gave up before binding here (a claim whose upgrade failed). After
+/// this, what the old session has not delivered is taken as all it will.
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
 
 /// Most messages a sender accepts permission for beyond what it has sent: a guard against a
 /// corrupt or hostile limit, far above any window a configuration allows.
@@ -140,6 +149,8 @@ struct Account {
     /// The sender's last position once it has ended (or its node died): nothing beyond it
     /// will come, and credit beyond it is free again.
     ended_at: Option<u64>,
+    /// When a newer session of the same node took this sender's place, if one did.
+    superseded_at: Option<Instant>,
     /// False until a frame from the sender told where it stands. A new sender starts at 0, but
     /// one this session forgot (its node timed out and came back) does not, and the two cannot
     /// be told apart when the account opens: the first data or `Sent` frame says.
@@ -225,8 +236,18 @@ impl Ledger {
                 received: 0,
                 settled: 0,
                 ended_at: None,
+                superseded_at: None,
                 synced: false,
             }),
+        }
+        let now = Instant::now();
+        for account in &mut self.accounts {
+            if account.sender.node == sender.node
+                && account.sender.session < sender.session
+                && account.superseded_at.is_none()
+            {
+                account.superseded_at = Some(now);
+            }
         }
         self.current = Some(sender);
         self.rebalance(true)
@@ -291,6 +312,17 @@ impl Ledger {
         self.rebalance(false)
     }
 
+    /// Settles superseded senders whose grace has passed; call now and then (each tick of the
+    /// session). Returns credit that frees for the current sender, if a batch.
+    pub fn sweep(&mut self) -> Option<CreditDue> {
+        let overdue = self.accounts.iter().any(|a| {
+            a.ended_at.is_none()
+                && a.superseded_at
+                    .is_some_and(|at| at.elapsed() >= SUPERSEDED_GRACE)
+        });
+        if overdue { self.rebalance(false) } else { None }
+    }
+
     /// The current sender's limit if it is on `node`, to announce again after its link
     /// reconnected (credit frames may have been lost with the old connection).
     pub fn current_on(&self, node: NodeId) -> Option<CreditDue> {
@@ -305,6 +337,15 @@ impl Ledger {
     /// Gives what is free to the current sender, drops accounts that are done, and says
     /// what to announce: the current sender's limit when it grew by a batch, or when `force`.
     fn rebalance(&mut self, force: bool) -> Option<CreditDue> {
+        for account in &mut self.accounts {
+            if account.ended_at.is_none()
+                && account
+                    .superseded_at
+                    .is_some_and(|at| at.elapsed() >= SUPERSEDED_GRACE)
+            {
+                account.ended_at = Some(account.received);
+            }
+        }
         self.accounts.retain(|a| {
             Some(a.sender) == self.current || a.ended_at.is_none_or(|end| a.settled < end)
         });
@@ -368,9 +409,14 @@ impl CreditState {
         fresh
     }
 
-    /// Raises the grant towards `receiver` to `limit`.
-    pub fn credit(&self, receiver: Incarnation, limit: u64) {
-        self.grant_for(receiver).raise(limit);
+    /// Raises the grant towards `receiver` to `limit`. Returns this session's position if
+    /// the limit is below it: the receiver has lost track of it (it forgot this node and
+    /// opened its account afresh) and must be told with a `Sent`.
+    pub fn credit(&self, receiver: Incarnation, limit: u64) -> Option<u64> {
+        let grant = self.grant_for(receiver);
+        grant.raise(limit);
+        let sent = grant.sent();
+        (limit < sent).then_some(sent)
     }
 
     /// Closes the grant if `gone` says its receiving session is gone, or unreachable for now:
@@ -488,6 +534,19 @@ mod tests {
         assert_eq!(lost, 0);
         assert_eq!(due, Some(CreditDue { to: s, limit: 5004 }));
         assert_eq!(ledger.receive(s, 5001), Receipt::Credited { lost: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_superseded_sender_that_never_says_it_ended_frees_its_share_after_the_grace() {
+        let mut ledger = Ledger::new(8);
+        let (old, new) = (sender(1, 1), sender(1, 2));
+        ledger.open(old);
+        ledger.receive(old, 1);
+        assert_eq!(ledger.open(new), Some(CreditDue { to: new, limit: 0 }));
+        assert_eq!(ledger.sweep(), None);
+        tokio::time::advance(SUPERSEDED_GRACE).await;
+        // What arrived stays reserved until written; the rest is free.
+        assert_eq!(ledger.sweep(), Some(CreditDue { to: new, limit: 7 }));
     }
 
     #[test]

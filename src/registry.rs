@@ -54,14 +54,9 @@ pub enum RegistryError {
     Timeout(Duration),
 }
 
-/// Where a role of a channel is held: a node and the session's id on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// The node holding the session.
-    pub node: NodeId,
-    /// The session's id on that node.
-    pub session: u64,
-}
+/// Where a role of a channel is held: the session incarnation (node and session id) that a
+/// route key names.
+pub type Route = crate::node::Incarnation;
 
 impl Route {
     fn encode(&self) -> String {
@@ -351,10 +346,10 @@ impl RedisRegistry {
         role: Role,
         mine: Route,
         reject: bool,
-        live: &[crate::node::NodeId],
-        dead: &[crate::node::NodeId],
+        live: &[NodeId],
+        dead: &[NodeId],
     ) -> Result<(ClaimOutcome, Option<Route>), RegistryError> {
-        let list = |nodes: &[crate::node::NodeId]| {
+        let list = |nodes: &[NodeId]| {
             let mut text = String::from(",");
             for node in nodes {
                 text.push_str(&format!("{node},"));

@@ -440,6 +440,15 @@ impl Router {
         peer: Option<Route>,
     ) -> Result<(), ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
+        // A peer's `Bound` that arrived while this claim ran names a session at least as new as
+        // the route the claim read; when the two differ, Redis is asked again rather than one
+        // of them trusted (a record from before the claim may be stale as well).
+        let mut peer = peer;
+        if let Some(Peer::Remote(recorded)) = self.hub.peer(&channel_id, role.peer())
+            && peer != Some(recorded.incarnation())
+        {
+            peer = cluster.registry.route(&channel_id, role.peer()).await?;
+        }
         if let Some(route) = peer {
             self.learn_if_unknown(route.node).await;
         }
@@ -584,7 +593,21 @@ impl Router {
                     session: receiver,
                 };
                 match self.hub.sender_credit(&channel_id, role, sender, receiver) {
-                    Some(credit) => credit.credit(receiver, limit),
+                    Some(credit) => {
+                        if let Some(sent) = credit.credit(receiver, limit)
+                            && let Some(Peer::Remote(peer)) =
+                                self.hub.peer(&channel_id, role.peer())
+                        {
+                            // Behind this session's data, as a waiting sender's would be.
+                            let _ = peer.link.try_send_data(InnerFrame::Sent {
+                                channel_id,
+                                role: role.peer(),
+                                sender,
+                                receiver: receiver.session,
+                                sent,
+                            });
+                        }
+                    }
                     None => {
                         Metrics::incr(&self.metrics.inner_frames_stale);
                         debug!(%channel_id, %role, node = %from, "credit for a session incarnation no longer here dropped");
@@ -934,16 +957,17 @@ impl Router {
             }
         }
         let now = Instant::now();
+        // This node is live to itself whatever the registry says (a pause can leave its own
+        // entry expired): it is never in its own directory, so never declared dead there.
         let listed = beat
             .live
             .into_iter()
+            .filter(|live| live.info.id != self.me.id)
             .map(|live| (live.info, live.since_beat));
         let mut directory = lock(&cluster.directory);
         directory.polled(started);
         for info in directory.live.observe(listed, now) {
-            if info.id != self.me.id {
-                info!(node = %info.id, advertise = %info.advertise, version = %info.version, "node joined the cluster");
-            }
+            info!(node = %info.id, advertise = %info.advertise, version = %info.version, "node joined the cluster");
         }
         if !regular {
             return Vec::new();

@@ -420,6 +420,15 @@ impl Session {
     /// Checks the idle and stall timeouts and schedules a ping.
     fn on_tick(&mut self) -> Option<CloseReason> {
         self.delivery.recheck();
+        let due = self.claim.handle.credit.ledger().sweep();
+        if let Some(due) = due {
+            self.ctx.router.send_credit(
+                self.claim.channel_id,
+                self.claim.role,
+                self.claim.handle.id,
+                due,
+            );
+        }
         let now = Instant::now();
         let config = &self.ctx.config;
         let seen = &mut self.seen;
