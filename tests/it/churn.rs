@@ -1105,3 +1105,53 @@ async fn churn_delivers_every_message_of_every_graceful_incarnation() {
         node.shutdown().await;
     }
 }
+
+/// A claim whose peer's node does not acknowledge it (that node is paused) is refused with 503
+/// after `inner.connect-timeout`, and gives its route back: no 101 for a session the peer
+/// could not reach. Once the node runs again, the same client pairs.
+#[tokio::test]
+async fn a_claim_whose_peer_node_is_silent_is_refused_with_503_and_leaves_no_route() {
+    use crate::harness::http::{UPGRADE_HEADERS, request};
+    use crate::harness::process::ProcessNode;
+    let redis = RedisServer::start();
+    let args = process_cluster_args(&redis.url());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node_a = ProcessNode::start(&args);
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        c.registry.node_ttl = Duration::from_secs(5);
+        c.inner.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let id = random_channel_id();
+    let mut app = Client::connect(&node_a.url(Role::App, &id)).await;
+
+    node_a.pause();
+    let asked_at = Instant::now();
+    let response = request(
+        node_b.addr,
+        "GET",
+        &format!("/channel?type=web&channelId={id}"),
+        UPGRADE_HEADERS,
+    )
+    .await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(
+        response.body.trim(),
+        "the node holding the peer did not answer within 1s; retry"
+    );
+    assert!(asked_at.elapsed() < Duration::from_secs(3));
+    let key = format!("wspair:{{{id}}}:web");
+    assert_eq!(
+        redis.cli(&["EXISTS", &key]).map(|n| n.trim().to_owned()),
+        Some("0".to_owned()),
+        "the refused claim's route is gone"
+    );
+
+    node_a.resume();
+    let mut web = node_b.connect(Role::Web, &id).await;
+    app.send_text("after the pause").await;
+    assert_eq!(web.recv_text().await, "after the pause");
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+    node_b.shutdown().await;
+}
