@@ -382,9 +382,10 @@ impl CreditState {
         }
     }
 
-    /// The receiving ledger. Lock order: a hub shard, then a ledger; never the other way.
-    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        lock(&self.ledger)
+    /// The receiving ledger. Lock order: a hub shard, then a ledger; never the other way
+    /// (debug builds check it: see [`assert_no_ledger_held`]).
+    pub fn ledger(&self) -> LedgerGuard<'_> {
+        LedgerGuard::new(lock(&self.ledger))
     }
 
     /// The grant towards `receiver`, made (with no credit yet) if the current one is for
@@ -439,6 +440,59 @@ impl CreditState {
             .filter(|grant| grant.receiver == receiver)
             .map_or(0, |grant| grant.sent())
     }
+}
+
+/// A locked ledger. In debug builds it counts, per thread, the ledgers held, so that taking a
+/// hub shard while one is held (the wrong order) panics in tests instead of deadlocking in
+/// production.
+pub struct LedgerGuard<'a> {
+    guard: MutexGuard<'a, Ledger>,
+}
+
+#[cfg(debug_assertions)]
+thread_local! {
+    static LEDGERS_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl<'a> LedgerGuard<'a> {
+    fn new(guard: MutexGuard<'a, Ledger>) -> LedgerGuard<'a> {
+        #[cfg(debug_assertions)]
+        LEDGERS_HELD.with(|held| held.set(held.get() + 1));
+        LedgerGuard { guard }
+    }
+}
+
+impl Drop for LedgerGuard<'_> {
+    fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        LEDGERS_HELD.with(|held| held.set(held.get() - 1));
+    }
+}
+
+impl std::ops::Deref for LedgerGuard<'_> {
+    type Target = Ledger;
+    fn deref(&self) -> &Ledger {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for LedgerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Ledger {
+        &mut self.guard
+    }
+}
+
+/// Panics in debug builds if this thread holds a ledger: called by whoever takes a lock that
+/// must come before ledgers (the hub's shards).
+pub fn assert_no_ledger_held() {
+    #[cfg(debug_assertions)]
+    LEDGERS_HELD.with(|held| {
+        assert_eq!(
+            held.get(),
+            0,
+            "lock order: a hub shard taken while a ledger is held"
+        );
+    });
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -560,6 +614,15 @@ mod tests {
             ledger.forget_node(old.node),
             Some(CreditDue { to: new, limit: 3 })
         );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "lock order")]
+    fn taking_a_shard_while_holding_a_ledger_panics_in_debug_builds() {
+        let state = CreditState::new(4);
+        let _ledger = state.ledger();
+        assert_no_ledger_held();
     }
 
     #[test]

@@ -488,6 +488,7 @@ impl Hub {
     /// Forgets every remote record pointing at `node` (it died), marking each gone so
     /// sessions look again.
     pub fn forget_remotes_of(&self, node: NodeId) {
+        crate::credit::assert_no_ledger_held();
         for shard in self.shards.iter() {
             for slots in lock(shard).values_mut() {
                 for slot in [&mut slots.app, &mut slots.web] {
@@ -505,6 +506,7 @@ impl Hub {
     /// Calls `visit` with every live session this node holds, under its shard's lock: keep
     /// it short, and take no other lock than a session's ledger in it.
     pub fn for_each_local(&self, mut visit: impl FnMut(&ChannelId, Role, &SessionHandle)) {
+        crate::credit::assert_no_ledger_held();
         for shard in self.shards.iter() {
             for (channel_id, slots) in lock(shard).iter() {
                 for (role, slot) in [(Role::App, &slots.app), (Role::Web, &slots.web)] {
@@ -527,6 +529,7 @@ impl Hub {
 
     /// Sessions held, and channel ids with both roles connected on this node.
     pub fn counts(&self) -> (usize, usize) {
+        crate::credit::assert_no_ledger_held();
         self.shards
             .iter()
             .map(|shard| {
@@ -578,6 +581,7 @@ impl Hub {
 
     fn lock(&self, channel_id: &ChannelId) -> MutexGuard<'_, HashMap<ChannelId, Slots>> {
         let shard = self.hasher.hash_one(channel_id) as usize % SHARDS;
+        crate::credit::assert_no_ledger_held();
         lock(&self.shards[shard])
     }
 }
