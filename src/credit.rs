@@ -38,12 +38,13 @@ use crate::node::{Incarnation, NodeId};
 /// of this many, so a fast pair sends one credit frame per 32 messages.
 const CREDIT_BATCH: u64 = 32;
 
-/// How long an account keeps its share after a newer session of the same node became the
-/// peer, waiting for the old one's `Unbound` (which says how many it sent). Normally that
-/// comes within a link's round trip; it never comes for a session that was announced only
-/// through the registry and gave up before binding here (a claim whose upgrade failed). After
-/// this, what the old session has not delivered is taken as all it will.
-pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
+/// How long an account that is no longer the peer keeps its share, waiting for what is still
+/// on the way. It starts when another sender becomes the peer (the old one's `Unbound`, which
+/// says how many it sent, is due; it never comes from a session that gave up before binding
+/// here, or when its link broke) or when the `Unbound` arrives (frames sent before it may still
+/// be on the way, or lost with a link). After it, the account ends at what arrived, and what
+/// the sender said it sent beyond that is counted lost.
+pub const SETTLE_GRACE: Duration = Duration::from_secs(3);
 
 /// Most messages a sender accepts permission for beyond what it has sent: a guard against a
 /// corrupt or hostile limit, far above any window a configuration allows.
@@ -55,7 +56,10 @@ pub struct Grant {
     /// The receiving session.
     pub receiver: Incarnation,
     limit: AtomicU64,
+    /// Positions taken (a message parked for room in the link's queue has one).
     sent: AtomicU64,
+    /// The highest position handed to the link's queue: what a `Sent` may claim.
+    queued: AtomicU64,
     permits: Arc<Semaphore>,
 }
 
@@ -65,6 +69,7 @@ impl Grant {
             receiver,
             limit: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(0)),
         }
     }
@@ -77,6 +82,7 @@ impl Grant {
             receiver: revoked.receiver,
             limit: AtomicU64::new(limit),
             sent: AtomicU64::new(sent),
+            queued: AtomicU64::new(revoked.queued.load(Ordering::Acquire)),
             permits: Arc::new(Semaphore::new((limit - sent) as usize)),
         }
     }
@@ -114,6 +120,17 @@ impl Grant {
         self.sent.load(Ordering::Acquire)
     }
 
+    /// Notes that the message at `seq` is in the link's queue.
+    pub fn queued(&self, seq: u64) {
+        self.queued.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The position a `Sent` may claim: every message up to it is in the link's queue or
+    /// beyond, so one that does not arrive was lost.
+    pub fn position(&self) -> u64 {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// The semaphore a sender waiting for credit polls.
     pub fn permits(&self) -> Arc<Semaphore> {
         Arc::clone(&self.permits)
@@ -149,8 +166,9 @@ struct Account {
     /// The sender's last position once it has ended (or its node died): nothing beyond it
     /// will come, and credit beyond it is free again.
     ended_at: Option<u64>,
-    /// When a newer session of the same node took this sender's place, if one did.
-    superseded_at: Option<Instant>,
+    /// When this account stops waiting for frames on the way (see [`SETTLE_GRACE`]); set once
+    /// it is no longer the peer's.
+    deadline: Option<Instant>,
     /// False until a frame from the sender told where it stands. A new sender starts at 0, but
     /// one this session forgot (its node timed out and came back) does not, and the two cannot
     /// be told apart when the account opens: the first data or `Sent` frame says.
@@ -158,6 +176,19 @@ struct Account {
 }
 
 impl Account {
+    fn new(sender: Incarnation) -> Account {
+        Account {
+            sender,
+            limit: 0,
+            told: 0,
+            received: 0,
+            settled: 0,
+            ended_at: None,
+            deadline: None,
+            synced: false,
+        }
+    }
+
     /// Credit granted and not yet settled: messages in flight or in the queue, and
     /// permission not yet used.
     fn outstanding(&self) -> u64 {
@@ -166,16 +197,30 @@ impl Account {
     }
 
     /// Learns the sender's position before its next frame, for an account opened blind.
+    /// Saturating: a corrupt position cannot overflow the arithmetic.
     fn sync(&mut self, position: u64) {
         if !self.synced {
             self.synced = true;
             if position > self.received {
                 let shift = position - self.received;
-                self.received += shift;
-                self.settled += shift;
-                self.limit += shift;
+                self.received = position;
+                self.settled = self.settled.saturating_add(shift);
+                self.limit = self.limit.saturating_add(shift);
             }
         }
+    }
+
+    /// Takes positions up to `position` as reached, those not received as lost; returns them.
+    fn settle_to(&mut self, position: u64) -> u64 {
+        let lost = position.saturating_sub(self.received);
+        self.received += lost;
+        self.settled = self.settled.saturating_add(lost);
+        lost
+    }
+
+    /// True once it is done: ended, and everything up to its end settled.
+    fn is_done(&self) -> bool {
+        self.ended_at.is_some_and(|end| self.settled >= end)
     }
 }
 
@@ -187,8 +232,9 @@ pub enum Receipt {
         /// Frames lost before this one.
         lost: u64,
     },
-    /// Not under credit (from a sender without an account, or at a position already given
-    /// up as lost): it may be queued only where the queue's own budget has room.
+    /// Not under credit (from a sender without an account, beyond its limit or its end, or
+    /// at a position already given up as lost): it may be queued only where the queue's own
+    /// budget has room.
     Uncredited,
 }
 
@@ -223,30 +269,23 @@ impl Ledger {
         self.accounts.iter().any(|a| a.sender == sender)
     }
 
-    /// `sender` is now this session's peer: opens its account if new and gives it what is
-    /// free. Returns the credit to announce, always (a repeated announcement is harmless and
-    /// repairs a lost one).
+    /// `sender` is now this session's peer: opens its account if new (or takes it up again,
+    /// its position to be confirmed) and gives it what is free. Every other sender's account
+    /// starts its grace. Returns the credit to announce, always (a repeated announcement is
+    /// harmless and repairs a lost one).
     pub fn open(&mut self, sender: Incarnation) -> Option<CreditDue> {
         match self.account(sender) {
-            Some(account) => account.ended_at = None,
-            None => self.accounts.push(Account {
-                sender,
-                limit: 0,
-                told: 0,
-                received: 0,
-                settled: 0,
-                ended_at: None,
-                superseded_at: None,
-                synced: false,
-            }),
+            Some(account) => {
+                account.ended_at = None;
+                account.deadline = None;
+                account.synced = false;
+            }
+            None => self.accounts.push(Account::new(sender)),
         }
-        let now = Instant::now();
+        let deadline = Instant::now() + SETTLE_GRACE;
         for account in &mut self.accounts {
-            if account.sender.node == sender.node
-                && account.sender.session < sender.session
-                && account.superseded_at.is_none()
-            {
-                account.superseded_at = Some(now);
+            if account.sender != sender && account.deadline.is_none() {
+                account.deadline = Some(deadline);
             }
         }
         self.current = Some(sender);
@@ -259,40 +298,47 @@ impl Ledger {
             return Receipt::Uncredited;
         };
         account.sync(seq.saturating_sub(1));
-        if seq <= account.received || account.ended_at.is_some_and(|end| seq > end) {
+        if seq <= account.received
+            || seq > account.limit
+            || account.ended_at.is_some_and(|end| seq > end)
+        {
             return Receipt::Uncredited;
         }
         let lost = seq - account.received - 1;
         account.received = seq;
-        account.settled += lost;
+        account.settled = account.settled.saturating_add(lost);
         Receipt::Credited { lost }
     }
 
     /// `n` messages from `sender` were written to the client.
     pub fn written(&mut self, sender: Incarnation, n: u64) -> Option<CreditDue> {
         let account = self.account(sender)?;
-        account.settled += n;
+        account.settled = account.settled.saturating_add(n);
         self.rebalance(false)
     }
 
-    /// `sender` says it has sent `sent` messages in all; returns how many of them never
-    /// arrived, and the credit to announce (always: the sender is waiting for it).
+    /// `sender` says it has sent `sent` messages in all, behind its data: those that did not
+    /// arrive were lost. Returns how many, and the credit to announce (always, to the current
+    /// sender: it is waiting for it).
     pub fn sent(&mut self, sender: Incarnation, sent: u64) -> (u64, Option<CreditDue>) {
         let Some(account) = self.account(sender) else {
             return (0, None);
         };
         account.sync(sent);
-        let lost = sent.saturating_sub(account.received);
-        account.received += lost;
-        account.settled += lost;
+        // A sender cannot have sent beyond its limit; a position past it is not believed.
+        let lost = account.settle_to(sent.min(account.limit));
         let force = self.current == Some(sender);
         (lost, self.rebalance(force))
     }
 
-    /// `sender` ended after sending `sent` messages.
+    /// `sender` ended after sending `sent` messages; frames still on the way have until its
+    /// grace ends to arrive.
     pub fn ended(&mut self, sender: Incarnation, sent: u64) -> Option<CreditDue> {
         let account = self.account(sender)?;
-        account.ended_at = Some(sent);
+        account.ended_at = Some(sent.min(account.limit));
+        account
+            .deadline
+            .get_or_insert_with(|| Instant::now() + SETTLE_GRACE);
         if self.current == Some(sender) {
             self.current = None;
         }
@@ -312,15 +358,27 @@ impl Ledger {
         self.rebalance(false)
     }
 
-    /// Settles superseded senders whose grace has passed; call now and then (each tick of the
-    /// session). Returns credit that frees for the current sender, if a batch.
-    pub fn sweep(&mut self) -> Option<CreditDue> {
-        let overdue = self.accounts.iter().any(|a| {
-            a.ended_at.is_none()
-                && a.superseded_at
-                    .is_some_and(|at| at.elapsed() >= SUPERSEDED_GRACE)
-        });
-        if overdue { self.rebalance(false) } else { None }
+    /// Ends the accounts whose grace has passed at what arrived, counting what their senders
+    /// said they sent beyond it as lost; call now and then (each tick of the session). Returns
+    /// the messages found lost, and credit that frees for the current sender, if a batch.
+    pub fn sweep(&mut self) -> (u64, Option<CreditDue>) {
+        let now = Instant::now();
+        let mut lost = 0;
+        let mut overdue = false;
+        for account in &mut self.accounts {
+            if Some(account.sender) != self.current
+                && account.deadline.is_some_and(|deadline| deadline <= now)
+            {
+                overdue = true;
+                account.deadline = None;
+                let end = *account.ended_at.get_or_insert(account.received);
+                lost += account.settle_to(end);
+            }
+        }
+        if !overdue {
+            return (0, None);
+        }
+        (lost, self.rebalance(false))
     }
 
     /// The current sender's limit if it is on `node`, to announce again after its link
@@ -337,25 +395,19 @@ impl Ledger {
     /// Gives what is free to the current sender, drops accounts that are done, and says
     /// what to announce: the current sender's limit when it grew by a batch, or when `force`.
     fn rebalance(&mut self, force: bool) -> Option<CreditDue> {
-        for account in &mut self.accounts {
-            if account.ended_at.is_none()
-                && account
-                    .superseded_at
-                    .is_some_and(|at| at.elapsed() >= SUPERSEDED_GRACE)
-            {
-                account.ended_at = Some(account.received);
-            }
-        }
-        self.accounts.retain(|a| {
-            Some(a.sender) == self.current || a.ended_at.is_none_or(|end| a.settled < end)
-        });
+        let current = self.current;
+        self.accounts
+            .retain(|a| Some(a.sender) == current || !a.is_done());
         let outstanding: u64 = self.accounts.iter().map(Account::outstanding).sum();
         let free = self.window.saturating_sub(outstanding);
         let batch = self.batch;
-        let current = self.current?;
+        let current = current?;
         let account = self.accounts.iter_mut().find(|a| a.sender == current)?;
-        account.limit += free;
-        if force || account.limit >= account.told + batch {
+        if account.ended_at.is_some() {
+            return None;
+        }
+        account.limit = account.limit.saturating_add(free);
+        if force || account.limit >= account.told.saturating_add(batch) {
             account.told = account.limit;
             return Some(CreditDue {
                 to: current,
@@ -370,7 +422,15 @@ impl Ledger {
 #[derive(Debug)]
 pub struct CreditState {
     ledger: Mutex<Ledger>,
-    grant: Mutex<Option<Arc<Grant>>>,
+    grants: Mutex<Grants>,
+}
+
+/// A sending session's grants: towards its peer, and towards the peer before, kept so that a
+/// receiver that comes back (a replacement of it gave up mid-upgrade) finds its positions.
+#[derive(Debug, Default)]
+struct Grants {
+    current: Option<Arc<Grant>>,
+    previous: Option<Arc<Grant>>,
 }
 
 impl CreditState {
@@ -378,7 +438,7 @@ impl CreditState {
     pub fn new(window: usize) -> CreditState {
         CreditState {
             ledger: Mutex::new(Ledger::new(window)),
-            grant: Mutex::new(None),
+            grants: Mutex::default(),
         }
     }
 
@@ -389,25 +449,31 @@ impl CreditState {
     }
 
     /// The grant towards `receiver`, made (with no credit yet) if the current one is for
-    /// another receiver, which is then closed so its waiter looks again. A revoked grant
-    /// towards `receiver` comes back with its positions: the receiver's ledger kept them.
+    /// another receiver, which is then closed so its waiter looks again, and kept as the
+    /// previous one. A grant towards `receiver` that was revoked or replaced comes back with its
+    /// positions: the receiver's ledger kept them.
     pub fn grant_for(&self, receiver: Incarnation) -> Arc<Grant> {
-        let mut grant = lock(&self.grant);
-        if let Some(current) = grant.as_ref()
+        let mut grants = lock(&self.grants);
+        if let Some(current) = grants.current.as_ref()
             && current.receiver == receiver
         {
             if !current.is_closed() {
                 return Arc::clone(current);
             }
             let revived = Arc::new(Grant::resume(current));
-            *grant = Some(Arc::clone(&revived));
+            grants.current = Some(Arc::clone(&revived));
             return revived;
         }
-        let fresh = Arc::new(Grant::new(receiver));
-        if let Some(old) = grant.replace(Arc::clone(&fresh)) {
+        let next = match grants.previous.take() {
+            Some(previous) if previous.receiver == receiver => Grant::resume(&previous),
+            _ => Grant::new(receiver),
+        };
+        let next = Arc::new(next);
+        if let Some(old) = grants.current.replace(Arc::clone(&next)) {
             old.permits.close();
+            grants.previous = Some(old);
         }
-        fresh
+        next
     }
 
     /// Raises the grant towards `receiver` to `limit`. Returns this session's position if
@@ -416,8 +482,8 @@ impl CreditState {
     pub fn credit(&self, receiver: Incarnation, limit: u64) -> Option<u64> {
         let grant = self.grant_for(receiver);
         grant.raise(limit);
-        let sent = grant.sent();
-        (limit < sent).then_some(sent)
+        let position = grant.position();
+        (limit < position).then_some(position)
     }
 
     /// Closes the grant if `gone` says its receiving session is gone, or unreachable for now:
@@ -425,8 +491,8 @@ impl CreditState {
     /// kept, in case the same session comes back (its node rejoins, a failed replacement gives
     /// it its place back).
     pub fn revoke(&self, gone: impl Fn(Incarnation) -> bool) {
-        let grant = lock(&self.grant);
-        if let Some(current) = grant.as_ref()
+        let grants = lock(&self.grants);
+        if let Some(current) = grants.current.as_ref()
             && gone(current.receiver)
         {
             current.permits.close();
@@ -435,7 +501,8 @@ impl CreditState {
 
     /// Messages sent to `receiver`, if it is the one this session sends to.
     pub fn sent_to(&self, receiver: Incarnation) -> u64 {
-        lock(&self.grant)
+        lock(&self.grants)
+            .current
             .as_ref()
             .filter(|grant| grant.receiver == receiver)
             .map_or(0, |grant| grant.sent())
@@ -590,17 +657,82 @@ mod tests {
         assert_eq!(ledger.receive(s, 5001), Receipt::Credited { lost: 0 });
     }
 
+    /// An `Unbound` lost with a link, or never sent (a session that gave up before binding
+    /// here): the old sender's share is freed after the grace, whatever its node.
     #[tokio::test(start_paused = true)]
-    async fn a_superseded_sender_that_never_says_it_ended_frees_its_share_after_the_grace() {
+    async fn a_sender_that_never_says_it_ended_frees_its_share_after_the_grace() {
         let mut ledger = Ledger::new(8);
-        let (old, new) = (sender(1, 1), sender(1, 2));
+        let (old, new) = (sender(1, 1), sender(2, 1));
         ledger.open(old);
         ledger.receive(old, 1);
         assert_eq!(ledger.open(new), Some(CreditDue { to: new, limit: 0 }));
-        assert_eq!(ledger.sweep(), None);
-        tokio::time::advance(SUPERSEDED_GRACE).await;
+        assert_eq!(ledger.sweep(), (0, None));
+        tokio::time::advance(SETTLE_GRACE).await;
         // What arrived stays reserved until written; the rest is free.
-        assert_eq!(ledger.sweep(), Some(CreditDue { to: new, limit: 7 }));
+        assert_eq!(ledger.sweep(), (0, Some(CreditDue { to: new, limit: 7 })));
+    }
+
+    /// Frames lost with a link before the sender's `Unbound`: counted once the grace passes,
+    /// and the window is whole again.
+    #[tokio::test(start_paused = true)]
+    async fn frames_lost_before_an_unbound_are_settled_after_the_grace() {
+        let mut ledger = Ledger::new(8);
+        let (old, new) = (sender(1, 1), sender(1, 2));
+        ledger.open(old);
+        for seq in 1..=6 {
+            ledger.receive(old, seq);
+        }
+        ledger.open(new);
+        ledger.ended(old, 8);
+        ledger.written(old, 6);
+        tokio::time::advance(SETTLE_GRACE).await;
+        let (lost, _) = ledger.sweep();
+        assert_eq!(lost, 2);
+        assert_eq!(ledger.accounts.len(), 1);
+        assert_eq!(
+            ledger.current_on(new.node),
+            Some(CreditDue { to: new, limit: 8 })
+        );
+    }
+
+    /// A replacement that gave up mid-upgrade: the displaced sender is the peer again, keeps
+    /// its account, and is never ended by the grace its replacement started.
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_that_is_the_peer_again_keeps_its_credit() {
+        let mut ledger = Ledger::new(8);
+        let (s1, s2) = (sender(1, 1), sender(1, 2));
+        ledger.open(s1);
+        for seq in 1..=4 {
+            assert_eq!(ledger.receive(s1, seq), Receipt::Credited { lost: 0 });
+        }
+        ledger.open(s2);
+        ledger.ended(s2, 0);
+        ledger.open(s1);
+        tokio::time::advance(SETTLE_GRACE * 2).await;
+        ledger.sweep();
+        ledger.written(s1, 4);
+        assert_eq!(ledger.receive(s1, 5), Receipt::Credited { lost: 0 });
+        let (_, due) = ledger.sent(s1, 5);
+        assert_eq!(due, Some(CreditDue { to: s1, limit: 12 }));
+        // Probes do not inflate the window.
+        let (_, again) = ledger.sent(s1, 5);
+        assert_eq!(again, due);
+    }
+
+    #[test]
+    fn corrupt_positions_neither_overflow_nor_credit_beyond_the_limit() {
+        let mut ledger = Ledger::new(8);
+        let s = sender(1, 1);
+        ledger.open(s);
+        assert_eq!(ledger.receive(s, 9), Receipt::Credited { lost: 0 });
+        assert_eq!(ledger.receive(s, 100), Receipt::Uncredited);
+        let _ = ledger.sent(s, u64::MAX);
+        assert_eq!(ledger.receive(s, u64::MAX), Receipt::Uncredited);
+        let mut blind = Ledger::new(8);
+        blind.open(s);
+        let _ = blind.sent(s, u64::MAX);
+        let _ = blind.receive(s, u64::MAX);
+        let _ = blind.written(s, u64::MAX);
     }
 
     #[test]
@@ -647,5 +779,9 @@ mod tests {
         assert!(revived.is_closed());
         assert_eq!(other.try_take(), None);
         assert_eq!(state.sent_to(r), 0);
+        // The receiver before comes back: its positions with it.
+        let back = state.grant_for(r);
+        assert_eq!(back.sent(), 3);
+        assert!(other.is_closed());
     }
 }

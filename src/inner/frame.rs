@@ -154,6 +154,14 @@ impl InnerFrame {
         }
     }
 
+    /// The position of a data frame; 0 for others.
+    pub fn seq(&self) -> u64 {
+        match self {
+            InnerFrame::Data { seq, .. } => *seq,
+            _ => 0,
+        }
+    }
+
     /// Payload bytes of a data frame, which is what a link's byte budget counts; 0 for others.
     pub fn data_len(&self) -> usize {
         match self {

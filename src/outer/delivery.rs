@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{PollSemaphore, PollSender};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::budget::{BudgetWaiter, QueueBudget, QueueWaiter};
 use crate::credit::{CreditState, Grant};
@@ -190,7 +190,10 @@ impl Delivery {
             payload: message.payload,
         };
         match remote.link.try_send_data(frame) {
-            Ok(()) => None,
+            Ok(()) => {
+                grant.queued(seq);
+                None
+            }
             Err(LinkError::Full(frame)) => {
                 let (bytes, sender) = remote.link.data_waiters();
                 self.blocked = Some(Box::new(Blocked::Link {
@@ -234,9 +237,20 @@ impl Delivery {
                     // The queue holds a local sender's share and the credit window beside
                     // it, so with room taken it is never full; it may have closed.
                     let len = message.payload.len();
-                    if let Err(err) = tx.try_send(message) {
-                        queue.give_back(1, len);
-                        self.retry(err.into_inner());
+                    match tx.try_send(message) {
+                        Ok(()) => {}
+                        Err(TrySendError::Closed(message)) => {
+                            queue.give_back(1, len);
+                            self.retry(message);
+                        }
+                        // Cannot happen while credit holds; dropped rather than retried, which
+                        // would spin on room that is there and a queue that is not.
+                        Err(TrySendError::Full(_)) => {
+                            queue.give_back(1, len);
+                            Metrics::incr(&self.metrics.messages_dropped_closed);
+                            warn!(channel_id = %self.channel_id, role = %self.role,
+                                "message dropped: the peer's queue is full beyond its room");
+                        }
                     }
                 }
                 Blocked::Credit {
@@ -300,6 +314,7 @@ impl Delivery {
                     else {
                         unreachable!("matched Link above");
                     };
+                    let seq = frame.seq();
                     if !reserved {
                         grant.untake();
                         self.retry(into_message(frame));
@@ -309,6 +324,8 @@ impl Delivery {
                             .into_inner()
                             .expect("a reserved send hands the frame back");
                         self.retry(into_message(frame));
+                    } else {
+                        grant.queued(seq);
                     }
                 }
             }
@@ -343,7 +360,7 @@ impl Delivery {
                 role: self.role.peer(),
                 sender: self.session,
                 receiver: remote.session,
-                sent: grant.sent(),
+                sent: grant.position(),
             });
         }
     }

@@ -420,7 +420,12 @@ impl Session {
     /// Checks the idle and stall timeouts and schedules a ping.
     fn on_tick(&mut self) -> Option<CloseReason> {
         self.delivery.recheck();
-        let due = self.claim.handle.credit.ledger().sweep();
+        let (lost, due) = self.claim.handle.credit.ledger().sweep();
+        if lost > 0 {
+            Metrics::add(&self.ctx.metrics.messages_lost_between_nodes, lost);
+            debug!(channel_id = %self.claim.channel_id, role = %self.claim.role, lost,
+                "messages an ended remote sender sent never arrived");
+        }
         if let Some(due) = due {
             self.ctx.router.send_credit(
                 self.claim.channel_id,

@@ -273,7 +273,7 @@ impl Router {
         if !restored {
             self.activate(&mut claim);
             // Whatever `activate` told the peer's node of the failed session, it forgets now.
-            unbind(remote_peer.as_ref(), &claim);
+            unbind(remote_peer.as_ref(), &claim, false);
             return;
         }
         let restored_here = restore.node == self.me.id;
@@ -292,7 +292,7 @@ impl Router {
             } else if let Some(remote_peer) = &remote_peer {
                 // The failed session first, on the same link: its node records a newer
                 // session of a node over an older one, never the other way round.
-                unbind(Some(remote_peer), &claim);
+                unbind(Some(remote_peer), &claim, false);
                 remote_peer.link.send_control(InnerFrame::Bound {
                     channel_id,
                     role,
@@ -304,7 +304,7 @@ impl Router {
         // whether it still lives; its peer's node, had it recorded the failed session (the
         // displaced one having ended meanwhile), forgets it rather than send into nothing.
         if !restored_here {
-            unbind(remote_peer.as_ref(), &claim);
+            unbind(remote_peer.as_ref(), &claim, false);
         }
         // Dropping the claim gives a displaced session of this node its slot back; one of
         // another node is recorded again for a local peer.
@@ -428,7 +428,7 @@ impl Router {
         };
         let (channel_id, role) = (claim.channel_id, claim.role);
         if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
-            unbind(Some(&remote), claim);
+            unbind(Some(&remote), claim, true);
         }
         let mine = Route {
             node: self.me.id,
@@ -519,15 +519,26 @@ impl Router {
 }
 
 /// Tells the node of `remote_peer`, if any, that the session of `claim` is gone, and how many
-/// messages it sent there.
-fn unbind(remote_peer: Option<&RemotePeer>, claim: &Claim) {
-    if let Some(remote_peer) = remote_peer {
-        remote_peer.link.send_control(InnerFrame::Unbound {
-            channel_id: claim.channel_id,
-            role: claim.role,
-            session: claim.handle.id,
-            sent: claim.handle.credit.sent_to(remote_peer.incarnation()),
-        });
+/// messages it sent there. `behind_data`: on the link's data queue, after the session's last
+/// messages, so that what the peer's node has not received by then was lost (when that queue
+/// is full, or for a claim that sent nothing and must stay in order with a `Bound`, on the
+/// control queue; the receiving ledger's grace covers frames still on the way then).
+fn unbind(remote_peer: Option<&RemotePeer>, claim: &Claim, behind_data: bool) {
+    let Some(remote_peer) = remote_peer else {
+        return;
+    };
+    let frame = InnerFrame::Unbound {
+        channel_id: claim.channel_id,
+        role: claim.role,
+        session: claim.handle.id,
+        sent: claim.handle.credit.sent_to(remote_peer.incarnation()),
+    };
+    if !behind_data {
+        remote_peer.link.send_control(frame);
+        return;
+    }
+    if let Err(crate::inner::link::LinkError::Full(frame)) = remote_peer.link.try_send_data(frame) {
+        remote_peer.link.send_control(frame);
     }
 }
 

@@ -1155,3 +1155,105 @@ async fn a_claim_whose_peer_node_is_silent_is_refused_with_503_and_leaves_no_rou
     assert_eq!(app.recv_text().await, "and back");
     node_b.shutdown().await;
 }
+
+/// A replacement of the app that gives up mid-upgrade, on a pair across nodes that has
+/// exchanged many messages: the displaced app is the peer again, and credit still holds both
+/// ways. Each side in turn floods a receiver that does not read; nothing may be dropped at the
+/// receiver's queue. (Before, the displaced app's account was ended by the grace its failed
+/// replacement started, and the web's grant towards it restarted at position 0.)
+#[tokio::test]
+async fn credit_holds_both_ways_after_a_replacement_gives_up_mid_upgrade() {
+    use crate::harness::client::send_until_throttled;
+    use crate::harness::http::abandoned_upgrade;
+    for web_floods in [true, false] {
+        let redis = RedisServer::start();
+        let configure = |c: &mut wspair::Config| {
+            c.outer.send_queue = 64;
+            c.outer.message_timeout = Duration::from_secs(1);
+        };
+        let node_a = TestNode::start_in_cluster(vec![redis.url()], configure).await;
+        let node_b = TestNode::start_in_cluster(vec![redis.url()], configure).await;
+        let id = random_channel_id();
+        let app = node_a.connect(Role::App, &id).await;
+        let web = node_b.connect(Role::Web, &id).await;
+        let (app, web) = crate::harness::client::exchange(app, web, 500).await;
+        abandoned_upgrade(node_a.addr, &format!("/channel?type=app&channelId={id}")).await;
+        crate::harness::wait_until("the abandoned upgrade to fail", || {
+            read(&node_a.metrics.upgrades_failed) == 1
+        })
+        .await;
+        // Past the grace the failed replacement started.
+        tokio::time::sleep(wspair::credit::SETTLE_GRACE + Duration::from_millis(500)).await;
+        let (flooder, _reader, receiving_node) = if web_floods {
+            (web, app, &node_a)
+        } else {
+            (app, web, &node_b)
+        };
+        let (mut sink, _stream) = flooder.ws.split();
+        let payload = Bytes::from(vec![b'x'; 8 * 1024]);
+        let sent = send_until_throttled(&mut sink, &payload, Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(sent > 64, "the flood was throttled after {sent} messages");
+        assert_eq!(
+            read(&receiving_node.metrics.messages_dropped_remote),
+            0,
+            "dropped at the receiver's queue ({} flooding, {sent} sent)",
+            if web_floods { "web" } else { "app" }
+        );
+        assert_eq!(read(&receiving_node.metrics.messages_lost_between_nodes), 0);
+        node_a.shutdown().await;
+        node_b.shutdown().await;
+    }
+}
+
+/// The old app's `Unbound` is lost with its link (cut as it goes, then down longer than
+/// `inner.connect-timeout`), and the next app connects on a third node: the receiver frees the
+/// old app's share after the grace, and the new app's messages flow. (Before, the share was
+/// held for ever and the new app waited for credit for ever.)
+#[tokio::test]
+async fn a_lost_unbound_does_not_starve_the_next_sender_on_another_node() {
+    let redis = RedisServer::start();
+    let b_inner_port = crate::harness::redis::free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{b_inner_port}").parse().unwrap()).await;
+    let quick_ticks = |c: &mut wspair::Config| c.outer.message_timeout = Duration::from_secs(1);
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        quick_ticks(c);
+        c.inner.port = b_inner_port;
+        c.inner.advertise = proxy.addr.to_string();
+    })
+    .await;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |c| {
+        quick_ticks(c);
+        c.inner.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let node_c = TestNode::start_in_cluster(vec![redis.url()], quick_ticks).await;
+    let id = random_channel_id();
+    let mut web = node_b.connect(Role::Web, &id).await;
+    let mut app = node_a.connect(Role::App, &id).await;
+    app.send_text("hello").await;
+    assert_eq!(web.recv_text().await, "hello");
+    proxy.cut();
+    app.close().await;
+    crate::harness::wait_until("node A to release the app", || {
+        node_a.router.hub.counts().0 == 0
+    })
+    .await;
+    // The `Unbound` goes into the dead connection or waits in the queue until it is dropped
+    // (after inner.connect-timeout, 1 s): either way node B never gets it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let mut new_app = node_c.connect(Role::App, &id).await;
+    new_app.send_text("from the new app").await;
+    let within = wspair::credit::SETTLE_GRACE + Duration::from_secs(3);
+    let got = tokio::time::timeout(within, web.recv_text()).await;
+    assert_eq!(
+        got.expect("the new app's message arrives within the grace and a tick"),
+        "from the new app"
+    );
+    web.send_text("back").await;
+    assert_eq!(new_app.recv_text().await, "back");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+    node_c.shutdown().await;
+}
