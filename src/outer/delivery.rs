@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::pair::{ChannelId, Message, Role};
 use crate::router::Router;
 
+/// How often a session with no peer asks the registry where its peer is.
+const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A parked message and what it waits for.
 enum Blocked {
     /// Room in a local peer's queue.
@@ -72,6 +75,8 @@ pub struct Delivery {
     grant: Option<Arc<Grant>>,
     /// Boxed: rarely set, and large (its wakers), while every idle session holds a `Delivery`.
     blocked: Option<Box<Blocked>>,
+    /// When this session last asked the registry where its peer is, having none.
+    resolved_at: Option<tokio::time::Instant>,
 }
 
 impl Delivery {
@@ -94,6 +99,7 @@ impl Delivery {
             peer: None,
             grant: None,
             blocked: None,
+            resolved_at: None,
         }
     }
 
@@ -404,10 +410,21 @@ impl Delivery {
         self.send(message);
     }
 
-    fn drop_no_peer(&self, message: &Message) {
+    fn drop_no_peer(&mut self, message: &Message) {
         Metrics::incr(&self.metrics.messages_dropped_no_peer);
         debug!(channel_id = %self.channel_id, role = %self.role,
             bytes = message.payload.len(), "message dropped: peer not connected");
+        // No peer here: when in doubt, the registry is asked (at most once per
+        // RESOLVE_INTERVAL), so a record this node lost is found again.
+        let now = tokio::time::Instant::now();
+        if self
+            .resolved_at
+            .is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL)
+        {
+            self.resolved_at = Some(now);
+            self.router
+                .resolve_peer(self.channel_id, self.role, self.session);
+        }
     }
 
     /// The peer, refreshed from the hub when the cached one is absent or gone.

@@ -421,6 +421,52 @@ impl Router {
         Ok(())
     }
 
+    /// A session of this node found no peer: asks the registry, in a task of its own, where the
+    /// peer is, and if it is a live session of another node that this node has no record of,
+    /// records it and tells its node of this session (as a claim would). Heals a record lost
+    /// to a race or an outage; costs one Redis read, and the caller rate-limits it.
+    pub fn resolve_peer(self: &Arc<Self>, channel_id: ChannelId, role: Role, session: u64) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let router = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(cluster) = &router.cluster else {
+                return;
+            };
+            let Ok(Some(route)) = cluster.registry.route(&channel_id, role.peer()).await else {
+                return;
+            };
+            if route.node == router.me.id {
+                return;
+            }
+            router.learn_if_unknown(route.node).await;
+            let still_alone = router
+                .hub
+                .local(&channel_id, role)
+                .is_some_and(|handle| handle.id == session)
+                && router.hub.peer(&channel_id, role.peer()).is_none();
+            if !still_alone {
+                return;
+            }
+            let Some(remote) = router.remote_peer(route) else {
+                return;
+            };
+            debug!(%channel_id, %role, node = %route.node, "peer found again in the registry");
+            // The `Bound` first: the credit `adopt_remote` announces is for this session, which
+            // the peer's node must have recorded.
+            router.send_control(
+                route.node,
+                InnerFrame::Bound {
+                    channel_id,
+                    role,
+                    session,
+                },
+            );
+            router.adopt_remote(channel_id, role.peer(), remote);
+        });
+    }
+
     /// Releases a session's route and tells its remote peer, if any, that it ended.
     pub async fn release(&self, claim: &Claim) {
         let Some(cluster) = &self.cluster else {

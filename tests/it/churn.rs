@@ -1257,3 +1257,44 @@ async fn a_lost_unbound_does_not_starve_the_next_sender_on_another_node() {
     node_b.shutdown().await;
     node_c.shutdown().await;
 }
+
+/// A node that lost its record of a peer on another node (a race, an outage) finds it again
+/// in the registry when its session next has nothing to send to: the message that found no
+/// peer is dropped and counted, and the pair then relays both ways.
+#[tokio::test]
+async fn a_lost_peer_record_is_found_again_in_the_registry() {
+    let redis = RedisServer::start();
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let node_b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = node_b.connect(Role::Web, &id).await;
+    web.send_text("first").await;
+    assert_eq!(app.recv_text().await, "first");
+    // Node B forgets the app, as a lost announcement would leave it.
+    let route = redis
+        .cli(&["GET", &format!("wspair:{{{id}}}:app")])
+        .expect("the app's route");
+    let (node, session) = route.trim().split_once(':').expect("node:session");
+    assert!(node_b.router.hub.clear_remote(
+        &id,
+        Role::App,
+        node.parse().unwrap(),
+        session.parse().unwrap()
+    ));
+    web.send_text("into nothing").await;
+    crate::harness::wait_until("the message to find no peer", || {
+        read(&node_b.metrics.messages_dropped_no_peer) == 1
+    })
+    .await;
+    crate::harness::wait_until("node B to find the app again", || {
+        node_b.router.hub.peer(&id, Role::App).is_some()
+    })
+    .await;
+    web.send_text("found again").await;
+    assert_eq!(app.recv_text().await, "found again");
+    app.send_text("and back").await;
+    assert_eq!(web.recv_text().await, "and back");
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
