@@ -70,6 +70,7 @@ fn hub_lookup(c: &mut Criterion) {
         1024,
         256 * 1024,
         1024,
+        wspair::credit::DEFAULT_SUPERSEDED_GRACE,
         DuplicatePolicy::Replace,
         Arc::default(),
         CancellationToken::new(),

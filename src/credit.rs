@@ -38,13 +38,20 @@ use crate::node::{Incarnation, NodeId};
 /// of this many, so a fast pair sends one credit frame per 32 messages.
 const CREDIT_BATCH: u64 = 32;
 
-/// How long an account that is no longer the peer keeps its share, waiting for what is still
-/// on the way. It starts when another sender becomes the peer (the old one's `Unbound`, which
-/// says how many it sent, is due; it never comes from a session that gave up before binding
-/// here, or when its link broke) or when the `Unbound` arrives (frames sent before it may still
-/// be on the way, or lost with a link). After it, the account ends at what arrived, and what
-/// the sender said it sent beyond that is counted lost.
+/// How long an ended account waits for frames still on the way, from its `Unbound` (which says
+/// how many its sender sent): they may be queued behind other data, or lost with a link. Then
+/// the account ends at what arrived, and what the sender said it sent beyond that is counted
+/// lost.
 pub const SETTLE_GRACE: Duration = Duration::from_secs(3);
+
+/// How long an account whose sender is no longer the peer, and has not said it ended, keeps its
+/// share by default: the longest a claim that displaced it can take (`outer.handshake-timeout`,
+/// 10 s by default) and a second, because until that claim has its 101 the displaced sender
+/// still runs and may send within its limit, and if the claim fails it is the peer again. The
+/// `Unbound` of a sender that did end normally comes long before; this covers one lost with a
+/// link, or a session that gave up before binding here (a claim whose upgrade failed, known to
+/// this node only through the registry). Nodes pass their own (see [`CreditState::new`]).
+pub const DEFAULT_SUPERSEDED_GRACE: Duration = Duration::from_secs(11);
 
 /// Most messages a sender accepts permission for beyond what it has sent: a guard against a
 /// corrupt or hostile limit, far above any window a configuration allows.
@@ -60,6 +67,8 @@ pub struct Grant {
     sent: AtomicU64,
     /// The highest position handed to the link's queue: what a `Sent` may claim.
     queued: AtomicU64,
+    answered_limit: AtomicU64,
+    answered_position: AtomicU64,
     permits: Arc<Semaphore>,
 }
 
@@ -70,6 +79,8 @@ impl Grant {
             limit: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            answered_limit: AtomicU64::new(0),
+            answered_position: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new(0)),
         }
     }
@@ -83,6 +94,8 @@ impl Grant {
             limit: AtomicU64::new(limit),
             sent: AtomicU64::new(sent),
             queued: AtomicU64::new(revoked.queued.load(Ordering::Acquire)),
+            answered_limit: AtomicU64::new(0),
+            answered_position: AtomicU64::new(0),
             permits: Arc::new(Semaphore::new((limit - sent) as usize)),
         }
     }
@@ -166,8 +179,8 @@ struct Account {
     /// The sender's last position once it has ended (or its node died): nothing beyond it
     /// will come, and credit beyond it is free again.
     ended_at: Option<u64>,
-    /// When this account stops waiting for frames on the way (see [`SETTLE_GRACE`]); set once
-    /// it is no longer the peer's.
+    /// When this account stops waiting for frames on the way (see [`SETTLE_GRACE`] and
+    /// [`DEFAULT_SUPERSEDED_GRACE`]); set once it is no longer the peer's.
     deadline: Option<Instant>,
     /// False until a frame from the sender told where it stands. A new sender starts at 0, but
     /// one this session forgot (its node timed out and came back) does not, and the two cannot
@@ -243,18 +256,28 @@ pub enum Receipt {
 pub struct Ledger {
     window: u64,
     batch: u64,
+    /// How long a sender that is no longer the peer keeps its share without an `Unbound`.
+    superseded_grace: Duration,
     accounts: Vec<Account>,
     /// The sender now entitled to free credit: the session's peer.
     current: Option<Incarnation>,
 }
 
 impl Ledger {
-    /// A ledger for a session whose window is `window` messages.
+    /// A ledger for a session whose window is `window` messages, with the default grace for
+    /// displaced senders.
     pub fn new(window: usize) -> Ledger {
+        Ledger::with_grace(window, DEFAULT_SUPERSEDED_GRACE)
+    }
+
+    /// A ledger whose displaced senders keep their share for `superseded_grace` (see
+    /// [`DEFAULT_SUPERSEDED_GRACE`]).
+    pub fn with_grace(window: usize, superseded_grace: Duration) -> Ledger {
         let window = window.max(1) as u64;
         Ledger {
             window,
             batch: (window / 2).clamp(1, CREDIT_BATCH),
+            superseded_grace,
             accounts: Vec::new(),
             current: None,
         }
@@ -282,7 +305,7 @@ impl Ledger {
             }
             None => self.accounts.push(Account::new(sender)),
         }
-        let deadline = Instant::now() + SETTLE_GRACE;
+        let deadline = Instant::now() + self.superseded_grace;
         for account in &mut self.accounts {
             if account.sender != sender && account.deadline.is_none() {
                 account.deadline = Some(deadline);
@@ -335,10 +358,10 @@ impl Ledger {
     /// grace ends to arrive.
     pub fn ended(&mut self, sender: Incarnation, sent: u64) -> Option<CreditDue> {
         let account = self.account(sender)?;
-        account.ended_at = Some(sent.min(account.limit));
-        account
-            .deadline
-            .get_or_insert_with(|| Instant::now() + SETTLE_GRACE);
+        // What arrived was sent, whatever the sender says.
+        account.ended_at = Some(sent.max(account.received).min(account.limit));
+        let settle_by = Instant::now() + SETTLE_GRACE;
+        account.deadline = Some(account.deadline.map_or(settle_by, |at| at.min(settle_by)));
         if self.current == Some(sender) {
             self.current = None;
         }
@@ -434,10 +457,11 @@ struct Grants {
 }
 
 impl CreditState {
-    /// Credit for a session whose window is `window` messages.
-    pub fn new(window: usize) -> CreditState {
+    /// Credit for a session whose window is `window` messages, whose displaced senders keep
+    /// their share for `superseded_grace`.
+    pub fn new(window: usize, superseded_grace: Duration) -> CreditState {
         CreditState {
-            ledger: Mutex::new(Ledger::new(window)),
+            ledger: Mutex::new(Ledger::with_grace(window, superseded_grace)),
             grants: Mutex::default(),
         }
     }
@@ -483,7 +507,15 @@ impl CreditState {
         let grant = self.grant_for(receiver);
         grant.raise(limit);
         let position = grant.position();
-        (limit < position).then_some(position)
+        // Answer a given (limit, position) once: the receiver answers every `Sent` with its
+        // limit, which may stay below the position while no room frees.
+        let limit_seen = grant.answered_limit.fetch_max(limit, Ordering::AcqRel) >= limit;
+        let position_seen = grant
+            .answered_position
+            .fetch_max(position, Ordering::AcqRel)
+            >= position;
+        let repeated = limit_seen && position_seen;
+        (limit < position && !repeated).then_some(position)
     }
 
     /// Closes the grant if `gone` says its receiving session is gone, or unreachable for now:
@@ -501,10 +533,11 @@ impl CreditState {
 
     /// Messages sent to `receiver`, if it is the one this session sends to.
     pub fn sent_to(&self, receiver: Incarnation) -> u64 {
-        lock(&self.grants)
-            .current
-            .as_ref()
-            .filter(|grant| grant.receiver == receiver)
+        let grants = lock(&self.grants);
+        [grants.current.as_ref(), grants.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|grant| grant.receiver == receiver)
             .map_or(0, |grant| grant.sent())
     }
 }
@@ -667,7 +700,7 @@ mod tests {
         ledger.receive(old, 1);
         assert_eq!(ledger.open(new), Some(CreditDue { to: new, limit: 0 }));
         assert_eq!(ledger.sweep(), (0, None));
-        tokio::time::advance(SETTLE_GRACE).await;
+        tokio::time::advance(DEFAULT_SUPERSEDED_GRACE).await;
         // What arrived stays reserved until written; the rest is free.
         assert_eq!(ledger.sweep(), (0, Some(CreditDue { to: new, limit: 7 })));
     }
@@ -708,7 +741,7 @@ mod tests {
         ledger.open(s2);
         ledger.ended(s2, 0);
         ledger.open(s1);
-        tokio::time::advance(SETTLE_GRACE * 2).await;
+        tokio::time::advance(DEFAULT_SUPERSEDED_GRACE * 2).await;
         ledger.sweep();
         ledger.written(s1, 4);
         assert_eq!(ledger.receive(s1, 5), Receipt::Credited { lost: 0 });
@@ -752,14 +785,14 @@ mod tests {
     #[cfg(debug_assertions)]
     #[should_panic(expected = "lock order")]
     fn taking_a_shard_while_holding_a_ledger_panics_in_debug_builds() {
-        let state = CreditState::new(4);
+        let state = CreditState::new(4, DEFAULT_SUPERSEDED_GRACE);
         let _ledger = state.ledger();
         assert_no_ledger_held();
     }
 
     #[test]
     fn grants_keep_the_highest_limit_and_close_when_replaced() {
-        let state = CreditState::new(4);
+        let state = CreditState::new(4, DEFAULT_SUPERSEDED_GRACE);
         let r = sender(9, 1);
         state.credit(r, 2);
         state.credit(r, 1);
@@ -778,10 +811,125 @@ mod tests {
         let other = state.grant_for(sender(9, 2));
         assert!(revived.is_closed());
         assert_eq!(other.try_take(), None);
-        assert_eq!(state.sent_to(r), 0);
+        assert_eq!(state.sent_to(r), 3);
         // The receiver before comes back: its positions with it.
         let back = state.grant_for(r);
         assert_eq!(back.sent(), 3);
         assert!(other.is_closed());
+    }
+
+    /// S (sender) sent 3 messages to R; a replacement R2 of R announced itself to
+    /// S's node (its Bound, then its Credit, switches S's current grant to R2); R2 gave up
+    /// and R was restored; S's client closes before sending again. S's `Unbound` to R says
+    /// `sent_to(R)`, which looks only at the current grant (R2's): 0. R's ledger ends S's
+    /// account at 0 and drops it while its 3 credited messages are still in R's queue, so the
+    /// next sender gets the whole window on top of them.
+    #[test]
+    fn an_unbound_after_a_failed_replacement_reports_what_was_sent_to_the_receiver() {
+        let (s, s2) = (sender(1, 1), sender(1, 2));
+        let (r, r2) = (sender(2, 1), sender(2, 2));
+        // Sender side.
+        let state = CreditState::new(4, DEFAULT_SUPERSEDED_GRACE);
+        let mut ledger = Ledger::new(4);
+        let due = ledger.open(s).unwrap();
+        assert_eq!(state.credit(r, due.limit), None);
+        let grant = state.grant_for(r);
+        for _ in 0..3 {
+            let seq = grant.try_take().unwrap();
+            grant.queued(seq);
+            assert_eq!(ledger.receive(s, seq), Receipt::Credited { lost: 0 });
+        }
+        // R2's Credit lands on S (hub records R2 as S's peer), then R2 is gone, R is back.
+        state.credit(r2, 4);
+        let reported = state.sent_to(r);
+        assert_eq!(reported, 3, "Unbound to R under-reports what S sent to R");
+        let _ = (ledger.ended(s, reported), s2);
+    }
+
+    /// an `Unbound` saying less than what arrived drops the account
+    /// with credited messages still queued; the next sender gets the full window on top.
+    #[test]
+    fn an_under_reported_unbound_never_lets_credit_exceed_the_window() {
+        let (s, s2) = (sender(1, 1), sender(1, 2));
+        let mut ledger = Ledger::new(4);
+        ledger.open(s);
+        for seq in 1..=3 {
+            assert_eq!(ledger.receive(s, seq), Receipt::Credited { lost: 0 });
+        }
+        ledger.ended(s, 0); // none of the 3 written yet: the client is paused
+        let due = ledger.open(s2).unwrap();
+        assert!(
+            3 + due.limit <= 4,
+            "credited and unwritten: 3 queued + {} granted > window 4",
+            due.limit
+        );
+    }
+
+    /// a live sender displaced at the receiver by a claim that is still upgrading
+    /// (it goes on sending: its node evicts it only at `activate`) has its account ended after
+    /// SETTLE_GRACE; its frames within its limit are then uncredited (dropped when the local
+    /// share of the queue is full) until the claim gives up and it is the peer again.
+    #[tokio::test(start_paused = true)]
+    async fn a_displaced_sender_keeps_its_credit_while_its_successor_may_still_fail() {
+        let (s1, s2) = (sender(1, 1), sender(3, 1));
+        let mut ledger = Ledger::new(8);
+        ledger.open(s1);
+        assert_eq!(ledger.receive(s1, 1), Receipt::Credited { lost: 0 });
+        ledger.open(s2); // s2's Bound: a claim in progress on another node
+        tokio::time::advance(SETTLE_GRACE).await;
+        let _ = ledger.sweep();
+        assert_eq!(
+            ledger.receive(s1, 2),
+            Receipt::Credited { lost: 0 },
+            "frame 2 is within the limit s1 was told (8)"
+        );
+    }
+
+    /// a sender whose position is above the receiver's limit (a grant that resumed
+    /// towards an account the receiver had to open again, sharing the window with another
+    /// account) ping-pongs Credit/Sent with the receiver for as long as no room frees: the
+    /// Credit handler answers `limit < position` with `Sent` at once (inbound.rs Credit arm),
+    /// and `on_sent` always answers the current sender with its (unchanged) limit.
+    #[test]
+    fn credit_and_sent_do_not_ping_pong_while_the_receiver_is_paused() {
+        let (other, s) = (sender(1, 1), sender(2, 1));
+        let r = sender(3, 1);
+        let mut ledger = Ledger::new(4);
+        // Another sender's 2 messages wait in the paused receiver's queue.
+        ledger.open(other);
+        ledger.receive(other, 1);
+        ledger.receive(other, 2);
+        ledger.ended(other, 2);
+        // S's grant towards R resumes at position 6, limit 10 (R's node forgot S's account).
+        let state = CreditState::new(4, DEFAULT_SUPERSEDED_GRACE);
+        state.credit(r, 10);
+        let grant = state.grant_for(r);
+        for _ in 0..6 {
+            let seq = grant.try_take().unwrap();
+            grant.queued(seq);
+        }
+        state.revoke(|_| true);
+        let grant = state.grant_for(r);
+        // R opens a blind account for S and tells it what is free: 2.
+        let mut due = ledger.open(s).unwrap();
+        assert_eq!(due.limit, 2);
+        // S sends its 4 permits (7..=10): 7 syncs the account (limit 2 + 6 = 8), 9 and 10 are
+        // beyond it.
+        for _ in 0..4 {
+            let seq = grant.try_take().unwrap();
+            grant.queued(seq);
+            let _ = ledger.receive(s, seq);
+        }
+        let mut rounds = 0;
+        while let Some(position) = state.credit(r, due.limit) {
+            let (_, again) = ledger.sent(s, position);
+            due = again.expect("on_sent always answers the current sender");
+            rounds += 1;
+            assert!(
+                rounds < 1000,
+                "Credit {} / Sent {position} forever",
+                due.limit
+            );
+        }
     }
 }

@@ -48,6 +48,9 @@ pub struct Hub {
     /// Messages other nodes may have in flight to one session (the credit window); the queue
     /// holds them beside `send_queue`.
     window: usize,
+    /// How long a displaced remote sender keeps its share of a session's window (see
+    /// `credit::DEFAULT_SUPERSEDED_GRACE`).
+    superseded_grace: std::time::Duration,
     policy: DuplicatePolicy,
     metrics: Arc<Metrics>,
     /// The node's shutdown token; every session's stop token is a child of it.
@@ -264,6 +267,7 @@ impl Hub {
         send_queue: usize,
         send_queue_bytes: usize,
         window: usize,
+        superseded_grace: std::time::Duration,
         policy: DuplicatePolicy,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -275,6 +279,7 @@ impl Hub {
             send_queue,
             send_queue_bytes,
             window,
+            superseded_grace,
             policy,
             metrics,
             shutdown,
@@ -295,7 +300,7 @@ impl Hub {
             id: self.next_session_id.fetch_add(1, Ordering::Relaxed),
             outbound_tx,
             queue: QueueBudget::new(self.send_queue, self.send_queue_bytes),
-            credit: Arc::new(CreditState::new(self.window)),
+            credit: Arc::new(CreditState::new(self.window, self.superseded_grace)),
             stop: self.shutdown.child_token(),
         };
         let mut sessions = self.lock(&channel_id);
@@ -611,6 +616,7 @@ mod tests {
             4,
             1024,
             4,
+            crate::credit::DEFAULT_SUPERSEDED_GRACE,
             policy,
             Arc::default(),
             CancellationToken::new(),

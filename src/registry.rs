@@ -389,6 +389,23 @@ impl RedisRegistry {
         Ok((outcome, peer))
     }
 
+    /// The routes of both roles of `channel_id` (app, web), read at once.
+    pub async fn routes(
+        &self,
+        channel_id: &ChannelId,
+    ) -> Result<(Option<Route>, Option<Route>), RegistryError> {
+        let (app, web): (Option<String>, Option<String>) = self
+            .query(
+                redis::cmd("MGET")
+                    .arg(route_key(channel_id, Role::App))
+                    .arg(route_key(channel_id, Role::Web))
+                    .clone(),
+            )
+            .await?;
+        let decode = |value: Option<String>| value.as_deref().and_then(Route::decode);
+        Ok((decode(app), decode(web)))
+    }
+
     /// Writes `new` as the route if the current route is still `expected`.
     pub async fn compare_and_set(
         &self,

@@ -422,8 +422,9 @@ impl Router {
     }
 
     /// A session of this node found no peer: asks the registry, in a task of its own, where the
-    /// peer is, and if it is a live session of another node that this node has no record of,
-    /// records it and tells its node of this session (as a claim would). Heals a record lost
+    /// peer is, and if this session still holds its route and the peer is a live session of
+    /// another node that this node has no record of, records it and tells its node of this
+    /// session (as a claim would). Heals a record lost
     /// to a race or an outage; costs one Redis read, and the caller rate-limits it.
     pub fn resolve_peer(self: &Arc<Self>, channel_id: ChannelId, role: Role, session: u64) {
         if self.cluster.is_none() {
@@ -434,7 +435,20 @@ impl Router {
             let Some(cluster) = &router.cluster else {
                 return;
             };
-            let Ok(Some(route)) = cluster.registry.route(&channel_id, role.peer()).await else {
+            let Ok((app, web)) = cluster.registry.routes(&channel_id).await else {
+                return;
+            };
+            let (mine, peer) = match role {
+                Role::App => (app, web),
+                Role::Web => (web, app),
+            };
+            // Only the session the registry names may announce itself: one whose route was
+            // taken (a zombie of a paused node, say) would steal its successor's peer.
+            let me = crate::node::Incarnation {
+                node: router.me.id,
+                session,
+            };
+            let Some(route) = peer.filter(|_| mine == Some(me)) else {
                 return;
             };
             if route.node == router.me.id {
