@@ -5,12 +5,13 @@
 //! compare-and-delete: a claim removes only its own entry, never one a newer session wrote.
 //!
 //! The hub holds handles, never sockets: a [`SessionHandle`] is the sending end of a session's
-//! bounded outbound queue plus a token that stops the session. In cluster mode the hub also
-//! remembers, for channels it holds a session of, where the other role lives when it is on
-//! another node ([`RemotePeer`]), as announced over the links; it keeps nothing for channels it
-//! holds no session of. The lock is a `std` mutex held for a map operation only, never across
-//! an `.await`; sessions cache their peer, so relaying a message does not touch the lock (see
-//! `outer::session`).
+//! bounded outbound queue, its credit, and a token that stops the session. In cluster mode the
+//! hub also remembers, for channels it holds a session of, where the other role lives when it
+//! is on another node ([`RemotePeer`]), as announced over the links; it keeps nothing for
+//! channels it holds no session of. The map is split into shards by channel id, each behind a
+//! `std` mutex held for a map operation only, never across an `.await`; sessions cache their
+//! peer, so relaying a message does not touch a lock (see `outer::session`), and a link's
+//! receiving side takes one shard's lock per frame, never a node-wide one.
 
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry, RandomState};
