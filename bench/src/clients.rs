@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -43,7 +44,7 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct SourceIps(pub Vec<IpAddr>);
 
-fn parse_ip_range(text: &str) -> Result<SourceIps, String> {
+pub fn parse_ip_range(text: &str) -> Result<SourceIps, String> {
     let Some((first, last)) = text.split_once('-') else {
         return text
             .parse()
@@ -79,12 +80,17 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(target: &Target) -> Connector {
-        let mut source_ips = target.source_ips.0.clone();
+        Connector::with_source_ips(&target.source_ips, target.offer_deflate)
+    }
+
+    /// A connector for modes that connect to several URLs of their own rather than a [`Target`].
+    pub fn with_source_ips(source_ips: &SourceIps, offer_deflate: bool) -> Connector {
+        let mut source_ips = source_ips.0.clone();
         if source_ips.is_empty() {
             source_ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         Connector {
-            offer_deflate: target.offer_deflate,
+            offer_deflate,
             source_ips,
             next: AtomicUsize::new(0),
         }
@@ -92,30 +98,43 @@ impl Connector {
 
     /// Connects to `template` with `{id}` replaced by `id` and completes the upgrade.
     pub async fn connect(&self, template: &str, id: &str) -> Result<Ws, String> {
+        self.try_connect(template, id)
+            .await
+            .map_err(|failure| failure.detail)
+    }
+
+    /// As [`Connector::connect`], with the failure sorted by kind.
+    pub async fn try_connect(&self, template: &str, id: &str) -> Result<Ws, ConnectFailure> {
         let url = template.replace("{id}", id);
         let authority = url
             .strip_prefix("ws://")
             .and_then(|rest| rest.split('/').next())
-            .ok_or_else(|| format!("{url}: only ws://HOST:PORT/... URLs are supported"))?;
+            .ok_or_else(|| {
+                ConnectFailure::other(format!("{url}: only ws://HOST:PORT/... URLs are supported"))
+            })?;
         let server: SocketAddr = tokio::net::lookup_host(authority)
             .await
-            .map_err(|err| format!("{authority}: {err}"))?
+            .map_err(|err| ConnectFailure::other(format!("{authority}: {err}")))?
             .next()
-            .ok_or_else(|| format!("{authority}: no address"))?;
+            .ok_or_else(|| ConnectFailure::other(format!("{authority}: no address")))?;
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.source_ips.len();
-        let socket = TcpSocket::new_v4().map_err(|err| err.to_string())?;
+        let socket = TcpSocket::new_v4().map_err(|err| ConnectFailure::other(err.to_string()))?;
         socket
             .bind(SocketAddr::new(self.source_ips[index], 0))
-            .map_err(|err| format!("bind {}: {err}", self.source_ips[index]))?;
-        let stream = socket
-            .connect(server)
-            .await
-            .map_err(|err| format!("connect {server}: {err}"))?;
-        stream.set_nodelay(true).map_err(|err| err.to_string())?;
+            .map_err(|err| {
+                ConnectFailure::other(format!("bind {}: {err}", self.source_ips[index]))
+            })?;
+        let stream = socket.connect(server).await.map_err(|err| ConnectFailure {
+            kind: format!("connect: {:?}", err.kind()),
+            detail: format!("connect {server}: {err}"),
+        })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|err| ConnectFailure::other(err.to_string()))?;
         let mut request = url
             .as_str()
             .into_client_request()
-            .map_err(|err| format!("{url}: {err}"))?;
+            .map_err(|err| ConnectFailure::other(format!("{url}: {err}")))?;
         if self.offer_deflate {
             request.headers_mut().insert(
                 "Sec-WebSocket-Extensions",
@@ -130,12 +149,52 @@ impl Connector {
         let (ws, response) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
-                .map_err(|err| format!("upgrade {url}: {err}"))?;
+                .map_err(|err| ConnectFailure::upgrade(&url, err))?;
         if self.offer_deflate && !response.headers().contains_key("Sec-WebSocket-Extensions") {
-            return Err(format!(
+            return Err(ConnectFailure::other(format!(
                 "upgrade {url}: the server did not agree to permessage-deflate"
-            ));
+            )));
         }
         Ok(ws)
+    }
+}
+
+/// Why a connection did not become a WebSocket: `kind` is short and fit for counting
+/// (`http 503`, `connect: ConnectionRefused`, `upgrade: ...`), `detail` says the rest.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl ConnectFailure {
+    fn other(detail: String) -> ConnectFailure {
+        ConnectFailure {
+            kind: "other".into(),
+            detail,
+        }
+    }
+
+    fn upgrade(url: &str, err: tungstenite::Error) -> ConnectFailure {
+        let kind = match &err {
+            tungstenite::Error::Http(response) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return ConnectFailure {
+                    kind: format!("http {}", response.status().as_u16()),
+                    detail: format!("upgrade {url}: {} {}", response.status(), body.trim()),
+                };
+            }
+            tungstenite::Error::Io(io) => format!("upgrade: io {:?}", io.kind()),
+            tungstenite::Error::Protocol(_) => "upgrade: protocol".into(),
+            _ => "upgrade: other".into(),
+        };
+        ConnectFailure {
+            kind,
+            detail: format!("upgrade {url}: {err}"),
+        }
     }
 }

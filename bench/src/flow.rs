@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{Connector, Target, Ws, channel_id};
 
@@ -89,11 +91,14 @@ impl SeqCheck {
 }
 
 /// Opens `pairs` pairs at `connect_rate` connections per second, `concurrency` at a time.
+/// With `verify`, each pair relays one message each way before it counts as open (and before
+/// its place among the `concurrency` is given up).
 pub async fn open_pairs(
     target: &Target,
     pairs: usize,
     connect_rate: u32,
     concurrency: usize,
+    verify: bool,
 ) -> Result<(Vec<(Ws, Ws)>, Duration), String> {
     let connector = Arc::new(Connector::new(target));
     // Random per run, so concurrent or successive runs never share a channel id.
@@ -119,8 +124,12 @@ pub async fn open_pairs(
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
             let id = channel_id(run_id, n);
-            let app = connector.connect(&target.app_url, &id).await?;
-            let web = connector.connect(&target.web_url, &id).await?;
+            let mut app = connector.connect(&target.app_url, &id).await?;
+            let mut web = connector.connect(&target.web_url, &id).await?;
+            if verify {
+                self::verify(&mut app, &mut web, &format!("a{n}")).await?;
+                self::verify(&mut web, &mut app, &format!("w{n}")).await?;
+            }
             drop(permit);
             Ok::<_, String>((app, web))
         }));
@@ -130,4 +139,21 @@ pub async fn open_pairs(
         opened.push(task.await.map_err(|err| err.to_string())??);
     }
     Ok((opened, started.elapsed()))
+}
+
+/// Sends one message from `from` and checks `to` receives exactly it (within 10 s).
+pub async fn verify(from: &mut Ws, to: &mut Ws, text: &str) -> Result<(), String> {
+    from.send(Message::text(text))
+        .await
+        .map_err(|err| err.to_string())?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), to.next())
+            .await
+            .map_err(|_| format!("pair {text}: message not relayed within 10 s"))?;
+        match next {
+            Some(Ok(Message::Text(got))) if got.as_str() == text => return Ok(()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return Err(format!("pair {text}: expected {text:?}, got {other:?}")),
+        }
+    }
 }

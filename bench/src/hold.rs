@@ -3,12 +3,9 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::clients::{Target, Ws};
-use crate::flow::open_pairs;
-use crate::procfs::rss_kib;
+use crate::clients::Target;
+use crate::flow::{open_pairs, verify};
+use crate::procfs::{cpu_seconds, rss_kib, total_cpu_seconds};
 
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
@@ -41,24 +38,35 @@ pub struct HoldArgs {
     /// take a snapshot of the server (or Redis) between phases.
     #[arg(long, default_value_t = 0.0)]
     phase_pause: f64,
+    /// Verify each pair (one message each way) as soon as it is open, inside the timed connect
+    /// phase and its `--concurrency`, so the connect rate counts verified pairs. Without it,
+    /// pairs are verified one by one after the connect phase, untimed.
+    #[arg(long)]
+    verify_each: bool,
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), String> {
     let rss_before = total_rss(&args.server_pid)?;
+    let cpu_before = (cpu_seconds("self")?, total_cpu_seconds(&args.server_pid)?);
     let (mut pairs, connect_time) = open_pairs(
         &args.target,
         args.pairs,
         args.connect_rate,
         args.concurrency,
+        args.verify_each,
     )
     .await?;
+    let generator_cpu = cpu_seconds("self")? - cpu_before.0;
+    let server_cpu = total_cpu_seconds(&args.server_pid)? - cpu_before.1;
     let connect_secs = connect_time.as_secs_f64();
     let connections = 2 * pairs.len();
     let connect_rate = connections as f64 / connect_secs;
 
-    for (n, (app, web)) in pairs.iter_mut().enumerate() {
-        verify(app, web, &format!("a{n}")).await?;
-        verify(web, app, &format!("w{n}")).await?;
+    if !args.verify_each {
+        for (n, (app, web)) in pairs.iter_mut().enumerate() {
+            verify(app, web, &format!("a{n}")).await?;
+            verify(web, app, &format!("w{n}")).await?;
+        }
     }
     eprintln!("phase connected");
     tokio::time::sleep(Duration::from_secs_f64(args.phase_pause)).await;
@@ -91,6 +99,9 @@ pub async fn run(args: HoldArgs) -> Result<(), String> {
                 "connections": connections,
                 "connect_seconds": connect_secs,
                 "connects_per_second": connect_rate,
+                "verified_while_connecting": args.verify_each,
+                "connect_generator_cpu_percent": 100.0 * generator_cpu / connect_secs,
+                "connect_server_cpu_percent": 100.0 * server_cpu / connect_secs,
                 "rss_before_kib": rss_before,
                 "rss_after_kib": rss_after,
                 "rss_bytes_per_connection": per_connection,
@@ -116,21 +127,4 @@ pub async fn run(args: HoldArgs) -> Result<(), String> {
 
 fn total_rss(pids: &[u32]) -> Result<u64, String> {
     pids.iter().map(|pid| rss_kib(*pid)).sum()
-}
-
-/// Sends one message from `from` and checks `to` receives exactly it.
-async fn verify(from: &mut Ws, to: &mut Ws, text: &str) -> Result<(), String> {
-    from.send(Message::text(text))
-        .await
-        .map_err(|err| err.to_string())?;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), to.next())
-            .await
-            .map_err(|_| format!("pair {text}: message not relayed within 10 s"))?;
-        match next {
-            Some(Ok(Message::Text(got))) if got.as_str() == text => return Ok(()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => return Err(format!("pair {text}: expected {text:?}, got {other:?}")),
-        }
-    }
 }

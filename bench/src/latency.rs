@@ -41,7 +41,7 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 pub async fn run(args: LatencyArgs) -> Result<(), String> {
-    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
+    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256, false).await?;
     let warm_ns = Duration::from_secs_f64(args.run.warmup).as_nanos() as u64;
     let total_ns = warm_ns + Duration::from_secs_f64(args.run.seconds).as_nanos() as u64;
     let schedule = Schedule {

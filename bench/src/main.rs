@@ -2,9 +2,11 @@
 //! (or the baseline relay) and reports what it measured, as a table line or JSON.
 //!
 //! Every mode checks what it receives; a failed connection or a lost, duplicated or reordered
-//! message makes the run fail (exit code 1).
+//! message makes the run fail (exit code 1). `failover` is the exception by design: messages
+//! sent while a node dies are lost, and only a pair that never recovers fails the run.
 
 mod clients;
+mod failover;
 mod flow;
 mod hold;
 mod latency;
@@ -33,6 +35,9 @@ enum Mode {
     Throughput(throughput::ThroughputArgs),
     /// Send at a fixed total rate (open loop); report one-way latency percentiles.
     Latency(latency::LatencyArgs),
+    /// Open pairs across cluster nodes, kill one node with SIGKILL, reconnect its clients to
+    /// the others; report how long until every pair relays both ways again.
+    Failover(failover::FailoverArgs),
 }
 
 #[tokio::main]
@@ -42,6 +47,7 @@ async fn main() -> std::process::ExitCode {
         Mode::Hold(args) => hold::run(args).await,
         Mode::Throughput(args) => throughput::run(args).await,
         Mode::Latency(args) => latency::run(args).await,
+        Mode::Failover(args) => failover::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

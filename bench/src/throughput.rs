@@ -33,7 +33,7 @@ struct DirectionResult {
 }
 
 pub async fn run(args: ThroughputArgs) -> Result<(), String> {
-    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256).await?;
+    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256, false).await?;
     let started = Instant::now();
     let warm_until = started + Duration::from_secs_f64(args.run.warmup);
     let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
