@@ -1305,3 +1305,45 @@ async fn a_lost_peer_record_is_found_again_in_the_registry() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+/// A node killed with -9: the client that was on it reconnects to a third node and its
+/// messages flow at once, without waiting `registry.node-ttl` for the dead node to be declared
+/// dead (its link closed with it, so the share of the window its session held is freed as soon
+/// as the successor is the peer). Before, that direction waited about `node-ttl`.
+#[tokio::test]
+async fn a_client_of_a_killed_node_sends_from_its_new_node_at_once() {
+    use crate::harness::process::ProcessNode;
+    let redis = RedisServer::start();
+    let node_ttl = Duration::from_secs(5);
+    let ttl = |c: &mut wspair::Config| c.registry.node_ttl = node_ttl;
+    let node_a = TestNode::start_in_cluster(vec![redis.url()], ttl).await;
+    let node_c = TestNode::start_in_cluster(vec![redis.url()], ttl).await;
+    let mut args = process_cluster_args(&redis.url());
+    let at = args
+        .iter()
+        .position(|arg| arg == "--registry-node-ttl")
+        .unwrap();
+    args[at + 1] = "5s".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node_b = ProcessNode::start(&args);
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = Client::connect(&node_b.url(Role::Web, &id)).await;
+    web.send_text("before").await;
+    assert_eq!(app.recv_text().await, "before");
+
+    node_b.kill9();
+    let killed_at = Instant::now();
+    let mut web = node_c.connect(Role::Web, &id).await;
+    web.send_text("after").await;
+    assert_eq!(app.recv_text().await, "after");
+    let took = killed_at.elapsed();
+    assert!(
+        took < node_ttl / 2,
+        "the moved client's first message took {took:?} (registry.node-ttl {node_ttl:?})"
+    );
+    app.send_text("and back").await;
+    assert_eq!(web.recv_text().await, "and back");
+    node_a.shutdown().await;
+    node_c.shutdown().await;
+}
