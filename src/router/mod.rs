@@ -79,11 +79,8 @@ struct Cluster {
     registry: RedisRegistry,
     membership: Membership,
     links: Links,
-    /// What the heartbeat asks of the maintenance task.
+    /// The upkeep of this node's routes, woken by the heartbeat.
     upkeep: upkeep::Upkeep,
-    /// Routes whose release failed (Redis down); the maintenance task retries them after each
-    /// heartbeat that reached Redis.
-    pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
     /// Claims waiting for the peer's node to acknowledge their `Bound`.
     pending_acks: Mutex<HashMap<(ChannelId, Role, u64), oneshot::Sender<()>>>,
     /// How long a claim waits for that acknowledgement (`inner.connect-timeout`).
@@ -134,12 +131,8 @@ impl Router {
             parts.link_ctx.config.connect_timeout
         });
         let me_id = me.id;
-        Arc::new_cyclic(|this: &Weak<Router>| Router {
-            hub,
-            me,
-            policy,
-            metrics,
-            cluster: cluster.map(|parts| {
+        Arc::new_cyclic(|this: &Weak<Router>| {
+            let cluster = cluster.map(|parts| {
                 let router = this.clone();
                 let on_up: links::OnLinkUp = Arc::new(move |node| {
                     if let Some(router) = router.upgrade() {
@@ -148,14 +141,25 @@ impl Router {
                 });
                 Cluster {
                     membership: Membership::new(me_id, parts.registry.node_ttl()),
+                    upkeep: upkeep::Upkeep::new(
+                        parts.registry.clone(),
+                        Arc::clone(&hub),
+                        Arc::clone(&metrics),
+                        me_id,
+                    ),
                     registry: parts.registry,
                     links: Links::new(parts.link_ctx, parts.tracker, parts.links_cancel, on_up),
-                    upkeep: upkeep::Upkeep::default(),
-                    pending_releases: Mutex::default(),
                     pending_acks: Mutex::default(),
                     ack_timeout,
                 }
-            }),
+            });
+            Router {
+                hub,
+                me,
+                policy,
+                metrics,
+                cluster,
+            }
         })
     }
 
@@ -266,7 +270,7 @@ impl Router {
             Ok(restored) => restored,
             Err(err) => {
                 warn!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
-                lock(&cluster.pending_releases).push((channel_id, role, mine));
+                cluster.upkeep.release_later(channel_id, role, mine);
                 false
             }
         };
@@ -287,7 +291,7 @@ impl Router {
                     .await
                     .is_err()
                 {
-                    lock(&cluster.pending_releases).push((channel_id, role, restore));
+                    cluster.upkeep.release_later(channel_id, role, restore);
                 }
             } else if let Some(remote_peer) = &remote_peer {
                 // The failed session first, on the same link: its node records a newer
@@ -496,7 +500,7 @@ impl Router {
         };
         if let Err(err) = cluster.registry.release(&channel_id, role, mine).await {
             warn!(%channel_id, %role, error = %err, "route release failed; retrying at the next heartbeat");
-            lock(&cluster.pending_releases).push((channel_id, role, mine));
+            cluster.upkeep.release_later(channel_id, role, mine);
         }
     }
 

@@ -6,8 +6,8 @@
 //! again still heartbeats on time.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Cluster, Router, lock};
-use crate::hub::Peer;
+use crate::hub::{Hub, Peer};
 use crate::inner::frame::InnerFrame;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 use crate::pair::{ChannelId, Role};
-use crate::registry::{Heartbeat, ROUTE_TTL, RegistryError, Route};
+use crate::registry::{Heartbeat, ROUTE_TTL, RedisRegistry, RegistryError, Route};
 
 /// Routes registered again (or releases retried) at once: enough to hide the round trip,
 /// few enough that a heartbeat sharing the connection waits behind no more than this.
@@ -37,13 +37,28 @@ const REREGISTER_PER_SECOND: usize = 5_000;
 /// The pace of that rate: a batch of `REREGISTER_PER_SECOND / 10` every 100 ms.
 const REREGISTER_TICK: Duration = Duration::from_millis(100);
 
-/// What the heartbeat asks of the maintenance task ([`Router::maintenance_loop`]).
-#[derive(Debug, Default)]
+/// The upkeep of this node's routes in Redis, a room of its own: releases that failed, routes
+/// registered again after Redis lost this node's entry (or every [`ROUTE_TTL`] / 2), sessions
+/// fenced because another session holds their route, and the announcements that follow. Woken
+/// by the heartbeat, never run inside it; it reaches the hub and the registry, never the router.
 pub(super) struct Upkeep {
+    registry: RedisRegistry,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    me: NodeId,
     /// Notified after every heartbeat that reached Redis.
     wake: Notify,
     /// Set when a poll found this node's entry missing: every session is registered again.
     reregister: AtomicBool,
+    /// Routes whose release failed (Redis down); retried after each heartbeat that reached
+    /// Redis.
+    pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
+}
+
+impl std::fmt::Debug for Upkeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upkeep").finish_non_exhaustive()
+    }
 }
 
 /// A route the maintenance task is to write again.
@@ -83,14 +98,13 @@ impl Router {
         cluster.membership.prune_heard();
         self.forget_nodes(cluster, dead);
         if first {
-            // A new node's entry is missing, and it holds no session yet.
-            cluster.upkeep.reregister.store(false, Ordering::Release);
+            cluster.upkeep.nothing_to_register();
         } else if was_missing {
             warn!(
                 "this node's registration was missing from Redis; registering every session again"
             );
         }
-        cluster.upkeep.wake.notify_one();
+        cluster.upkeep.after_heartbeat(false);
         true
     }
 
@@ -104,9 +118,11 @@ impl Router {
         regular: bool,
     ) -> Vec<NodeId> {
         if beat.was_missing {
-            cluster.upkeep.reregister.store(true, Ordering::Release);
-            if !regular {
-                cluster.upkeep.wake.notify_one();
+            if regular {
+                // Woken at the end of this heartbeat.
+                cluster.upkeep.reregister.store(true, Ordering::Release);
+            } else {
+                cluster.upkeep.after_heartbeat(true);
             }
         }
         cluster.membership.observe(beat.live, started, regular)
@@ -151,25 +167,78 @@ impl Router {
         }
     }
 
+    /// Keeps this node's routes in Redis until `shutdown` (see [`Upkeep`]).
+    pub async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Some(cluster) = &self.cluster {
+            cluster.upkeep.run(shutdown).await;
+        }
+    }
+
+    /// Removes this node from the directory, at shutdown; other nodes forget it at once
+    /// instead of after `registry.node-ttl`.
+    pub async fn deregister(&self) {
+        if let Some(cluster) = &self.cluster
+            && let Err(err) = cluster.registry.deregister().await
+        {
+            warn!(error = %err, "deregistering from the registry failed; other nodes will time this node out");
+        }
+    }
+}
+
+impl Upkeep {
+    /// The upkeep of node `me`'s routes in `registry`, for the sessions of `hub`.
+    pub(super) fn new(
+        registry: RedisRegistry,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        me: NodeId,
+    ) -> Upkeep {
+        Upkeep {
+            registry,
+            hub,
+            metrics,
+            me,
+            wake: Notify::new(),
+            reregister: AtomicBool::new(false),
+            pending_releases: Mutex::default(),
+        }
+    }
+
+    /// A heartbeat reached Redis: the maintenance task runs a round, registering every session
+    /// again first if `missing` (this node's entry was lost).
+    pub(super) fn after_heartbeat(&self, missing: bool) {
+        if missing {
+            self.reregister.store(true, Ordering::Release);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The first heartbeat of a node finds its entry missing, and it holds no session yet.
+    pub(super) fn nothing_to_register(&self) {
+        self.reregister.store(false, Ordering::Release);
+    }
+
+    /// A release that failed, to retry after the next heartbeat that reaches Redis.
+    pub(super) fn release_later(&self, channel_id: ChannelId, role: Role, route: Route) {
+        lock(&self.pending_releases).push((channel_id, role, route));
+    }
+
     /// Keeps this node's routes in Redis, woken by every heartbeat that reached it: retries
     /// failed releases, and writes every session's route again when the heartbeat found this
     /// node's entry missing, and every [`ROUTE_TTL`] / 2 so live routes never expire. Work left
     /// over (Redis failed, or a route was found held by another session) waits for the next
-    /// heartbeat. Runs beside [`Router::heartbeat_loop`], never inside it.
-    pub async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(cluster) = &self.cluster else {
-            return;
-        };
+    /// heartbeat. Runs beside the heartbeat loop, never inside it.
+    pub(super) async fn run(&self, shutdown: CancellationToken) {
         let mut registered_at = Instant::now();
         let mut backlog: HashMap<(ChannelId, Role), Refresh> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                () = cluster.upkeep.wake.notified() => {}
+                () = self.wake.notified() => {}
             }
             let round = async {
-                self.retry_releases(cluster).await;
-                let missing = cluster.upkeep.reregister.swap(false, Ordering::AcqRel);
+                self.retry_releases().await;
+                let missing = self.reregister.swap(false, Ordering::AcqRel);
                 if missing || registered_at.elapsed() >= ROUTE_TTL / 2 {
                     registered_at = Instant::now();
                     for (channel_id, role, session) in self.hub.local_sessions() {
@@ -188,7 +257,7 @@ impl Router {
                     }
                 }
                 if !backlog.is_empty() {
-                    self.reregister(cluster, &mut backlog).await;
+                    self.register_again(&mut backlog).await;
                 }
             };
             tokio::select! {
@@ -199,12 +268,12 @@ impl Router {
     }
 
     /// Retries the releases that failed, paced; those that fail again wait for the next round.
-    async fn retry_releases(&self, cluster: &Cluster) {
-        let pending = std::mem::take(&mut *lock(&cluster.pending_releases));
+    async fn retry_releases(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending_releases));
         if pending.is_empty() {
             return;
         }
-        let registry = &cluster.registry;
+        let registry = &self.registry;
         let untried =
             paced(
                 pending,
@@ -212,7 +281,7 @@ impl Router {
                     registry.release(&channel_id, role, route).await
                 },
                 |results| {
-                    let mut pending = lock(&cluster.pending_releases);
+                    let mut pending = lock(&self.pending_releases);
                     for (release, result) in results {
                         if result.is_err() {
                             pending.push(release);
@@ -221,7 +290,7 @@ impl Router {
                 },
             )
             .await;
-        lock(&cluster.pending_releases).extend(untried);
+        lock(&self.pending_releases).extend(untried);
     }
 
     /// Writes the routes in `backlog` again where absent or still this node's, paced (see
@@ -229,16 +298,12 @@ impl Router {
     /// apart, means that session replaced this one: it is closed with 4001 and not announced.
     /// Written routes of sessions to announce are announced; routes whose write failed, and
     /// those to look at again, stay in `backlog`.
-    async fn reregister(
-        &self,
-        cluster: &Cluster,
-        backlog: &mut HashMap<(ChannelId, Role), Refresh>,
-    ) {
+    async fn register_again(&self, backlog: &mut HashMap<(ChannelId, Role), Refresh>) {
         let todo: Vec<Refresh> = backlog.drain().map(|(_, refresh)| refresh).collect();
         let n_todo = todo.len();
         let (mut written, mut fenced) = (0, 0);
-        let registry = &cluster.registry;
-        let me = self.me.id;
+        let registry = &self.registry;
+        let me = self.me;
         let second_look_after = registry.node_ttl() / 10;
         let untried = paced(
             todo,
@@ -270,7 +335,7 @@ impl Router {
                         // Ended meanwhile, maybe after its release: take the route away again.
                         Ok(Some(true)) if !self.holds(channel_id, role, session) => {
                             let route = Route { node: me, session };
-                            lock(&cluster.pending_releases).push((channel_id, role, route));
+                            lock(&self.pending_releases).push((channel_id, role, route));
                         }
                         Ok(Some(true)) => {
                             written += 1;
@@ -347,16 +412,6 @@ impl Router {
                     session,
                 });
             }
-        }
-    }
-
-    /// Removes this node from the directory, at shutdown; other nodes forget it at once
-    /// instead of after `registry.node-ttl`.
-    pub async fn deregister(&self) {
-        if let Some(cluster) = &self.cluster
-            && let Err(err) = cluster.registry.deregister().await
-        {
-            warn!(error = %err, "deregistering from the registry failed; other nodes will time this node out");
         }
     }
 }
