@@ -182,10 +182,6 @@ struct Account {
     /// When this account stops waiting for frames on the way (see [`SETTLE_GRACE`] and
     /// [`DEFAULT_SUPERSEDED_GRACE`]); set once it is no longer the peer's.
     deadline: Option<Instant>,
-    /// Set when the link from the sender's node closed while this was the peer's account, and
-    /// not heard from since: frames on the way were lost with the link, so once another sender
-    /// is the peer this one ends at once.
-    orphaned: bool,
     /// False until a frame from the sender told where it stands. A new sender starts at 0, but
     /// one this session forgot (its node timed out and came back) does not, and the two cannot
     /// be told apart when the account opens: the first data or `Sent` frame says.
@@ -202,7 +198,6 @@ impl Account {
             settled: 0,
             ended_at: None,
             deadline: None,
-            orphaned: false,
             synced: false,
         }
     }
@@ -263,8 +258,6 @@ pub struct Ledger {
     batch: u64,
     /// How long a sender that is no longer the peer keeps its share without an `Unbound`.
     superseded_grace: Duration,
-    /// Messages found lost outside `sweep`, reported by the next `sweep`.
-    lost_unreported: u64,
     accounts: Vec<Account>,
     /// The sender now entitled to free credit: the session's peer.
     current: Option<Incarnation>,
@@ -285,7 +278,6 @@ impl Ledger {
             window,
             batch: (window / 2).clamp(1, CREDIT_BATCH),
             superseded_grace,
-            lost_unreported: 0,
             accounts: Vec::new(),
             current: None,
         }
@@ -315,14 +307,7 @@ impl Ledger {
         }
         let deadline = Instant::now() + self.superseded_grace;
         for account in &mut self.accounts {
-            if account.sender == sender {
-                continue;
-            }
-            if account.orphaned {
-                let end = *account.ended_at.get_or_insert(account.received);
-                self.lost_unreported += account.settle_to(end);
-                account.deadline = None;
-            } else if account.deadline.is_none() {
+            if account.sender != sender && account.deadline.is_none() {
                 account.deadline = Some(deadline);
             }
         }
@@ -336,7 +321,6 @@ impl Ledger {
             return Receipt::Uncredited;
         };
         account.sync(seq.saturating_sub(1));
-        account.orphaned = false;
         if seq <= account.received
             || seq > account.limit
             || account.ended_at.is_some_and(|end| seq > end)
@@ -364,7 +348,6 @@ impl Ledger {
             return (0, None);
         };
         account.sync(sent);
-        account.orphaned = false;
         // A sender cannot have sent beyond its limit; a position past it is not believed.
         let lost = account.settle_to(sent.min(account.limit));
         let force = self.current == Some(sender);
@@ -398,33 +381,13 @@ impl Ledger {
         self.rebalance(false)
     }
 
-    /// The link from `node` closed: its senders' frames on the way on it are lost. Accounts
-    /// that are not the peer's end at what arrived; the peer's is marked (see
-    /// `Account::orphaned`).
-    pub fn link_closed(&mut self, node: NodeId) -> Option<CreditDue> {
-        let current = self.current;
-        for account in &mut self.accounts {
-            if account.sender.node != node {
-                continue;
-            }
-            if Some(account.sender) == current {
-                account.orphaned = true;
-            } else {
-                let end = *account.ended_at.get_or_insert(account.received);
-                self.lost_unreported += account.settle_to(end);
-                account.deadline = None;
-            }
-        }
-        self.rebalance(false)
-    }
-
     /// Ends the accounts whose grace has passed at what arrived, counting what their senders
     /// said they sent beyond it as lost; call now and then (each tick of the session). Returns
     /// the messages found lost, and credit that frees for the current sender, if a batch.
     pub fn sweep(&mut self) -> (u64, Option<CreditDue>) {
         let now = Instant::now();
-        let mut lost = std::mem::take(&mut self.lost_unreported);
-        let mut overdue = lost > 0;
+        let mut lost = 0;
+        let mut overdue = false;
         for account in &mut self.accounts {
             if Some(account.sender) != self.current
                 && account.deadline.is_some_and(|deadline| deadline <= now)
@@ -787,37 +750,6 @@ mod tests {
         // Probes do not inflate the window.
         let (_, again) = ledger.sent(s1, 5);
         assert_eq!(again, due);
-    }
-
-    /// A node killed with -9: its link closes at once, and the client that moved elsewhere
-    /// gets the whole window without waiting for the node to be declared dead.
-    #[test]
-    fn a_sender_whose_link_closed_ends_as_soon_as_another_takes_its_place() {
-        let mut ledger = Ledger::new(8);
-        let (dead, moved) = (sender(1, 1), sender(2, 1));
-        ledger.open(dead);
-        ledger.receive(dead, 1);
-        ledger.written(dead, 1);
-        assert_eq!(ledger.link_closed(dead.node), None);
-        assert_eq!(
-            ledger.open(moved),
-            Some(CreditDue {
-                to: moved,
-                limit: 8
-            })
-        );
-        // A sender heard from after its link closed is not orphaned any more.
-        let mut again = Ledger::new(8);
-        again.open(dead);
-        again.link_closed(dead.node);
-        again.receive(dead, 1);
-        assert_eq!(
-            again.open(moved),
-            Some(CreditDue {
-                to: moved,
-                limit: 0
-            })
-        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Liveness {
     nodes: HashMap<NodeId, Seen>,
     /// Since when the regular polls have failed, if the last one did.
     blind_since: Option<Instant>,
+    /// Nodes held as dead by other evidence (their inner port refuses connections), with when:
+    /// a poll that lists them with a heartbeat from before then does not bring them back.
+    buried: HashMap<NodeId, Instant>,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,7 @@ impl Liveness {
             ttl,
             nodes: HashMap::new(),
             blind_since: None,
+            buried: HashMap::new(),
         }
     }
 
@@ -60,8 +64,18 @@ impl Liveness {
         now: Instant,
     ) -> Vec<NodeInfo> {
         let mut added = Vec::new();
+        let ttl = self.ttl;
+        self.buried
+            .retain(|_, at| now.saturating_duration_since(*at) < ttl);
         for (info, since_beat) in listed {
             let at = now.checked_sub(since_beat).unwrap_or(now);
+            if self
+                .buried
+                .get(&info.id)
+                .is_some_and(|buried| at <= *buried)
+            {
+                continue;
+            }
             match self.nodes.entry(info.id) {
                 Entry::Occupied(mut entry) => {
                     let seen = entry.get_mut();
@@ -87,6 +101,12 @@ impl Liveness {
                 true
             }
         }
+    }
+
+    /// Holds `id` as dead from `now` (see `buried`); true if it was live.
+    pub fn bury(&mut self, id: NodeId, now: Instant) -> bool {
+        self.buried.insert(id, now);
+        self.nodes.remove(&id).is_some()
     }
 
     /// A regular poll failed at `now`: until one succeeds, no node dies.
@@ -168,6 +188,22 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_buried_node_comes_back_only_with_a_newer_heartbeat() {
+        let start = Instant::now();
+        let mut live = Liveness::new(TTL);
+        live.observe([(node(1), ms(0))], start);
+        assert!(live.bury(id(1), start + ms(100)));
+        // Still listed, with the heartbeat it sent before it was found gone.
+        assert!(
+            live.observe([(node(1), ms(400))], start + ms(500))
+                .is_empty()
+        );
+        assert!(!live.contains(&id(1)));
+        // A heartbeat after the burial: it lives (a new process would have a new id).
+        assert_eq!(live.observe([(node(1), ms(0))], start + ms(900)).len(), 1);
     }
 
     #[test]

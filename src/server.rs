@@ -222,7 +222,8 @@ impl Server {
         }
         let cluster = self.cluster.map(|cluster| {
             let router = Arc::clone(&self.router);
-            let sink: listener::FrameSink = router;
+            let sink: listener::FrameSink =
+                Arc::new(move |node, frame| router.on_frame(node, frame));
             cluster.links_tracker.spawn(listener::accept_loop(
                 cluster.inner_listener,
                 Arc::clone(&cluster.link_ctx),

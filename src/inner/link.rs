@@ -43,6 +43,12 @@ pub enum LinkError {
     Closed(InnerFrame),
 }
 
+/// Why a dial failed, and whether it shows the node is gone.
+struct DialError {
+    gone: bool,
+    text: String,
+}
+
 /// A cheap, cloneable way to send frames to one remote node.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
@@ -119,6 +125,9 @@ struct Link {
     cancel: CancellationToken,
     /// Called each time the link (re)connects, so credit windows can start afresh.
     on_up: Box<dyn Fn(NodeId) + Send + Sync>,
+    /// Called when the node is certainly gone: its inner port refuses connections, or another
+    /// node answers there (it restarted, as a new incarnation).
+    on_gone: Box<dyn Fn(NodeId) + Send + Sync>,
 }
 
 /// Spawns the link to `target` on `tracker`; it runs until `cancel` fires.
@@ -128,6 +137,7 @@ pub fn spawn_link(
     tracker: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
     on_up: Box<dyn Fn(NodeId) + Send + Sync>,
+    on_gone: Box<dyn Fn(NodeId) + Send + Sync>,
 ) -> LinkHandle {
     let (data_tx, data_rx) = mpsc::channel(ctx.config.queue);
     let (control_tx, control_rx) = mpsc::channel(ctx.config.queue);
@@ -147,6 +157,7 @@ pub fn spawn_link(
         control_rx,
         cancel,
         on_up,
+        on_gone,
     };
     tracker.spawn(link.run());
     handle
@@ -176,7 +187,10 @@ impl Link {
                 }
                 Ok(Err(err)) => {
                     Metrics::incr(&self.ctx.metrics.link_dial_failures);
-                    debug!(%node, advertise = %self.target.advertise, error = %err, "link dial failed");
+                    debug!(%node, advertise = %self.target.advertise, error = %err.text, "link dial failed");
+                    if err.gone {
+                        (self.on_gone)(node);
+                    }
                 }
                 Err(_) => {
                     Metrics::incr(&self.ctx.metrics.link_dial_failures);
@@ -194,21 +208,31 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<auth::LinkStream, String> {
+    async fn connect(&self) -> Result<auth::LinkStream, DialError> {
         let stream = TcpStream::connect(&self.target.advertise)
             .await
-            .map_err(|err| format!("connect {}: {err}", self.target.advertise))?;
+            .map_err(|err| DialError {
+                // Nothing listens there any more: the node's process is gone.
+                gone: err.kind() == std::io::ErrorKind::ConnectionRefused,
+                text: format!("connect {}: {err}", self.target.advertise),
+            })?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, InnerCodec::for_handshake());
         let acceptor = auth::dial(&mut framed, &self.ctx.me, self.ctx.config.secret.as_bytes())
             .await
-            .map_err(|err| err.to_string())?
+            .map_err(|err| DialError {
+                gone: false,
+                text: err.to_string(),
+            })?
             .id;
         if acceptor != self.target.id {
-            return Err(format!(
-                "{} answered as node {acceptor}, expected {}",
-                self.target.advertise, self.target.id
-            ));
+            return Err(DialError {
+                gone: true,
+                text: format!(
+                    "{} answered as node {acceptor}, expected {}",
+                    self.target.advertise, self.target.id
+                ),
+            });
         }
         Ok(framed)
     }

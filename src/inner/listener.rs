@@ -26,19 +26,10 @@ use super::link::LinkContext;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 
-/// What the accepting side tells the rest of the node.
-pub trait Inbound: Send + Sync {
-    /// A frame an authenticated link delivered, with the sending node's id. The dialer's
-    /// `Hello` is delivered first, once its handshake has succeeded, so the receiver can
-    /// answer a node it has not yet seen in the registry.
-    fn frame(&self, from: NodeId, frame: InnerFrame);
-
-    /// The authenticated link from `from` closed: frames still on the way on it are lost.
-    fn closed(&self, from: NodeId);
-}
-
-/// Where an accepted link's frames and its end go.
-pub type FrameSink = Arc<dyn Inbound>;
+/// Receives every frame an authenticated link delivers, with the sending node's id. The
+/// dialer's `Hello` is delivered first, once its handshake has succeeded, so the receiver
+/// can answer a node it has not yet seen in the registry.
+pub type FrameSink = Arc<dyn Fn(NodeId, InnerFrame) + Send + Sync>;
 
 /// Accepts links until `shutdown` fires.
 pub async fn accept_loop(
@@ -108,7 +99,7 @@ async fn serve_link(
     framed.codec_mut().allow_messages(ctx.max_message);
     let node = dialer.id;
     info!(%node, %remote_addr, "inner link accepted");
-    sink.frame(
+    sink(
         node,
         InnerFrame::Hello {
             version: super::frame::PROTOCOL_VERSION,
@@ -165,10 +156,9 @@ async fn serve_link(
                 Metrics::incr(&ctx.metrics.links_malformed);
                 break format!("unexpected {} frame after the handshake", frame.kind());
             }
-            Some(Ok(frame)) => sink.frame(node, frame),
+            Some(Ok(frame)) => sink(node, frame),
         }
     };
-    sink.closed(node);
     if shutdown.is_cancelled() {
         info!(%node, %remote_addr, %reason, "inner link closed");
     } else {

@@ -261,23 +261,6 @@ impl Router {
         }
     }
 
-    /// The link from `from` closed: what its senders still had on the way on it is lost. A
-    /// sender that is no longer the peer ends at what arrived; the peer's account is marked, so
-    /// that if another sender takes its place before it is heard from again, it ends at once
-    /// rather than after a grace (a node killed with -9: its clients' successors get credit
-    /// without waiting for the node's death).
-    pub(super) fn on_link_closed(&self, from: NodeId) {
-        let mut dues = Vec::new();
-        self.hub.for_each_local(|channel_id, role, handle| {
-            if let Some(due) = handle.credit.ledger().link_closed(from) {
-                dues.push((*channel_id, role, handle.id, due));
-            }
-        });
-        for (channel_id, role, receiver, due) in dues {
-            self.send_credit(channel_id, role, receiver, due);
-        }
-    }
-
     /// Forgets a node that died: its sessions' records, and the credit its senders held,
     /// which goes to the senders that replaced them.
     pub(super) fn forget_node(&self, node: NodeId) {
@@ -307,15 +290,5 @@ impl Router {
         for (channel_id, role, receiver, due) in dues {
             self.send_credit(channel_id, role, receiver, due);
         }
-    }
-}
-
-impl crate::inner::listener::Inbound for Router {
-    fn frame(&self, from: NodeId, frame: InnerFrame) {
-        self.on_frame(from, frame);
-    }
-
-    fn closed(&self, from: NodeId) {
-        self.on_link_closed(from);
     }
 }

@@ -13,8 +13,9 @@ use crate::inner::frame::InnerFrame;
 use crate::inner::link::{LinkContext, LinkHandle, spawn_link};
 use crate::node::{NodeId, NodeInfo};
 
-/// Called with a node's id each time its link (re)connects.
-pub(super) type OnLinkUp = Arc<dyn Fn(NodeId) + Send + Sync>;
+/// Called with a node's id each time its link (re)connects, or (the second) when its inner
+/// port refuses connections or another node answers there.
+pub(super) type OnLinkEvent = Arc<dyn Fn(NodeId) + Send + Sync>;
 
 /// The links of one node.
 pub(super) struct Links {
@@ -23,7 +24,8 @@ pub(super) struct Links {
     tracker: TaskTracker,
     /// Cancelled after the sessions have drained, so `Unbound` frames still go out.
     cancel: CancellationToken,
-    on_up: OnLinkUp,
+    on_up: OnLinkEvent,
+    on_gone: OnLinkEvent,
 }
 
 impl std::fmt::Debug for Links {
@@ -38,7 +40,8 @@ impl Links {
         ctx: Arc<LinkContext>,
         tracker: TaskTracker,
         cancel: CancellationToken,
-        on_up: OnLinkUp,
+        on_up: OnLinkEvent,
+        on_gone: OnLinkEvent,
     ) -> Links {
         Links {
             table: Mutex::default(),
@@ -46,6 +49,7 @@ impl Links {
             tracker,
             cancel,
             on_up,
+            on_gone,
         }
     }
 
@@ -75,13 +79,14 @@ impl Links {
             return handle.clone();
         }
         let cancel = self.cancel.child_token();
-        let on_up = Arc::clone(&self.on_up);
+        let (on_up, on_gone) = (Arc::clone(&self.on_up), Arc::clone(&self.on_gone));
         let handle = spawn_link(
             info.clone(),
             Arc::clone(&self.ctx),
             &self.tracker,
             cancel.clone(),
             Box::new(move |node| on_up(node)),
+            Box::new(move |node| on_gone(node)),
         );
         table.insert(info.id, (handle.clone(), cancel));
         handle

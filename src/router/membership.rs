@@ -153,6 +153,12 @@ impl Membership {
         self.extra_polls.lock().await
     }
 
+    /// Holds `node` as dead now, whatever its last heartbeat; true if it was live. A poll
+    /// listing its last heartbeat again does not bring it back, a newer heartbeat would.
+    pub(super) fn bury(&self, node: NodeId) -> bool {
+        lock(&self.directory).live.bury(node, Instant::now())
+    }
+
     /// When the next node dies if nobody sees it before.
     pub(super) fn next_death(&self) -> Option<Instant> {
         lock(&self.directory).live.next_death()

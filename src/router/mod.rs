@@ -134,9 +134,15 @@ impl Router {
         Arc::new_cyclic(|this: &Weak<Router>| {
             let cluster = cluster.map(|parts| {
                 let router = this.clone();
-                let on_up: links::OnLinkUp = Arc::new(move |node| {
+                let on_up: links::OnLinkEvent = Arc::new(move |node| {
                     if let Some(router) = router.upgrade() {
                         router.on_link_up(node);
+                    }
+                });
+                let router = this.clone();
+                let on_gone: links::OnLinkEvent = Arc::new(move |node| {
+                    if let Some(router) = router.upgrade() {
+                        router.on_node_gone(node);
                     }
                 });
                 Cluster {
@@ -148,7 +154,13 @@ impl Router {
                         me_id,
                     ),
                     registry: parts.registry,
-                    links: Links::new(parts.link_ctx, parts.tracker, parts.links_cancel, on_up),
+                    links: Links::new(
+                        parts.link_ctx,
+                        parts.tracker,
+                        parts.links_cancel,
+                        on_up,
+                        on_gone,
+                    ),
                     pending_acks: Mutex::default(),
                     ack_timeout,
                 }

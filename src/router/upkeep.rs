@@ -128,6 +128,20 @@ impl Router {
         cluster.membership.observe(beat.live, started, regular)
     }
 
+    /// The node's inner port refuses connections, or another node answers there: its process
+    /// is gone, whatever its last heartbeat says. It is forgotten at once, so its clients'
+    /// successors get their peers' credit without waiting `registry.node-ttl` (a node killed
+    /// with -9). Its registry entry, still listed until it expires, does not bring it back.
+    pub(super) fn on_node_gone(&self, node: NodeId) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        if cluster.membership.bury(node) {
+            info!(%node, "node's inner port refuses connections; it is gone");
+            self.forget_nodes(cluster, vec![node]);
+        }
+    }
+
     /// Forgets nodes that died: their sessions' records and their links.
     fn forget_nodes(&self, cluster: &Cluster, dead: Vec<NodeId>) {
         for node in dead {
