@@ -325,6 +325,30 @@ impl RedisRegistry {
         }
     }
 
+    /// Loads every script into Redis's script cache (on Redis Cluster, into every primary), so
+    /// calls run them by hash in one round trip from the first.
+    pub async fn load_scripts(&self) -> Result<(), RegistryError> {
+        for script in [
+            &self.claim,
+            &self.compare_and_set,
+            &self.compare_and_delete,
+            &self.refresh,
+            &self.heartbeat,
+        ] {
+            match &self.connection {
+                Connection::Single(connection) => {
+                    self.deadline(script.load_async(&mut connection.clone()))
+                        .await?;
+                }
+                Connection::Cluster(connection) => {
+                    self.deadline(script.load_async(&mut connection.clone()))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The route of `role` in `channel_id`, live or not; the caller checks liveness.
     pub async fn route(
         &self,

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Cluster, Router, lock};
 use crate::hub::{Hub, Peer};
@@ -244,6 +244,7 @@ impl Upkeep {
     /// heartbeat. Runs beside the heartbeat loop, never inside it.
     pub(super) async fn run(&self, shutdown: CancellationToken) {
         let mut registered_at = Instant::now();
+        let mut scripts_loaded = false;
         let mut backlog: HashMap<(ChannelId, Role), Refresh> = HashMap::new();
         loop {
             tokio::select! {
@@ -251,8 +252,20 @@ impl Upkeep {
                 () = self.wake.notified() => {}
             }
             let round = async {
-                self.retry_releases().await;
                 let missing = self.reregister.swap(false, Ordering::AcqRel);
+                // Scripts are loaded once Redis answers, and again when it lost this node's
+                // entry (it may have restarted, its script cache empty): a script call that
+                // finds none costs three round trips instead of one.
+                if !scripts_loaded || missing {
+                    scripts_loaded = match self.registry.load_scripts().await {
+                        Ok(()) => true,
+                        Err(err) => {
+                            debug!(error = %err, "loading the registry's scripts failed; retried after the next heartbeat");
+                            false
+                        }
+                    };
+                }
+                self.retry_releases().await;
                 if missing || registered_at.elapsed() >= ROUTE_TTL / 2 {
                     registered_at = Instant::now();
                     for (channel_id, role, session) in self.hub.local_sessions() {
