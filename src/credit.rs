@@ -47,10 +47,11 @@ pub const SETTLE_GRACE: Duration = Duration::from_secs(3);
 /// How long an account whose sender is no longer the peer, and has not said it ended, keeps its
 /// share by default: the longest a claim that displaced it can take (`outer.handshake-timeout`,
 /// 10 s by default) and a second, because until that claim has its 101 the displaced sender
-/// still runs and may send within its limit, and if the claim fails it is the peer again. The
-/// `Unbound` of a sender that did end normally comes long before; this covers one lost with a
-/// link, or a session that gave up before binding here (a claim whose upgrade failed, known to
-/// this node only through the registry). Nodes pass their own (see [`CreditState::new`]).
+/// still runs and may send within its limit, and if the claim fails it is the peer again.
+/// Nodes pass their own (see [`CreditState::new`]), adding `registry.timeout` for a failed
+/// claim's give-back. The `Unbound` of a sender that ended normally comes long before; this
+/// covers one lost with a link, or a session that gave up before binding here (a claim whose
+/// upgrade failed, known to this node only through the registry).
 pub const DEFAULT_SUPERSEDED_GRACE: Duration = Duration::from_secs(11);
 
 /// Most messages a sender accepts permission for beyond what it has sent: a guard against a

@@ -113,8 +113,11 @@ impl Server {
             config.outer.send_queue,
             config.outer.send_queue_bytes,
             config.outer.credit_window(),
-            // A displaced sender runs until its successor's claim ends, at most this long.
-            config.outer.handshake_timeout + std::time::Duration::from_secs(1),
+            // A displaced sender runs until its successor's claim ends (outer.handshake-timeout
+            // from accept) and, if that claim failed, gets its route back (one registry call).
+            config.outer.handshake_timeout
+                + config.registry.timeout
+                + std::time::Duration::from_secs(1),
             config.outer.on_duplicate,
             Arc::clone(&metrics),
             shutdown.clone(),

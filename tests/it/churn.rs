@@ -1170,8 +1170,9 @@ async fn credit_holds_both_ways_after_a_replacement_gives_up_mid_upgrade() {
         let configure = |c: &mut wspair::Config| {
             c.outer.send_queue = 64;
             c.outer.message_timeout = Duration::from_secs(1);
-            // Displaced senders keep their share for handshake-timeout + 1 s.
+            // Displaced senders keep their share for handshake-timeout + registry.timeout + 1 s.
             c.outer.handshake_timeout = Duration::from_secs(2);
+            c.registry.timeout = Duration::from_secs(1);
         };
         let node_a = TestNode::start_in_cluster(vec![redis.url()], configure).await;
         let node_b = TestNode::start_in_cluster(vec![redis.url()], configure).await;
@@ -1184,8 +1185,8 @@ async fn credit_holds_both_ways_after_a_replacement_gives_up_mid_upgrade() {
             read(&node_a.metrics.upgrades_failed) == 1
         })
         .await;
-        // Past the grace the failed replacement started (handshake-timeout + 1 s).
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Past the grace the failed replacement started (4 s).
+        tokio::time::sleep(Duration::from_millis(4500)).await;
         let (flooder, _reader, receiving_node) = if web_floods {
             (web, app, &node_a)
         } else {
@@ -1218,10 +1219,11 @@ async fn a_lost_unbound_does_not_starve_the_next_sender_on_another_node() {
     let b_inner_port = crate::harness::redis::free_port();
     let proxy = Proxy::start(format!("127.0.0.1:{b_inner_port}").parse().unwrap()).await;
     // Quick ticks (the ledger's grace is swept at each), and a displaced sender's share kept
-    // for handshake-timeout + 1 s = 3 s.
+    // for handshake-timeout + registry.timeout + 1 s = 4 s.
     let quick_ticks = |c: &mut wspair::Config| {
         c.outer.message_timeout = Duration::from_secs(1);
         c.outer.handshake_timeout = Duration::from_secs(2);
+        c.registry.timeout = Duration::from_secs(1);
     };
     let node_b = TestNode::start_in_cluster(vec![redis.url()], |c| {
         quick_ticks(c);
@@ -1252,7 +1254,7 @@ async fn a_lost_unbound_does_not_starve_the_next_sender_on_another_node() {
     proxy.restore();
     let mut new_app = node_c.connect(Role::App, &id).await;
     new_app.send_text("from the new app").await;
-    let within = Duration::from_secs(6);
+    let within = Duration::from_secs(7);
     let got = tokio::time::timeout(within, web.recv_text()).await;
     assert_eq!(
         got.expect("the new app's message arrives within the grace and a tick"),
