@@ -406,14 +406,19 @@ impl Session {
     fn settle(&mut self) {
         if let Some((sender, n)) = self.unsettled.take() {
             let due = self.claim.handle.credit.ledger().written(sender, n);
-            if let Some(due) = due {
-                self.ctx.router.send_credit(
-                    self.claim.channel_id,
-                    self.claim.role,
-                    self.claim.handle.id,
-                    due,
-                );
-            }
+            self.announce_credit(due);
+        }
+    }
+
+    /// Announces credit this session's ledger freed, if any, to the sender it is for.
+    fn announce_credit(&self, due: Option<crate::credit::CreditDue>) {
+        if let Some(due) = due {
+            self.ctx.router.send_credit(
+                self.claim.channel_id,
+                self.claim.role,
+                self.claim.handle.id,
+                due,
+            );
         }
     }
 
@@ -426,14 +431,7 @@ impl Session {
             debug!(channel_id = %self.claim.channel_id, role = %self.claim.role, lost,
                 "messages an ended remote sender sent never arrived");
         }
-        if let Some(due) = due {
-            self.ctx.router.send_credit(
-                self.claim.channel_id,
-                self.claim.role,
-                self.claim.handle.id,
-                due,
-            );
-        }
+        self.announce_credit(due);
         let now = Instant::now();
         let config = &self.ctx.config;
         let seen = &mut self.seen;

@@ -346,7 +346,7 @@ impl Router {
         let reject = self.policy == DuplicatePolicy::Reject;
         let mut dead = Vec::new();
         for _ in 0..CLAIM_ATTEMPTS {
-            let live = self.live_nodes(cluster);
+            let live = cluster.membership.live_ids();
             let (outcome, peer) = cluster
                 .registry
                 .claim(&channel_id, role, mine, reject, &live, &dead)
@@ -371,11 +371,6 @@ impl Router {
             }
         }
         Err(ClaimError::Contended(channel_id))
-    }
-
-    /// Every other node the directory holds as live.
-    fn live_nodes(&self, cluster: &Cluster) -> Vec<NodeId> {
-        cluster.membership.live_ids()
     }
 
     /// Finds the claim's peer (`peer`, the route read with the claim) and, when it is on

@@ -221,18 +221,7 @@ pub async fn send_until_throttled(
     payload: &Bytes,
     patience: std::time::Duration,
 ) -> usize {
-    let mut sent = 0usize;
-    loop {
-        let send = sink.send(Message::binary(payload.clone()));
-        match tokio::time::timeout(patience, send).await {
-            Ok(result) => {
-                result.expect("send");
-                sent += 1;
-            }
-            Err(_) => return sent,
-        }
-        assert!(sent < 20_000, "the sender was never throttled");
-    }
+    send_numbered_until_throttled(sink, |_| payload.clone(), patience).await
 }
 
 /// As [`send_until_throttled`], with message `n`'s payload built by `payload(n)`, so that every
