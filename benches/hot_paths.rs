@@ -77,8 +77,8 @@ fn hub_lookup(c: &mut Criterion) {
     ));
     let mut claims = Vec::new();
     for n in 0..10_000 {
-        claims.push(hub.claim(channel_id(n), Role::App).expect("free"));
-        claims.push(hub.claim(channel_id(n), Role::Web).expect("free"));
+        claims.push(hub.claim(channel_id(n), Role::App, None).expect("free"));
+        claims.push(hub.claim(channel_id(n), Role::Web, None).expect("free"));
     }
     let target = channel_id(4_321);
     c.bench_function("hub_peer_lookup_10k_pairs", |b| {

@@ -312,6 +312,39 @@ pub const KEYS: &[KeySpec] = &[
         help: "deadline of each Redis call; a claim that misses it answers 503",
     },
     KeySpec {
+        key: "v1.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        help: "accept the wspair.v1 subprotocol (PROTOCOL.md); when false, v1 offers are answered as raw clients",
+    },
+    KeySpec {
+        key: "v1.window",
+        kind: Kind::Integer { min: 1, max: 65536 },
+        default: "1024",
+        help: "numbered messages a v1 client may have sent and not had acknowledged; beyond it the client is closed with 4008",
+    },
+    KeySpec {
+        key: "v1.window-bytes",
+        kind: Kind::Integer {
+            min: 1,
+            max: 1 << 30,
+        },
+        default: "1048576",
+        help: "payload bytes of those messages; at least outer.max-frame-size",
+    },
+    KeySpec {
+        key: "drain.spread",
+        kind: Kind::Duration,
+        default: "10s",
+        help: "on SIGINT or SIGTERM, v1 clients are sent `goaway` at random moments within this, so they do not all reconnect at once",
+    },
+    KeySpec {
+        key: "drain.timeout",
+        kind: Kind::Duration,
+        default: "30s",
+        help: "v1 clients that have not moved this long after SIGINT or SIGTERM are closed with 1001; at least drain.spread",
+    },
+    KeySpec {
         key: "shutdown-timeout",
         kind: Kind::Duration,
         default: "10s",
@@ -364,6 +397,26 @@ pub struct OuterConfig {
     pub compression: bool,
     /// `outer.max-connections`.
     pub max_connections: usize,
+}
+
+/// Settings of the v1 client protocol (`v1.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct V1Config {
+    /// `v1.enabled`.
+    pub enabled: bool,
+    /// `v1.window`, in messages.
+    pub window: u32,
+    /// `v1.window-bytes`, in payload bytes.
+    pub window_bytes: u64,
+}
+
+/// How a stopping node moves its v1 clients away (`drain.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainConfig {
+    /// `drain.spread`.
+    pub spread: Duration,
+    /// `drain.timeout`.
+    pub timeout: Duration,
 }
 
 /// Settings of the node-to-node side (`inner.*`), used in cluster mode.
@@ -437,6 +490,10 @@ pub struct Config {
     pub inner: InnerConfig,
     /// The registry.
     pub registry: RegistryConfig,
+    /// The v1 client protocol.
+    pub v1: V1Config,
+    /// Draining v1 clients on shutdown.
+    pub drain: DrainConfig,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
 }
@@ -603,10 +660,39 @@ impl Config {
                 ),
             ));
         }
+        let v1 = V1Config {
+            enabled: checked_bool(get("v1.enabled"))?,
+            window: int("v1.window")? as u32,
+            window_bytes: int("v1.window-bytes")? as u64,
+        };
+        if v1.window_bytes < outer.max_frame_size as u64 {
+            return Err(invalid(
+                "v1.window-bytes",
+                format!(
+                    "{} must be at least outer.max-frame-size {}, or the largest message could never be sent",
+                    v1.window_bytes, outer.max_frame_size
+                ),
+            ));
+        }
+        let drain = DrainConfig {
+            spread: duration("drain.spread")?,
+            timeout: duration("drain.timeout")?,
+        };
+        if drain.timeout < drain.spread {
+            return Err(invalid(
+                "drain.timeout",
+                format!(
+                    "{:?} must be at least drain.spread {:?}",
+                    drain.timeout, drain.spread
+                ),
+            ));
+        }
         Ok(Config {
             outer,
             inner,
             registry,
+            v1,
+            drain,
             shutdown_timeout,
         })
     }

@@ -18,6 +18,9 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -30,6 +33,7 @@ use crate::inner::link::LinkHandle;
 use crate::metrics::Metrics;
 use crate::node::{Incarnation, NodeId};
 use crate::pair::{ChannelId, Message, Role};
+use crate::v1::{ClientId, Succession};
 
 /// The hub's map is split into this many shards, each behind its own lock, so the receiving
 /// side of every link and every claim do not contend on one node-wide mutex.
@@ -85,6 +89,16 @@ impl Slots {
             .any(|slot| matches!(slot, Some(Peer::Local(_))))
     }
 
+    /// Wakes the v1 session of the other role, if this node holds one: what it knows of
+    /// `role` changed.
+    fn notify_peer_of(&self, role: Role) {
+        if let Some(Peer::Local(handle)) = self.slot_ref(role.peer())
+            && let Some(watch) = &handle.watch
+        {
+            watch.notify();
+        }
+    }
+
     fn forget_remotes(&mut self) {
         for slot in [&mut self.app, &mut self.web] {
             if let Some(Peer::Remote(remote)) = slot {
@@ -105,6 +119,9 @@ pub struct RemotePeer {
     pub session: u64,
     /// The link to that node.
     pub link: LinkHandle,
+    /// Its client's v1 identity, as its node announced it; `None` for a raw client (or one
+    /// not yet announced).
+    pub client: Option<ClientId>,
     /// Set when this record is replaced or forgotten (the session ended, moved, or its node
     /// died). An atomic, not a token: senders check it for every message.
     pub gone: Arc<AtomicBool>,
@@ -170,6 +187,51 @@ pub struct SessionHandle {
     /// replaced it, the node lost its route, or the node is shutting down (it is a child of
     /// the shutdown token).
     pub stop: CancellationToken,
+    /// The client's v1 identity; `None` for a raw client.
+    pub client: Option<ClientId>,
+    /// Wakes a v1 session when the hub's record of its peer changes, so it can tell its
+    /// client (`peer`); `None` for a raw session, which is told nothing.
+    pub watch: Option<Arc<PeerWatch>>,
+}
+
+/// A flag and a waker: the hub's record of a v1 session's peer changed since the session last
+/// looked. The session reads the record itself, so changes in a burst coalesce into one look,
+/// and nothing is queued that a slow client could let pile up.
+#[derive(Debug, Default)]
+pub struct PeerWatch {
+    changed: AtomicBool,
+    /// The node is draining and the session must tell its client to move.
+    goaway: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl PeerWatch {
+    /// Marks the record changed and wakes the session.
+    pub fn notify(&self) {
+        self.changed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Asks the session to send its client `goaway`.
+    pub fn goaway(&self) {
+        self.goaway.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// True once after [`PeerWatch::goaway`].
+    pub fn take_goaway(&self) -> bool {
+        self.goaway.swap(false, Ordering::AcqRel)
+    }
+
+    /// Ready once after every change (and at first, so the session looks once at its start).
+    pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.changed.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl SessionHandle {
@@ -211,6 +273,9 @@ pub enum Undelivered {
     NoSession,
     /// The frame came without credit and the session's queue is full.
     QueueFull,
+    /// A v1 frame from a sender session that is no longer the recorded peer; dropped, and
+    /// the credit it took is due back to its sender.
+    Superseded(Option<crate::credit::CreditDue>),
 }
 
 /// What [`Hub::set_remote`] did with an announcement.
@@ -223,14 +288,21 @@ pub enum Recorded {
     Ignored,
 }
 
-/// A second client of a role that `outer.on-duplicate = "reject"` refuses.
+/// A second client of a role that `outer.on-duplicate = "reject"` refuses, or a v1
+/// connection older than the one of the same client holding the role.
 #[derive(Debug, thiserror::Error)]
-#[error("channel {channel_id} already has a connected {role}")]
+#[error("{}", if *.stale {
+    format!("a newer connection of this client holds the {role} of channel {channel_id}")
+} else {
+    format!("channel {channel_id} already has a connected {role}")
+})]
 pub struct DuplicateError {
     /// The channel id that is taken.
     pub channel_id: ChannelId,
     /// The role that is taken.
     pub role: Role,
+    /// True when the holder is a newer connection of the same v1 client (PROTOCOL.md §1).
+    pub stale: bool,
 }
 
 /// A session's place in the hub. Dropping it removes the session, unless a newer one took over.
@@ -249,7 +321,8 @@ pub struct Claim {
     /// back in the slot, so a client that gives up mid-upgrade never evicts a working one.
     pub displaced: Option<SessionHandle>,
     /// The session of another node this claim took the route from, evicted like `displaced`.
-    pub displaced_remote: Option<(NodeId, u64)>,
+    /// Its node, session id and client's v1 identity.
+    pub displaced_remote: Option<(NodeId, u64, Option<ClientId>)>,
 }
 
 impl Claim {
@@ -290,11 +363,13 @@ impl Hub {
     /// Registers a new session for `role` in `channel_id` and returns its claim and the
     /// receiving end of its outbound queue. With [`DuplicatePolicy::Replace`] an existing
     /// session of that role is displaced (see [`Claim::displaced`]); with
-    /// [`DuplicatePolicy::Reject`] the claim fails.
+    /// [`DuplicatePolicy::Reject`] the claim fails. A v1 `client` displaces an older
+    /// connection of its own whatever the policy, and is refused by a newer one.
     pub fn claim(
         self: &Arc<Self>,
         channel_id: ChannelId,
         role: Role,
+        client: Option<ClientId>,
     ) -> Result<(Claim, mpsc::Receiver<Message>), DuplicateError> {
         let (outbound_tx, outbound_rx) = mpsc::channel(self.send_queue + self.window);
         let handle = SessionHandle {
@@ -303,15 +378,35 @@ impl Hub {
             queue: QueueBudget::new(self.send_queue, self.send_queue_bytes),
             credit: Arc::new(CreditState::new(self.window, self.superseded_grace)),
             stop: self.shutdown.child_token(),
+            client,
+            watch: client.map(|_| Arc::new(PeerWatch::default())),
         };
+        if let Some(watch) = &handle.watch {
+            watch.notify();
+        }
         let mut sessions = self.lock(&channel_id);
         let slots = sessions.entry(channel_id).or_default();
         let mut displaced = None;
         match slots.slot_ref(role) {
-            Some(Peer::Local(old)) if !old.is_gone() => match self.policy {
-                DuplicatePolicy::Reject => return Err(DuplicateError { channel_id, role }),
-                DuplicatePolicy::Replace => displaced = Some(old.clone()),
-            },
+            Some(Peer::Local(old)) if !old.is_gone() => {
+                match (ClientId::succession(client, old.client), self.policy) {
+                    (Succession::Stale, _) => {
+                        return Err(DuplicateError {
+                            channel_id,
+                            role,
+                            stale: true,
+                        });
+                    }
+                    (Succession::Other, DuplicatePolicy::Reject) => {
+                        return Err(DuplicateError {
+                            channel_id,
+                            role,
+                            stale: false,
+                        });
+                    }
+                    _ => displaced = Some(old.clone()),
+                }
+            }
             // A session of another node held this role; the registry claim decides about it.
             // A sender here waiting for its credit looks for the new peer.
             Some(Peer::Remote(remote)) => {
@@ -325,6 +420,7 @@ impl Hub {
         }
         let slot = slots.slot(role);
         *slot = Some(Peer::Local(handle.clone()));
+        slots.notify_peer_of(role);
         drop(sessions);
         let claim = Claim {
             hub: Arc::clone(self),
@@ -416,6 +512,20 @@ impl Hub {
         if handle.id != receiver {
             return Err(Undelivered::NoSession);
         }
+        // A v1 frame from a sender session that is no longer the peer (a half-open socket
+        // whose client reconnected elsewhere) must not arrive after its successor's `sync`.
+        // Its credit is settled as if it had been written.
+        if message.kind == crate::pair::MessageKind::V1
+            && !matches!(slots_peer(&sessions, channel_id, role),
+                Some(Peer::Remote(peer)) if peer.incarnation() == sender)
+        {
+            let mut ledger = handle.credit.ledger();
+            let due = match ledger.receive(sender, seq) {
+                Receipt::Credited { .. } => ledger.written(sender, 1),
+                Receipt::Uncredited => None,
+            };
+            return Err(Undelivered::Superseded(due));
+        }
         let receipt = handle.credit.ledger().receive(sender, seq);
         let full = |err: TrySendError<Message>| match err {
             TrySendError::Full(_) => Undelivered::QueueFull,
@@ -464,7 +574,28 @@ impl Hub {
             _ => {}
         }
         *slot = Some(Peer::Remote(remote));
+        slots.notify_peer_of(role);
         Recorded::Peer
+    }
+
+    /// Notes the v1 identity the node of the remote session `peer` announced for it (in its
+    /// `BoundAck`), if it is still the one recorded for `role`.
+    pub fn set_remote_client(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        peer: Incarnation,
+        client: Option<ClientId>,
+    ) {
+        let mut sessions = self.lock(channel_id);
+        if let Some(slots) = sessions.get_mut(channel_id)
+            && let Some(Peer::Remote(remote)) = slots.slot(role)
+            && remote.incarnation() == peer
+            && remote.client != client
+        {
+            remote.client = client;
+            slots.notify_peer_of(role);
+        }
     }
 
     /// Forgets the remote session `session` of `node` for `role` of `channel_id`, if it is the
@@ -485,6 +616,7 @@ impl Hub {
             {
                 remote.mark_gone();
                 *slot = None;
+                slots.notify_peer_of(role);
                 return true;
             }
         }
@@ -497,12 +629,14 @@ impl Hub {
         crate::credit::assert_no_ledger_held();
         for shard in self.shards.iter() {
             for slots in lock(shard).values_mut() {
-                for slot in [&mut slots.app, &mut slots.web] {
+                for role in [Role::App, Role::Web] {
+                    let slot = slots.slot(role);
                     if let Some(Peer::Remote(remote)) = slot
                         && remote.node == node
                     {
                         remote.mark_gone();
                         *slot = None;
+                        slots.notify_peer_of(role);
                     }
                 }
             }
@@ -567,6 +701,7 @@ impl Hub {
             let slot = slots.slot(role);
             if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
                 *slot = displaced.filter(|old| !old.is_gone()).map(Peer::Local);
+                slots.notify_peer_of(role);
             } else if let Some(old) = displaced {
                 self.evict(&old);
             }
@@ -590,6 +725,15 @@ impl Hub {
         crate::credit::assert_no_ledger_held();
         lock(&self.shards[shard])
     }
+}
+
+/// The record of `role`'s peer in `channel_id`, in a shard already locked.
+fn slots_peer<'a>(
+    sessions: &'a HashMap<ChannelId, Slots>,
+    channel_id: &ChannelId,
+    role: Role,
+) -> Option<&'a Peer> {
+    sessions.get(channel_id)?.slot_ref(role.peer())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -631,27 +775,27 @@ mod tests {
     #[test]
     fn claim_then_drop_frees_the_slot() {
         let hub = hub(DuplicatePolicy::Reject);
-        let (claim, _rx) = hub.claim(id(1), Role::App).unwrap();
+        let (claim, _rx) = hub.claim(id(1), Role::App, None).unwrap();
         assert_eq!(hub.counts(), (1, 0));
         drop(claim);
         assert_eq!(hub.counts(), (0, 0));
-        assert!(hub.claim(id(1), Role::App).is_ok());
+        assert!(hub.claim(id(1), Role::App, None).is_ok());
     }
 
     #[test]
     fn reject_refuses_a_second_client_of_the_same_role() {
         let hub = hub(DuplicatePolicy::Reject);
-        let (_app, _rx) = hub.claim(id(1), Role::App).unwrap();
-        assert!(hub.claim(id(1), Role::App).is_err());
-        let (_web, _rx2) = hub.claim(id(1), Role::Web).unwrap();
+        let (_app, _rx) = hub.claim(id(1), Role::App, None).unwrap();
+        assert!(hub.claim(id(1), Role::App, None).is_err());
+        let (_web, _rx2) = hub.claim(id(1), Role::Web, None).unwrap();
         assert_eq!(hub.counts(), (2, 1));
     }
 
     #[test]
     fn replace_evicts_the_old_session_and_its_release_keeps_the_new_one() {
         let hub = hub(DuplicatePolicy::Replace);
-        let (old, _old_rx) = hub.claim(id(1), Role::Web).unwrap();
-        let (mut new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (old, _old_rx) = hub.claim(id(1), Role::Web, None).unwrap();
+        let (mut new, _new_rx) = hub.claim(id(1), Role::Web, None).unwrap();
         // Only once the new session is upgraded.
         assert!(!old.handle.stop.is_cancelled());
         new.evict_displaced();
@@ -667,9 +811,9 @@ mod tests {
     #[test]
     fn overlapping_replacements_never_leave_a_session_outside_the_hub() {
         let hub = hub(DuplicatePolicy::Replace);
-        let (first, _first_rx) = hub.claim(id(1), Role::Web).unwrap();
-        let (second, _second_rx) = hub.claim(id(1), Role::Web).unwrap();
-        let (mut third, _third_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (first, _first_rx) = hub.claim(id(1), Role::Web, None).unwrap();
+        let (second, _second_rx) = hub.claim(id(1), Role::Web, None).unwrap();
+        let (mut third, _third_rx) = hub.claim(id(1), Role::Web, None).unwrap();
         drop(second);
         assert!(first.handle.stop.is_cancelled());
         third.evict_displaced();
@@ -679,8 +823,8 @@ mod tests {
     #[test]
     fn a_replacement_that_never_upgrades_gives_the_slot_back() {
         let hub = hub(DuplicatePolicy::Replace);
-        let (old, _old_rx) = hub.claim(id(1), Role::Web).unwrap();
-        let (new, _new_rx) = hub.claim(id(1), Role::Web).unwrap();
+        let (old, _old_rx) = hub.claim(id(1), Role::Web, None).unwrap();
+        let (new, _new_rx) = hub.claim(id(1), Role::Web, None).unwrap();
         assert_eq!(hub.local(&id(1), Role::Web).unwrap().id, new.handle.id);
         drop(new);
         assert!(!old.handle.stop.is_cancelled());

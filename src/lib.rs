@@ -20,6 +20,7 @@
 pub mod budget;
 pub mod config;
 pub mod credit;
+pub mod drain;
 pub mod hub;
 pub mod inner;
 pub mod liveness;
@@ -30,6 +31,7 @@ pub mod pair;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod v1;
 
 pub use config::{Config, ConfigError};
 pub use pair::{ChannelId, Role};

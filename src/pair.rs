@@ -136,6 +136,9 @@ pub enum MessageKind {
     Text,
     /// A binary message.
     Binary,
+    /// A frame of a wspair.v1 client (PROTOCOL.md), checked when it was read: written as a
+    /// binary message to a v1 peer, and translated for a raw one.
+    V1,
 }
 
 /// One whole WebSocket message on its way from a session to its peer.

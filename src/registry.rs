@@ -6,7 +6,7 @@
 //!
 //! | key | value | lifetime |
 //! |---|---|---|
-//! | `wspair:{ID}:app`, `wspair:{ID}:web` | route: `nodeId:sessionId` | until released (compare-and-delete), overwritten by a newer claim (compare-and-set), or [`ROUTE_TTL`] |
+//! | `wspair:{ID}:app`, `wspair:{ID}:web` | route: `nodeId:sessionId`, then `:sid:gen` for a wspair.v1 client | until released (compare-and-delete), overwritten by a newer claim (compare-and-set), or [`ROUTE_TTL`] |
 //! | `wspair:nodes` | sorted set of `id\|advertise\|window\|version`, scored by expiry time (ms, Redis clock) | members expire `registry.node-ttl × 3/5` after their last heartbeat; dropped an hour later |
 //!
 //! Liveness costs one script call per node per heartbeat (`registry.node-ttl / 5`), whatever the
@@ -33,6 +33,7 @@ use redis::{Cmd, FromRedisValue, Script};
 use crate::config::RegistryConfig;
 use crate::node::{NodeId, NodeInfo};
 use crate::pair::{ChannelId, Role};
+use crate::v1::ClientId;
 
 /// Lifetime of a route key in Redis: a bound on how long a crashed node's routes occupy memory.
 /// Live sessions are re-registered well within it (every [`ROUTE_TTL`] / 2).
@@ -59,16 +60,34 @@ pub enum RegistryError {
 pub type Route = crate::node::Incarnation;
 
 impl Route {
+    /// The route's holder, `node:session`: what the compare scripts match, whatever follows.
     fn encode(&self) -> String {
         format!("{}:{}", self.node, self.session)
     }
 
+    /// The whole value: the holder, then the client's v1 identity if it has one.
+    fn encode_with(&self, client: Option<ClientId>) -> String {
+        match client {
+            Some(client) => format!("{}:{}", self.encode(), client.encode()),
+            None => self.encode(),
+        }
+    }
+
     fn decode(text: &str) -> Option<Route> {
-        let (node, session) = text.split_once(':')?;
-        Some(Route {
-            node: node.parse().ok()?,
-            session: session.parse().ok()?,
-        })
+        Route::decode_with(text).map(|(route, _)| route)
+    }
+
+    fn decode_with(text: &str) -> Option<(Route, Option<ClientId>)> {
+        let mut parts = text.splitn(3, ':');
+        let route = Route {
+            node: parts.next()?.parse().ok()?,
+            session: parts.next()?.parse().ok()?,
+        };
+        let client = match parts.next() {
+            Some(rest) => Some(ClientId::decode(rest)?),
+            None => None,
+        };
+        Some((route, client))
     }
 }
 
@@ -77,9 +96,11 @@ impl Route {
 pub enum ClaimOutcome {
     /// The route is written; it replaced `displaced`, if any.
     Written {
-        /// The route it overwrote.
-        displaced: Option<Route>,
+        /// The route it overwrote, and that holder's v1 identity.
+        displaced: Option<(Route, Option<ClientId>)>,
     },
+    /// A newer connection of the same v1 client holds the role; nothing was written.
+    Stale(Route),
     /// A live session of another node holds the role, and the policy is `reject`.
     Held(Route),
     /// The route names a node the caller holds neither live nor dead; nothing was written.
@@ -108,19 +129,28 @@ pub struct LiveNode {
 }
 
 /// A claim in one round trip: writes this session's route unless a live session of another
-/// node holds the role and the policy is `reject`, and reads the peer's route.
+/// node holds the role and the policy is `reject`, and reads the peer's route. A v1 client's
+/// newer connection (same sid, higher gen) writes whatever the policy; an equal or older one
+/// writes nothing.
 ///
-/// KEYS: the route, the peer's route. ARGV: the new route, `reject` or `replace`, the TTL in
-/// ms, this node's id, then `,id,id,` lists of the nodes the caller holds as live and as dead.
+/// KEYS: the route, the peer's route. ARGV: the new route (with the client's `sid:gen` for
+/// v1), `reject` or `replace`, the TTL in ms, this node's id, `,id,id,` lists of the nodes the
+/// caller holds as live and as dead, then the client's sid and gen (empty for a raw client).
 /// Returns `{status, current route or false, peer route or false}`: status 1 written, 0
 /// refused (a live holder, `reject`), 2 nothing written because the holder's node is in
-/// neither list (the caller learns whether it lives, then claims again).
+/// neither list (the caller learns whether it lives, then claims again), 3 refused because the
+/// holder is a newer connection of the same client.
 const CLAIM: &str = r"
 local current = redis.call('GET', KEYS[1])
 local peer = redis.call('GET', KEYS[2])
 if current then
-  local node = string.match(current, '^(%x+):%d+$')
-  if node and node ~= ARGV[4] then
+  local node = string.match(current, '^(%x+):%d+')
+  local sid, gen = string.match(current, '^%x+:%d+:(%x+):(%d+)$')
+  if ARGV[7] ~= '' and sid == ARGV[7] then
+    if tonumber(gen) >= tonumber(ARGV[8]) then
+      return {3, current, peer}
+    end
+  elseif node and node ~= ARGV[4] then
     local tag = ',' .. node .. ','
     if string.find(ARGV[5], tag, 1, true) then
       if ARGV[2] == 'reject' then
@@ -134,26 +164,28 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return {1, current, peer}";
 
-/// Sets a route if it still has the expected value (empty for absent).
+/// Sets a route if it is still held by the expected holder (`node:session`; empty for absent).
 const COMPARE_AND_SET: &str = r"
 local current = redis.call('GET', KEYS[1])
-if (current == false and ARGV[1] == '') or current == ARGV[1] then
+if (current == false and ARGV[1] == '') or (current and string.match(current, '^%x+:%d+') == ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
 return 0";
 
-/// Deletes a route only if it is still ours.
+/// Deletes a route only if it is still ours (held by `node:session`).
 const COMPARE_AND_DELETE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current and string.match(current, '^%x+:%d+') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
 
-/// Writes a route if it is absent or already ours (registering again after a loss).
+/// Writes a route (ARGV[1], whole) if it is absent or already held by ARGV[3] (`node:session`):
+/// registering again after a loss.
 const REFRESH: &str = r"
 local current = redis.call('GET', KEYS[1])
-if current == false or current == ARGV[1] then
+if current == false or string.match(current, '^%x+:%d+') == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -368,7 +400,7 @@ impl RedisRegistry {
         &self,
         channel_id: &ChannelId,
         role: Role,
-        mine: Route,
+        (mine, client): (Route, Option<ClientId>),
         reject: bool,
         live: &[NodeId],
         dead: &[NodeId],
@@ -388,21 +420,24 @@ impl RedisRegistry {
                     &route_key(channel_id, role.peer()),
                 ],
                 &[
-                    mine.encode(),
+                    mine.encode_with(client),
                     if reject { "reject" } else { "replace" }.to_owned(),
                     ROUTE_TTL.as_millis().to_string(),
                     self.me.id.to_string(),
                     list(live),
                     list(dead),
+                    client.map_or(String::new(), |client| format!("{:016x}", client.sid)),
+                    client.map_or(String::new(), |client| client.generation.to_string()),
                 ],
             )
             .await?;
-        let current = current.as_deref().and_then(Route::decode);
+        let current = current.as_deref().and_then(Route::decode_with);
         let peer = peer.as_deref().and_then(Route::decode);
         let outcome = match (status, current) {
             (1, displaced) => ClaimOutcome::Written { displaced },
-            (0, Some(holder)) => ClaimOutcome::Held(holder),
-            (2, Some(holder)) => ClaimOutcome::UnknownHolder(holder),
+            (0, Some((holder, _))) => ClaimOutcome::Held(holder),
+            (2, Some((holder, _))) => ClaimOutcome::UnknownHolder(holder),
+            (3, Some((holder, _))) => ClaimOutcome::Stale(holder),
             _ => {
                 return Err(RegistryError::Redis(redis::RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
@@ -430,13 +465,15 @@ impl RedisRegistry {
         Ok((decode(app), decode(web)))
     }
 
-    /// Writes `new` as the route if the current route is still `expected`.
+    /// Writes `new` (held by a client with v1 identity `client`, if any) as the route if the
+    /// current route is still held by `expected`.
     pub async fn compare_and_set(
         &self,
         channel_id: &ChannelId,
         role: Role,
         expected: Option<Route>,
         new: Route,
+        client: Option<ClientId>,
     ) -> Result<bool, RegistryError> {
         let expected = expected.map(|route| route.encode()).unwrap_or_default();
         let ttl = ROUTE_TTL.as_millis().to_string();
@@ -444,7 +481,7 @@ impl RedisRegistry {
             .run(
                 &self.compare_and_set,
                 &route_key(channel_id, role),
-                &[expected, new.encode(), ttl],
+                &[expected, new.encode_with(client), ttl],
             )
             .await?;
         Ok(set == 1)
@@ -467,19 +504,21 @@ impl RedisRegistry {
         Ok(())
     }
 
-    /// Writes the route again if it is absent or still ours; false if another node holds it.
+    /// Writes the route again (with its client's v1 identity) if it is absent or still ours;
+    /// false if another node holds it.
     pub async fn refresh(
         &self,
         channel_id: &ChannelId,
         role: Role,
         route: Route,
+        client: Option<ClientId>,
     ) -> Result<bool, RegistryError> {
         let ttl = ROUTE_TTL.as_millis().to_string();
         let written: i64 = self
             .run(
                 &self.refresh,
                 &route_key(channel_id, role),
-                &[route.encode(), ttl],
+                &[route.encode_with(client), ttl, route.encode()],
             )
             .await?;
         Ok(written == 1)

@@ -206,7 +206,10 @@ impl Server {
             router: Arc::clone(&self.router),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
+            v1: self.config.v1,
+            draining: CancellationToken::new(),
         });
+        let draining = session_ctx.draining.clone();
         let outer_ctx = Arc::new(OuterContext::new(session_ctx, tracker.clone()));
         if let Some(cluster) = &self.cluster {
             let router = Arc::clone(&self.router);
@@ -240,6 +243,7 @@ impl Server {
         tracker.spawn(outer::accept_loop(self.outer_listener, outer_ctx));
 
         stop.cancelled().await;
+        crate::drain::drain(&self.router.hub, self.config.drain, &draining).await;
         let (connections, _) = self.router.hub.counts();
         info!(connections, "shutting down: closing sessions with 1001");
         self.shutdown.cancel();

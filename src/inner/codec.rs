@@ -8,15 +8,15 @@
 //! | 2 | Auth | mac [32] |
 //! | 3 | Data | channel id [32], role u8, kind u8, sender u64, receiver u64, seq u64, payload (the rest) |
 //! | 4 | Credit | channel id [32], role u8, sender u64, receiver u64, limit u64 |
-//! | 5 | Bound | channel id [32], role u8, session u64 |
+//! | 5 | Bound | channel id [32], role u8, session u64, client sid u64 (0: raw), client gen u32 |
 //! | 6 | Unbound | channel id [32], role u8, session u64, sent u64 |
 //! | 7 | Evict | channel id [32], role u8, session u64 |
 //! | 8 | Ping | |
 //! | 9 | Pong | |
-//! | 10 | BoundAck | channel id [32], role u8, session u64 |
+//! | 10 | BoundAck | channel id [32], role u8, session u64, client sid u64 (0: none or raw), client gen u32 |
 //! | 11 | Sent | channel id [32], role u8, sender u64, receiver u64, sent u64 |
 //!
-//! Roles are 0 (app) and 1 (web); kinds 0 (text) and 1 (binary); integers are big-endian. The
+//! Roles are 0 (app) and 1 (web); kinds 0 (text), 1 (binary) and 2 (a wspair.v1 frame); integers are big-endian. The
 //! length is checked before anything is buffered past it: a frame longer than the limit (the
 //! largest message plus [`HEADER_ALLOWANCE`]) is an error, so a peer cannot make a node
 //! allocate more than that. Any error closes the link that sent it, never the node. Payloads
@@ -28,6 +28,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedC
 use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES};
 use crate::node::NodeId;
 use crate::pair::{CHANNEL_ID_LEN, ChannelId, MessageKind, Role};
+use crate::v1::ClientId;
 
 /// Bytes a frame may carry beyond its message payload: type, channel id, role, kind, two
 /// session ids and a position (59 bytes), with room to spare.
@@ -198,6 +199,7 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             dst.put_u8(match kind {
                 MessageKind::Text => 0,
                 MessageKind::Binary => 1,
+                MessageKind::V1 => 2,
             });
             dst.put_u64(*sender);
             dst.put_u64(*receiver);
@@ -242,23 +244,29 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             channel_id,
             role,
             session,
-        }
-        | InnerFrame::Evict {
-            channel_id,
-            role,
-            session,
+            client,
         }
         | InnerFrame::BoundAck {
             channel_id,
             role,
             session,
+            client,
         } => {
             let type_byte = match frame {
                 InnerFrame::Bound { .. } => 5,
-                InnerFrame::Evict { .. } => 7,
                 _ => 10,
             };
             put_target(dst, type_byte, channel_id, *role);
+            dst.put_u64(*session);
+            dst.put_u64(client.map_or(0, |client| client.sid));
+            dst.put_u32(client.map_or(0, |client| client.generation));
+        }
+        InnerFrame::Evict {
+            channel_id,
+            role,
+            session,
+        } => {
+            put_target(dst, 7, channel_id, *role);
             dst.put_u64(*session);
         }
         InnerFrame::Ping => dst.put_u8(8),
@@ -388,6 +396,7 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
             let kind = match fields.u8()? {
                 0 => MessageKind::Text,
                 1 => MessageKind::Binary,
+                2 => MessageKind::V1,
                 other => return Err(fields.malformed(format!("kind {other}"))),
             };
             let sender = fields.u64()?;
@@ -429,16 +438,30 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
             let role = fields.role()?;
             let session = fields.u64()?;
             match type_byte {
-                5 => InnerFrame::Bound {
-                    channel_id,
-                    role,
-                    session,
-                },
-                10 => InnerFrame::BoundAck {
-                    channel_id,
-                    role,
-                    session,
-                },
+                5 | 10 => {
+                    let sid = fields.u64()?;
+                    let generation = fields.u32()?;
+                    let client = match (sid, generation) {
+                        (0, _) => None,
+                        (_, 0) => return Err(fields.malformed("v1 generation 0".into())),
+                        (sid, generation) => Some(ClientId { sid, generation }),
+                    };
+                    if type_byte == 5 {
+                        InnerFrame::Bound {
+                            channel_id,
+                            role,
+                            session,
+                            client,
+                        }
+                    } else {
+                        InnerFrame::BoundAck {
+                            channel_id,
+                            role,
+                            session,
+                            client,
+                        }
+                    }
+                }
                 _ => InnerFrame::Evict {
                     channel_id,
                     role,
@@ -483,6 +506,7 @@ mod tests {
                 channel_id: id(),
                 role: Role::Web,
                 session: 6,
+                client: None,
             },
             InnerFrame::Auth {
                 mac: [9; MAC_BYTES],
@@ -514,6 +538,10 @@ mod tests {
                 channel_id: id(),
                 role: Role::App,
                 session: 3,
+                client: Some(ClientId {
+                    sid: 0xfeed,
+                    generation: 7,
+                }),
             },
             InnerFrame::Unbound {
                 channel_id: id(),

@@ -8,10 +8,12 @@ use bytes::Bytes;
 
 use crate::node::NodeId;
 use crate::pair::{ChannelId, MessageKind, Role};
+use crate::v1::ClientId;
 
-/// Version of the inner protocol, checked in `Hello`. Version 2 names session incarnations
-/// in data and credit frames; nodes of version 1 cannot link with it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the inner protocol, checked in `Hello`. Version 2 named session incarnations
+/// in data and credit frames; version 3 carries wspair.v1 frames and clients' v1 identities.
+/// Nodes of other versions cannot link with it.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;
@@ -98,6 +100,8 @@ pub enum InnerFrame {
         role: Role,
         /// The new session's id on the sending node.
         session: u64,
+        /// Its client's v1 identity; `None` for a raw client.
+        client: Option<ClientId>,
     },
     /// The receiving node's `Bound` for `session` was processed; the claim that sent it may
     /// answer its client.
@@ -108,6 +112,9 @@ pub enum InnerFrame {
         role: Role,
         /// The session named in the `Bound`.
         session: u64,
+        /// The v1 identity of the client of the other role on the acknowledging node, if it
+        /// holds that role with a v1 client.
+        client: Option<ClientId>,
     },
     /// `session`, which held `role` of `channel_id` on the sending node, has ended.
     Unbound {

@@ -13,6 +13,8 @@
 //! | 1013 | the client accepted nothing for `outer.stall-timeout` while messages waited |
 //! | 4001 | a newer client of the same role and channel id replaced this one |
 //! | 4002 | the client sent nothing, not even a pong, for `outer.idle-timeout` |
+//! | 4007 | a wspair.v1 client sent a malformed frame (PROTOCOL.md §2) |
+//! | 4008 | a wspair.v1 client exceeded its window, skipped a position, or sent numbered data before `sync` |
 
 use std::fmt;
 
@@ -45,6 +47,10 @@ pub enum CloseReason {
     Protocol,
     /// Something failed inside the server.
     Internal,
+    /// A wspair.v1 client sent a frame that is not v1.
+    V1Malformed,
+    /// A wspair.v1 client broke its window (PROTOCOL.md §7).
+    V1Window,
 }
 
 impl CloseReason {
@@ -61,6 +67,8 @@ impl CloseReason {
         CloseReason::Stalled,
         CloseReason::Replaced,
         CloseReason::Idle,
+        CloseReason::V1Malformed,
+        CloseReason::V1Window,
     ];
 
     /// The close code sent to the client, if the server sends one.
@@ -77,6 +85,8 @@ impl CloseReason {
             CloseReason::Stalled => Some(1013),
             CloseReason::Replaced => Some(4001),
             CloseReason::Idle => Some(4002),
+            CloseReason::V1Malformed => Some(4007),
+            CloseReason::V1Window => Some(4008),
         }
     }
 
@@ -95,6 +105,8 @@ impl CloseReason {
             CloseReason::TooManyFragments => "message in more frames than outer.max-fragments",
             CloseReason::Protocol => "protocol error",
             CloseReason::Internal => "internal error",
+            CloseReason::V1Malformed => "malformed wspair.v1 frame",
+            CloseReason::V1Window => "wspair.v1 window exceeded",
         }
     }
 

@@ -14,6 +14,7 @@ use hyper::{Method, Request, StatusCode, Version};
 use crate::hub::DuplicateError;
 use crate::pair::{ChannelId, ChannelIdError, Role, RoleError};
 use crate::router::ClaimError;
+use crate::v1::ClientId;
 
 /// What a valid upgrade request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct PairRequest {
     pub channel_id: ChannelId,
     /// The `type` parameter.
     pub role: Role,
+    /// The `sid` and `gen` parameters of a client that offered `wspair.v1` (and the node
+    /// accepts it); `None` for a raw client.
+    pub client: Option<ClientId>,
 }
 
 /// Why an upgrade request is refused. Each variant maps to one HTTP status.
@@ -99,6 +103,12 @@ pub enum HandshakeError {
     /// The registry could not record the claim (503); the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The node is draining (503): the client should connect to another node.
+    #[error("this node is draining; connect to another node")]
+    Draining,
+    /// A `wspair.v1` offer without valid `sid` and `gen` parameters (400).
+    #[error("{0}")]
+    BadV1(String),
 }
 
 impl From<ClaimError> for HandshakeError {
@@ -125,7 +135,8 @@ impl HandshakeError {
             | HandshakeError::MissingHeader(_)
             | HandshakeError::RepeatedHeader(_)
             | HandshakeError::KeyLength(_)
-            | HandshakeError::KeyNotBase64 => StatusCode::BAD_REQUEST,
+            | HandshakeError::KeyNotBase64
+            | HandshakeError::BadV1(_) => StatusCode::BAD_REQUEST,
             HandshakeError::Method(_) | HandshakeError::HealthzMethod(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
@@ -135,7 +146,9 @@ impl HandshakeError {
             HandshakeError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
-            HandshakeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::Unavailable(_) | HandshakeError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -163,8 +176,13 @@ impl HandshakeError {
 }
 
 /// Checks path, method, query, that the request asks for a WebSocket, and then its upgrade
-/// headers (HTTP version, `Host`, `Sec-WebSocket-Version`, `Sec-WebSocket-Key`), in that order.
-pub fn check<B>(request: &Request<B>, expected_path: &str) -> Result<PairRequest, HandshakeError> {
+/// headers (HTTP version, `Host`, `Sec-WebSocket-Version`, `Sec-WebSocket-Key`), in that order;
+/// last, when `v1` is on and the client offers `wspair.v1`, its `sid` and `gen`.
+pub fn check<B>(
+    request: &Request<B>,
+    expected_path: &str,
+    v1: bool,
+) -> Result<PairRequest, HandshakeError> {
     let path = request.uri().path();
     if path != expected_path {
         return Err(HandshakeError::WrongPath {
@@ -194,7 +212,32 @@ pub fn check<B>(request: &Request<B>, expected_path: &str) -> Result<PairRequest
         header::SEC_WEBSOCKET_KEY,
         "Sec-WebSocket-Key",
     )?)?;
+    let mut pair = pair;
+    let offers_v1 = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .any(|value| crate::v1::offered(value.as_bytes()));
+    if v1 && offers_v1 {
+        pair.client = Some(parse_v1_query(request.uri().query().unwrap_or(""))?);
+    }
     Ok(pair)
+}
+
+/// Parses the `sid` and `gen` parameters of a v1 client.
+fn parse_v1_query(query: &str) -> Result<ClientId, HandshakeError> {
+    let mut sid = None;
+    let mut generation = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let (slot, param) = match name.as_ref() {
+            "sid" => (&mut sid, "sid"),
+            "gen" => (&mut generation, "gen"),
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(HandshakeError::Repeated(param));
+        }
+    }
+    ClientId::parse(sid.as_deref(), generation.as_deref()).map_err(HandshakeError::BadV1)
 }
 
 /// The one value of `name`; absent or repeated is an error naming `spelling`.
@@ -254,6 +297,7 @@ pub fn parse_query(query: &str) -> Result<PairRequest, HandshakeError> {
     Ok(PairRequest {
         role: role.parse().map_err(HandshakeError::BadRole)?,
         channel_id: channel_id.parse().map_err(HandshakeError::BadChannelId)?,
+        client: None,
     })
 }
 
@@ -346,17 +390,38 @@ mod tests {
         let request = Request::get(format!("/channel?type=app&channelId={ID}"))
             .body(())
             .unwrap();
-        let err = check(&request, "/channel").unwrap_err();
+        let err = check(&request, "/channel", true).unwrap_err();
         assert_eq!(err.status(), StatusCode::UPGRADE_REQUIRED);
     }
 
     #[test]
     fn keys_must_be_base64_of_16_bytes() {
-        assert!(check(&upgrade_request("dGhlIHNhbXBsZSBub25jZQ=="), "/channel").is_ok());
-        assert!(check(&upgrade_request("AAAAAAAAAAAAAAAAAAAAAA=="), "/channel").is_ok());
-        assert!(check(&upgrade_request("/////////////////////w=="), "/channel").is_ok());
+        assert!(
+            check(
+                &upgrade_request("dGhlIHNhbXBsZSBub25jZQ=="),
+                "/channel",
+                true
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &upgrade_request("AAAAAAAAAAAAAAAAAAAAAA=="),
+                "/channel",
+                true
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &upgrade_request("/////////////////////w=="),
+                "/channel",
+                true
+            )
+            .is_ok()
+        );
         let refused = |key: &str| {
-            check(&upgrade_request(key), "/channel")
+            check(&upgrade_request(key), "/channel", true)
                 .unwrap_err()
                 .to_string()
         };
@@ -372,7 +437,7 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAA-A==",
         ] {
             assert!(
-                check(&upgrade_request(key), "/channel").is_err(),
+                check(&upgrade_request(key), "/channel", true).is_err(),
                 "{key} is refused"
             );
         }

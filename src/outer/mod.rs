@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod handshake;
 pub mod head;
 pub mod session;
+pub mod v1;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -324,7 +325,11 @@ async fn upgrade(
     permit: &Arc<OwnedSemaphorePermit>,
     deadline: Instant,
 ) -> Result<Response<Full<Bytes>>, HandshakeError> {
-    let pair = handshake::check(request, &ctx.config().path)?;
+    let pair = handshake::check(request, &ctx.config().path, ctx.session.v1.enabled)?;
+    if ctx.session.draining.is_cancelled() {
+        return Err(HandshakeError::Draining);
+    }
+    let client = pair.client;
     let (response, upgrading) =
         WebSocket::upgrade_with_options(&mut *request, ctx.ws_options.clone()).map_err(|err| {
             match err {
@@ -347,7 +352,14 @@ async fn upgrade(
         remote_addr,
         permit,
     ));
-    Ok(response.map(|_| Full::new(Bytes::new())))
+    let mut response = response.map(|_| Full::new(Bytes::new()));
+    if client.is_some() {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(crate::v1::SUBPROTOCOL),
+        );
+    }
+    Ok(response)
 }
 
 /// Waits for the upgrade to complete, then runs the session; or abandons the claim.
@@ -397,7 +409,10 @@ async fn claim(
     let (claimed_tx, claimed_rx) = oneshot::channel();
     let session_ctx = Arc::clone(&ctx.session);
     ctx.tracker.spawn(async move {
-        let claimed = session_ctx.router.claim(pair.channel_id, pair.role).await;
+        let claimed = session_ctx
+            .router
+            .claim(pair.channel_id, pair.role, pair.client)
+            .await;
         if let Err(Ok((claim, outbound_rx))) = claimed_tx.send(claimed) {
             debug!(channel_id = %claim.channel_id, role = %claim.role,
                 "client went away while its role was being claimed");

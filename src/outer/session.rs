@@ -31,8 +31,9 @@ use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
 use super::delivery::Delivery;
+use super::v1::{V1Session, outgoing_raw};
 use crate::budget::QueueBudget;
-use crate::config::{CLOSE_TIMEOUT, OuterConfig};
+use crate::config::{CLOSE_TIMEOUT, OuterConfig, V1Config};
 use crate::hub::Claim;
 use crate::metrics::Metrics;
 use crate::node::Incarnation;
@@ -58,6 +59,11 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node shuts down; tells a stop by shutdown from one by replacement.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The wspair.v1 settings.
+    pub v1: V1Config,
+    /// Cancelled when the node starts draining (see `crate::drain`): upgrades are refused, and
+    /// a session stopped from then on closes with 1001.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl SessionContext {
@@ -113,6 +119,8 @@ struct Session {
     /// True when the library has already queued the close frame (an echo or a protocol
     /// error's), so the server must not send a second one.
     library_closed: bool,
+    /// The state of a wspair.v1 session; `None` for a raw one.
+    v1: Option<Box<V1Session>>,
 }
 
 /// What one burst of writes took from the queue.
@@ -156,6 +164,20 @@ pub fn run(
     let now = Instant::now();
     let mut ticker = tokio::time::interval_at(now + ctx.tick_period(), ctx.tick_period());
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let v1 = claim
+        .handle
+        .client
+        .zip(claim.handle.watch.clone())
+        .map(|(client, watch)| {
+            Box::new(V1Session::new(
+                client,
+                watch,
+                &ctx.v1,
+                ctx.router.me().id,
+                claim.handle.id,
+                ctx.config.max_frame_size,
+            ))
+        });
     let mut session = Session {
         ws,
         outbound_rx,
@@ -187,6 +209,7 @@ pub fn run(
         },
         client_close_code: None,
         library_closed: false,
+        v1,
     };
     // The block only borrows the session: moving it into an `async fn` would store it twice.
     async move { session.serve(remote_addr).await }
@@ -212,7 +235,10 @@ impl Session {
         let reason = self.relay().await;
         let metrics = &self.ctx.metrics;
         match reason {
-            CloseReason::Protocol | CloseReason::InvalidUtf8 => {
+            CloseReason::Protocol
+            | CloseReason::InvalidUtf8
+            | CloseReason::V1Malformed
+            | CloseReason::V1Window => {
                 Metrics::incr(&metrics.sessions_protocol_errors);
             }
             CloseReason::MessageTimeout | CloseReason::TooManyFragments => {
@@ -262,7 +288,14 @@ impl Session {
                         error = %err, "write to client failed");
                     return CloseReason::ConnectionLost;
                 }
-                Event::Stop if self.ctx.shutdown.is_cancelled() => return CloseReason::Shutdown,
+                // A draining node stops its raw sessions; a v1 session stopped while it drains
+                // was replaced by its client's next connection.
+                Event::Stop
+                    if self.ctx.shutdown.is_cancelled()
+                        || (self.ctx.draining.is_cancelled() && self.v1.is_none()) =>
+                {
+                    return CloseReason::Shutdown;
+                }
                 Event::Stop => return CloseReason::Replaced,
                 Event::Tick => {
                     if let Some(reason) = self.on_tick() {
@@ -335,6 +368,19 @@ impl Session {
                 self.unflushed = true;
                 continue;
             }
+            if let Some(v1) = &mut self.v1
+                && let Some(frame) = v1.poll_server_frame(
+                    cx,
+                    &self.ctx.router.hub,
+                    self.ctx.router.me().id,
+                    &self.claim.channel_id,
+                    self.claim.role,
+                )
+            {
+                Pin::new(&mut self.ws).start_send(Frame::binary(frame))?;
+                self.unflushed = true;
+                continue;
+            }
             match self.outbound_rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
                     written.messages += 1;
@@ -351,12 +397,14 @@ impl Session {
                             }
                         },
                     }
-                    let frame = match message.kind {
-                        MessageKind::Text => Frame::text(message.payload),
-                        MessageKind::Binary => Frame::binary(message.payload),
+                    let frame = match &mut self.v1 {
+                        Some(v1) => Some(v1.outgoing(message)),
+                        None => outgoing_raw(message),
                     };
-                    Pin::new(&mut self.ws).start_send(frame)?;
-                    self.unflushed = true;
+                    if let Some(frame) = frame {
+                        Pin::new(&mut self.ws).start_send(frame)?;
+                        self.unflushed = true;
+                    }
                     self.write_progress += 1;
                 }
                 // The hub and this session's claim hold senders, so the queue never closes here.
@@ -388,6 +436,13 @@ impl Session {
             _ => return None,
         };
         self.messages_read += 1;
+        if let Some(v1) = &mut self.v1 {
+            match v1.read(frame) {
+                Ok(message) => self.delivery.send(message),
+                Err(reason) => return Some(reason),
+            }
+            return None;
+        }
         let (_, _, payload) = frame.into_parts();
         // Checked here rather than in the library, which would close without a close frame.
         if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {

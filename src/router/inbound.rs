@@ -83,6 +83,13 @@ impl Router {
                         Metrics::incr(&self.metrics.messages_dropped_remote);
                         debug!(%channel_id, %role, node = %from, "message from a remote node dropped: its session is gone");
                     }
+                    Err(Undelivered::Superseded(due)) => {
+                        Metrics::incr(&self.metrics.messages_dropped_remote);
+                        debug!(%channel_id, %role, node = %from, "v1 frame from a superseded session dropped");
+                        if let Some(due) = due {
+                            self.send_credit(channel_id, role, receiver, due);
+                        }
+                    }
                     Err(Undelivered::QueueFull) => {
                         Metrics::incr(&self.metrics.messages_dropped_remote);
                         warn!(%channel_id, %role, node = %from, "message from a remote node dropped: it came without credit and the session's queue is full");
@@ -133,22 +140,30 @@ impl Router {
                 channel_id,
                 role,
                 session,
+                client,
             } => {
                 if let Some(cluster) = &self.cluster {
                     cluster.membership.revive(from);
                 }
-                if let Some(remote) = self.remote_peer(Route {
+                let route = Route {
                     node: from,
                     session,
-                }) {
+                };
+                if let Some(remote) = self.remote_peer(route, client) {
                     self.adopt_remote(channel_id, role, remote);
                 }
+                // Tells the bound session's node who its peer's client is here, if any.
+                let peer_client = self
+                    .hub
+                    .local(&channel_id, role.peer())
+                    .and_then(|handle| handle.client);
                 self.send_control(
                     from,
                     InnerFrame::BoundAck {
                         channel_id,
                         role,
                         session,
+                        client: peer_client,
                     },
                 );
             }
@@ -156,7 +171,20 @@ impl Router {
                 channel_id,
                 role,
                 session,
+                client,
             } => {
+                // The acknowledging node named its session's v1 identity: noted before the
+                // claim waiting for this answers its client, so its `peer` frame says it.
+                if let Some(Peer::Remote(peer)) = self.hub.peer(&channel_id, role.peer())
+                    && peer.node == from
+                {
+                    self.hub.set_remote_client(
+                        &channel_id,
+                        role.peer(),
+                        peer.incarnation(),
+                        client,
+                    );
+                }
                 if let Some(cluster) = &self.cluster
                     && let Some(ack_tx) =
                         lock(&cluster.pending_acks).remove(&(channel_id, role, session))

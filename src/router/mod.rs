@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::node::{NodeId, NodeInfo};
 use crate::pair::{ChannelId, Message, Role};
 use crate::registry::{ClaimOutcome, RedisRegistry, RegistryError, Route};
+use crate::v1::ClientId;
 
 /// Claims that lose a compare-and-set race are retried this many times.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -186,8 +187,9 @@ impl Router {
         &self,
         channel_id: ChannelId,
         role: Role,
+        client: Option<ClientId>,
     ) -> Result<(Claim, mpsc::Receiver<Message>), ClaimError> {
-        let (mut claim, outbound_rx) = self.hub.claim(channel_id, role)?;
+        let (mut claim, outbound_rx) = self.hub.claim(channel_id, role, client)?;
         if let Some(cluster) = &self.cluster {
             // On error the claim is dropped, which releases the hub slot.
             let peer = self.write_route(cluster, &mut claim).await?;
@@ -204,7 +206,7 @@ impl Router {
     /// here or on another node, is evicted only now.
     pub fn activate(&self, claim: &mut Claim) {
         claim.evict_displaced();
-        if let Some((node, session)) = claim.displaced_remote.take() {
+        if let Some((node, session, _)) = claim.displaced_remote.take() {
             let (channel_id, role) = (claim.channel_id, claim.role);
             Metrics::incr(&self.metrics.sessions_replaced);
             self.send_control(
@@ -227,6 +229,7 @@ impl Router {
                         channel_id,
                         role,
                         session: claim.handle.id,
+                        client: claim.handle.client,
                     },
                 );
             }
@@ -257,15 +260,18 @@ impl Router {
             .displaced
             .as_ref()
             .filter(|old| !old.is_gone())
-            .map(|old| Route {
-                node: self.me.id,
-                session: old.id,
+            .map(|old| {
+                let route = Route {
+                    node: self.me.id,
+                    session: old.id,
+                };
+                (route, old.client)
             });
         let remote = claim
             .displaced_remote
-            .filter(|(node, _)| remote_peer.as_ref().is_none_or(|peer| peer.node == *node))
-            .map(|(node, session)| Route { node, session });
-        let Some(restore) = local.or(remote) else {
+            .filter(|(node, _, _)| remote_peer.as_ref().is_none_or(|peer| peer.node == *node))
+            .map(|(node, session, client)| (Route { node, session }, client));
+        let Some((restore, restore_client)) = local.or(remote) else {
             self.activate(&mut claim);
             self.release(&claim).await;
             return;
@@ -276,7 +282,7 @@ impl Router {
         };
         let restored = match cluster
             .registry
-            .compare_and_set(&channel_id, role, Some(mine), restore)
+            .compare_and_set(&channel_id, role, Some(mine), restore, restore_client)
             .await
         {
             Ok(restored) => restored,
@@ -313,6 +319,7 @@ impl Router {
                     channel_id,
                     role,
                     session: restore.session,
+                    client: restore_client,
                 });
             }
         }
@@ -325,7 +332,7 @@ impl Router {
         // Dropping the claim gives a displaced session of this node its slot back; one of
         // another node is recorded again for a local peer.
         drop(claim);
-        if !restored_here && let Some(remote) = self.remote_peer(restore) {
+        if !restored_here && let Some(remote) = self.remote_peer(restore, restore_client) {
             self.adopt_remote(channel_id, role, remote);
         }
     }
@@ -349,18 +356,33 @@ impl Router {
             let live = cluster.membership.live_ids();
             let (outcome, peer) = cluster
                 .registry
-                .claim(&channel_id, role, mine, reject, &live, &dead)
+                .claim(
+                    &channel_id,
+                    role,
+                    (mine, claim.handle.client),
+                    reject,
+                    &live,
+                    &dead,
+                )
                 .await?;
             match outcome {
                 ClaimOutcome::Written { displaced } => {
                     // Evicted only once this session is upgraded (`activate`). A route of this
                     // node is a session being replaced here, which the hub handles.
                     claim.displaced_remote = displaced
-                        .filter(|holder| live.contains(&holder.node))
-                        .map(|holder| (holder.node, holder.session));
+                        .filter(|(holder, _)| live.contains(&holder.node))
+                        .map(|(holder, client)| (holder.node, holder.session, client));
                     return Ok(peer);
                 }
-                ClaimOutcome::Held(_) => return Err(DuplicateError { channel_id, role }.into()),
+                ClaimOutcome::Held(_) | ClaimOutcome::Stale(_) => {
+                    let stale = matches!(outcome, ClaimOutcome::Stale(_));
+                    return Err(DuplicateError {
+                        channel_id,
+                        role,
+                        stale,
+                    }
+                    .into());
+                }
                 ClaimOutcome::UnknownHolder(holder) => {
                     // A node that joined since the last heartbeat, or one long dead.
                     self.learn_if_unknown(holder.node).await;
@@ -397,7 +419,7 @@ impl Router {
         }
         if let Some(peer) = peer
             && peer.node != self.me.id
-            && let Some(remote) = self.remote_peer(peer)
+            && let Some(remote) = self.remote_peer(peer, None)
         {
             let incarnation = remote.incarnation();
             self.hub.set_remote(&channel_id, role.peer(), remote);
@@ -412,6 +434,7 @@ impl Router {
                     channel_id,
                     role,
                     session: claim.handle.id,
+                    client: claim.handle.client,
                 },
             );
             // After the `Bound`, on the same queue: the peer's node applies credit only from a
@@ -474,9 +497,14 @@ impl Router {
             if !still_alone {
                 return;
             }
-            let Some(remote) = router.remote_peer(route) else {
+            let Some(remote) = router.remote_peer(route, None) else {
                 return;
             };
+            let client = router
+                .hub
+                .local(&channel_id, role)
+                .filter(|handle| handle.id == session)
+                .and_then(|handle| handle.client);
             debug!(%channel_id, %role, node = %route.node, "peer found again in the registry");
             // The `Bound` first: the credit `adopt_remote` announces is for this session, which
             // the peer's node must have recorded.
@@ -486,6 +514,7 @@ impl Router {
                     channel_id,
                     role,
                     session,
+                    client,
                 },
             );
             router.adopt_remote(channel_id, role.peer(), remote);
@@ -547,14 +576,16 @@ impl Router {
                 .is_some_and(|cluster| cluster.membership.is_live(node))
     }
 
-    /// A record of a remote session; `None` if its node is not live.
-    fn remote_peer(&self, route: Route) -> Option<RemotePeer> {
+    /// A record of a remote session (whose client has v1 identity `client`, as far as this
+    /// node knows); `None` if its node is not live.
+    fn remote_peer(&self, route: Route, client: Option<ClientId>) -> Option<RemotePeer> {
         let cluster = self.cluster.as_ref()?;
         let info = cluster.membership.info(route.node)?;
         Some(RemotePeer {
             node: route.node,
             session: route.session,
             link: cluster.links.link(&info),
+            client,
             gone: Arc::default(),
         })
     }

@@ -342,8 +342,13 @@ impl Upkeep {
                     node: me,
                     session: refresh.session,
                 };
+                let client = self
+                    .hub
+                    .local(&refresh.channel_id, refresh.role)
+                    .filter(|handle| handle.id == refresh.session)
+                    .and_then(|handle| handle.client);
                 registry
-                    .refresh(&refresh.channel_id, refresh.role, route)
+                    .refresh(&refresh.channel_id, refresh.role, route, client)
                     .await
                     .map(Some)
             },
@@ -433,10 +438,16 @@ impl Upkeep {
     fn announce_sessions(&self, sessions: &[(ChannelId, Role, u64)]) {
         for &(channel_id, role, session) in sessions {
             if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
+                let client = self
+                    .hub
+                    .local(&channel_id, role)
+                    .filter(|handle| handle.id == session)
+                    .and_then(|handle| handle.client);
                 remote.link.send_control(InnerFrame::Bound {
                     channel_id,
                     role,
                     session,
+                    client,
                 });
             }
         }

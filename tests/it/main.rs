@@ -12,3 +12,4 @@ mod memory;
 mod protocol;
 mod relay;
 mod tidy;
+mod v1;

@@ -7,6 +7,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod v1wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ impl TestNode {
         config.outer.ip = "127.0.0.1".parse().unwrap();
         config.outer.port = 0;
         config.shutdown_timeout = Duration::from_secs(5);
+        // v1 clients of tests seldom move when told to: a node stops soon after asking.
+        config.drain.spread = Duration::from_millis(100);
+        config.drain.timeout = Duration::from_millis(500);
         configure(&mut config);
         let server = Server::bind(config.clone()).await.expect("test node binds");
         let addr = server.local_addrs().outer;
@@ -73,6 +77,11 @@ impl TestNode {
     /// Connects a WebSocket client as `role` of `channel_id`; panics if the upgrade fails.
     pub async fn connect(&self, role: Role, channel_id: &ChannelId) -> Client {
         Client::connect(&self.url(role, channel_id.as_str())).await
+    }
+
+    /// Starts the node's shutdown (as SIGTERM does) without waiting for it; `shutdown` waits.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
     }
 
     /// Stops the node and fails the test unless it drains within its shutdown-timeout.

@@ -1,0 +1,149 @@
+//! The session side of wspair.v1 (PROTOCOL.md): what a session does differently for a v1
+//! client, and how a raw session writes what a v1 peer sent.
+//!
+//! A v1 session checks each frame its client sends ([`V1Session::read`]), enforces the
+//! client's window, writes `welcome` first and a `peer` frame whenever the hub's record of the
+//! peer changes ([`V1Session::poll_server_frame`]), and writes what the peer sent as v1 frames
+//! ([`V1Session::outgoing`]). Frames between two v1 clients are written as they were read.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use yawc::Frame;
+
+use super::close::CloseReason;
+use crate::config::V1Config;
+use crate::hub::{Hub, Peer, PeerWatch};
+use crate::node::{Incarnation, NodeId};
+use crate::pair::{ChannelId, Message, MessageKind, Role};
+use crate::v1::ClientId;
+use crate::v1::frame::{self, ClientFrame, PeerView};
+use crate::v1::window::Window;
+
+/// A v1 session's own state. Boxed in the session, so a raw session pays one pointer.
+#[derive(Debug)]
+pub struct V1Session {
+    client: ClientId,
+    watch: Arc<PeerWatch>,
+    window: Window,
+    /// What the client was last told of its peer: the session, and what was said.
+    told: Option<(Option<Incarnation>, PeerView)>,
+    /// Server frames to write before anything else.
+    pending: VecDeque<Bytes>,
+}
+
+impl V1Session {
+    /// The state of a new session of `client`, whose first frame is its `welcome`.
+    pub fn new(
+        client: ClientId,
+        watch: Arc<PeerWatch>,
+        config: &V1Config,
+        node: NodeId,
+        session: u64,
+        max_frame: usize,
+    ) -> V1Session {
+        let welcome = frame::welcome(
+            &node.to_string(),
+            session,
+            client,
+            (config.window, config.window_bytes),
+            max_frame,
+        );
+        V1Session {
+            client,
+            watch,
+            window: Window::new(config.window, config.window_bytes),
+            told: None,
+            pending: VecDeque::from([welcome]),
+        }
+    }
+
+    /// The next server frame to write: `welcome`, then a `peer` frame when the hub's record of
+    /// the peer changed since the client was last told.
+    pub fn poll_server_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        hub: &Hub,
+        me: NodeId,
+        channel_id: &ChannelId,
+        role: Role,
+    ) -> Option<Bytes> {
+        if self.watch.poll_changed(cx) == Poll::Ready(()) {
+            if self.watch.take_goaway() {
+                self.pending.push_back(frame::goaway());
+            }
+            let seen = match hub.peer(channel_id, role.peer()) {
+                None => (None, PeerView::Away),
+                Some(Peer::Local(handle)) => (
+                    Some(handle.incarnation(me)),
+                    PeerView::Online(handle.client),
+                ),
+                Some(Peer::Remote(remote)) => {
+                    (Some(remote.incarnation()), PeerView::Online(remote.client))
+                }
+            };
+            if self.told != Some(seen) {
+                self.told = Some(seen);
+                self.pending.push_back(frame::peer(seen.1));
+            }
+        }
+        self.pending.pop_front()
+    }
+
+    /// Checks a message the client sent and returns it for the peer, or the reason to close.
+    pub fn read(&mut self, frame: Frame) -> Result<Message, CloseReason> {
+        if frame.opcode() != yawc::OpCode::Binary {
+            return Err(CloseReason::V1Malformed);
+        }
+        let (_, _, payload) = frame.into_parts();
+        match ClientFrame::parse(&payload).map_err(|_| CloseReason::V1Malformed)? {
+            ClientFrame::Data {
+                seq, header_len, ..
+            } => self
+                .window
+                .on_data(seq, payload.len() - header_len)
+                .map_err(|_| CloseReason::V1Window)?,
+            ClientFrame::Peer(Some(positions)) => self
+                .window
+                .on_sync(positions)
+                .map_err(|_| CloseReason::V1Window)?,
+            ClientFrame::Peer(None) | ClientFrame::Ack { .. } => {}
+        }
+        Ok(Message {
+            kind: MessageKind::V1,
+            payload,
+            origin: None,
+        })
+    }
+
+    /// The frame that writes `message` from the peer to this v1 client. An ACK of this
+    /// client's stream frees its window.
+    pub fn outgoing(&mut self, message: Message) -> Frame {
+        match message.kind {
+            MessageKind::V1 => {
+                if let Some((sid, hw)) = ClientFrame::ack_of(&message.payload)
+                    && sid == self.client.sid
+                {
+                    self.window.on_ack(hw);
+                }
+                Frame::binary(message.payload)
+            }
+            kind => Frame::binary(frame::wrap_unnumbered(kind, &message.payload)),
+        }
+    }
+}
+
+/// The frame that writes `message` to a raw client: as it came from a raw peer, the payload of
+/// a v1 peer's DATA, and nothing for a v1 peer's other frames.
+pub fn outgoing_raw(message: Message) -> Option<Frame> {
+    match message.kind {
+        MessageKind::Text => Some(Frame::text(message.payload)),
+        MessageKind::Binary => Some(Frame::binary(message.payload)),
+        MessageKind::V1 => match frame::unwrap_data(&message.payload)? {
+            (MessageKind::Text, payload) => Some(Frame::text(payload)),
+            (_, payload) => Some(Frame::binary(payload)),
+        },
+    }
+}

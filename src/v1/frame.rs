@@ -1,0 +1,392 @@
+//! The v1 frames a node reads and writes (PROTOCOL.md §2): each is one binary WebSocket
+//! message whose first byte is its kind.
+//!
+//! A node parses only what it acts on: the kind and position of DATA (to enforce the window),
+//! the stream and high-water mark of ACK (what the window frees), and the positions of a
+//! client's own `sync`. Payloads are never copied between two v1 clients; for a raw peer the
+//! DATA header is sliced off, and a raw peer's messages get a two-byte header.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ClientId;
+use crate::pair::MessageKind;
+
+/// DATA with a binary payload.
+pub const DATA_BINARY: u8 = 0x01;
+/// DATA with a text payload.
+pub const DATA_TEXT: u8 = 0x02;
+/// ACK: the stream acknowledged and its high-water mark.
+pub const ACK: u8 = 0x03;
+/// PEER: a JSON object for the peer client (`sync`, `bye`).
+pub const PEER: u8 = 0x04;
+/// SERVER: a JSON object from the node to its client (`welcome`, `peer`, `goaway`).
+pub const SERVER: u8 = 0x05;
+
+/// Longest LEB128 encoding of a `u64`.
+const MAX_VARINT: usize = 10;
+
+/// What a client sent, as far as a node cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// A message for the peer: its position (0 for unnumbered), whether it is text, and where
+    /// its payload starts.
+    Data {
+        /// Position in the sender's stream; 0 for an unnumbered message.
+        seq: u64,
+        /// Kind `0x02`.
+        text: bool,
+        /// Bytes of the header before the payload.
+        header_len: usize,
+    },
+    /// The client acknowledges its peer's stream `sid` up to `hw`.
+    Ack {
+        /// The stream acknowledged.
+        sid: u64,
+        /// Its high-water mark.
+        hw: u64,
+    },
+    /// A control object for the peer; `Some` positions for a `sync`.
+    Peer(Option<SyncPositions>),
+}
+
+/// The sender's positions a client states in its `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPositions {
+    /// The lowest position still in its outbox.
+    pub base: u64,
+    /// The position its next new message gets.
+    pub next: u64,
+}
+
+/// Why a client's frame is not v1 (close 4007).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// An empty message.
+    #[error("empty v1 frame")]
+    Empty,
+    /// A kind a client may not send.
+    #[error("v1 frame of unknown kind {0:#04x}")]
+    Kind(u8),
+    /// A position or mark that is not a valid varint.
+    #[error("malformed varint in a v1 frame")]
+    Varint,
+    /// An ACK shorter than its fields.
+    #[error("v1 ACK too short")]
+    ShortAck,
+    /// Text DATA whose payload is not UTF-8.
+    #[error("v1 text DATA is not valid UTF-8")]
+    Utf8,
+    /// A PEER frame that is not a JSON object with a type, or a `sync` without positions.
+    #[error("malformed v1 PEER frame: {0}")]
+    Peer(&'static str),
+}
+
+impl ClientFrame {
+    /// Parses a binary message a v1 client sent.
+    pub fn parse(frame: &[u8]) -> Result<ClientFrame, FrameError> {
+        let (&kind, rest) = frame.split_first().ok_or(FrameError::Empty)?;
+        match kind {
+            DATA_BINARY | DATA_TEXT => {
+                let (seq, used) = read_varint(rest)?;
+                let text = kind == DATA_TEXT;
+                if text && std::str::from_utf8(&rest[used..]).is_err() {
+                    return Err(FrameError::Utf8);
+                }
+                Ok(ClientFrame::Data {
+                    seq,
+                    text,
+                    header_len: 1 + used,
+                })
+            }
+            ACK => {
+                let (sid, rest) = rest.split_first_chunk::<8>().ok_or(FrameError::ShortAck)?;
+                let (hw, used) = read_varint(rest)?;
+                if used != rest.len() {
+                    return Err(FrameError::ShortAck);
+                }
+                Ok(ClientFrame::Ack {
+                    sid: u64::from_be_bytes(*sid),
+                    hw,
+                })
+            }
+            PEER => parse_peer(rest).map(ClientFrame::Peer),
+            other => Err(FrameError::Kind(other)),
+        }
+    }
+}
+
+fn parse_peer(json: &[u8]) -> Result<Option<SyncPositions>, FrameError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|_| FrameError::Peer("not JSON"))?;
+    let kind = value
+        .get("t")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(FrameError::Peer("no string `t`"))?;
+    if kind != "sync" {
+        return Ok(None);
+    }
+    let position = |name| value.get("tx").and_then(|tx| tx.get(name))?.as_u64();
+    match (position("base"), position("next")) {
+        (Some(base), Some(next)) if base >= 1 && base <= next => {
+            Ok(Some(SyncPositions { base, next }))
+        }
+        _ => Err(FrameError::Peer(
+            "`sync` needs tx.base and tx.next, 1 <= base <= next",
+        )),
+    }
+}
+
+/// Reads an unsigned LEB128 number; returns it and the bytes it took.
+pub fn read_varint(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().take(MAX_VARINT).enumerate() {
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte holds the 64th bit only.
+        if i == MAX_VARINT - 1 && byte > 1 {
+            return Err(FrameError::Varint);
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(FrameError::Varint)
+}
+
+/// Appends `value` as unsigned LEB128.
+pub fn put_varint(dst: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        dst.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    dst.put_u8(value as u8);
+}
+
+/// What a raw client sent, as the unnumbered DATA its v1 peer receives (PROTOCOL.md §6).
+pub fn wrap_unnumbered(kind: MessageKind, payload: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(payload.len() + 2);
+    frame.put_u8(match kind {
+        MessageKind::Text => DATA_TEXT,
+        _ => DATA_BINARY,
+    });
+    frame.put_u8(0);
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// What a v1 client's frame becomes for a raw peer: the payload of DATA, with its kind; other
+/// frames are for v1 peers only (`None`). The frame was checked when it was read.
+pub fn unwrap_data(frame: &Bytes) -> Option<(MessageKind, Bytes)> {
+    let (text, header_len) = ClientFrame::parse_header(frame)?;
+    let kind = if text {
+        MessageKind::Text
+    } else {
+        MessageKind::Binary
+    };
+    Some((kind, frame.slice(header_len..)))
+}
+
+impl ClientFrame {
+    /// The text flag and header length of a DATA frame; `None` for other kinds. Skips the UTF-8
+    /// check of [`ClientFrame::parse`], which the frame passed when it was read.
+    fn parse_header(frame: &[u8]) -> Option<(bool, usize)> {
+        let (&kind, rest) = frame.split_first()?;
+        if kind != DATA_BINARY && kind != DATA_TEXT {
+            return None;
+        }
+        let (_, used) = read_varint(rest).ok()?;
+        Some((kind == DATA_TEXT, 1 + used))
+    }
+
+    /// The acknowledged stream and mark if `frame` is an ACK.
+    pub fn ack_of(frame: &[u8]) -> Option<(u64, u64)> {
+        match frame.first() {
+            Some(&ACK) => match ClientFrame::parse(frame) {
+                Ok(ClientFrame::Ack { sid, hw }) => Some((sid, hw)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A SERVER frame holding `body`.
+fn server(body: &serde_json::Value) -> Bytes {
+    let mut frame = BytesMut::new();
+    frame.put_u8(SERVER);
+    frame.put_slice(body.to_string().as_bytes());
+    frame.freeze()
+}
+
+/// The first frame on every v1 connection.
+pub fn welcome(
+    node: &str,
+    session: u64,
+    client: ClientId,
+    window: (u32, u64),
+    max_frame: usize,
+) -> Bytes {
+    server(&serde_json::json!({
+        "v": 1, "t": "welcome", "node": node, "session": session, "gen": client.generation,
+        "window": {"msgs": window.0, "bytes": window.1}, "max_frame": max_frame,
+    }))
+}
+
+/// What the node knows of the peer's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerView {
+    /// No session of the peer is known.
+    Away,
+    /// A session of the peer, with its v1 identity (`None`: a raw client).
+    Online(Option<ClientId>),
+}
+
+/// A `peer` frame for `view`.
+pub fn peer(view: PeerView) -> Bytes {
+    server(&match view {
+        PeerView::Away => serde_json::json!({"v": 1, "t": "peer", "state": "away"}),
+        PeerView::Online(None) => {
+            serde_json::json!({"v": 1, "t": "peer", "state": "online", "raw": true})
+        }
+        PeerView::Online(Some(client)) => serde_json::json!({
+            "v": 1, "t": "peer", "state": "online", "raw": false,
+            "sid": format!("{:016x}", client.sid), "gen": client.generation,
+        }),
+    })
+}
+
+/// The `goaway` a draining node sends.
+pub fn goaway() -> Bytes {
+    server(&serde_json::json!({"v": 1, "t": "goaway", "reason": "drain"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut frame = BytesMut::new();
+        frame.put_u8(kind);
+        put_varint(&mut frame, seq);
+        frame.put_slice(payload);
+        frame.to_vec()
+    }
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, value);
+            assert_eq!(read_varint(&buf), Ok((value, buf.len())), "{value}");
+        }
+    }
+
+    #[test]
+    fn varints_that_overflow_or_never_end_are_refused() {
+        assert_eq!(read_varint(&[0x80; 10]), Err(FrameError::Varint));
+        let mut too_big = vec![0xff; 9];
+        too_big.push(0x02);
+        assert_eq!(read_varint(&too_big), Err(FrameError::Varint));
+        assert_eq!(read_varint(&[0x80]), Err(FrameError::Varint));
+        assert_eq!(read_varint(&[]), Err(FrameError::Varint));
+    }
+
+    #[test]
+    fn data_parses_and_unwraps_to_its_payload() {
+        let frame = data(DATA_TEXT, 300, "héllo".as_bytes());
+        assert_eq!(
+            ClientFrame::parse(&frame),
+            Ok(ClientFrame::Data {
+                seq: 300,
+                text: true,
+                header_len: 3
+            })
+        );
+        let (kind, payload) = unwrap_data(&Bytes::from(frame)).unwrap();
+        assert_eq!(
+            (kind, &payload[..]),
+            (MessageKind::Text, "héllo".as_bytes())
+        );
+        assert_eq!(
+            ClientFrame::parse(&data(DATA_TEXT, 1, &[0xff])),
+            Err(FrameError::Utf8)
+        );
+    }
+
+    #[test]
+    fn a_raw_message_becomes_unnumbered_data() {
+        let wrapped = wrap_unnumbered(MessageKind::Binary, &[9, 9]);
+        assert_eq!(&wrapped[..], &[DATA_BINARY, 0, 9, 9]);
+        assert_eq!(
+            ClientFrame::parse(&wrapped),
+            Ok(ClientFrame::Data {
+                seq: 0,
+                text: false,
+                header_len: 2
+            })
+        );
+    }
+
+    #[test]
+    fn acks_parse_exactly() {
+        let mut frame = vec![ACK];
+        frame.extend_from_slice(&7u64.to_be_bytes());
+        frame.push(42);
+        assert_eq!(
+            ClientFrame::parse(&frame),
+            Ok(ClientFrame::Ack { sid: 7, hw: 42 })
+        );
+        assert_eq!(ClientFrame::ack_of(&frame), Some((7, 42)));
+        frame.push(0);
+        assert_eq!(ClientFrame::parse(&frame), Err(FrameError::ShortAck));
+        assert_eq!(ClientFrame::parse(&frame[..5]), Err(FrameError::ShortAck));
+    }
+
+    #[test]
+    fn peer_frames_must_be_typed_json_and_a_sync_states_positions() {
+        let peer = |json: &str| {
+            let mut frame = vec![PEER];
+            frame.extend_from_slice(json.as_bytes());
+            ClientFrame::parse(&frame)
+        };
+        assert_eq!(peer(r#"{"v":1,"t":"bye"}"#), Ok(ClientFrame::Peer(None)));
+        assert_eq!(
+            peer(r#"{"v":1,"t":"sync","tx":{"base":3,"next":9},"rx":{"sid":null,"hw":0}}"#),
+            Ok(ClientFrame::Peer(Some(SyncPositions { base: 3, next: 9 })))
+        );
+        assert!(peer(r#"{"v":1,"t":"sync","tx":{"base":9,"next":3}}"#).is_err());
+        assert!(peer("not json").is_err());
+        assert!(peer(r#"{"v":1}"#).is_err());
+    }
+
+    #[test]
+    fn kinds_a_client_may_not_send_are_refused() {
+        assert_eq!(ClientFrame::parse(&[]), Err(FrameError::Empty));
+        assert_eq!(
+            ClientFrame::parse(&[SERVER, b'{', b'}']),
+            Err(FrameError::Kind(SERVER))
+        );
+        assert_eq!(ClientFrame::parse(&[0x42]), Err(FrameError::Kind(0x42)));
+    }
+
+    #[test]
+    fn server_frames_are_typed_json() {
+        let frame = peer(PeerView::Online(Some(ClientId {
+            sid: 0xab,
+            generation: 2,
+        })));
+        assert_eq!(frame[0], SERVER);
+        let value: serde_json::Value = serde_json::from_slice(&frame[1..]).unwrap();
+        assert_eq!(value["sid"], "00000000000000ab");
+        assert_eq!(value["state"], "online");
+    }
+}

@@ -1,0 +1,239 @@
+//! The end-to-end window a node enforces on its v1 client (PROTOCOL.md §7): at most `msgs`
+//! numbered messages, and `bytes` of their payloads, sent and not acknowledged.
+//!
+//! The node sees both ends of the count: the client's DATA as it reads them, and the peer's
+//! ACKs for the client's stream as it writes them to the client, so its view of what is
+//! acknowledged is never behind the client's. A client that reconnected states in its `sync`
+//! what it has outstanding; the sizes of messages sent on an earlier connection are learnt when
+//! they are resent (until then they count as empty), so the node is never stricter than the
+//! client's own library.
+
+use std::collections::VecDeque;
+
+use super::frame::SyncPositions;
+
+/// Why a client is closed with 4008.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// Numbered DATA before the client's `sync` on this connection.
+    #[error("numbered DATA before sync")]
+    NoSync,
+    /// A position beyond the next new one.
+    #[error("DATA skipped ahead to {seq} (next is {next})")]
+    Skip {
+        /// The position sent.
+        seq: u64,
+        /// The position expected at most.
+        next: u64,
+    },
+    /// More messages or bytes outstanding than the window allows.
+    #[error("window exceeded: {msgs} messages, {bytes} bytes unacknowledged")]
+    Exceeded {
+        /// Messages outstanding.
+        msgs: u64,
+        /// Payload bytes outstanding (of those the node saw).
+        bytes: u64,
+    },
+}
+
+/// What one v1 session's client has outstanding.
+#[derive(Debug)]
+pub struct Window {
+    max_msgs: u64,
+    max_bytes: u64,
+    synced: bool,
+    /// Every position up to this one is acknowledged.
+    acked: u64,
+    /// The position of the next new message.
+    next: u64,
+    /// Payload sizes of positions `acked + 1 .. next`, 0 while unknown.
+    sizes: VecDeque<u32>,
+    bytes: u64,
+}
+
+impl Window {
+    /// A window of `max_msgs` messages and `max_bytes` payload bytes.
+    pub fn new(max_msgs: u32, max_bytes: u64) -> Window {
+        Window {
+            max_msgs: u64::from(max_msgs),
+            max_bytes,
+            synced: false,
+            acked: 0,
+            next: 1,
+            sizes: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The client's own `sync`: what it has outstanding.
+    pub fn on_sync(&mut self, positions: SyncPositions) -> Result<(), Violation> {
+        self.synced = true;
+        if positions.next > self.next {
+            let unseen = positions.next - self.next;
+            // More than a window unacknowledged is refused below before anything is stored.
+            if unseen <= self.max_msgs + 1 {
+                self.sizes.extend((0..unseen).map(|_| 0));
+            }
+            self.next = positions.next;
+        }
+        self.acknowledge(positions.base - 1);
+        self.check()
+    }
+
+    /// The peer acknowledged the client's stream up to `hw` (the ACK is being written to
+    /// the client).
+    pub fn on_ack(&mut self, hw: u64) {
+        if !self.synced {
+            self.acked = self.acked.max(hw);
+            self.next = self.next.max(self.acked + 1);
+            return;
+        }
+        self.acknowledge(hw.min(self.next - 1));
+    }
+
+    /// The client sent DATA at `seq` with `len` payload bytes.
+    pub fn on_data(&mut self, seq: u64, len: usize) -> Result<(), Violation> {
+        if seq == 0 {
+            return Ok(());
+        }
+        if !self.synced {
+            return Err(Violation::NoSync);
+        }
+        if seq <= self.acked {
+            return Ok(());
+        }
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        if seq < self.next {
+            let index = (seq - self.acked - 1) as usize;
+            if let Some(size) = self.sizes.get_mut(index)
+                && *size == 0
+            {
+                *size = len;
+                self.bytes += u64::from(len);
+            }
+        } else if seq == self.next {
+            self.sizes.push_back(len);
+            self.bytes += u64::from(len);
+            self.next += 1;
+        } else {
+            return Err(Violation::Skip {
+                seq,
+                next: self.next,
+            });
+        }
+        self.check()
+    }
+
+    fn acknowledge(&mut self, hw: u64) {
+        while self.acked < hw {
+            self.acked += 1;
+            if let Some(size) = self.sizes.pop_front() {
+                self.bytes -= u64::from(size);
+            }
+        }
+        if self.sizes.is_empty() && self.sizes.capacity() > 64 {
+            self.sizes = VecDeque::new();
+        }
+    }
+
+    fn check(&self) -> Result<(), Violation> {
+        let msgs = self.next - 1 - self.acked;
+        let too_many = msgs > self.max_msgs;
+        // One message alone may be as large as a frame may be.
+        let too_big = self.bytes > self.max_bytes && msgs > 1;
+        if too_many || too_big {
+            return Err(Violation::Exceeded {
+                msgs,
+                bytes: self.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced(msgs: u32, bytes: u64) -> Window {
+        let mut window = Window::new(msgs, bytes);
+        window.on_sync(SyncPositions { base: 1, next: 1 }).unwrap();
+        window
+    }
+
+    #[test]
+    fn numbered_data_needs_a_sync_first_but_unnumbered_does_not() {
+        let mut window = Window::new(4, 100);
+        assert_eq!(window.on_data(0, 10), Ok(()));
+        assert_eq!(window.on_data(1, 10), Err(Violation::NoSync));
+    }
+
+    #[test]
+    fn the_window_closes_at_its_message_count_and_acks_reopen_it() {
+        let mut window = synced(2, 1000);
+        window.on_data(1, 1).unwrap();
+        window.on_data(2, 1).unwrap();
+        assert!(matches!(
+            window.on_data(3, 1),
+            Err(Violation::Exceeded { msgs: 3, .. })
+        ));
+        let mut window = synced(2, 1000);
+        window.on_data(1, 1).unwrap();
+        window.on_data(2, 1).unwrap();
+        window.on_ack(1);
+        assert_eq!(window.on_data(3, 1), Ok(()));
+        // A resend of an acknowledged or outstanding message adds nothing.
+        assert_eq!(window.on_data(1, 1), Ok(()));
+        assert_eq!(window.on_data(3, 1), Ok(()));
+    }
+
+    #[test]
+    fn the_window_closes_at_its_bytes_but_one_message_may_fill_it_alone() {
+        let mut window = synced(10, 100);
+        assert_eq!(window.on_data(1, 150), Ok(()));
+        assert!(window.on_data(2, 1).is_err());
+        let mut window = synced(10, 100);
+        window.on_data(1, 60).unwrap();
+        window.on_ack(1);
+        window.on_data(2, 60).unwrap();
+        assert!(matches!(
+            window.on_data(3, 60),
+            Err(Violation::Exceeded { bytes: 120, .. })
+        ));
+    }
+
+    #[test]
+    fn skipping_ahead_is_a_violation() {
+        let mut window = synced(10, 100);
+        assert_eq!(
+            window.on_data(2, 1),
+            Err(Violation::Skip { seq: 2, next: 1 })
+        );
+    }
+
+    #[test]
+    fn a_resumed_client_states_its_outstanding_messages_and_resends_them() {
+        let mut window = Window::new(4, 100);
+        window.on_ack(40);
+        window
+            .on_sync(SyncPositions { base: 41, next: 44 })
+            .unwrap();
+        // Sent on an earlier connection: sizes learnt as they are resent.
+        window.on_data(41, 30).unwrap();
+        window.on_data(42, 30).unwrap();
+        window.on_data(44, 30).unwrap();
+        assert!(window.on_data(45, 1).is_err());
+        let mut window = Window::new(4, 100);
+        assert!(window.on_sync(SyncPositions { base: 1, next: 10 }).is_err());
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_cannot_open_the_window_ahead() {
+        let mut window = synced(2, 1000);
+        window.on_data(1, 1).unwrap();
+        window.on_ack(1_000);
+        window.on_data(2, 1).unwrap();
+        window.on_data(3, 1).unwrap();
+        assert!(window.on_data(4, 1).is_err());
+    }
+}
