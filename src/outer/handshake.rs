@@ -225,19 +225,25 @@ pub fn check<B>(
 
 /// Parses the `sid` and `gen` parameters of a v1 client.
 fn parse_v1_query(query: &str) -> Result<ClientId, HandshakeError> {
-    let mut sid = None;
-    let mut generation = None;
+    let [sid, generation] = query_values(query, ["sid", "gen"])?;
+    ClientId::parse(sid.as_deref(), generation.as_deref()).map_err(HandshakeError::BadV1)
+}
+
+/// The percent-decoded values of the parameters `names` (others are ignored); a repeated one is
+/// an error.
+fn query_values<'a, const N: usize>(
+    query: &'a str,
+    names: [&'static str; N],
+) -> Result<[Option<std::borrow::Cow<'a, str>>; N], HandshakeError> {
+    let mut values = [const { None }; N];
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let (slot, param) = match name.as_ref() {
-            "sid" => (&mut sid, "sid"),
-            "gen" => (&mut generation, "gen"),
-            _ => continue,
-        };
-        if slot.replace(value).is_some() {
-            return Err(HandshakeError::Repeated(param));
+        if let Some(i) = names.iter().position(|param| *param == name)
+            && values[i].replace(value).is_some()
+        {
+            return Err(HandshakeError::Repeated(names[i]));
         }
     }
-    ClientId::parse(sid.as_deref(), generation.as_deref()).map_err(HandshakeError::BadV1)
+    Ok(values)
 }
 
 /// The one value of `name`; absent or repeated is an error naming `spelling`.
@@ -280,18 +286,7 @@ fn check_key(key: &HeaderValue) -> Result<(), HandshakeError> {
 
 /// Parses `type=app|web&channelId=ID`, percent-decoding values.
 pub fn parse_query(query: &str) -> Result<PairRequest, HandshakeError> {
-    let mut role = None;
-    let mut channel_id = None;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let (slot, param) = match name.as_ref() {
-            "type" => (&mut role, "type"),
-            "channelId" => (&mut channel_id, "channelId"),
-            _ => continue,
-        };
-        if slot.replace(value).is_some() {
-            return Err(HandshakeError::Repeated(param));
-        }
-    }
+    let [role, channel_id] = query_values(query, ["type", "channelId"])?;
     let role = role.ok_or(HandshakeError::Missing("type"))?;
     let channel_id = channel_id.ok_or(HandshakeError::Missing("channelId"))?;
     Ok(PairRequest {
