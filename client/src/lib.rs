@@ -1,0 +1,4 @@
+//! wspair-client
+#![warn(missing_docs)]
+
+pub mod frame;
