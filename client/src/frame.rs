@@ -453,7 +453,17 @@ mod tests {
 
     #[test]
     fn varint_lengths_match_encoding() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, u64::MAX] {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            u64::MAX,
+        ] {
             let mut buf = Vec::new();
             put_varint(&mut buf, v);
             assert_eq!(buf.len(), varint_len(v), "value {v}");
@@ -577,11 +587,15 @@ mod tests {
             (&[0x01], FrameError::VarintTruncated),
             (&[0x02, 0x80], FrameError::VarintTruncated),
             (
-                &[0x01, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
+                &[
+                    0x01, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+                ],
                 FrameError::VarintTooLong,
             ),
             (
-                &[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+                &[
+                    0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                ],
                 FrameError::VarintOverflow,
             ),
             (&[0x02, 0x01, 0xff, 0xfe], FrameError::InvalidUtf8),
@@ -626,7 +640,9 @@ mod tests {
 
     #[test]
     fn the_largest_varint_is_accepted() {
-        let bytes = [0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let bytes = [
+            0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
         let frame = Frame::decode(Bytes::copy_from_slice(&bytes)).unwrap();
         assert_eq!(
             frame,
@@ -642,7 +658,10 @@ mod tests {
     fn sid_hex_is_strict() {
         assert_eq!(sid_to_hex(0x5f0c_3a9e_71d2_b846), "5f0c3a9e71d2b846");
         assert_eq!(sid_to_hex(1), "0000000000000001");
-        assert_eq!(sid_from_hex("5f0c3a9e71d2b846"), Some(0x5f0c_3a9e_71d2_b846));
+        assert_eq!(
+            sid_from_hex("5f0c3a9e71d2b846"),
+            Some(0x5f0c_3a9e_71d2_b846)
+        );
         assert_eq!(sid_from_hex("+f0c3a9e71d2b846"), None);
         assert_eq!(sid_from_hex("5f0c3a9e71d2b8"), None);
     }

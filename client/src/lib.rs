@@ -1,4 +1,6 @@
 //! wspair-client
 #![warn(missing_docs)]
 
+pub mod event;
 pub mod frame;
+pub mod protocol;
