@@ -57,9 +57,13 @@ pub struct Config {
 
 impl Config {
     /// The defaults for `urls`, `channel_id` and `role`.
-    pub fn new(urls: Vec<String>, channel_id: impl Into<String>, role: Role) -> Config {
+    pub fn new<U: Into<String>>(
+        urls: impl IntoIterator<Item = U>,
+        channel_id: impl Into<String>,
+        role: Role,
+    ) -> Config {
         Config {
-            urls,
+            urls: urls.into_iter().map(Into::into).collect(),
             channel_id: channel_id.into(),
             role,
             raw_fallback: false,
