@@ -300,3 +300,30 @@ async fn a_client_replaced_by_another_stops() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_refused_reconnect_is_reported_and_retried() {
+    within(async {
+        let relay = Relay::start(1).await;
+        let mut a = Client::connect(config(&relay, Role::App)).await.unwrap();
+        relay.refuse(409, "held");
+        // The move asked by goaway is refused until the relay accepts again.
+        relay.goaway("app");
+        let (e, _) = until(&mut a, |e| matches!(e, Event::Refused { .. })).await;
+        assert_eq!(
+            e,
+            Event::Refused {
+                status: 409,
+                reason: "held".into()
+            }
+        );
+        relay.accept();
+        let (e, _) = until(&mut a, |e| matches!(e, Event::Connected { .. })).await;
+        assert!(
+            matches!(e, Event::Connected { r#gen, .. } if r#gen > 2),
+            "{e:?}"
+        );
+        assert!(a.stats().reconnects >= 1);
+    })
+    .await;
+}

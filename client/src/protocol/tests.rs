@@ -903,3 +903,68 @@ fn two_machines_exchange_exactly_once_in_order_across_reconnects() {
         simulate(seed, 3000);
     }
 }
+
+#[test]
+fn a_sync_trim_frees_the_window_only_once_the_node_can_know() {
+    let now = Instant::now();
+    let mut p = connected(A, now, 2, 1 << 20);
+    p.on_frame(online(B, 1), now);
+    p.on_frame(sync_frame(B, 1, 1, 1, None, 0), now);
+    p.send(true, "a".into(), now).unwrap();
+    p.send(true, "b".into(), now).unwrap();
+    frames(&mut p);
+    // The peer's sync says it has both: they leave the outbox...
+    p.on_frame(sync_reply(B, 1, 1, 1, Some(A), 2, false), now);
+    assert_eq!(p.outbox_len(), 0);
+    // ...but the node counts from ACKs and this client's own syncs, so the window stays full.
+    assert_eq!(p.send(true, "c".into(), now), Err(SendError::WindowFull));
+    p.on_frame(Frame::Ack { sid: A, hw: 2 }, now);
+    assert_eq!(p.send(true, "c".into(), now), Ok(3));
+}
+
+#[test]
+fn a_sync_of_the_same_stream_that_skipped_ahead_is_a_reset() {
+    let now = Instant::now();
+    let mut p = synced(B, A, now);
+    p.on_frame(data(1, "a"), now);
+    events(&mut p);
+    // The sender no longer has 2..=4: they are lost, and said so.
+    p.on_frame(sync_frame(A, 2, 5, 6, Some(B), 0), now);
+    let ev = events(&mut p);
+    assert!(ev.contains(&Event::StreamReset {
+        old_sid: A,
+        delivered_hw: 1
+    }));
+    assert_eq!(p.rx_hw(), 4);
+    p.on_frame(data(5, "e"), now);
+    assert_eq!(message_seqs(&events(&mut p)), vec![5]);
+}
+
+#[test]
+fn numbered_data_of_the_peer_waits_for_its_sync_after_an_own_reconnect() {
+    let now = Instant::now();
+    let mut p = synced(B, A, now);
+    p.on_frame(data(1, "a"), now);
+    p.on_disconnected(now);
+    p.on_connected(2, now);
+    p.on_frame(welcome(2, 1024, 1 << 20), now);
+    p.on_frame(online(A, 1), now);
+    let own = syncs(&frames(&mut p));
+    assert_eq!(
+        own[0].rx,
+        RxPos {
+            sid: Some(A),
+            hw: 1
+        },
+        "the sync states what was received"
+    );
+    p.on_frame(data(2, "b"), now);
+    assert_eq!(
+        message_seqs(&events(&mut p)),
+        vec![1],
+        "2 came before A's sync: dropped"
+    );
+    p.on_frame(sync_frame(A, 1, 2, 3, Some(B), 0), now);
+    p.on_frame(data(2, "b"), now);
+    assert_eq!(message_seqs(&events(&mut p)), vec![2]);
+}

@@ -96,6 +96,11 @@ impl Relay {
         self.state.lock().unwrap().refuse = Some((status, reason.into()));
     }
 
+    /// Stop refusing handshakes.
+    pub fn accept(&self) {
+        self.state.lock().unwrap().refuse = None;
+    }
+
     /// Answer without echoing the subprotocol.
     pub fn no_echo(&self) {
         self.state.lock().unwrap().no_echo = true;
