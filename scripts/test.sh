@@ -24,4 +24,4 @@ if ((${#missing[@]})); then
     fi
 fi
 
-cargo test --locked
+cargo test --locked -p wspair -p wspair-client

@@ -203,26 +203,22 @@ impl Client {
     /// Sends a text message; waits while the window is full. Returns its seq (0 when the peer
     /// is raw: sent unnumbered, at most once).
     pub async fn send_text(&self, text: impl Into<String>) -> Result<u64, Error> {
-        self.send(true, Bytes::from(text.into())).await
+        self.handle().send_text(text).await
     }
 
     /// Sends a binary message; waits while the window is full. Returns its seq (0 when the
     /// peer is raw).
     pub async fn send_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
-        self.send(false, payload.into()).await
+        self.handle().send_binary(payload).await
     }
 
-    async fn send(&self, text: bool, payload: Bytes) -> Result<u64, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Send {
-                text,
-                payload,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+    /// A cloneable handle that sends, reconnects and reads the counters while another task
+    /// takes events from this client.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            cmd: self.cmd.clone(),
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The next event, or `None` once the client has stopped. A message handed out here counts
@@ -246,10 +242,7 @@ impl Client {
     /// Drops the current socket abruptly (no close frame) and reconnects to the next URL;
     /// returns once a new connection is welcomed, or the client stopped.
     pub async fn reconnect(&self) {
-        let (done, rx) = oneshot::channel();
-        if self.cmd.send(Command::Reconnect { done }).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.handle().reconnect().await;
     }
 
     /// Leaves for good: waits up to `close_timeout` for the outbox to empty, sends `bye`, and
@@ -262,6 +255,59 @@ impl Client {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// The sending side of a [`Client`], for a task other than the one taking its events.
+#[derive(Clone)]
+pub struct Handle {
+    cmd: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// As [`Client::send_text`].
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<u64, Error> {
+        self.send(true, Bytes::from(text.into())).await
+    }
+
+    /// As [`Client::send_binary`].
+    pub async fn send_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.send(false, payload.into()).await
+    }
+
+    async fn send(&self, text: bool, payload: Bytes) -> Result<u64, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Send {
+                text,
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// As [`Client::reconnect`].
+    pub async fn reconnect(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.cmd.send(Command::Reconnect { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// As [`Client::stats`].
+    pub fn stats(&self) -> Stats {
+        *lock(&self.shared.stats)
     }
 }
 

@@ -49,7 +49,7 @@ pub mod event;
 pub mod frame;
 pub mod protocol;
 
-pub use client::{Client, Stats};
+pub use client::{Client, Handle, Stats};
 pub use config::{Config, Role};
 pub use connection::SUBPROTOCOL;
 pub use error::Error;

@@ -476,33 +476,6 @@ impl Busy {
     }
 }
 
-/// Arguments for a `wspair serve` process in the cluster on `redis_url`, with the timeouts
-/// of [`crate::harness::cluster_config`].
-fn process_cluster_args(redis_url: &str) -> Vec<String> {
-    [
-        "--registry-redis",
-        redis_url,
-        "--registry-node-ttl",
-        "2s",
-        "--registry-timeout",
-        "500ms",
-        "--inner-ip",
-        "127.0.0.1",
-        "--inner-port",
-        "0",
-        "--inner-secret",
-        crate::harness::SECRET,
-        "--inner-heartbeat-interval",
-        "200ms",
-        "--inner-link-timeout",
-        "1s",
-        "--inner-connect-timeout",
-        "2s",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 /// Connects to `url`, retrying refused or failed upgrades until `within` has passed; with
 /// `send_buffer`, over a socket whose SO_SNDBUF is fixed at that.
 async fn connect_retrying(url: &str, send_buffer: Option<u32>, within: Duration) -> Client {
@@ -533,7 +506,7 @@ async fn a_paused_node_comes_back_without_losing_pairs() {
     const LATE_MOVE: Duration = Duration::from_millis(2500);
     const PAUSE: Duration = Duration::from_millis(4000);
     let redis = RedisServer::start();
-    let args = process_cluster_args(&redis.url());
+    let args = crate::harness::process_cluster_args(&redis.url());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let nodes = [
         ProcessNode::start(&args),
@@ -1114,7 +1087,7 @@ async fn a_claim_whose_peer_node_is_silent_is_refused_with_503_and_leaves_no_rou
     use crate::harness::http::{UPGRADE_HEADERS, request};
     use crate::harness::process::ProcessNode;
     let redis = RedisServer::start();
-    let args = process_cluster_args(&redis.url());
+    let args = crate::harness::process_cluster_args(&redis.url());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node_a = ProcessNode::start(&args);
     let node_b = TestNode::start_in_cluster(vec![redis.url()], |c| {
@@ -1320,7 +1293,7 @@ async fn a_client_of_a_killed_node_sends_from_its_new_node_at_once() {
     let ttl = |c: &mut wspair::Config| c.registry.node_ttl = node_ttl;
     let node_a = TestNode::start_in_cluster(vec![redis.url()], ttl).await;
     let node_c = TestNode::start_in_cluster(vec![redis.url()], ttl).await;
-    let mut args = process_cluster_args(&redis.url());
+    let mut args = crate::harness::process_cluster_args(&redis.url());
     let at = args
         .iter()
         .position(|arg| arg == "--registry-node-ttl")

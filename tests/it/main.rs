@@ -13,3 +13,4 @@ mod protocol;
 mod relay;
 mod tidy;
 mod v1;
+mod v1_resume;

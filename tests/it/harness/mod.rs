@@ -7,6 +7,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod v1flow;
 pub mod v1wire;
 
 use std::net::SocketAddr;
@@ -133,6 +134,33 @@ pub fn cluster_config(config: &mut Config, redis_urls: Vec<String>) {
     config.inner.heartbeat_interval = Duration::from_millis(200);
     config.inner.link_timeout = Duration::from_secs(1);
     config.inner.connect_timeout = Duration::from_secs(2);
+}
+
+/// Arguments for a `wspair serve` process in the cluster on `redis_url`, with the timeouts
+/// of [`crate::harness::cluster_config`].
+pub fn process_cluster_args(redis_url: &str) -> Vec<String> {
+    [
+        "--registry-redis",
+        redis_url,
+        "--registry-node-ttl",
+        "2s",
+        "--registry-timeout",
+        "500ms",
+        "--inner-ip",
+        "127.0.0.1",
+        "--inner-port",
+        "0",
+        "--inner-secret",
+        crate::harness::SECRET,
+        "--inner-heartbeat-interval",
+        "200ms",
+        "--inner-link-timeout",
+        "1s",
+        "--inner-connect-timeout",
+        "2s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 impl TestNode {
