@@ -513,12 +513,16 @@ impl Hub {
             return Err(Undelivered::NoSession);
         }
         // A v1 frame from a sender session that is no longer the peer (a half-open socket
-        // whose client reconnected elsewhere) must not arrive after its successor's `sync`.
-        // Its credit is settled as if it had been written.
-        if message.kind == crate::pair::MessageKind::V1
-            && !matches!(slots_peer(&sessions, channel_id, role),
-                Some(Peer::Remote(peer)) if peer.incarnation() == sender)
-        {
+        // whose client reconnected elsewhere) must not arrive after its successor's `sync`,
+        // which comes after the successor's `Bound` and so after it is recorded here. With no
+        // record at all the frame is delivered: no successor is known. A dropped frame's
+        // credit is settled as if it had been written.
+        let superseded = match slots_peer(&sessions, channel_id, role) {
+            Some(Peer::Remote(peer)) => peer.incarnation() != sender,
+            Some(Peer::Local(_)) => true,
+            None => false,
+        };
+        if message.kind == crate::pair::MessageKind::V1 && superseded {
             let mut ledger = handle.credit.ledger();
             let due = match ledger.receive(sender, seq) {
                 Receipt::Credited { .. } => ledger.written(sender, 1),
@@ -818,6 +822,55 @@ mod tests {
         assert!(first.handle.stop.is_cancelled());
         third.evict_displaced();
         assert_eq!(hub.local(&id(1), Role::Web).unwrap().id, third.handle.id);
+    }
+
+    #[test]
+    fn a_newer_generation_of_a_v1_client_displaces_it_whatever_the_policy() {
+        let hub = hub(DuplicatePolicy::Reject);
+        let client = |generation| Some(ClientId { sid: 7, generation });
+        let (first, _rx) = hub.claim(id(1), Role::App, client(1)).unwrap();
+        let (mut second, _rx2) = hub.claim(id(1), Role::App, client(2)).unwrap();
+        second.evict_displaced();
+        assert!(first.handle.stop.is_cancelled());
+        let stale = hub.claim(id(1), Role::App, client(2)).unwrap_err();
+        assert!(stale.stale);
+        let other = hub
+            .claim(
+                id(1),
+                Role::App,
+                Some(ClientId {
+                    sid: 8,
+                    generation: 9,
+                }),
+            )
+            .unwrap_err();
+        assert!(!other.stale);
+    }
+
+    #[test]
+    fn a_v1_session_is_woken_when_its_peer_comes_and_goes() {
+        let hub = hub(DuplicatePolicy::Replace);
+        let (web, _rx) = hub
+            .claim(
+                id(1),
+                Role::Web,
+                Some(ClientId {
+                    sid: 7,
+                    generation: 1,
+                }),
+            )
+            .unwrap();
+        let watch = web.handle.watch.clone().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Once at the start, so the session looks at its peer.
+        assert_eq!(watch.poll_changed(&mut cx), Poll::Ready(()));
+        assert_eq!(watch.poll_changed(&mut cx), Poll::Pending);
+        let (app, _rx2) = hub.claim(id(1), Role::App, None).unwrap();
+        assert_eq!(watch.poll_changed(&mut cx), Poll::Ready(()));
+        drop(app);
+        assert_eq!(watch.poll_changed(&mut cx), Poll::Ready(()));
+        assert!(hub.peer(&id(1), Role::App).is_none());
     }
 
     #[test]

@@ -73,10 +73,6 @@ impl Route {
         }
     }
 
-    fn decode(text: &str) -> Option<Route> {
-        Route::decode_with(text).map(|(route, _)| route)
-    }
-
     fn decode_with(text: &str) -> Option<(Route, Option<ClientId>)> {
         let mut parts = text.splitn(3, ':');
         let route = Route {
@@ -91,13 +87,17 @@ impl Route {
     }
 }
 
+/// A route and the v1 identity of its holder's client (`None`: a raw client), as a route key
+/// holds them.
+pub type Holder = (Route, Option<ClientId>);
+
 /// What [`RedisRegistry::claim`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The route is written; it replaced `displaced`, if any.
     Written {
         /// The route it overwrote, and that holder's v1 identity.
-        displaced: Option<(Route, Option<ClientId>)>,
+        displaced: Option<Holder>,
     },
     /// A newer connection of the same v1 client holds the role; nothing was written.
     Stale(Route),
@@ -386,11 +386,11 @@ impl RedisRegistry {
         &self,
         channel_id: &ChannelId,
         role: Role,
-    ) -> Result<Option<Route>, RegistryError> {
+    ) -> Result<Option<Holder>, RegistryError> {
         let value: Option<String> = self
             .query(redis::cmd("GET").arg(route_key(channel_id, role)).clone())
             .await?;
-        Ok(value.as_deref().and_then(Route::decode))
+        Ok(value.as_deref().and_then(Route::decode_with))
     }
 
     /// Claims `role` of `channel_id` for `mine` and reads the peer's route, in one round trip.
@@ -400,11 +400,11 @@ impl RedisRegistry {
         &self,
         channel_id: &ChannelId,
         role: Role,
-        (mine, client): (Route, Option<ClientId>),
+        (mine, client): Holder,
         reject: bool,
         live: &[NodeId],
         dead: &[NodeId],
-    ) -> Result<(ClaimOutcome, Option<Route>), RegistryError> {
+    ) -> Result<(ClaimOutcome, Option<Holder>), RegistryError> {
         let list = |nodes: &[NodeId]| {
             let mut text = String::from(",");
             for node in nodes {
@@ -432,7 +432,7 @@ impl RedisRegistry {
             )
             .await?;
         let current = current.as_deref().and_then(Route::decode_with);
-        let peer = peer.as_deref().and_then(Route::decode);
+        let peer = peer.as_deref().and_then(Route::decode_with);
         let outcome = match (status, current) {
             (1, displaced) => ClaimOutcome::Written { displaced },
             (0, Some((holder, _))) => ClaimOutcome::Held(holder),
@@ -452,7 +452,7 @@ impl RedisRegistry {
     pub async fn routes(
         &self,
         channel_id: &ChannelId,
-    ) -> Result<(Option<Route>, Option<Route>), RegistryError> {
+    ) -> Result<(Option<Holder>, Option<Holder>), RegistryError> {
         let (app, web): (Option<String>, Option<String>) = self
             .query(
                 redis::cmd("MGET")
@@ -461,7 +461,7 @@ impl RedisRegistry {
                     .clone(),
             )
             .await?;
-        let decode = |value: Option<String>| value.as_deref().and_then(Route::decode);
+        let decode = |value: Option<String>| value.as_deref().and_then(Route::decode_with);
         Ok((decode(app), decode(web)))
     }
 
@@ -588,7 +588,15 @@ mod tests {
             node: NodeId::from_u64(0xabc).unwrap(),
             session: 77,
         };
-        assert_eq!(Route::decode(&route.encode()), Some(route));
-        assert_eq!(Route::decode("nonsense"), None);
+        assert_eq!(Route::decode_with(&route.encode()), Some((route, None)));
+        let client = ClientId {
+            sid: 0xab,
+            generation: 9,
+        };
+        assert_eq!(
+            Route::decode_with(&route.encode_with(Some(client))),
+            Some((route, Some(client)))
+        );
+        assert_eq!(Route::decode_with("nonsense"), None);
     }
 }

@@ -48,7 +48,7 @@ use crate::inner::link::LinkContext;
 use crate::metrics::Metrics;
 use crate::node::{NodeId, NodeInfo};
 use crate::pair::{ChannelId, Message, Role};
-use crate::registry::{ClaimOutcome, RedisRegistry, RegistryError, Route};
+use crate::registry::{ClaimOutcome, Holder, RedisRegistry, RegistryError, Route};
 use crate::v1::ClientId;
 
 /// Claims that lose a compare-and-set race are retried this many times.
@@ -344,7 +344,7 @@ impl Router {
         &self,
         cluster: &Cluster,
         claim: &mut Claim,
-    ) -> Result<Option<Route>, ClaimError> {
+    ) -> Result<Option<Holder>, ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
         let mine = Route {
             node: self.me.id,
@@ -402,7 +402,7 @@ impl Router {
         &self,
         cluster: &Cluster,
         claim: &Claim,
-        peer: Option<Route>,
+        peer: Option<Holder>,
     ) -> Result<(), ClaimError> {
         let (channel_id, role) = (claim.channel_id, claim.role);
         // A peer's `Bound` that arrived while this claim ran names a session at least as new as
@@ -410,16 +410,16 @@ impl Router {
         // of them trusted (a record from before the claim may be stale as well).
         let mut peer = peer;
         if let Some(Peer::Remote(recorded)) = self.hub.peer(&channel_id, role.peer())
-            && peer != Some(recorded.incarnation())
+            && peer.map(|(route, _)| route) != Some(recorded.incarnation())
         {
             peer = cluster.registry.route(&channel_id, role.peer()).await?;
         }
-        if let Some(route) = peer {
+        if let Some((route, _)) = peer {
             self.learn_if_unknown(route.node).await;
         }
-        if let Some(peer) = peer
+        if let Some((peer, peer_client)) = peer
             && peer.node != self.me.id
-            && let Some(remote) = self.remote_peer(peer, None)
+            && let Some(remote) = self.remote_peer(peer, peer_client)
         {
             let incarnation = remote.incarnation();
             self.hub.set_remote(&channel_id, role.peer(), remote);
@@ -482,7 +482,9 @@ impl Router {
                 node: router.me.id,
                 session,
             };
-            let Some(route) = peer.filter(|_| mine == Some(me)) else {
+            let Some((route, peer_client)) =
+                peer.filter(|_| mine.map(|(route, _)| route) == Some(me))
+            else {
                 return;
             };
             if route.node == router.me.id {
@@ -497,7 +499,7 @@ impl Router {
             if !still_alone {
                 return;
             }
-            let Some(remote) = router.remote_peer(route, None) else {
+            let Some(remote) = router.remote_peer(route, peer_client) else {
                 return;
             };
             let client = router
