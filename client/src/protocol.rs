@@ -618,12 +618,15 @@ impl Protocol {
             self.send_sync(false);
         }
 
-        // Sender: trim what the peer has, resend the rest in order (§3).
-        if sync.rx.sid == Some(self.sid) {
-            let hw = sync.rx.hw.min(self.next_seq - 1);
-            self.trim_outbox(hw);
-        }
-        for entry in &self.outbox {
+        // Sender: resend, in order, what the peer's library has not received (§3). What it
+        // has received stays in the outbox until its application took it and an ACK says so:
+        // only an ACK releases a message.
+        let received = if sync.rx.sid == Some(self.sid) {
+            sync.rx.hw
+        } else {
+            0
+        };
+        for entry in self.outbox.iter().filter(|entry| entry.seq > received) {
             self.frames.push_back(data_frame(entry));
         }
         self.sent_upto = self.next_seq - 1;

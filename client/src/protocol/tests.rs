@@ -224,10 +224,12 @@ fn resume_after_reconnect_trims_by_rx_hw_and_resends_the_rest() {
     assert_eq!(
         data_seqs(&out),
         vec![4, 5],
-        "trimmed by rx.hw, the rest resent in order"
+        "what the peer received is skipped, the rest resent in order"
     );
+    assert_eq!(p.outbox_len(), 4, "only an ACK releases a message");
+    assert_eq!(p.acked(), 1);
+    p.on_frame(Frame::Ack { sid: A, hw: 3 }, later);
     assert_eq!(p.outbox_len(), 2);
-    assert_eq!(p.acked(), 1, "a sync trims, only an ACK acknowledges");
     assert_eq!(p.connections(), 2);
 }
 
@@ -905,7 +907,7 @@ fn two_machines_exchange_exactly_once_in_order_across_reconnects() {
 }
 
 #[test]
-fn a_sync_trim_frees_the_window_only_once_the_node_can_know() {
+fn a_sync_releases_nothing_and_frees_no_window() {
     let now = Instant::now();
     let mut p = connected(A, now, 2, 1 << 20);
     p.on_frame(online(B, 1), now);
@@ -913,10 +915,12 @@ fn a_sync_trim_frees_the_window_only_once_the_node_can_know() {
     p.send(true, "a".into(), now).unwrap();
     p.send(true, "b".into(), now).unwrap();
     frames(&mut p);
-    // The peer's sync says it has both: they leave the outbox...
+    // The peer's sync says its library has both: nothing is resent, and nothing released
+    // (its application may not have taken them yet)...
     p.on_frame(sync_reply(B, 1, 1, 1, Some(A), 2, false), now);
-    assert_eq!(p.outbox_len(), 0);
-    // ...but the node counts from ACKs and this client's own syncs, so the window stays full.
+    assert!(data_seqs(&frames(&mut p)).is_empty());
+    assert_eq!(p.outbox_len(), 2);
+    // ...and the node counts from ACKs and this client's own syncs, so the window stays full.
     assert_eq!(p.send(true, "c".into(), now), Err(SendError::WindowFull));
     p.on_frame(Frame::Ack { sid: A, hw: 2 }, now);
     assert_eq!(p.send(true, "c".into(), now), Ok(3));
