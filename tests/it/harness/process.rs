@@ -16,8 +16,15 @@ pub struct ProcessNode {
 impl ProcessNode {
     /// Starts `wspair serve` with `args` on 127.0.0.1 and a free outer port.
     pub fn start(args: &[&str]) -> ProcessNode {
+        ProcessNode::start_on(0, args)
+    }
+
+    /// Starts `wspair serve` with `args` on 127.0.0.1 and outer port `port` (0: a free one),
+    /// so that a node can be started again where its clients look for it.
+    pub fn start_on(port: u16, args: &[&str]) -> ProcessNode {
+        let port = port.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wspair"))
-            .args(["serve", "--outer-ip", "127.0.0.1", "--outer-port", "0"])
+            .args(["serve", "--outer-ip", "127.0.0.1", "--outer-port", &port])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -89,14 +96,57 @@ impl ProcessNode {
     }
 
     /// SIGSTOP: the process stops running (its sockets stay open, nothing answers), as a
-    /// node does in a long GC pause, a frozen VM or a stopped container.
+    /// node does in a long GC pause, a frozen VM or a stopped container. Returns once every
+    /// thread has stopped: a thread running on another CPU stops only on its way back from
+    /// the kernel, after `kill` has returned.
     pub fn pause(&self) {
         self.signal("STOP");
+        let pid = self.child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} did not stop after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether every thread of the process is stopped (state `T` in `/proc/PID/task/*/stat`).
+    fn stopped(&self) -> bool {
+        let pid = self.child.id();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.map_while(Result::ok).all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        })
     }
 
     /// SIGCONT: a paused process runs again.
     pub fn resume(&self) {
         self.signal("CONT");
+    }
+
+    /// SIGTERM, as an orchestrator stops a node: waits for the process to exit, within
+    /// `limit` (failing the test otherwise), and returns its exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not exit within {limit:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn signal(&self, name: &str) {
