@@ -927,6 +927,59 @@ fn a_sync_releases_nothing_and_frees_no_window() {
 }
 
 #[test]
+fn a_receiver_whose_application_stopped_reading_keeps_the_window_full_across_retransmissions() {
+    let now = Instant::now();
+    let mut p = connected(A, now, 4, 1 << 20);
+    p.on_frame(online(B, 1), now);
+    p.on_frame(sync_frame(B, 1, 1, 1, None, 0), now);
+    for i in 1..=4 {
+        assert_eq!(p.send(true, "x".into(), now), Ok(i));
+    }
+    frames(&mut p);
+    // No ACK: the peer's application takes nothing. The retransmission timer asks for
+    // positions; the answers say the peer's library has 2, then all 4.
+    let mut t = now;
+    for hw in [2, 4] {
+        t += ms(2000);
+        p.on_tick(t);
+        assert_eq!(syncs(&frames(&mut p)).len(), 1);
+        p.on_frame(sync_frame(B, 1, 1, 1, Some(A), hw), t);
+        frames(&mut p);
+        assert_eq!(
+            p.send(true, "y".into(), t),
+            Err(SendError::WindowFull),
+            "a sync never frees the window"
+        );
+    }
+    assert_eq!(p.outbox_len(), 4, "and releases nothing");
+    // The application takes them: the ACK frees the window.
+    p.on_frame(Frame::Ack { sid: A, hw: 4 }, t);
+    assert_eq!(p.outbox_len(), 0);
+    assert_eq!(p.send(true, "y".into(), t), Ok(5));
+}
+
+#[test]
+fn a_fresh_peer_stream_gets_what_its_predecessor_never_acknowledged() {
+    let now = Instant::now();
+    let mut p = connected(A, now, 2, 1 << 20);
+    p.on_frame(online(B, 1), now);
+    p.on_frame(sync_frame(B, 1, 1, 1, None, 0), now);
+    p.send(true, "a".into(), now).unwrap();
+    p.send(true, "b".into(), now).unwrap();
+    frames(&mut p);
+    // The peer's library had both, its application took none, and it restarts: its new
+    // stream adopts this client's base and gets both again.
+    p.on_frame(online(C, 1), now);
+    p.on_frame(sync_frame(C, 1, 1, 1, None, 0), now);
+    let out = frames(&mut p);
+    assert_eq!(syncs(&out).last().map(|s| s.tx.base), Some(1));
+    assert_eq!(data_seqs(&out), vec![1, 2]);
+    assert_eq!(p.send(true, "c".into(), now), Err(SendError::WindowFull));
+    p.on_frame(Frame::Ack { sid: A, hw: 2 }, now);
+    assert_eq!(p.send(true, "c".into(), now), Ok(3));
+}
+
+#[test]
 fn a_sync_of_the_same_stream_that_skipped_ahead_is_a_reset() {
     let now = Instant::now();
     let mut p = synced(B, A, now);
