@@ -309,6 +309,7 @@ impl Router {
     /// every session here announces its current grant to its senders on that node again.
     /// Absolute limits make the repetition harmless.
     pub(super) fn on_link_up(&self, node: NodeId) {
+        self.evict_again(node);
         let mut dues = Vec::new();
         self.hub.for_each_local(|channel_id, role, handle| {
             if let Some(due) = handle.credit.ledger().current_on(node) {

@@ -86,6 +86,19 @@ struct Cluster {
     pending_acks: Mutex<HashMap<(ChannelId, Role, u64), oneshot::Sender<()>>>,
     /// How long a claim waits for that acknowledgement (`inner.connect-timeout`).
     ack_timeout: Duration,
+    /// Evictions sent to other nodes within the last `registry.node-ttl`, sent again when the
+    /// link to their node comes back: one sent while that node was paused is dropped with its
+    /// link's queue, and the node, not timed out, would keep the displaced session running.
+    evictions: Mutex<Vec<Eviction>>,
+}
+
+/// An `Evict` sent to `node`, and when.
+struct Eviction {
+    node: NodeId,
+    channel_id: ChannelId,
+    role: Role,
+    session: u64,
+    at: Instant,
 }
 
 /// Routes messages and keeps the cluster's view of routes current.
@@ -164,6 +177,7 @@ impl Router {
                     ),
                     pending_acks: Mutex::default(),
                     ack_timeout,
+                    evictions: Mutex::default(),
                 }
             });
             Router {
@@ -217,6 +231,18 @@ impl Router {
                     session,
                 },
             );
+            if let Some(cluster) = &self.cluster {
+                let mut evictions = lock(&cluster.evictions);
+                let node_ttl = cluster.registry.node_ttl();
+                evictions.retain(|eviction| eviction.at.elapsed() < node_ttl);
+                evictions.push(Eviction {
+                    node,
+                    channel_id,
+                    role,
+                    session,
+                    at: Instant::now(),
+                });
+            }
             // A peer on the displaced session's own node ignored this session's `Bound` while
             // the displaced one still ran there; told again after the eviction, on the same
             // link, it records this one.
@@ -539,6 +565,32 @@ impl Router {
         if let Err(err) = cluster.registry.release(&channel_id, role, mine).await {
             warn!(%channel_id, %role, error = %err, "route release failed; retrying at the next heartbeat");
             cluster.upkeep.release_later(channel_id, role, mine);
+        }
+    }
+
+    /// Sends `node` again the evictions sent to it within `registry.node-ttl` (see
+    /// `Cluster::evictions`). Harmless when the first arrived: an eviction names a session
+    /// incarnation, which is gone by then.
+    pub(super) fn evict_again(&self, node: NodeId) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let again: Vec<InnerFrame> = {
+            let mut evictions = lock(&cluster.evictions);
+            let node_ttl = cluster.registry.node_ttl();
+            evictions.retain(|eviction| eviction.at.elapsed() < node_ttl);
+            evictions
+                .iter()
+                .filter(|eviction| eviction.node == node)
+                .map(|eviction| InnerFrame::Evict {
+                    channel_id: eviction.channel_id,
+                    role: eviction.role,
+                    session: eviction.session,
+                })
+                .collect()
+        };
+        for frame in again {
+            self.send_control(node, frame);
         }
     }
 

@@ -70,9 +70,6 @@ async fn a_half_open_old_socket_that_keeps_sending_after_its_takeover_never_deli
 /// As above with outer.handshake-timeout 2 s: node A is paused about 3.5 s, longer than
 /// inner.connect-timeout (2 s) and shorter than registry.node-ttl (10 s).
 #[tokio::test]
-#[ignore = "server bug: the Evict for the displaced session is dropped while its node is \
-            paused longer than inner.connect-timeout, and nothing else closes it once the \
-            node runs again (its registration has not expired)"]
 async fn a_half_open_old_socket_on_a_node_paused_between_connect_timeout_and_node_ttl_is_closed() {
     half_open_old_socket("2s").await;
 }
