@@ -274,6 +274,11 @@ impl Protocol {
             && (self.inflight.is_empty() || self.inflight_bytes + len as u64 <= self.window.bytes)
     }
 
+    /// Whether frames wait to be written ([`Protocol::poll_frame`] would return one).
+    pub fn has_frames(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
     /// The next frame to write on the current connection.
     pub fn poll_frame(&mut self) -> Option<Frame> {
         self.frames.pop_front()
