@@ -260,6 +260,8 @@ impl Client {
             cmd_rx,
             shared: shared.clone(),
             stop: Stop::No,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
         };
         task.adopt(conn, r#gen, true);
         tokio::spawn(task.run());
@@ -477,6 +479,12 @@ struct Task {
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     stop: Stop,
+    /// The timer of [`Task::wait`], kept across waits and moved only when the deadline does:
+    /// a new timer per wait registered and removed an entry in tokio's timer wheel per burst of
+    /// frames, since the retransmission deadline stands whenever messages are unacknowledged.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Where `timer` is set.
+    timer_at: Option<Instant>,
 }
 
 fn std_now() -> std::time::Instant {
@@ -493,13 +501,6 @@ async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tungstenite
 async fn next_attempt(attempt: &mut Option<Attempt>) -> (u32, Result<Conn, OpenError>) {
     match attempt {
         Some(f) => f.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
@@ -568,11 +569,18 @@ impl Task {
         .flatten()
         .min();
         let can_read = self.closing.is_some() || queued < MAX_EVENTS;
+        if let Some(at) = deadline
+            && self.timer_at != Some(at)
+        {
+            self.timer.as_mut().reset(at);
+            self.timer_at = Some(at);
+        }
         let Task {
             cmd_rx,
             ws,
             attempt,
             shared,
+            timer,
             ..
         } = self;
         tokio::select! {
@@ -580,7 +588,7 @@ impl Task {
             msg = next_message(ws), if can_read => Wake::Ws(msg),
             (r#gen, result) = next_attempt(attempt) => Wake::Attempt(r#gen, result.map(Box::new)),
             () = shared.task_wake.notified() => Wake::Progress,
-            () = sleep_until(deadline) => Wake::Timer,
+            () = timer.as_mut(), if deadline.is_some() => Wake::Timer,
         }
     }
 
