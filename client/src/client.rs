@@ -844,8 +844,8 @@ impl Task {
                 self.raw_out.clear();
                 return;
             }
-            while let Some(frame) = core.proto.poll_frame() {
-                self.out.push(Message::Binary(frame.encode()));
+            while let Some(bytes) = core.proto.poll_frame_bytes() {
+                self.out.push(Message::Binary(bytes));
             }
         }
         self.out.extend(self.raw_out.drain(..));
