@@ -46,11 +46,9 @@ struct DirectionResult {
 
 pub async fn run(args: ThroughputArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
-    let started;
     if args.v1 {
         let pairs = crate::v1::open_pairs(&args.target, args.pairs, 256).await?;
-        started = Instant::now();
-        let warm_until = started + Duration::from_secs_f64(args.run.warmup);
+        let warm_until = Instant::now() + Duration::from_secs_f64(args.run.warmup);
         let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
         for (app, web) in pairs {
             let (app_handle, web_handle) = (app.handle(), web.handle());
@@ -67,12 +65,10 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
         }
     } else {
         let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256, false).await?;
-        started = Instant::now();
-        let warm_until = started + Duration::from_secs_f64(args.run.warmup);
+        let warm_until = Instant::now() + Duration::from_secs_f64(args.run.warmup);
         let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
         spawn_raw(pairs, &args, warm_until, stop_at, &mut tasks);
     }
-    let _ = started;
     let mut total = SeqCheck::default();
     let mut counted = 0;
     let mut sent = 0;
