@@ -7,12 +7,19 @@
 #
 # Usage: bash scripts/bench.sh [RUNS]   (RUNS of each throughput and latency figure; default 3)
 #        bash scripts/bench.sh sweep RATE...   (only latency, at each RATE msg/s; RUNS=3 runs each)
+#        bash scripts/bench.sh failover-v1     (only one run of `failover --v1`: 1 000 cross-node
+#                                               pairs of wspair.v1 clients under load, node 3 killed)
+# Throughput and latency are measured for raw clients and for wspair.v1 clients (the
+# wspair-client library, `--v1`), interleaved, so the v1 ratios compare figures seconds apart.
 # WORKERS=N runs every server (baseline included) with N runtime worker threads (default: one
 # per CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SWEEP=()
-if [ "${1:-}" = sweep ]; then shift; SWEEP=("$@"); RUNS=${RUNS:-3}; else RUNS=${1:-3}; fi
+FAILOVER_V1=
+if [ "${1:-}" = sweep ]; then shift; SWEEP=("$@"); RUNS=${RUNS:-3};
+elif [ "${1:-}" = failover-v1 ]; then FAILOVER_V1=1; RUNS=1;
+else RUNS=${1:-3}; fi
 OUT=$(mktemp -d /tmp/wspair-bench.XXXXXX)
 cargo build --release -q -p wspair -p wspair-bench
 BIN=./target/release
@@ -53,6 +60,9 @@ unset TOKIO_WORKER_THREADS
 url() { echo "ws://127.0.0.1:$1/channel?type=$2&channelId={id}"; }
 target() { echo "--app-url $(url "$1" app) --web-url $(url "$2" web) --source-ips 127.0.0.2-127.0.0.9"; }
 BASE_T=$(target 1124 1124); SAME_T=$(target 1024 1024); CROSS_T=$(target 11024 12024)
+# The v1 targets: the same servers, driven through the client library.
+SAMEV1_T=$SAME_T; CROSSV1_T=$CROSS_T
+BASE_F=; SAME_F=; CROSS_F=; SAMEV1_F=--v1; CROSSV1_F=--v1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
@@ -61,19 +71,43 @@ field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 # is measured at a fixed rate; BENCHMARKS.md explains. Each run reports the CPU the servers and
 # the generator used while measuring.
 BASE_PIDS="--server-pid $BASELINE"; SAME_PIDS="--server-pid $SINGLE"; CROSS_PIDS="--server-pid $NODE1 --server-pid $NODE2"
+SAMEV1_PIDS=$SAME_PIDS; CROSSV1_PIDS=$CROSS_PIDS
+TARGETS=(BASE SAME CROSS SAMEV1 CROSSV1)
 # latency_runs RATE FILE-SUFFIX: RUNS runs of each target at RATE msg/s, JSON lines in $OUT.
 latency_runs() {
     echo "== latency: 100 pairs, 64 B, open loop at $1 msg/s, 5 s; $RUNS runs"
     for run in $(seq "$RUNS"); do
-        for name in BASE SAME CROSS; do
-            t=${name}_T; pids=${name}_PIDS
-            $BENCH latency ${!t} ${!pids} --pairs 100 --rate "$1" --size 64 --seconds 5 --warmup 1 --json \
+        for name in "${TARGETS[@]}"; do
+            t=${name}_T; pids=${name}_PIDS; f=${name}_F
+            $BENCH latency ${!t} ${!pids} ${!f} --pairs 100 --rate "$1" --size 64 --seconds 5 --warmup 1 --json \
                 | tee -a "$OUT/latency-$name$2.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"  $name run $run: p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us (from schedule: p50 {d['corrected_p50_us']:.0f}, p99 {d['corrected_p99_us']:.0f}); CPU servers {d['server_cpu_percent']:.0f} %, generator {d['generator_cpu_percent']:.0f} %\")"
         done
     done
 }
 lat() { python3 -c "import json;print('\n'.join(str(json.loads(l)['$2']) for l in open('$OUT/latency-$1.json')))" | median | xargs printf %.0f; }
 spread() { python3 -c "import json;v=[json.loads(l)['$2'] for l in open('$OUT/latency-$1.json')];print('%.0f–%.0f' % (min(v), max(v)))"; }
+
+if [ -n "$FAILOVER_V1" ]; then
+    # The cluster's nodes run with the default registry.node-ttl (5 s); node 3 is killed.
+    echo "== failover --v1: 1000 cross-node pairs over 3 nodes, a message every 100 ms each way, kill -9 node 3"
+    sleep 1.5  # every node has heartbeat and seen the others
+    node_url() { echo "ws://127.0.0.1:$1/channel?type={role}&channelId={id}"; }
+    $BENCH failover --v1 --node "$(node_url 11024)" --node "$(node_url 12024)" --node "$(node_url 13024)" \
+        --kill-pid $NODE3 --pairs 1000 --json >"$OUT/failover-v1.json" || true
+    python3 - "$OUT/failover-v1.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["resume"]
+print(f"messages sent {d['sent']}, received {d['received']}, lost {d['lost']}, duplicated or reordered {d['duplicated_or_reordered']}")
+print(f"resume, all {r['count']} pairs: min / p50 / p99 / max = {r['min_ms']:.0f} / {r['p50_ms']:.0f} / {r['p99_ms']:.0f} / {r['max_ms']:.0f} ms; never resumed: {d['never_resumed']}")
+for case, c in d["resume_by_case"].items():
+    if c["count"]:
+        print(f"  {case} ({c['count']}): {c['min_ms']:.0f} / {c['p50_ms']:.0f} / {c['p99_ms']:.0f} / {c['max_ms']:.0f} ms")
+print("library events:", ", ".join(f"{k} {v}" for k, v in d["library_events"].items()))
+PY
+    echo "raw results: $OUT"
+    exit 0
+fi
 
 if [ ${#SWEEP[@]} -gt 0 ]; then
     for rate in "${SWEEP[@]}"; do latency_runs "$rate" "-$rate"; done
@@ -89,15 +123,17 @@ fi
 
 echo "== throughput: 64 B, 1000 pairs, window 16, 5 s after 1 s warm-up; $RUNS runs, interleaved"
 for run in $(seq "$RUNS"); do
-    for name in BASE SAME CROSS; do
-        t=${name}_T
-        $BENCH throughput ${!t} --pairs 1000 --window 16 --size 64 --seconds 5 --warmup 1 --json \
+    for name in "${TARGETS[@]}"; do
+        t=${name}_T; f=${name}_F
+        $BENCH throughput ${!t} ${!f} --pairs 1000 --window 16 --size 64 --seconds 5 --warmup 1 --json \
             | tee -a "$OUT/throughput-$name.json" | field messages_per_second | sed "s/^/  $name run $run: /"
     done
 done
 TP_BASE=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-BASE.json')))" | median)
 TP_SAME=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAME.json')))" | median)
 TP_CROSS=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSS.json')))" | median)
+TP_SAMEV1=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAMEV1.json')))" | median)
+TP_CROSSV1=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSSV1.json')))" | median)
 
 RATE=${LATENCY_RATE:-20000}
 latency_runs "$RATE" ""
@@ -187,9 +223,13 @@ cat <<TABLE
 | cross-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_CROSS") | | $(ratio "$TP_CROSS" "$TP_SAME") of same-node | ≥ 0.5× same-node |
 | same-node latency at $RATE msg/s: p50 / p99 µs | $(lat SAME p50_us) / $(lat SAME p99_us) | $(lat BASE p50_us) / $(lat BASE p99_us) | | p99 ≤ 1 ms |
 | cross-node latency at $RATE msg/s: p50 / p99 µs | $(lat CROSS p50_us) / $(lat CROSS p99_us) | | | p99 ≤ same-node + 0.5 ms |
+| v1 same-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_SAMEV1") | | $(ratio "$TP_SAMEV1" "$TP_SAME") of raw same-node | ≥ 0.8× raw |
+| v1 cross-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_CROSSV1") | | $(ratio "$TP_CROSSV1" "$TP_CROSS") of raw cross-node | ≥ 0.8× raw |
+| v1 same-node latency at $RATE msg/s: p50 / p99 µs | $(lat SAMEV1 p50_us) / $(lat SAMEV1 p99_us) | | p99 $(python3 -c "print('%+.0f' % ($(lat SAMEV1 p99_us) - $(lat SAME p99_us)))") µs against raw | p99 ≤ raw + 200 µs |
+| v1 cross-node latency at $RATE msg/s: p50 / p99 µs | $(lat CROSSV1 p50_us) / $(lat CROSSV1 p99_us) | | p99 $(python3 -c "print('%+.0f' % ($(lat CROSSV1 p99_us) - $(lat CROSS p99_us)))") µs against raw | p99 ≤ raw + 200 µs |
 | same-node latency from schedule: p50 / p99 µs | $(lat SAME corrected_p50_us) / $(lat SAME corrected_p99_us) | $(lat BASE corrected_p50_us) / $(lat BASE corrected_p99_us) | | |
 | cross-node latency from schedule: p50 / p99 µs | $(lat CROSS corrected_p50_us) / $(lat CROSS corrected_p99_us) | | | |
-| p99 range over the $RUNS runs, µs | same $(spread SAME p99_us), cross $(spread CROSS p99_us) | $(spread BASE p99_us) | | |
+| p99 range over the $RUNS runs, µs | same $(spread SAME p99_us), cross $(spread CROSS p99_us); v1 same $(spread SAMEV1 p99_us), v1 cross $(spread CROSSV1 p99_us) | $(spread BASE p99_us) | | |
 | CPU while measuring latency, % of one vCPU: servers / generator | same $(lat SAME server_cpu_percent) / $(lat SAME generator_cpu_percent), cross $(lat CROSS server_cpu_percent) / $(lat CROSS generator_cpu_percent) | $(lat BASE server_cpu_percent) / $(lat BASE generator_cpu_percent) | | |
 | idle RSS per connection, 19 000 connections | $(printf %.0f "$RSS") B | | | ≤ 8 KB |
 | connect rate into one node, pairs verified | $(printf %.0f "$CPS") /s | | | ≥ 5 000 /s |

@@ -34,13 +34,13 @@ pub struct FailoverArgs {
     /// A node's WebSocket URL, with `{role}` (app or web) and `{id}` (the channel id) to fill
     /// in; once per node. The last one is the node that is killed.
     #[arg(long = "node", required = true)]
-    nodes: Vec<String>,
+    pub nodes: Vec<String>,
     /// PID of the last node's process, killed with SIGKILL.
     #[arg(long)]
-    kill_pid: u32,
+    pub kill_pid: u32,
     /// Pairs (two connections each).
     #[arg(long, default_value_t = 1000)]
-    pairs: usize,
+    pub pairs: usize,
     /// A client whose socket died waits a random delay of up to this many ms before it
     /// reconnects (0: at once).
     #[arg(long, default_value_t = 100)]
@@ -50,19 +50,31 @@ pub struct FailoverArgs {
     retry_ms: u64,
     /// Seconds after the kill by which a pair must have recovered.
     #[arg(long, default_value_t = 30.0)]
-    limit_secs: f64,
+    pub limit_secs: f64,
     /// Seconds between verifying every pair and the kill.
     #[arg(long, default_value_t = 1.0)]
-    settle_secs: f64,
+    pub settle_secs: f64,
     /// Source addresses for client sockets, as `A` or `A-B`.
     #[arg(long, default_value = "127.0.0.1", value_parser = parse_ip_range)]
     source_ips: SourceIps,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Print a line per pair on stderr: its nodes, when each direction recovered, messages sent.
     #[arg(long)]
     per_pair: bool,
+    /// Drive `wspair.v1` clients (the `wspair-client` library) under a steady load instead of
+    /// raw probes, and count lost, duplicated and reordered messages across the reconnects
+    /// (see `failover_v1.rs`). `--reconnect-jitter-ms` and `--retry-ms` do not apply: the
+    /// library reconnects by itself, after its own backoff (0–100 ms at first).
+    #[arg(long)]
+    pub v1: bool,
+    /// With `--v1`: ms between two messages of one client (each side of every pair sends).
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// With `--v1`: seconds the load goes on after every pair flows again (or the limit).
+    #[arg(long, default_value_t = 2.0)]
+    pub after_secs: f64,
 }
 
 /// One side of a pair.
@@ -114,6 +126,9 @@ impl Shared {
 }
 
 pub async fn run(args: FailoverArgs) -> Result<(), String> {
+    if args.v1 {
+        return crate::failover_v1::run(args).await;
+    }
     let nodes = args.nodes.len();
     if nodes < 3 {
         return Err("give at least three --node URLs: the last is killed, and its clients reconnect to the peer's node or another".into());
@@ -463,7 +478,7 @@ async fn next_text(ws: &mut Ws) -> Option<String> {
     }
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -479,7 +494,7 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 /// p50, p99 and max in ms of `times`, and how many there are.
-fn summary(mut times: Vec<Duration>) -> serde_json::Value {
+pub fn summary(mut times: Vec<Duration>) -> serde_json::Value {
     times.sort();
     let at = |q: f64| {
         let index = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1;

@@ -101,14 +101,7 @@ pub async fn open_pairs(
     verify: bool,
 ) -> Result<(Vec<(Ws, Ws)>, Duration), String> {
     let connector = Arc::new(Connector::new(target));
-    // Random per run, so concurrent or successive runs never share a channel id.
-    let run_id = {
-        use std::hash::{BuildHasher, Hasher};
-        (std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-            % 1_000_000_000) as u32
-    };
+    let run_id = run_id();
     let started = Instant::now();
     let pending = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / connect_rate.max(1) * 2);
@@ -139,6 +132,16 @@ pub async fn open_pairs(
         opened.push(task.await.map_err(|err| err.to_string())??);
     }
     Ok((opened, started.elapsed()))
+}
+
+/// A number for this run's channel ids: random, so concurrent or successive runs never share
+/// a channel id.
+pub fn run_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    (std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % 1_000_000_000) as u32
 }
 
 /// Sends one message from `from` and checks `to` receives exactly it (within 10 s).

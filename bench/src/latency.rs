@@ -5,7 +5,8 @@
 //! hide the delay it caused (coordinated omission); it also includes the load generator's own
 //! lateness. The plain histogram measures from the moment of sending. Both are reported.
 //! Messages are sent by the [`pacer`](crate::pacer) thread and received here, one task per
-//! direction.
+//! direction. With `--v1`, both go through `wspair-client` clients: the pacer calls
+//! `send_binary` on a handle, and each receiving task takes messages with `next_event`.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::clients::{Target, Ws};
 use crate::flow::{RunArgs, SeqCheck, header, open_pairs};
-use crate::pacer::{self, RawSender, Schedule};
+use crate::pacer::{self, RawSender, Schedule, Sender, V1Sender};
 use crate::procfs;
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,10 @@ pub struct LatencyArgs {
     /// be given, for a cluster).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// Drive `wspair.v1` clients (the `wspair-client` library) instead of raw WebSockets. The
+    /// URLs' queries are dropped: the library adds its own.
+    #[arg(long)]
+    v1: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -41,29 +46,56 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 pub async fn run(args: LatencyArgs) -> Result<(), String> {
-    let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256, false).await?;
     let warm_ns = Duration::from_secs_f64(args.run.warmup).as_nanos() as u64;
     let total_ns = warm_ns + Duration::from_secs_f64(args.run.seconds).as_nanos() as u64;
     let schedule = Schedule {
         rate: args.rate.max(1),
         messages: (u128::from(total_ns) * u128::from(args.rate) / 1_000_000_000) as u64,
-        senders: 2 * pairs.len() as u64,
+        senders: 2 * args.pairs as u64,
     };
-    // Sender 2i writes on pair i's app socket, sender 2i+1 on its web socket.
+    // Sender 2i writes on pair i's app side, sender 2i+1 on its web side; receivers likewise
+    // in the order of the senders whose messages they take.
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
-    for (app, web) in pairs {
-        senders.push(RawSender::new(app.get_ref())?);
-        senders.push(RawSender::new(web.get_ref())?);
-        receivers.push(web);
-        receivers.push(app);
+    let mut v1_receivers = Vec::new();
+    if args.v1 {
+        for (app, web) in crate::v1::open_pairs(&args.target, args.pairs, 256).await? {
+            senders.push(Sender::V1(V1Sender::new(app.handle())));
+            senders.push(Sender::V1(V1Sender::new(web.handle())));
+            v1_receivers.push(web);
+            v1_receivers.push(app);
+        }
+    } else {
+        for (app, web) in open_pairs(&args.target, args.pairs, 5000, 256, false)
+            .await?
+            .0
+        {
+            senders.push(Sender::Raw(RawSender::new(app.get_ref())?));
+            senders.push(Sender::Raw(RawSender::new(web.get_ref())?));
+            receivers.push(web);
+            receivers.push(app);
+        }
     }
     let origin = Instant::now();
     let mut tasks = Vec::new();
     for (sender, ws) in receivers.into_iter().enumerate() {
         let expected = schedule.messages_for(sender as u64);
         tasks.push(tokio::spawn(receive(
-            ws, origin, expected, total_ns, warm_ns,
+            Incoming::Raw(Box::new(ws)),
+            origin,
+            expected,
+            total_ns,
+            warm_ns,
+        )));
+    }
+    for (sender, client) in v1_receivers.into_iter().enumerate() {
+        let expected = schedule.messages_for(sender as u64);
+        tasks.push(tokio::spawn(receive(
+            Incoming::V1(client),
+            origin,
+            expected,
+            total_ns,
+            warm_ns,
         )));
     }
     let cpu = tokio::spawn(sample_cpu(
@@ -79,8 +111,11 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
     let mut histogram = new_histogram();
     let mut corrected = new_histogram();
     let mut total = SeqCheck::default();
+    // v1 clients stay open until every direction is done: each also sends for the other.
+    let mut clients = Vec::new();
     for task in tasks {
-        let (check, part, part_corrected) = task.await.map_err(|err| err.to_string())??;
+        let (check, part, part_corrected, client) = task.await.map_err(|err| err.to_string())??;
+        clients.push(client);
         total.merge(&check);
         histogram.add(&part).map_err(|err| err.to_string())?;
         corrected
@@ -95,7 +130,7 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
         println!(
             "{}",
             serde_json::json!({
-                "mode": "latency", "pairs": args.pairs, "rate": args.rate, "achieved_rate": achieved,
+                "mode": "latency", "v1": args.v1, "pairs": args.pairs, "rate": args.rate, "achieved_rate": achieved,
                 "size": args.run.size, "seconds": args.run.seconds,
                 "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
                 "max_us": histogram.max() as f64 / 1000.0,
@@ -127,6 +162,7 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
         );
     }
     pacer.join().map_err(|_| "the pacer thread panicked")??;
+    drop(clients);
     if total.lost > 0 || total.duplicated_or_reordered > 0 {
         return Err("messages were lost, duplicated or reordered".into());
     }
@@ -161,14 +197,49 @@ async fn sample_cpu(server_pids: Vec<u32>, from: Instant, to: Instant) -> Result
 /// How long the receivers wait for the last messages, and the pacer for full sockets.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// Where a direction's messages come from.
+enum Incoming {
+    /// A raw socket (boxed: the client is a pointer, the socket a few hundred bytes).
+    Raw(Box<Ws>),
+    /// A `wspair-client` client.
+    V1(wspair_client::Client),
+}
+
+impl Incoming {
+    /// The next message's payload; `None` for anything else; an error when the connection
+    /// ended.
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        match self {
+            Incoming::Raw(ws) => match ws.next().await {
+                Some(Ok(Message::Binary(bytes))) => Ok(Some(bytes)),
+                Some(Ok(_)) => Ok(None),
+                Some(Err(err)) => Err(err.to_string()),
+                None => Err("connection closed".into()),
+            },
+            Incoming::V1(client) => match client.next_event().await {
+                Some(wspair_client::Event::Message { payload, .. }) => Ok(Some(payload)),
+                Some(_) => Ok(None),
+                None => Err("the client stopped".into()),
+            },
+        }
+    }
+}
+
+type Received = (
+    SeqCheck,
+    Histogram<u64>,
+    Histogram<u64>,
+    Option<wspair_client::Client>,
+);
+
 /// Receives one direction's messages and measures each.
 async fn receive(
-    mut stream: Ws,
+    mut stream: Incoming,
     origin: Instant,
     n_messages: u64,
     total_ns: u64,
     warm_ns: u64,
-) -> Result<(SeqCheck, Histogram<u64>, Histogram<u64>), String> {
+) -> Result<Received, String> {
     let mut histogram = new_histogram();
     let mut corrected = new_histogram();
     let mut check = SeqCheck::default();
@@ -176,7 +247,7 @@ async fn receive(
     while check.next < n_messages {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => break,
-            Ok(Some(Ok(Message::Binary(bytes)))) => {
+            Ok(Ok(Some(bytes))) => {
                 let received_ns = origin.elapsed().as_nanos() as u64;
                 let (seq, scheduled_ns) = header(&bytes).ok_or("short payload")?;
                 check.observe(seq);
@@ -192,11 +263,14 @@ async fn receive(
                     let _ = corrected.record(received_ns.saturating_sub(scheduled_ns).max(1_000));
                 }
             }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(err))) => return Err(err.to_string()),
-            Ok(None) => return Err("connection closed".into()),
+            Ok(Ok(None)) => continue,
+            Ok(Err(err)) => return Err(err),
         }
     }
     check.finish(n_messages);
-    Ok((check, histogram, corrected))
+    let client = match stream {
+        Incoming::V1(client) => Some(client),
+        Incoming::Raw(_) => None,
+    };
+    Ok((check, histogram, corrected, client))
 }

@@ -7,12 +7,14 @@
 
 mod clients;
 mod failover;
+mod failover_v1;
 mod flow;
 mod hold;
 mod latency;
 mod pacer;
 mod procfs;
 mod throughput;
+mod v1;
 
 use clap::{Parser, Subcommand};
 
@@ -32,11 +34,14 @@ enum Mode {
     /// and report the server's RSS per connection.
     Hold(hold::HoldArgs),
     /// Keep a fixed window of messages in flight per pair and direction; report messages/s.
+    /// `--v1` drives wspair.v1 clients (the `wspair-client` library) instead.
     Throughput(throughput::ThroughputArgs),
-    /// Send at a fixed total rate (open loop); report one-way latency percentiles.
+    /// Send at a fixed total rate (open loop); report one-way latency percentiles. `--v1`
+    /// drives wspair.v1 clients (the `wspair-client` library) instead.
     Latency(latency::LatencyArgs),
     /// Open pairs across cluster nodes, kill one node with SIGKILL, reconnect its clients to
-    /// the others; report how long until every pair relays both ways again.
+    /// the others; report how long until every pair relays both ways again. With `--v1`, the
+    /// pairs are wspair.v1 clients under load, and every message is checked across the kill.
     Failover(failover::FailoverArgs),
 }
 

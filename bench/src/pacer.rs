@@ -10,6 +10,11 @@
 //!   two-vCPU machine shared with the servers is CPU the relay under test no longer has.
 //!   Writing from this thread costs one `write` per message and wakes nothing.
 //!
+//! With `--v1` the thread calls the `wspair-client` library's `send_binary` instead
+//! ([`V1Sender`]), which with room in the window queues the frame for the client's task and
+//! returns without waiting, so the thread keeps its schedule and the library's own cost shows
+//! in the latency.
+//!
 //! The reading half stays with tokio-tungstenite (see `latency.rs`). The two share the socket
 //! through a duplicated descriptor; the reader writes only pongs (the server pings every
 //! `outer.ping-interval`, 20 s by default) and each of our frames is one small `write`, so their
@@ -95,6 +100,64 @@ impl RawSender {
     }
 }
 
+/// A v1 sender: a handle of a `wspair-client` client.
+pub struct V1Sender {
+    handle: wspair_client::Handle,
+    seq: u64,
+}
+
+impl V1Sender {
+    /// A sender through `handle`.
+    pub fn new(handle: wspair_client::Handle) -> V1Sender {
+        V1Sender { handle, seq: 0 }
+    }
+
+    fn send(&mut self, origin: Instant, scheduled_ns: u64, size: usize) -> Result<(), String> {
+        let sent_ns = origin.elapsed().as_nanos() as u64;
+        let mut body = payload(self.seq, scheduled_ns, size.max(LATENCY_HEADER_BYTES));
+        body[16..24].copy_from_slice(&sent_ns.to_be_bytes());
+        // Returns at once with room in the window; waits (and delays the schedule, which the
+        // latency from the schedule shows) only when it is full.
+        futures::executor::block_on(self.handle.send_binary(body))
+            .map_err(|err| format!("send: {err}"))?;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Whoever writes a sender's messages: the thread itself on the socket, or the v1 library.
+pub enum Sender {
+    /// Raw frames written on the socket.
+    Raw(RawSender),
+    /// Messages handed to a `wspair-client` client.
+    V1(V1Sender),
+}
+
+impl Sender {
+    fn send(
+        &mut self,
+        origin: Instant,
+        scheduled_ns: u64,
+        size: usize,
+        mask: [u8; 4],
+    ) -> Result<(), String> {
+        match self {
+            Sender::Raw(raw) => {
+                raw.send(origin, scheduled_ns, size, mask);
+                raw.flush()
+            }
+            Sender::V1(v1) => v1.send(origin, scheduled_ns, size),
+        }
+    }
+
+    fn flush(&mut self) -> Result<bool, String> {
+        match self {
+            Sender::Raw(raw) => raw.flush().map(|()| raw.pending.is_empty()),
+            Sender::V1(_) => Ok(true),
+        }
+    }
+}
+
 /// Sends every message of `schedule` at its due time, then waits (up to `drain`) until the
 /// sockets have taken everything. A socket that is full when a message is due keeps it queued
 /// in order; the delay shows in the latency measured from the schedule.
@@ -102,7 +165,7 @@ pub fn pace(
     schedule: Schedule,
     origin: Instant,
     size: usize,
-    mut senders: Vec<RawSender>,
+    mut senders: Vec<Sender>,
     drain: Duration,
 ) -> Result<(), String> {
     let mut mask_state: u32 = 0x9e37_79b9;
@@ -117,15 +180,13 @@ pub fn pace(
         mask_state ^= mask_state >> 17;
         mask_state ^= mask_state << 5;
         let sender = &mut senders[(k % schedule.senders) as usize];
-        sender.send(origin, due_ns, size, mask_state.to_be_bytes());
-        sender.flush()?;
+        sender.send(origin, due_ns, size, mask_state.to_be_bytes())?;
     }
     let deadline = Instant::now() + drain;
     loop {
         let mut waiting = 0;
         for sender in &mut senders {
-            sender.flush()?;
-            waiting += usize::from(!sender.pending.is_empty());
+            waiting += usize::from(!sender.flush()?);
         }
         if waiting == 0 {
             return Ok(());

@@ -1,19 +1,28 @@
-//! The async client: a small handle, and one background task that owns the WebSocket and the
-//! [`Protocol`].
+//! The async client: a small handle, and one background task that owns the WebSocket.
 //!
-//! The task is the only place where the state machine is touched, so it needs no locks: the
-//! handle sends it commands over a channel, and receives events from a bounded channel. A
-//! message counts as taken (and so may be acknowledged) only when [`Client::next_event`] hands
-//! it out: an application that stops reading stops its peer (PROTOCOL.md §4, §7).
+//! The state machine ([`Protocol`]) and the queue of events for the application live in one
+//! [`Core`] behind a mutex, shared by the handles and the task. Why not a channel of commands,
+//! as a task owning everything would want: a `send` then cost a command, a wake-up of the task
+//! and a reply per message, and the task wrote and flushed each message on its own. Now a `send`
+//! with room in the window puts the frame into the state machine itself, under the lock, and
+//! returns its seq at once; it only wakes the task, which writes every frame queued since its
+//! last write and flushes once. Only a `send` that meets a full window waits, on a reply from
+//! the task, which retries it as acknowledgements come in. Likewise the task pushes events into
+//! the core's queue and [`Client::next_event`] takes them there; a message counts as taken (and
+//! so may be acknowledged) only when `next_event` hands it out, so an application that stops
+//! reading stops its peer (PROTOCOL.md §4, §7).
+//!
+//! The lock is held for bookkeeping only, never across an `.await` or a socket operation.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -28,10 +37,11 @@ use crate::event::Event;
 use crate::frame::{Frame, ServerMsg};
 use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
-/// Events the task holds for the application beyond the channel before it stops reading.
-const MAX_PENDING: usize = 256;
-/// Capacity of the channel of events to the application.
-const EVENT_CAPACITY: usize = 256;
+/// Events the core holds for the application before the task stops reading the socket.
+const MAX_EVENTS: usize = 512;
+/// Messages the task reads from the socket in a row, when they are already buffered, before
+/// it writes what they caused (ACKs, resends) and looks at its other inputs again.
+const READ_BATCH: usize = 256;
 /// How long a closing client waits for the node's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
@@ -60,12 +70,8 @@ pub struct Stats {
     pub gaps_seen: u64,
 }
 
+/// What a handle asks of the task that does not go through the core.
 enum Command {
-    Send {
-        text: bool,
-        payload: Bytes,
-        reply: oneshot::Sender<Result<u64, Error>>,
-    },
     Reconnect {
         done: oneshot::Sender<()>,
     },
@@ -80,12 +86,70 @@ struct Delivery {
     event: Event,
 }
 
-/// What the handle and the task share besides channels.
+/// The state the handles and the task share, behind [`Shared::core`].
+struct Core {
+    proto: Protocol,
+    /// Messages that met a full window (or a raw connection being down), in order; a `send`
+    /// that finds any here queues behind them, so sends keep their order.
+    blocked: VecDeque<PendingSend>,
+    /// Whether the current connection is raw (the server did not accept v1): sends then go
+    /// through the task, which writes them as plain messages.
+    raw: bool,
+    /// Events for the application, in order.
+    events: VecDeque<Delivery>,
+    /// Whether events were pushed since the reader was last woken.
+    fresh: bool,
+    /// The task has ended: sends fail, and `next_event` returns `None` once `events` is empty.
+    stopped: bool,
+    /// The generation of the current connection.
+    conn_gen: u32,
+    /// Connections opened after the first.
+    reconnects: u64,
+}
+
+impl Core {
+    /// Moves the state machine's events into the application's queue. Called after every
+    /// change to the state machine, since a message's stream is the one current at that time.
+    fn collect(&mut self) {
+        while let Some(event) = self.proto.poll_event() {
+            let stream = match event {
+                Event::Message { seq, .. } if seq > 0 => self.proto.rx_sid(),
+                _ => None,
+            };
+            self.push(Delivery { stream, event });
+        }
+    }
+
+    fn push(&mut self, delivery: Delivery) {
+        self.events.push_back(delivery);
+        self.fresh = true;
+    }
+
+    fn stats(&self) -> Stats {
+        let p = &self.proto;
+        Stats {
+            sid: p.sid(),
+            r#gen: self.conn_gen,
+            outbox_len: p.outbox_len(),
+            next_seq: p.next_seq(),
+            acked: p.acked(),
+            rx_hw: p.rx_hw(),
+            reconnects: self.reconnects,
+            duplicates_dropped: p.duplicates_dropped(),
+            gaps_seen: p.gaps_seen(),
+        }
+    }
+}
+
+/// What the handles and the task share.
 struct Shared {
-    stats: Mutex<Stats>,
-    /// The last message the application took: (stream, seq).
-    taken: Mutex<Option<(u64, u64)>>,
-    taken_notify: Notify,
+    core: Mutex<Core>,
+    /// Wakes the task: frames to write, a message taken, a blocked send, the client dropped.
+    task_wake: Notify,
+    /// Wakes the reader in [`Client::next_event`]: events were pushed, or the task ended.
+    events_ready: Notify,
+    /// The [`Client`] was dropped: nobody takes events any more, so the task ends.
+    client_gone: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,8 +161,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Dropping it ends the connection without `bye`; [`Client::close`] leaves for good.
 pub struct Client {
     cmd: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Delivery>,
     shared: Arc<Shared>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.client_gone.store(true, Ordering::Release);
+        self.shared.task_wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -159,43 +229,44 @@ impl Client {
             },
         );
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared {
-            stats: Mutex::new(Stats {
-                sid,
-                ..Stats::default()
+            core: Mutex::new(Core {
+                proto,
+                blocked: VecDeque::new(),
+                raw: false,
+                events: VecDeque::new(),
+                fresh: false,
+                stopped: false,
+                conn_gen: r#gen,
+                reconnects: 0,
             }),
-            taken: Mutex::new(None),
-            taken_notify: Notify::new(),
+            task_wake: Notify::new(),
+            events_ready: Notify::new(),
+            client_gone: AtomicBool::new(false),
         });
         let mut task = Task {
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             cfg: config,
-            proto,
             ws: None,
-            raw: false,
             r#gen,
-            conn_gen: r#gen,
             url_idx,
             attempt: None,
             retry_at: None,
             goaway: false,
             closing: None,
-            blocked: VecDeque::new(),
             raw_out: VecDeque::new(),
-            pending: VecDeque::new(),
+            out: Vec::new(),
             reconnect_waiters: Vec::new(),
-            events_tx,
             cmd_rx,
             shared: shared.clone(),
-            reconnects: 0,
             stop: Stop::No,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
         };
         task.adopt(conn, r#gen, true);
         tokio::spawn(task.run());
         Ok(Client {
             cmd: cmd_tx,
-            events: events_rx,
             shared,
         })
     }
@@ -224,19 +295,42 @@ impl Client {
     /// The next event, or `None` once the client has stopped. A message handed out here counts
     /// as taken by the application and will be acknowledged.
     pub async fn next_event(&mut self) -> Option<Event> {
-        let delivery = self.events.recv().await?;
-        if let (Some(stream), Event::Message { seq, .. }) = (delivery.stream, &delivery.event)
-            && *seq > 0
-        {
-            *lock(&self.shared.taken) = Some((stream, *seq));
-            self.shared.taken_notify.notify_one();
+        loop {
+            {
+                let mut core = lock(&self.shared.core);
+                if let Some(delivery) = core.events.pop_front() {
+                    // The task stopped reading at a full queue: there is room again.
+                    let mut wake = core.events.len() + 1 == MAX_EVENTS;
+                    if let (Some(stream), Event::Message { seq, .. }) =
+                        (delivery.stream, &delivery.event)
+                        && *seq > 0
+                    {
+                        let before = core.proto.poll_timeout();
+                        core.proto.on_taken(stream, *seq, std_now());
+                        // The task writes the ACK this made, or rearms its timer for the
+                        // delayed one; for every other message nothing changed for it.
+                        let after = core.proto.poll_timeout();
+                        wake |= core.proto.has_frames()
+                            || after.is_some_and(|a| before.is_none_or(|b| a < b));
+                    }
+                    drop(core);
+                    if wake {
+                        self.shared.task_wake.notify_one();
+                    }
+                    return Some(delivery.event);
+                }
+                if core.stopped {
+                    return None;
+                }
+            }
+            // A notification sent after the check above is kept for this wait.
+            self.shared.events_ready.notified().await;
         }
-        Some(delivery.event)
     }
 
     /// A snapshot of the client's counters.
     pub fn stats(&self) -> Stats {
-        *lock(&self.shared.stats)
+        lock(&self.shared.core).stats()
     }
 
     /// Drops the current socket abruptly (no close frame) and reconnects to the next URL;
@@ -285,15 +379,37 @@ impl Handle {
     }
 
     async fn send(&self, text: bool, payload: Bytes) -> Result<u64, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Send {
+        let rx = {
+            let mut core = lock(&self.shared.core);
+            if core.stopped {
+                return Err(Error::Closed);
+            }
+            // The fast path: nothing queued before this message and room in the window.
+            if core.blocked.is_empty() && !core.raw {
+                match core.proto.send(text, payload.clone(), std_now()) {
+                    Ok(seq) => {
+                        let write = core.proto.has_frames();
+                        drop(core);
+                        if write {
+                            self.shared.task_wake.notify_one();
+                        }
+                        return Ok(seq);
+                    }
+                    Err(SendError::TooLarge { len, max }) => {
+                        return Err(Error::TooLarge { len, max });
+                    }
+                    Err(SendError::WindowFull) => {}
+                }
+            }
+            let (reply, rx) = oneshot::channel();
+            core.blocked.push_back(PendingSend {
                 text,
                 payload,
                 reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
+            });
+            rx
+        };
+        self.shared.task_wake.notify_one();
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -307,7 +423,7 @@ impl Handle {
 
     /// As [`Client::stats`].
     pub fn stats(&self) -> Stats {
-        *lock(&self.shared.stats)
+        lock(&self.shared.core).stats()
     }
 }
 
@@ -341,35 +457,34 @@ enum Wake {
     Attempt(u32, Result<Box<Conn>, OpenError>),
     Timer,
     Progress,
-    HandleGone,
 }
 
 /// The background task of one client.
 struct Task {
     cfg: Config,
-    proto: Protocol,
     ws: Option<Ws>,
-    /// Whether the current connection is raw (the server did not accept v1).
-    raw: bool,
     /// The last generation used for a connection attempt.
     r#gen: u32,
-    /// The generation of the current connection.
-    conn_gen: u32,
     url_idx: usize,
     attempt: Option<Attempt>,
     retry_at: Option<Instant>,
     backoff: Backoff,
     goaway: bool,
     closing: Option<Closing>,
-    blocked: VecDeque<PendingSend>,
+    /// Plain messages for a raw connection.
     raw_out: VecDeque<Message>,
-    pending: VecDeque<Delivery>,
+    /// Messages taken from the core to write, kept to reuse its allocation.
+    out: Vec<Message>,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
-    events_tx: mpsc::Sender<Delivery>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    reconnects: u64,
     stop: Stop,
+    /// The timer of [`Task::wait`], kept across waits and moved only when the deadline does:
+    /// a new timer per wait registered and removed an entry in tokio's timer wheel per burst of
+    /// frames, since the retransmission deadline stands whenever messages are unacknowledged.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Where `timer` is set.
+    timer_at: Option<Instant>,
 }
 
 fn std_now() -> std::time::Instant {
@@ -390,96 +505,97 @@ async fn next_attempt(attempt: &mut Option<Attempt>) -> (u32, Result<Conn, OpenE
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Task {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.shared.core)
+    }
+
     async fn run(mut self) {
         loop {
-            if let Some((stream, seq)) = lock(&self.shared.taken).take() {
-                self.proto.on_taken(stream, seq, std_now());
-            }
             self.retry_blocked();
             self.write_frames().await;
-            self.collect_events();
-            self.publish_stats();
+            self.publish();
             if self.stop != Stop::No || self.finish_close().await {
                 break;
             }
             let wake = self.wait().await;
             self.handle(wake).await;
         }
-        for send in self.blocked.drain(..) {
+        let blocked: Vec<PendingSend> = {
+            let mut core = self.core();
+            core.stopped = true;
+            core.fresh = true;
+            if self.stop != Stop::Displaced {
+                // Nobody is told anything after a close or once the client is gone.
+                core.events.clear();
+            }
+            core.blocked.drain(..).collect()
+        };
+        for send in blocked {
             let _ = send.reply.send(Err(Error::Closed));
         }
+        self.publish();
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
-        }
-        if self.stop == Stop::Displaced {
-            for delivery in self.pending.drain(..) {
-                if self.events_tx.send(delivery).await.is_err() {
-                    break;
-                }
-            }
         }
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
     }
 
+    /// Collects the state machine's events and wakes the reader if there are new ones.
+    fn publish(&self) {
+        let fresh = {
+            let mut core = self.core();
+            core.collect();
+            std::mem::take(&mut core.fresh)
+        };
+        if fresh {
+            self.shared.events_ready.notify_one();
+        }
+    }
+
     async fn wait(&mut self) -> Wake {
+        let (proto_deadline, queued) = {
+            let core = self.core();
+            (core.proto.poll_timeout(), core.events.len())
+        };
         let deadline = [
-            self.proto.poll_timeout().map(Instant::from_std),
+            proto_deadline.map(Instant::from_std),
             self.retry_at,
             self.closing.as_ref().map(|c| c.deadline),
         ]
         .into_iter()
         .flatten()
         .min();
-        let can_read = self.closing.is_some() || self.pending.len() < MAX_PENDING;
-        let has_pending = !self.pending.is_empty();
+        let can_read = self.closing.is_some() || queued < MAX_EVENTS;
+        if let Some(at) = deadline
+            && self.timer_at != Some(at)
+        {
+            self.timer.as_mut().reset(at);
+            self.timer_at = Some(at);
+        }
         let Task {
             cmd_rx,
             ws,
             attempt,
-            events_tx,
-            pending,
             shared,
+            timer,
             ..
         } = self;
         tokio::select! {
             cmd = cmd_rx.recv() => Wake::Command(cmd),
             msg = next_message(ws), if can_read => Wake::Ws(msg),
             (r#gen, result) = next_attempt(attempt) => Wake::Attempt(r#gen, result.map(Box::new)),
-            permit = events_tx.reserve(), if has_pending => match permit {
-                Ok(permit) => {
-                    permit.send(pending.pop_front().expect("pending is not empty"));
-                    Wake::Progress
-                }
-                Err(_) => Wake::HandleGone,
-            },
-            () = shared.taken_notify.notified() => Wake::Progress,
-            () = sleep_until(deadline) => Wake::Timer,
+            () = shared.task_wake.notified() => Wake::Progress,
+            () = timer.as_mut(), if deadline.is_some() => Wake::Timer,
         }
     }
 
     async fn handle(&mut self, wake: Wake) {
         let now = Instant::now();
         match wake {
-            Wake::Command(None) | Wake::HandleGone => self.stop = Stop::HandleGone,
-            Wake::Command(Some(Command::Send {
-                text,
-                payload,
-                reply,
-            })) => self.blocked.push_back(PendingSend {
-                text,
-                payload,
-                reply,
-            }),
+            Wake::Command(None) => self.stop = Stop::HandleGone,
             Wake::Command(Some(Command::Reconnect { done })) => {
                 self.reconnect_waiters.push(done);
                 if self.ws.take().is_some() {
@@ -496,7 +612,21 @@ impl Task {
                     deadline: now + self.cfg.close_timeout,
                 });
             }
-            Wake::Ws(msg) => self.on_message(msg),
+            Wake::Ws(msg) => {
+                self.on_message(msg);
+                // Whatever else the socket already holds, without waiting: one wake-up and
+                // one write for a burst of frames rather than one per frame.
+                for _ in 1..READ_BATCH {
+                    let Some(ws) = self.ws.as_mut() else { break };
+                    let Some(msg) = ws.next().now_or_never() else {
+                        break;
+                    };
+                    self.on_message(msg);
+                    if self.closing.is_none() && self.core().events.len() >= MAX_EVENTS {
+                        break;
+                    }
+                }
+            }
             Wake::Attempt(r#gen, result) => {
                 self.attempt = None;
                 match result {
@@ -505,7 +635,11 @@ impl Task {
                 }
             }
             Wake::Timer => {
-                self.proto.on_tick(now.into_std());
+                {
+                    let mut core = self.core();
+                    core.proto.on_tick(now.into_std());
+                    core.collect();
+                }
                 if self.retry_at.is_some_and(|t| t <= now) {
                     self.retry_at = None;
                     if self.attempt.is_none() && (self.ws.is_none() || self.goaway) {
@@ -513,15 +647,20 @@ impl Task {
                     }
                 }
             }
-            Wake::Progress => {}
+            Wake::Progress => {
+                if self.shared.client_gone.load(Ordering::Acquire) {
+                    self.stop = Stop::HandleGone;
+                }
+            }
         }
     }
 
     fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) {
         let now = std_now();
+        let raw = self.core().raw;
         match msg {
-            Some(Ok(Message::Binary(bytes))) if self.raw => self.deliver_raw(false, bytes),
-            Some(Ok(Message::Text(text))) if self.raw => self.deliver_raw(true, text.into()),
+            Some(Ok(Message::Binary(bytes))) if raw => self.deliver_raw(false, bytes),
+            Some(Ok(Message::Text(text))) if raw => self.deliver_raw(true, text.into()),
             Some(Ok(Message::Binary(bytes))) => match Frame::decode(bytes) {
                 Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
                     tracing::info!(reason, "goaway: moving to another node");
@@ -532,8 +671,9 @@ impl Task {
                     }
                 }
                 Ok(frame) => {
-                    self.proto.on_frame(frame, now);
-                    self.collect_events();
+                    let mut core = self.core();
+                    core.proto.on_frame(frame, now);
+                    core.collect();
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
             },
@@ -557,7 +697,7 @@ impl Task {
     }
 
     fn deliver_raw(&mut self, text: bool, payload: Bytes) {
-        self.pending.push_back(Delivery {
+        self.core().push(Delivery {
             stream: None,
             event: Event::Message {
                 text,
@@ -570,17 +710,20 @@ impl Task {
     /// The current connection is gone (`self.ws` already taken): tell, and plan the next.
     fn disconnected(&mut self, code: Option<u16>, reason: String) {
         tracing::info!(?code, reason, "disconnected");
-        self.proto.on_disconnected(std_now());
-        self.collect_events();
-        if code == Some(CODE_DISPLACED) && self.attempt.is_some() {
-            // This client's own next connection took the slot (goaway): the expected end of
-            // the old one, not news.
-            return;
+        {
+            let mut core = self.core();
+            core.proto.on_disconnected(std_now());
+            core.collect();
+            if code == Some(CODE_DISPLACED) && self.attempt.is_some() {
+                // This client's own next connection took the slot (goaway): the expected end
+                // of the old one, not news.
+                return;
+            }
+            core.push(Delivery {
+                stream: None,
+                event: Event::Disconnected { code, reason },
+            });
         }
-        self.pending.push_back(Delivery {
-            stream: None,
-            event: Event::Disconnected { code, reason },
-        });
         if code == Some(CODE_DISPLACED) {
             // Another client took the role: coming back would displace it in turn.
             self.stop = Stop::Displaced;
@@ -594,7 +737,8 @@ impl Task {
     fn start_attempt(&mut self) {
         self.r#gen = self.r#gen.saturating_add(1);
         self.url_idx += 1;
-        let t = target(&self.cfg, self.url_idx, self.proto.sid(), self.r#gen);
+        let sid = self.core().proto.sid();
+        let t = target(&self.cfg, self.url_idx, sid, self.r#gen);
         let r#gen = self.r#gen;
         tracing::debug!(url = %t.base_url, r#gen, "connecting");
         self.attempt = Some(Box::pin(async move { (r#gen, open(&t).await) }));
@@ -603,7 +747,7 @@ impl Task {
     fn attempt_failed(&mut self, e: OpenError) {
         tracing::warn!(error = ?e, "connection attempt failed");
         if let OpenError::Refused { status, reason } = &e {
-            self.pending.push_back(Delivery {
+            self.core().push(Delivery {
                 stream: None,
                 event: Event::Refused {
                     status: *status,
@@ -620,33 +764,37 @@ impl Task {
     fn adopt(&mut self, conn: Conn, r#gen: u32, first: bool) {
         let now = std_now();
         self.ws = Some(conn.ws);
-        self.conn_gen = r#gen;
         self.goaway = false;
         self.retry_at = None;
         self.backoff.reset();
-        if !first {
-            self.reconnects += 1;
-        }
-        match conn.welcome {
-            Some(welcome) => {
-                self.raw = false;
-                self.proto.on_connected(r#gen, now);
-                self.proto
-                    .on_frame(Frame::Server(ServerMsg::Welcome(welcome)), now);
+        {
+            let mut core = self.core();
+            core.conn_gen = r#gen;
+            if !first {
+                core.reconnects += 1;
             }
-            None => {
-                self.raw = true;
-                self.proto.on_disconnected(now);
-                self.pending.push_back(Delivery {
-                    stream: None,
-                    event: Event::Connected {
-                        r#gen,
-                        node: String::new(),
-                    },
-                });
+            match conn.welcome {
+                Some(welcome) => {
+                    core.raw = false;
+                    core.proto.on_connected(r#gen, now);
+                    core.proto
+                        .on_frame(Frame::Server(ServerMsg::Welcome(welcome)), now);
+                }
+                None => {
+                    core.raw = true;
+                    core.proto.on_disconnected(now);
+                    core.collect();
+                    core.push(Delivery {
+                        stream: None,
+                        event: Event::Connected {
+                            r#gen,
+                            node: String::new(),
+                        },
+                    });
+                }
             }
+            core.collect();
         }
-        self.collect_events();
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -655,53 +803,65 @@ impl Task {
     /// Offers waiting messages to the state machine while the window lets them in.
     fn retry_blocked(&mut self) {
         let now = std_now();
-        while let Some(front) = self.blocked.front() {
-            if front.reply.is_closed() {
-                self.blocked.pop_front();
-                continue;
-            }
-            if self.raw {
-                if self.ws.is_none() {
-                    break;
+        let mut replies = Vec::new();
+        {
+            let mut core = lock(&self.shared.core);
+            while let Some(front) = core.blocked.front() {
+                if front.reply.is_closed() {
+                    core.blocked.pop_front();
+                    continue;
                 }
-                let send = self.blocked.pop_front().expect("front exists");
-                self.raw_out.push_back(raw_message(send.text, send.payload));
-                let _ = send.reply.send(Ok(0));
-                continue;
+                if core.raw {
+                    if self.ws.is_none() {
+                        break;
+                    }
+                    let send = core.blocked.pop_front().expect("front exists");
+                    self.raw_out.push_back(raw_message(send.text, send.payload));
+                    replies.push((send.reply, Ok(0)));
+                    continue;
+                }
+                let (text, payload) = (front.text, front.payload.clone());
+                let result = match core.proto.send(text, payload, now) {
+                    Err(SendError::WindowFull) => break,
+                    Err(SendError::TooLarge { len, max }) => Err(Error::TooLarge { len, max }),
+                    Ok(seq) => Ok(seq),
+                };
+                let send = core.blocked.pop_front().expect("front exists");
+                replies.push((send.reply, result));
             }
-            let result = self.proto.send(front.text, front.payload.clone(), now);
-            let result = match result {
-                Err(SendError::WindowFull) => break,
-                Err(SendError::TooLarge { len, max }) => Err(Error::TooLarge { len, max }),
-                Ok(seq) => Ok(seq),
-            };
-            let send = self.blocked.pop_front().expect("front exists");
-            let _ = send.reply.send(result);
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
     }
 
+    /// Writes every frame queued since the last write, then flushes once.
     async fn write_frames(&mut self) {
-        let Some(ws) = self.ws.as_mut() else {
-            while self.proto.poll_frame().is_some() {}
-            self.raw_out.clear();
-            return;
-        };
-        let mut wrote = false;
-        let mut failed = None;
-        while let Some(msg) = self
-            .proto
-            .poll_frame()
-            .map(|f| Message::Binary(f.encode()))
-            .or_else(|| self.raw_out.pop_front())
         {
-            if let Err(e) = ws.feed(msg).await {
-                failed = Some(e);
-                break;
+            let mut core = lock(&self.shared.core);
+            if self.ws.is_none() {
+                while core.proto.poll_frame().is_some() {}
+                self.raw_out.clear();
+                return;
             }
-            wrote = true;
+            while let Some(bytes) = core.proto.poll_frame_bytes() {
+                self.out.push(Message::Binary(bytes));
+            }
         }
-        if wrote
-            && failed.is_none()
+        self.out.extend(self.raw_out.drain(..));
+        if self.out.is_empty() {
+            return;
+        }
+        let ws = self.ws.as_mut().expect("checked above");
+        let mut failed = None;
+        for msg in self.out.drain(..) {
+            if failed.is_none()
+                && let Err(e) = ws.feed(msg).await
+            {
+                failed = Some(e);
+            }
+        }
+        if failed.is_none()
             && let Err(e) = ws.flush().await
         {
             failed = Some(e);
@@ -712,43 +872,21 @@ impl Task {
         }
     }
 
-    fn collect_events(&mut self) {
-        while let Some(event) = self.proto.poll_event() {
-            let stream = match event {
-                Event::Message { seq, .. } if seq > 0 => self.proto.rx_sid(),
-                _ => None,
-            };
-            self.pending.push_back(Delivery { stream, event });
-        }
-    }
-
-    fn publish_stats(&self) {
-        let p = &self.proto;
-        *lock(&self.shared.stats) = Stats {
-            sid: p.sid(),
-            r#gen: self.conn_gen,
-            outbox_len: p.outbox_len(),
-            next_seq: p.next_seq(),
-            acked: p.acked(),
-            rx_hw: p.rx_hw(),
-            reconnects: self.reconnects,
-            duplicates_dropped: p.duplicates_dropped(),
-            gaps_seen: p.gaps_seen(),
-        };
-    }
-
     /// Ends a requested close once the outbox is empty or the timeout passed. Returns whether
     /// the task is done.
     async fn finish_close(&mut self) -> bool {
         let Some(closing) = &self.closing else {
             return false;
         };
-        let unacknowledged = self.proto.outbox_len() + self.blocked.len();
+        let (unacknowledged, raw) = {
+            let core = self.core();
+            (core.proto.outbox_len() + core.blocked.len(), core.raw)
+        };
         if unacknowledged > 0 && Instant::now() < closing.deadline {
             return false;
         }
-        if self.ws.is_some() && !self.raw {
-            self.proto.bye();
+        if self.ws.is_some() && !raw {
+            self.core().proto.bye();
             self.write_frames().await;
         }
         if let Some(mut ws) = self.ws.take() {

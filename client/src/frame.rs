@@ -316,21 +316,25 @@ pub fn data_header_len(seq: u64) -> usize {
     1 + varint_len(seq)
 }
 
+/// Encodes a DATA frame from its parts, for a caller that keeps the payload elsewhere (the
+/// outbox) and need not build a [`Frame`] around a clone of it.
+pub fn encode_data(seq: u64, text: bool, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(data_header_len(seq) + payload.len());
+    buf.put_u8(if text {
+        KIND_DATA_TEXT
+    } else {
+        KIND_DATA_BINARY
+    });
+    put_varint(&mut buf, seq);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
 impl Frame {
     /// Encodes the frame as the bytes of one binary WebSocket message.
     pub fn encode(&self) -> Bytes {
         match self {
-            Frame::Data { seq, text, payload } => {
-                let mut buf = BytesMut::with_capacity(data_header_len(*seq) + payload.len());
-                buf.put_u8(if *text {
-                    KIND_DATA_TEXT
-                } else {
-                    KIND_DATA_BINARY
-                });
-                put_varint(&mut buf, *seq);
-                buf.put_slice(payload);
-                buf.freeze()
-            }
+            Frame::Data { seq, text, payload } => encode_data(*seq, *text, payload),
             Frame::Ack { sid, hw } => {
                 let mut buf = BytesMut::with_capacity(1 + 8 + varint_len(*hw));
                 buf.put_u8(KIND_ACK);

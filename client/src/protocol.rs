@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::event::{Event, Presence};
 use crate::frame::{
     Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TxPos, Window, data_header_len,
+    encode_data,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -95,6 +96,17 @@ struct Entry {
     payload: Bytes,
 }
 
+/// A frame waiting to be written.
+#[derive(Debug)]
+enum Queued {
+    Frame(Frame),
+    /// Numbered DATA of the outbox entry of this seq, encoded from the entry when it is
+    /// written: a send then neither clones its payload nor counts references to it, which was
+    /// an allocation and two atomic operations per message. An entry acknowledged before it
+    /// was written is skipped: the peer has it.
+    Outbox(u64),
+}
+
 /// The sans-IO wspair.v1 state machine of one client (one `sid`).
 #[derive(Debug)]
 pub struct Protocol {
@@ -150,7 +162,7 @@ pub struct Protocol {
     ever_online: bool,
     peer_left: bool,
 
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Queued>,
     events: VecDeque<Event>,
 }
 
@@ -274,9 +286,45 @@ impl Protocol {
             && (self.inflight.is_empty() || self.inflight_bytes + len as u64 <= self.window.bytes)
     }
 
+    /// Whether frames wait to be written ([`Protocol::poll_frame`] would return one).
+    pub fn has_frames(&self) -> bool {
+        !self.frames.is_empty()
+    }
+
     /// The next frame to write on the current connection.
     pub fn poll_frame(&mut self) -> Option<Frame> {
-        self.frames.pop_front()
+        loop {
+            match self.frames.pop_front()? {
+                Queued::Frame(frame) => return Some(frame),
+                Queued::Outbox(seq) => {
+                    if let Some(entry) = self.entry(seq) {
+                        return Some(data_frame(entry));
+                    }
+                }
+            }
+        }
+    }
+
+    /// As [`Protocol::poll_frame`], encoded ([`Frame::encode`]); DATA is encoded straight from
+    /// the outbox.
+    pub fn poll_frame_bytes(&mut self) -> Option<Bytes> {
+        loop {
+            match self.frames.pop_front()? {
+                Queued::Frame(frame) => return Some(frame.encode()),
+                Queued::Outbox(seq) => {
+                    if let Some(entry) = self.entry(seq) {
+                        return Some(encode_data(entry.seq, entry.text, &entry.payload));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outbox entry of `seq`, if it is still there (the outbox holds consecutive seqs).
+    fn entry(&self, seq: u64) -> Option<&Entry> {
+        let first = self.outbox.front()?.seq;
+        let index = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.outbox.get(index).filter(|entry| entry.seq == seq)
     }
 
     /// The next event for the application.
@@ -305,7 +353,8 @@ impl Protocol {
     /// This client leaves for good: queues `bye` (PROTOCOL.md §2.3).
     pub fn bye(&mut self) {
         if self.connected {
-            self.frames.push_back(Frame::Peer(PeerMsg::Bye));
+            self.frames
+                .push_back(Queued::Frame(Frame::Peer(PeerMsg::Bye)));
         }
     }
 
@@ -321,11 +370,11 @@ impl Protocol {
             return Err(SendError::TooLarge { len, max });
         }
         if raw {
-            self.frames.push_back(Frame::Data {
+            self.frames.push_back(Queued::Frame(Frame::Data {
                 seq: 0,
                 text,
                 payload,
-            });
+            }));
             return Ok(0);
         }
         if !self.window_open(payload.len()) {
@@ -340,7 +389,7 @@ impl Protocol {
         self.outbox.push_back(Entry { seq, text, payload });
         if self.flowing() && self.sent_upto == seq - 1 {
             let entry = self.outbox.back().expect("just pushed");
-            self.frames.push_back(data_frame(entry));
+            self.frames.push_back(Queued::Outbox(entry.seq));
             self.sent_upto = seq;
         }
         Ok(seq)
@@ -539,11 +588,11 @@ impl Protocol {
                 self.events.push_back(Event::RawPeer);
                 // A raw peer is never acknowledged: what waits is sent once, unnumbered.
                 for entry in self.outbox.drain(..) {
-                    self.frames.push_back(Frame::Data {
+                    self.frames.push_back(Queued::Frame(Frame::Data {
                         seq: 0,
                         text: entry.text,
                         payload: entry.payload,
-                    });
+                    }));
                 }
                 self.inflight.clear();
                 self.inflight_bytes = 0;
@@ -627,7 +676,7 @@ impl Protocol {
             0
         };
         for entry in self.outbox.iter().filter(|entry| entry.seq > received) {
-            self.frames.push_back(data_frame(entry));
+            self.frames.push_back(Queued::Outbox(entry.seq));
         }
         self.sent_upto = self.next_seq - 1;
         self.progress_at = if self.outbox.is_empty() {
@@ -717,19 +766,20 @@ impl Protocol {
 
     fn send_sync(&mut self, reply: bool) {
         let base = self.outbox.front().map_or(self.next_seq, |e| e.seq);
-        self.frames.push_back(Frame::Peer(PeerMsg::Sync(Sync {
-            sid: self.sid,
-            r#gen: self.conn_gen,
-            tx: TxPos {
-                base,
-                next: self.next_seq,
-            },
-            rx: RxPos {
-                sid: self.rx_sid,
-                hw: self.rx_hw,
-            },
-            reply,
-        })));
+        self.frames
+            .push_back(Queued::Frame(Frame::Peer(PeerMsg::Sync(Sync {
+                sid: self.sid,
+                r#gen: self.conn_gen,
+                tx: TxPos {
+                    base,
+                    next: self.next_seq,
+                },
+                rx: RxPos {
+                    sid: self.rx_sid,
+                    hw: self.rx_hw,
+                },
+                reply,
+            }))));
         self.sync_sent = true;
         self.raise_floor(base - 1);
     }
@@ -741,10 +791,10 @@ impl Protocol {
         if !self.connected || self.consumed_hw == 0 {
             return;
         }
-        self.frames.push_back(Frame::Ack {
+        self.frames.push_back(Queued::Frame(Frame::Ack {
             sid: rx_sid,
             hw: self.consumed_hw,
-        });
+        }));
         self.ack_sent_hw = self.consumed_hw;
         self.unacked_bytes = 0;
     }
