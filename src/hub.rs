@@ -122,6 +122,11 @@ pub struct RemotePeer {
     /// Its client's v1 identity, as its node announced it; `None` for a raw client (or one
     /// not yet announced).
     pub client: Option<ClientId>,
+    /// Whether `client` is what the session's node announced (in a `Bound` or `BoundAck`). A
+    /// record found in the registry is not announced until that node answers: a `None` there
+    /// means "not known yet", not "raw", and a v1 client is told nothing of the session until
+    /// it is known (telling it `raw` would make its library send its outbox unnumbered).
+    pub announced: bool,
     /// Set when this record is replaced or forgotten (the session ended, moved, or its node
     /// died). An atomic, not a token: senders check it for every message.
     pub gone: Arc<AtomicBool>,
@@ -591,9 +596,10 @@ impl Hub {
         if let Some(slots) = sessions.get_mut(channel_id)
             && let Some(Peer::Remote(remote)) = slots.slot(role)
             && remote.incarnation() == peer
-            && remote.client != client
+            && (remote.client != client || !remote.announced)
         {
             remote.client = client;
+            remote.announced = true;
             slots.notify_peer_of(role);
         }
     }

@@ -75,16 +75,23 @@ impl V1Session {
                 self.pending.push_back(frame::goaway());
             }
             let seen = match hub.peer(channel_id, role.peer()) {
-                None => (None, PeerView::Away),
-                Some(Peer::Local(handle)) => (
+                None => Some((None, PeerView::Away)),
+                Some(Peer::Local(handle)) => Some((
                     Some(handle.incarnation(me)),
                     PeerView::Online(handle.client),
-                ),
+                )),
+                // A session found in the registry whose node has not yet said whether its
+                // client speaks v1: nothing to tell until it does (its `BoundAck` wakes this
+                // again). `raw` now would be a false fact, and a v1 client acts on it: its
+                // library sends its outbox unnumbered, at most once.
+                Some(Peer::Remote(remote)) if !remote.announced => None,
                 Some(Peer::Remote(remote)) => {
-                    (Some(remote.incarnation()), PeerView::Online(remote.client))
+                    Some((Some(remote.incarnation()), PeerView::Online(remote.client)))
                 }
             };
-            if self.told != Some(seen) {
+            if let Some(seen) = seen
+                && self.told != Some(seen)
+            {
                 self.told = Some(seen);
                 self.pending.push_back(frame::peer(seen.1));
             }

@@ -419,7 +419,7 @@ impl Router {
         }
         if let Some(peer) = peer
             && peer.node != self.me.id
-            && let Some(remote) = self.remote_peer(peer, None)
+            && let Some(remote) = self.unannounced_peer(peer)
         {
             let incarnation = remote.incarnation();
             self.hub.set_remote(&channel_id, role.peer(), remote);
@@ -497,7 +497,7 @@ impl Router {
             if !still_alone {
                 return;
             }
-            let Some(remote) = router.remote_peer(route, None) else {
+            let Some(remote) = router.unannounced_peer(route) else {
                 return;
             };
             let client = router
@@ -576,8 +576,8 @@ impl Router {
                 .is_some_and(|cluster| cluster.membership.is_live(node))
     }
 
-    /// A record of a remote session (whose client has v1 identity `client`, as far as this
-    /// node knows); `None` if its node is not live.
+    /// A record of a remote session (whose client has v1 identity `client`, as its node
+    /// announced it); `None` if its node is not live.
     fn remote_peer(&self, route: Route, client: Option<ClientId>) -> Option<RemotePeer> {
         let cluster = self.cluster.as_ref()?;
         let info = cluster.membership.info(route.node)?;
@@ -586,8 +586,17 @@ impl Router {
             session: route.session,
             link: cluster.links.link(&info),
             client,
+            announced: true,
             gone: Arc::default(),
         })
+    }
+
+    /// A record of a remote session read from the registry, whose client's v1 identity its
+    /// node has not announced yet (its `BoundAck` will).
+    fn unannounced_peer(&self, route: Route) -> Option<RemotePeer> {
+        let mut remote = self.remote_peer(route, None)?;
+        remote.announced = false;
+        Some(remote)
     }
 
     /// Queues a control frame for `node`, on its link (spawned if need be); dropped and
