@@ -13,4 +13,5 @@ mod protocol;
 mod relay;
 mod tidy;
 mod v1;
+mod v1_churn;
 mod v1_resume;
