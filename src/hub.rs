@@ -119,8 +119,8 @@ pub struct RemotePeer {
     pub session: u64,
     /// The link to that node.
     pub link: LinkHandle,
-    /// Its client's v1 identity, as its node announced it; `None` for a raw client (or one
-    /// not yet announced).
+    /// Its client's v1 identity, as its node announced it or its route in Redis says; `None`
+    /// for a raw client.
     pub client: Option<ClientId>,
     /// Set when this record is replaced or forgotten (the session ended, moved, or its node
     /// died). An atomic, not a token: senders check it for every message.

@@ -13,7 +13,7 @@
 //! | 7 | Evict | channel id [32], role u8, session u64 |
 //! | 8 | Ping | |
 //! | 9 | Pong | |
-//! | 10 | BoundAck | channel id [32], role u8, session u64, client sid u64 (0: none or raw), client gen u32 |
+//! | 10 | BoundAck | channel id [32], role u8, session u64, client sid u64 (0: none or raw), client gen u32 (with sid 0: 1 if the other role is held by a raw client, 0 if not held) |
 //! | 11 | Sent | channel id [32], role u8, sender u64, receiver u64, sent u64 |
 //!
 //! Roles are 0 (app) and 1 (web); kinds 0 (text), 1 (binary) and 2 (a wspair.v1 frame); integers are big-endian. The
@@ -245,21 +245,23 @@ fn write_body(frame: &InnerFrame, dst: &mut BytesMut) {
             role,
             session,
             client,
+        } => {
+            put_target(dst, 5, channel_id, *role);
+            dst.put_u64(*session);
+            dst.put_u64(client.map_or(0, |client| client.sid));
+            dst.put_u32(client.map_or(0, |client| client.generation));
         }
-        | InnerFrame::BoundAck {
+        InnerFrame::BoundAck {
             channel_id,
             role,
             session,
             client,
+            held,
         } => {
-            let type_byte = match frame {
-                InnerFrame::Bound { .. } => 5,
-                _ => 10,
-            };
-            put_target(dst, type_byte, channel_id, *role);
+            put_target(dst, 10, channel_id, *role);
             dst.put_u64(*session);
             dst.put_u64(client.map_or(0, |client| client.sid));
-            dst.put_u32(client.map_or(0, |client| client.generation));
+            dst.put_u32(client.map_or(u32::from(*held), |client| client.generation));
         }
         InnerFrame::Evict {
             channel_id,
@@ -459,6 +461,7 @@ fn parse(mut body: Bytes) -> Result<InnerFrame, CodecError> {
                             role,
                             session,
                             client,
+                            held: (sid, generation) != (0, 0),
                         }
                     }
                 }
@@ -507,6 +510,24 @@ mod tests {
                 role: Role::Web,
                 session: 6,
                 client: None,
+                held: false,
+            },
+            InnerFrame::BoundAck {
+                channel_id: id(),
+                role: Role::App,
+                session: 8,
+                client: None,
+                held: true,
+            },
+            InnerFrame::BoundAck {
+                channel_id: id(),
+                role: Role::App,
+                session: 9,
+                client: Some(ClientId {
+                    sid: 0xbeef,
+                    generation: 2,
+                }),
+                held: true,
             },
             InnerFrame::Auth {
                 mac: [9; MAC_BYTES],

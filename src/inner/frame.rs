@@ -115,6 +115,10 @@ pub enum InnerFrame {
         /// The v1 identity of the client of the other role on the acknowledging node, if it
         /// holds that role with a v1 client.
         client: Option<ClientId>,
+        /// Whether the acknowledging node holds the other role at all. When it does not,
+        /// `client` says nothing (`None` is then "no session", not "a raw client"), and the
+        /// record of the peer keeps the identity it has.
+        held: bool,
     },
     /// `session`, which held `role` of `channel_id` on the sending node, has ended.
     Unbound {

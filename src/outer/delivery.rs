@@ -9,10 +9,13 @@
 //! A peer that ends while a message is parked gets looked up again, so a reconnected peer
 //! receives it; with no peer at all, the message is dropped and counted.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tracing::{debug, warn};
@@ -25,6 +28,16 @@ use crate::inner::link::LinkError;
 use crate::metrics::Metrics;
 use crate::pair::{ChannelId, Message, Role};
 use crate::router::Router;
+
+/// How long a sender waits for credit before it says where it stands (`Sent`), which the
+/// receiving session answers with its limit: that repairs a `Credit` lost with a link or
+/// dropped for a session not yet recorded, and settles frames lost on the way. Then again after
+/// twice as long each time, up to [`CREDIT_PROBE_MAX`]: a receiver that is merely slow costs a
+/// frame every few seconds.
+const CREDIT_PROBE_FIRST: Duration = Duration::from_millis(500);
+
+/// The longest wait between two probes of a sender waiting for credit.
+const CREDIT_PROBE_MAX: Duration = Duration::from_secs(8);
 
 /// How often a session with no peer asks the registry where its peer is.
 const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -44,8 +57,10 @@ enum Blocked {
         remote: RemotePeer,
         grant: Arc<Grant>,
         credits: PollSemaphore,
-        /// Ticks seen while waiting; at the second, the sender says where it stands (`Sent`).
-        ticks: u32,
+        /// When the sender next says where it stands (`Sent`), if credit has not come by then.
+        probe: Pin<Box<Sleep>>,
+        /// The wait before the probe after that: doubled each time, up to `CREDIT_PROBE_MAX`.
+        probe_wait: Duration,
     },
     /// Bytes in the link's data queue, then a slot in it (the credit is already taken).
     Link {
@@ -146,7 +161,8 @@ impl Delivery {
                                 remote: remote.clone(),
                                 credits: PollSemaphore::new(grant.permits()),
                                 grant,
-                                ticks: 0,
+                                probe: Box::pin(tokio::time::sleep(CREDIT_PROBE_FIRST)),
+                                probe_wait: CREDIT_PROBE_FIRST * 2,
                             }));
                             None
                         }
@@ -263,8 +279,25 @@ impl Delivery {
                     remote,
                     grant,
                     credits,
+                    probe,
+                    probe_wait,
                     ..
                 } => {
+                    if probe.as_mut().poll(cx).is_ready() {
+                        // Behind this session's data on the link's queue, so it tells where
+                        // the data ends; the answer is a `Credit`.
+                        let _ = remote.link.try_send_data(InnerFrame::Sent {
+                            channel_id: self.channel_id,
+                            role: self.role.peer(),
+                            sender: self.session,
+                            receiver: remote.session,
+                            sent: grant.position(),
+                        });
+                        probe.as_mut().reset(tokio::time::Instant::now() + *probe_wait);
+                        *probe_wait = (*probe_wait * 2).min(CREDIT_PROBE_MAX);
+                        // Polled again, so the reset timer is registered.
+                        continue;
+                    }
                     if remote.is_marked_gone() || grant.is_closed() {
                         let Some(Blocked::Credit { message, .. }) = self.take_blocked() else {
                             unreachable!("matched Credit above");
@@ -339,35 +372,16 @@ impl Delivery {
     }
 
     /// Called at each tick of the session: a message parked on a peer that has since gone is
-    /// sent again; one that has waited for credit since the last tick asks for it with the
-    /// sender's position (`Sent`), which also settles frames lost on the way.
+    /// sent again. (One waiting for credit asks for it on a timer of its own, see
+    /// `CREDIT_PROBE_FIRST`.)
     pub fn recheck(&mut self) {
-        let Some(Blocked::Credit {
-            remote,
-            grant,
-            ticks,
-            ..
-        }) = self.blocked.as_deref_mut()
-        else {
+        let Some(Blocked::Credit { remote, grant, .. }) = self.blocked.as_deref_mut() else {
             return;
         };
         if remote.is_marked_gone() || grant.is_closed() {
             if let Some(Blocked::Credit { message, .. }) = self.take_blocked() {
                 self.retry(message);
             }
-            return;
-        }
-        *ticks += 1;
-        if *ticks >= 2 {
-            *ticks = 0;
-            // Behind this session's data on the link's queue, so it tells where the data ends.
-            let _ = remote.link.try_send_data(InnerFrame::Sent {
-                channel_id: self.channel_id,
-                role: self.role.peer(),
-                sender: self.session,
-                receiver: remote.session,
-                sent: grant.position(),
-            });
         }
     }
 

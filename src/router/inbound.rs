@@ -153,17 +153,15 @@ impl Router {
                     self.adopt_remote(channel_id, role, remote);
                 }
                 // Tells the bound session's node who its peer's client is here, if any.
-                let peer_client = self
-                    .hub
-                    .local(&channel_id, role.peer())
-                    .and_then(|handle| handle.client);
+                let peer_here = self.hub.local(&channel_id, role.peer());
                 self.send_control(
                     from,
                     InnerFrame::BoundAck {
                         channel_id,
                         role,
                         session,
-                        client: peer_client,
+                        client: peer_here.as_ref().and_then(|handle| handle.client),
+                        held: peer_here.is_some(),
                     },
                 );
             }
@@ -172,10 +170,15 @@ impl Router {
                 role,
                 session,
                 client,
+                held,
             } => {
                 // The acknowledging node named its session's v1 identity: noted before the
-                // claim waiting for this answers its client, so its `peer` frame says it.
-                if let Some(Peer::Remote(peer)) = self.hub.peer(&channel_id, role.peer())
+                // claim waiting for this answers its client, so its `peer` frame says it. A node
+                // that holds no session of the role names nobody: a `None` from it is not a raw
+                // client, and announcing it as one would make a v1 client here send its outbox
+                // unnumbered (the session it holds, if any, announces itself in its own `Bound`).
+                if held
+                    && let Some(Peer::Remote(peer)) = self.hub.peer(&channel_id, role.peer())
                     && peer.node == from
                 {
                     self.hub.set_remote_client(

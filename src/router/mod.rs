@@ -630,8 +630,8 @@ impl Router {
                 .is_some_and(|cluster| cluster.membership.is_live(node))
     }
 
-    /// A record of a remote session (whose client has v1 identity `client`, as far as this
-    /// node knows); `None` if its node is not live.
+    /// A record of a remote session whose client has v1 identity `client` (as its node
+    /// announced it, or as its route in Redis says); `None` if its node is not live.
     fn remote_peer(&self, route: Route, client: Option<ClientId>) -> Option<RemotePeer> {
         let cluster = self.cluster.as_ref()?;
         let info = cluster.membership.info(route.node)?;

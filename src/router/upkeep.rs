@@ -53,6 +53,11 @@ pub(super) struct Upkeep {
     /// Routes whose release failed (Redis down); retried after each heartbeat that reached
     /// Redis.
     pending_releases: Mutex<Vec<(ChannelId, Role, Route)>>,
+    /// Sessions registered again after this node's registration was lost that have no peer:
+    /// the router looks for their peers in the registry ([`Router::resolve_peer`]).
+    alone: Mutex<Vec<(ChannelId, Role, u64)>>,
+    /// Notified when `alone` gets entries.
+    alone_found: Notify,
 }
 
 impl std::fmt::Debug for Upkeep {
@@ -184,7 +189,19 @@ impl Router {
     /// Keeps this node's routes in Redis until `shutdown` (see [`Upkeep`]).
     pub async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
         if let Some(cluster) = &self.cluster {
-            cluster.upkeep.run(shutdown).await;
+            let resolve = async {
+                loop {
+                    cluster.upkeep.alone_found.notified().await;
+                    let alone = std::mem::take(&mut *lock(&cluster.upkeep.alone));
+                    for (channel_id, role, session) in alone {
+                        self.resolve_peer(channel_id, role, session);
+                    }
+                }
+            };
+            tokio::select! {
+                () = cluster.upkeep.run(shutdown) => {}
+                () = resolve => {}
+            }
         }
     }
 
@@ -215,6 +232,8 @@ impl Upkeep {
             wake: Notify::new(),
             reregister: AtomicBool::new(false),
             pending_releases: Mutex::default(),
+            alone: Mutex::default(),
+            alone_found: Notify::new(),
         }
     }
 
@@ -435,9 +454,21 @@ impl Upkeep {
     /// Sends `Bound` for each of `sessions` whose peer is on another node. After this node's
     /// registration was lost, the other nodes may have timed it out and forgotten its sessions;
     /// this tells them again, so pairs split by the outage join up without reconnecting.
+    ///
+    /// A session with no peer is handed to the router to look for it in the registry: after
+    /// Redis restarted empty, a client that claimed before its peer's route was written again
+    /// found no peer, and its peer's node, writing that route later, found it in no record.
+    /// Neither would ever hear of the other (v1 clients send nothing while their peer is away,
+    /// so no dropped message asks either), and the pair would stay split. Of two nodes writing
+    /// and then reading, the later reader finds the other.
     fn announce_sessions(&self, sessions: &[(ChannelId, Role, u64)]) {
+        let mut alone = Vec::new();
         for &(channel_id, role, session) in sessions {
-            if let Some(Peer::Remote(remote)) = self.hub.peer(&channel_id, role.peer()) {
+            let peer = self.hub.peer(&channel_id, role.peer());
+            if peer.is_none() {
+                alone.push((channel_id, role, session));
+            }
+            if let Some(Peer::Remote(remote)) = peer {
                 let client = self
                     .hub
                     .local(&channel_id, role)
@@ -450,6 +481,10 @@ impl Upkeep {
                     client,
                 });
             }
+        }
+        if !alone.is_empty() {
+            lock(&self.alone).extend(alone);
+            self.alone_found.notify_one();
         }
     }
 }

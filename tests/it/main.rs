@@ -13,5 +13,6 @@ mod protocol;
 mod relay;
 mod tidy;
 mod v1;
+mod v1_churn;
 mod v1_faults;
 mod v1_resume;

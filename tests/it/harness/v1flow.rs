@@ -60,6 +60,8 @@ pub struct Received {
     pub presence: Vec<(Instant, Presence)>,
     /// `StreamReset` events: (old sid, delivered hw).
     pub resets: Vec<(u64, u64)>,
+    /// `Refused` events: reconnect attempts a node answered with an HTTP status.
+    pub refused: u64,
 }
 
 /// One client of a running flow.
@@ -153,6 +155,7 @@ fn side(mut client: Client, n: u64, rate: Option<u64>) -> Side {
                         old_sid,
                         delivered_hw,
                     } => seen.resets.push((old_sid, delivered_hw)),
+                    Event::Refused { .. } => seen.refused += 1,
                     _ => {}
                 }
             }
