@@ -359,8 +359,11 @@ impl Ledger {
     /// grace ends to arrive.
     pub fn ended(&mut self, sender: Incarnation, sent: u64) -> Option<CreditDue> {
         let account = self.account(sender)?;
-        // What arrived was sent, whatever the sender says.
-        account.ended_at = Some(sent.max(account.received).min(account.limit));
+        // What arrived was sent, whatever the sender says; and an end stated before (a
+        // sender's own `Unbound`) is never lowered by a later one (its node saying it no longer
+        // holds the session).
+        let stated = account.ended_at.unwrap_or(0);
+        account.ended_at = Some(sent.max(stated).max(account.received).min(account.limit));
         let settle_by = Instant::now() + SETTLE_GRACE;
         account.deadline = Some(account.deadline.map_or(settle_by, |at| at.min(settle_by)));
         if self.current == Some(sender) {

@@ -582,6 +582,28 @@ impl Hub {
         Recorded::Peer
     }
 
+    /// Records `remote` as in [`Hub::set_remote`], but only if no live session of `role` is
+    /// recorded: for a record healed from the registry, which must never displace one that a
+    /// `Bound` wrote meanwhile (the registry may name a session that has just ended). True if
+    /// it was recorded.
+    pub fn set_remote_if_vacant(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        remote: RemotePeer,
+    ) -> bool {
+        let mut sessions = self.lock(channel_id);
+        let Some(slots) = sessions.get_mut(channel_id) else {
+            return false;
+        };
+        if !slots.has_local() || slots.slot_ref(role).is_some_and(|peer| !peer.is_gone()) {
+            return false;
+        }
+        *slots.slot(role) = Some(Peer::Remote(remote));
+        slots.notify_peer_of(role);
+        true
+    }
+
     /// Notes the v1 identity the node of the remote session `peer` announced for it (in its
     /// `BoundAck`), if it is still the one recorded for `role`.
     pub fn set_remote_client(

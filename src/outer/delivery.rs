@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Sleep;
 use tokio_util::sync::{PollSemaphore, PollSender};
 use tracing::{debug, warn};
 
@@ -293,7 +293,9 @@ impl Delivery {
                             receiver: remote.session,
                             sent: grant.position(),
                         });
-                        probe.as_mut().reset(tokio::time::Instant::now() + *probe_wait);
+                        probe
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + *probe_wait);
                         *probe_wait = (*probe_wait * 2).min(CREDIT_PROBE_MAX);
                         // Polled again, so the reset timer is registered.
                         continue;

@@ -39,10 +39,16 @@ impl Router {
             Metrics::incr(&self.metrics.inner_frames_stale);
             return;
         }
-        if let Some(handle) = self.hub.local(&channel_id, role.peer()) {
-            let due = handle.credit.ledger().open(incarnation);
+        self.open_credit(channel_id, role.peer(), incarnation);
+    }
+
+    /// Opens the account of the remote session `sender` in the ledger of this node's session
+    /// of `role` (its peer), and announces the grant.
+    pub(super) fn open_credit(&self, channel_id: ChannelId, role: Role, sender: Incarnation) {
+        if let Some(handle) = self.hub.local(&channel_id, role) {
+            let due = handle.credit.ledger().open(sender);
             if let Some(due) = due {
-                self.send_credit(channel_id, role.peer(), handle.id, due);
+                self.send_credit(channel_id, role, handle.id, due);
             }
         }
     }
@@ -126,6 +132,26 @@ impl Router {
                     None => {
                         Metrics::incr(&self.metrics.inner_frames_stale);
                         debug!(%channel_id, %role, node = %from, "credit for a session incarnation no longer here dropped");
+                        // A sender session this node no longer holds never learnt of that
+                        // receiver (its own `Unbound` went to the peer it knew), and the
+                        // receiver's ledger would keep its share of the window for the
+                        // superseded grace: it hears that the session sent it nothing.
+                        // (`sent` 0 never lowers an end the session itself stated.)
+                        if self
+                            .hub
+                            .local(&channel_id, role)
+                            .is_none_or(|handle| handle.id != sender)
+                        {
+                            self.send_control(
+                                from,
+                                InnerFrame::Unbound {
+                                    channel_id,
+                                    role,
+                                    session: sender,
+                                    sent: 0,
+                                },
+                            );
+                        }
                     }
                 }
             }

@@ -533,9 +533,18 @@ impl Router {
                 .local(&channel_id, role)
                 .filter(|handle| handle.id == session)
                 .and_then(|handle| handle.client);
+            let incarnation = remote.incarnation();
+            // Checked and recorded under one lock: a `Bound` of a newer session may have come
+            // since the registry was read, and the registry may name a session that just ended.
+            if !router
+                .hub
+                .set_remote_if_vacant(&channel_id, role.peer(), remote)
+            {
+                return;
+            }
             debug!(%channel_id, %role, node = %route.node, "peer found again in the registry");
-            // The `Bound` first: the credit `adopt_remote` announces is for this session, which
-            // the peer's node must have recorded.
+            // The `Bound` before the credit: the peer's node applies credit only from a
+            // session it has recorded.
             router.send_control(
                 route.node,
                 InnerFrame::Bound {
@@ -545,7 +554,7 @@ impl Router {
                     client,
                 },
             );
-            router.adopt_remote(channel_id, role.peer(), remote);
+            router.open_credit(channel_id, role, incarnation);
         });
     }
 
