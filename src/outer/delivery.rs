@@ -380,10 +380,10 @@ impl Delivery {
         let Some(Blocked::Credit { remote, grant, .. }) = self.blocked.as_deref_mut() else {
             return;
         };
-        if remote.is_marked_gone() || grant.is_closed() {
-            if let Some(Blocked::Credit { message, .. }) = self.take_blocked() {
-                self.retry(message);
-            }
+        if (remote.is_marked_gone() || grant.is_closed())
+            && let Some(Blocked::Credit { message, .. }) = self.take_blocked()
+        {
+            self.retry(message);
         }
     }
 
