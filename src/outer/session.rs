@@ -336,6 +336,15 @@ impl Session {
         if self.client_close_code.is_some() {
             return Ok(());
         }
+        if let Some(v1) = &mut self.v1 {
+            v1.poll_peer(
+                cx,
+                &self.ctx.router.hub,
+                self.ctx.router.me().id,
+                &self.claim.channel_id,
+                self.claim.role,
+            );
+        }
         let mut written = Written::default();
         let result = self.poll_write_queued(cx, &mut written);
         if written.messages > 0 {
@@ -369,13 +378,7 @@ impl Session {
                 continue;
             }
             if let Some(v1) = &mut self.v1
-                && let Some(frame) = v1.poll_server_frame(
-                    cx,
-                    &self.ctx.router.hub,
-                    self.ctx.router.me().id,
-                    &self.claim.channel_id,
-                    self.claim.role,
-                )
+                && let Some(frame) = v1.next_server_frame()
             {
                 Pin::new(&mut self.ws).start_send(Frame::binary(frame))?;
                 self.unflushed = true;

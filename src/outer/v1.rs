@@ -3,7 +3,7 @@
 //!
 //! A v1 session checks each frame its client sends ([`V1Session::read`]), enforces the
 //! client's window, writes `welcome` first and a `peer` frame whenever the hub's record of the
-//! peer changes ([`V1Session::poll_server_frame`]), and writes what the peer sent as v1 frames
+//! peer changes ([`V1Session::poll_peer`]), and writes what the peer sent as v1 frames
 //! ([`V1Session::outgoing`]). Frames between two v1 clients are written as they were read.
 
 use std::collections::VecDeque;
@@ -60,35 +60,41 @@ impl V1Session {
         }
     }
 
-    /// The next server frame to write: `welcome`, then a `peer` frame when the hub's record of
-    /// the peer changed since the client was last told.
-    pub fn poll_server_frame(
+    /// Looks at the hub's record of the peer if it changed since the last look (or the node
+    /// asked the session to send `goaway`), and queues the frames that tell the client.
+    /// Registers the session's waker for the next change: call once per round of writes.
+    pub fn poll_peer(
         &mut self,
         cx: &mut Context<'_>,
         hub: &Hub,
         me: NodeId,
         channel_id: &ChannelId,
         role: Role,
-    ) -> Option<Bytes> {
-        if self.watch.poll_changed(cx) == Poll::Ready(()) {
-            if self.watch.take_goaway() {
-                self.pending.push_back(frame::goaway());
-            }
-            let seen = match hub.peer(channel_id, role.peer()) {
-                None => (None, PeerView::Away),
-                Some(Peer::Local(handle)) => (
-                    Some(handle.incarnation(me)),
-                    PeerView::Online(handle.client),
-                ),
-                Some(Peer::Remote(remote)) => {
-                    (Some(remote.incarnation()), PeerView::Online(remote.client))
-                }
-            };
-            if self.told != Some(seen) {
-                self.told = Some(seen);
-                self.pending.push_back(frame::peer(seen.1));
-            }
+    ) {
+        if self.watch.poll_changed(cx) == Poll::Pending {
+            return;
         }
+        if self.watch.take_goaway() {
+            self.pending.push_back(frame::goaway());
+        }
+        let seen = match hub.peer(channel_id, role.peer()) {
+            None => (None, PeerView::Away),
+            Some(Peer::Local(handle)) => (
+                Some(handle.incarnation(me)),
+                PeerView::Online(handle.client),
+            ),
+            Some(Peer::Remote(remote)) => {
+                (Some(remote.incarnation()), PeerView::Online(remote.client))
+            }
+        };
+        if self.told != Some(seen) {
+            self.told = Some(seen);
+            self.pending.push_back(frame::peer(seen.1));
+        }
+    }
+
+    /// The next server frame to write (`welcome` first), before anything the peer sent.
+    pub fn next_server_frame(&mut self) -> Option<Bytes> {
         self.pending.pop_front()
     }
 
