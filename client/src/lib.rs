@@ -17,8 +17,8 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), wspair_client::Error> {
-//!     let urls = ["ws://127.0.0.1:1024/channel", "ws://127.0.0.1:1025/channel"];
-//!     let mut client = Client::connect(Config::new(urls, "chan-1", Role::Web)).await?;
+//!     let urls = ["ws://10.0.0.1:1024/channel", "ws://10.0.0.2:1024/channel"]; // two nodes
+//!     let mut client = Client::connect(Config::new(urls, "0123456789abcdef0123456789abcdef", Role::Web)).await?;
 //!     let seq = client.send_text("hello").await?; // waits while the window is full
 //!     println!("sent #{seq}");
 //!     while let Some(event) = client.next_event().await {
