@@ -236,4 +236,48 @@ mod tests {
         window.on_data(3, 1).unwrap();
         assert!(window.on_data(4, 1).is_err());
     }
+
+    /// A client's own `sync` stating a position far ahead, with nothing outstanding
+    /// (`base == next`), must be handled at once: the node acknowledges up to `base - 1` one
+    /// position at a time, so a single frame of ~60 bytes keeps a worker busy for ages.
+    #[test]
+    fn a_sync_far_ahead_is_handled_at_once() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut window = Window::new(1024, 1 << 20);
+            let far = 1u64 << 40;
+            let outcome = window.on_sync(SyncPositions {
+                base: far,
+                next: far,
+            });
+            let _ = done_tx.send(outcome);
+        });
+        let outcome = done_rx.recv_timeout(std::time::Duration::from_secs(2));
+        assert!(
+            outcome.is_ok(),
+            "Window::on_sync with base = next = 2^40 did not return within 2 s (it counts up one position at a time)"
+        );
+    }
+
+    /// An ACK relayed to a client before its own `sync` (the peer can send one for any sid)
+    /// with `hw` = 2^64 - 1 must neither panic nor switch the window off.
+    #[test]
+    fn an_ack_of_the_largest_mark_before_sync_keeps_the_window() {
+        let outcome = std::panic::catch_unwind(|| {
+            let mut window = Window::new(2, 1000);
+            window.on_ack(u64::MAX);
+            window.on_sync(SyncPositions { base: 1, next: 1 }).unwrap();
+            let mut results = Vec::new();
+            for seq in 1..=3 {
+                results.push(window.on_data(seq, 1));
+            }
+            results
+        });
+        let results =
+            outcome.expect("Window::on_ack(u64::MAX) before sync panicked (overflow of acked + 1)");
+        assert!(
+            results[2].is_err(),
+            "a third unacknowledged message fits a window of 2: {results:?}"
+        );
+    }
 }

@@ -15,4 +15,5 @@ mod tidy;
 mod v1;
 mod v1_churn;
 mod v1_faults;
+mod v1_hostile;
 mod v1_resume;
