@@ -13,14 +13,11 @@ pub(crate) fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// A random stream id (never zero).
-pub(crate) fn random_sid() -> u64 {
-    loop {
-        let sid = random_u64();
-        if sid != 0 {
-            return sid;
-        }
-    }
+/// A random client key: 128 bits only this client knows (PROTOCOL.md §1).
+pub(crate) fn random_key() -> u128 {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system provides random bytes");
+    u128::from_le_bytes(bytes)
 }
 
 /// The delay sequence of one run of failed attempts.
@@ -81,7 +78,7 @@ mod tests {
     #[test]
     fn sids_are_never_zero() {
         for _ in 0..100 {
-            assert_ne!(random_sid(), 0);
+            assert_ne!(crate::frame::sid_of_key(random_key()), 0);
         }
     }
 }

@@ -29,12 +29,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::backoff::{Backoff, random_sid};
+use crate::backoff::{Backoff, random_key};
 use crate::config::Config;
 use crate::connection::{Conn, OpenError, Target, Ws, describe_close, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
-use crate::frame::{Frame, ServerMsg};
+use crate::frame::{Frame, ServerMsg, sid_of_key};
 use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
 /// Events the core holds for the application before the task stops reading the socket.
@@ -179,12 +179,12 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn target(cfg: &Config, url_idx: usize, sid: u64, r#gen: u32) -> Target {
+fn target(cfg: &Config, url_idx: usize, r#gen: u32) -> Target {
     Target {
         base_url: cfg.urls[url_idx % cfg.urls.len()].clone(),
         channel_id: cfg.channel_id.clone(),
         role: cfg.role,
-        sid,
+        key: cfg.key.expect("connect draws a key when none is given"),
         r#gen,
         raw_fallback: cfg.raw_fallback,
     }
@@ -199,16 +199,15 @@ impl Client {
         if config.urls.is_empty() {
             return Err(Error::Config("no URL".into()));
         }
-        if config.sid == Some(0) {
-            return Err(Error::Config("a sid is never zero".into()));
-        }
-        let sid = config.sid.unwrap_or_else(random_sid);
+        let mut config = config;
+        // The stream id is derived from the key, which only this client knows (PROTOCOL.md §1).
+        let sid = sid_of_key(*config.key.get_or_insert_with(random_key));
         let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
         let mut r#gen = 0u32;
         let mut url_idx = 0usize;
         let conn = loop {
             r#gen += 1;
-            let t = target(&config, url_idx, sid, r#gen);
+            let t = target(&config, url_idx, r#gen);
             match open(&t).await {
                 Ok(conn) => break conn,
                 Err(e) if e.retryable() => {
@@ -737,8 +736,7 @@ impl Task {
     fn start_attempt(&mut self) {
         self.r#gen = self.r#gen.saturating_add(1);
         self.url_idx += 1;
-        let sid = self.core().proto.sid();
-        let t = target(&self.cfg, self.url_idx, sid, self.r#gen);
+        let t = target(&self.cfg, self.url_idx, self.r#gen);
         let r#gen = self.r#gen;
         tracing::debug!(url = %t.base_url, r#gen, "connecting");
         self.attempt = Some(Box::pin(async move { (r#gen, open(&t).await) }));

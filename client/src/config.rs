@@ -50,9 +50,10 @@ pub struct Config {
     /// How long [`Client::close`](crate::Client::close) waits for the outbox to empty
     /// (default 5 s).
     pub close_timeout: Duration,
-    /// The stream id; `None` draws one at random. A fixed sid must not be reused by another
-    /// client instance, since it names one stream.
-    pub sid: Option<u64>,
+    /// The client's secret key (PROTOCOL.md §1); `None` draws one at random. Its stream id is
+    /// derived from it, and only a connection presenting it may take over its slot. A fixed
+    /// key must not be shared with another client instance, since it names one stream.
+    pub key: Option<u128>,
 }
 
 impl Config {
@@ -73,7 +74,7 @@ impl Config {
             presence_grace: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(5),
-            sid: None,
+            key: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::Role;
 use crate::error::Error;
-use crate::frame::{Frame, ServerMsg, Welcome, sid_to_hex};
+use crate::frame::{Frame, ServerMsg, Welcome};
 
 /// The subprotocol this library speaks.
 pub const SUBPROTOCOL: &str = "wspair.v1";
@@ -82,7 +82,7 @@ pub(crate) struct Target {
     pub base_url: String,
     pub channel_id: String,
     pub role: Role,
-    pub sid: u64,
+    pub key: u128,
     pub r#gen: u32,
     pub raw_fallback: bool,
 }
@@ -100,7 +100,7 @@ fn encode_query_value(value: &str) -> String {
     out
 }
 
-/// The URL of a connection: the base with the query of PROTOCOL.md §1 (without `sid` and `gen`
+/// The URL of a connection: the base with the query of PROTOCOL.md §1 (without `key` and `gen`
 /// for a raw connection).
 pub(crate) fn connection_url(t: &Target, v1: bool) -> String {
     let sep = if t.base_url.contains('?') { '&' } else { '?' };
@@ -111,7 +111,7 @@ pub(crate) fn connection_url(t: &Target, v1: bool) -> String {
         encode_query_value(&t.channel_id)
     );
     if v1 {
-        url.push_str(&format!("&sid={}&gen={}", sid_to_hex(t.sid), t.r#gen));
+        url.push_str(&format!("&key={:032x}&gen={}", t.key, t.r#gen));
     }
     url
 }
@@ -242,7 +242,7 @@ mod tests {
             base_url: base.into(),
             channel_id: channel.into(),
             role: Role::Web,
-            sid: 0x5f0c_3a9e_71d2_b846,
+            key: 0x5f0c_3a9e_71d2_b846_0011_2233_4455_6677,
             r#gen: 1,
             raw_fallback: false,
         }
@@ -253,7 +253,7 @@ mod tests {
         let t = target("ws://127.0.0.1:1024/channel", "ID");
         assert_eq!(
             connection_url(&t, true),
-            "ws://127.0.0.1:1024/channel?type=web&channelId=ID&sid=5f0c3a9e71d2b846&gen=1"
+            "ws://127.0.0.1:1024/channel?type=web&channelId=ID&key=5f0c3a9e71d2b8460011223344556677&gen=1"
         );
         assert_eq!(
             connection_url(&t, false),
@@ -265,11 +265,11 @@ mod tests {
     fn the_channel_id_is_percent_encoded_and_an_existing_query_kept() {
         let mut t = target("ws://h/channel?token=x", "a b&c/é");
         t.role = Role::App;
-        t.sid = 1;
+        t.key = 1;
         t.r#gen = 4_294_967_295;
         assert_eq!(
             connection_url(&t, true),
-            "ws://h/channel?token=x&type=app&channelId=a%20b%26c%2F%C3%A9&sid=0000000000000001&gen=4294967295"
+            "ws://h/channel?token=x&type=app&channelId=a%20b%26c%2F%C3%A9&key=00000000000000000000000000000001&gen=4294967295"
         );
     }
 

@@ -386,7 +386,18 @@ fn prefixed(kind: u8, json: Vec<u8>) -> Bytes {
     buf.freeze()
 }
 
-/// Formats a sid as the protocol writes it in text: 16 lowercase hex digits.
+/// The stream id of the client with secret `key`: the first 8 bytes (big-endian) of the SHA-256
+/// of the key's 16 bytes (big-endian), or 1 if those are all zero (PROTOCOL.md §1). The node
+/// derives it the same way from the `key` a connection presents, so a peer that learns the sid
+/// still cannot connect as its owner.
+pub fn sid_of_key(key: u128) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.to_be_bytes());
+    let sid = u64::from_be_bytes(digest[..8].try_into().expect("a digest has 32 bytes"));
+    sid.max(1)
+}
+
+/// A sid as the protocol writes it: 16 lowercase hex digits.
 pub fn sid_to_hex(sid: u64) -> String {
     format!("{sid:016x}")
 }
@@ -435,6 +446,13 @@ mod opt_hex_sid {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sid_is_the_head_of_the_keys_sha256() {
+        // SHA-256 of 16 zero bytes begins 374708fff7719dd5; the node derives the same.
+        assert_eq!(super::sid_of_key(0), 0x3747_08ff_f771_9dd5);
+        assert_ne!(super::sid_of_key(1), super::sid_of_key(2));
+    }
+
     use super::*;
 
     fn round_trip(frame: Frame) {

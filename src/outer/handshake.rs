@@ -23,8 +23,8 @@ pub struct PairRequest {
     pub channel_id: ChannelId,
     /// The `type` parameter.
     pub role: Role,
-    /// The `sid` and `gen` parameters of a client that offered `wspair.v1` (and the node
-    /// accepts it); `None` for a raw client.
+    /// The identity (from the `key` and `gen` parameters) of a client that offered
+    /// `wspair.v1` (and the node accepts it); `None` for a raw client.
     pub client: Option<ClientId>,
 }
 
@@ -106,7 +106,7 @@ pub enum HandshakeError {
     /// The node is draining (503): the client should connect to another node.
     #[error("this node is draining; connect to another node")]
     Draining,
-    /// A `wspair.v1` offer without valid `sid` and `gen` parameters (400).
+    /// A `wspair.v1` offer without valid `key` and `gen` parameters (400).
     #[error("{0}")]
     BadV1(String),
 }
@@ -223,10 +223,10 @@ pub fn check<B>(
     Ok(pair)
 }
 
-/// Parses the `sid` and `gen` parameters of a v1 client.
+/// Parses the `key` and `gen` parameters of a v1 client.
 fn parse_v1_query(query: &str) -> Result<ClientId, HandshakeError> {
-    let [sid, generation] = query_values(query, ["sid", "gen"])?;
-    ClientId::parse(sid.as_deref(), generation.as_deref()).map_err(HandshakeError::BadV1)
+    let [key, generation] = query_values(query, ["key", "gen"])?;
+    ClientId::from_query(key.as_deref(), generation.as_deref()).map_err(HandshakeError::BadV1)
 }
 
 /// The percent-decoded values of the parameters `names` (others are ignored); a repeated one is

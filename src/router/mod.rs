@@ -394,10 +394,19 @@ impl Router {
             match outcome {
                 ClaimOutcome::Written { displaced } => {
                     // Evicted only once this session is upgraded (`activate`). A route of this
-                    // node is a session being replaced here, which the hub handles.
-                    claim.displaced_remote = displaced
-                        .filter(|(holder, _)| live.contains(&holder.node))
-                        .map(|(holder, client)| (holder.node, holder.session, client));
+                    // node is a session being replaced here, which the hub handles. A newer
+                    // connection of the same v1 client overwrites a route whatever node it
+                    // names, so one on a node not yet heard of is looked up first.
+                    claim.displaced_remote = match displaced {
+                        Some((holder, client)) if holder.node != self.me.id => {
+                            if !live.contains(&holder.node) {
+                                self.learn_if_unknown(holder.node).await;
+                            }
+                            self.is_live(holder.node)
+                                .then_some((holder.node, holder.session, client))
+                        }
+                        _ => None,
+                    };
                     return Ok(peer);
                 }
                 ClaimOutcome::Held(_) | ClaimOutcome::Stale(_) => {
@@ -434,14 +443,20 @@ impl Router {
         // A peer's `Bound` that arrived while this claim ran names a session at least as new as
         // the route the claim read; when the two differ, Redis is asked again rather than one
         // of them trusted (a record from before the claim may be stale as well).
+        // The peer's node is learnt first, so that no wait falls between the check of the
+        // record and the write of the route (a `Bound` arriving in between would be overwritten
+        // by an older route), but in the rare case that Redis is read again.
         let mut peer = peer;
+        if let Some((route, _)) = peer {
+            self.learn_if_unknown(route.node).await;
+        }
         if let Some(Peer::Remote(recorded)) = self.hub.peer(&channel_id, role.peer())
             && peer.map(|(route, _)| route) != Some(recorded.incarnation())
         {
             peer = cluster.registry.route(&channel_id, role.peer()).await?;
-        }
-        if let Some((route, _)) = peer {
-            self.learn_if_unknown(route.node).await;
+            if let Some((route, _)) = peer {
+                self.learn_if_unknown(route.node).await;
+            }
         }
         if let Some((peer, peer_client)) = peer
             && peer.node != self.me.id

@@ -227,7 +227,8 @@ pub fn welcome(
     max_frame: usize,
 ) -> Bytes {
     server(&serde_json::json!({
-        "v": 1, "t": "welcome", "node": node, "session": session, "gen": client.generation,
+        "v": 1, "t": "welcome", "node": node, "session": session,
+        "sid": format!("{:016x}", client.sid), "gen": client.generation,
         "window": {"msgs": window.0, "bytes": window.1}, "max_frame": max_frame,
     }))
 }

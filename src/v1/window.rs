@@ -81,14 +81,13 @@ impl Window {
     }
 
     /// The peer acknowledged the client's stream up to `hw` (the ACK is being written to
-    /// the client).
+    /// the client). Before the client's `sync` on this connection nothing is counted: the
+    /// `sync` states what the client has outstanding, ACKs it had received included. An ACK
+    /// beyond what the client sent is taken for all it sent, never more.
     pub fn on_ack(&mut self, hw: u64) {
-        if !self.synced {
-            self.acked = self.acked.max(hw);
-            self.next = self.next.max(self.acked + 1);
-            return;
+        if self.synced {
+            self.acknowledge(hw.min(self.next - 1));
         }
-        self.acknowledge(hw.min(self.next - 1));
     }
 
     /// The client sent DATA at `seq` with `len` payload bytes.
@@ -125,12 +124,17 @@ impl Window {
     }
 
     fn acknowledge(&mut self, hw: u64) {
-        while self.acked < hw {
-            self.acked += 1;
-            if let Some(size) = self.sizes.pop_front() {
-                self.bytes -= u64::from(size);
-            }
+        if hw <= self.acked {
+            return;
         }
+        // Sizes are kept for positions the node saw only: one pop per size, never one step
+        // per position (a `sync` may state any position).
+        let known =
+            usize::try_from(hw - self.acked).map_or(self.sizes.len(), |n| n.min(self.sizes.len()));
+        for size in self.sizes.drain(..known) {
+            self.bytes -= u64::from(size);
+        }
+        self.acked = hw;
         if self.sizes.is_empty() && self.sizes.capacity() > 64 {
             self.sizes = VecDeque::new();
         }

@@ -10,14 +10,14 @@ use crate::harness::redis::RedisServer;
 use crate::harness::v1wire::{self, ack, data, sync};
 use crate::harness::{TestNode, random_channel_id};
 
-const APP_SID: u64 = 0x00a0_0000_0000_0001;
-const WEB_SID: u64 = 0x00b0_0000_0000_0002;
+const APP_KEY: u128 = 0x00a0_0000_0000_0001;
+const WEB_KEY: u128 = 0x00b0_0000_0000_0002;
 
 #[tokio::test]
 async fn each_side_is_welcomed_and_told_of_the_other() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_SID, 1).await;
+    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
     let welcome = web.recv_server().await;
     assert_eq!(welcome["t"], "welcome");
     assert_eq!(welcome["gen"], 1);
@@ -25,14 +25,14 @@ async fn each_side_is_welcomed_and_told_of_the_other() {
     assert_eq!(welcome["max_frame"], 10240);
     assert_eq!(web.recv_server().await["state"], "away");
 
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_SID, 7).await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 7).await;
     let peer = app.welcomed().await;
     assert_eq!(peer["state"], "online");
-    assert_eq!(peer["sid"], format!("{WEB_SID:016x}"));
+    assert_eq!(peer["sid"], format!("{:016x}", v1wire::sid(WEB_KEY)));
     assert_eq!(peer["gen"], 1);
     let peer = web.recv_server().await;
     assert_eq!(peer["state"], "online");
-    assert_eq!(peer["sid"], format!("{APP_SID:016x}"));
+    assert_eq!(peer["sid"], format!("{:016x}", v1wire::sid(APP_KEY)));
     assert_eq!(peer["gen"], 7);
 
     app.client.close().await;
@@ -44,14 +44,14 @@ async fn each_side_is_welcomed_and_told_of_the_other() {
 async fn frames_between_v1_clients_are_relayed_byte_for_byte() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_SID, 1).await;
+    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
     web.welcomed().await;
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_SID, 1).await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
     app.welcomed().await;
     web.recv_server().await;
 
     let frames = [
-        sync(APP_SID, 1, 1, 1, None),
+        sync(v1wire::sid(APP_KEY), 1, 1, 1, None),
         data(1, true, "héllo".as_bytes()),
         data(2, false, &[0, 1, 2, 255]),
         data(0, false, b"unnumbered"),
@@ -62,7 +62,7 @@ async fn frames_between_v1_clients_are_relayed_byte_for_byte() {
     for frame in &frames {
         assert_eq!(&web.recv().await, frame);
     }
-    let acked = ack(APP_SID, 2);
+    let acked = ack(v1wire::sid(APP_KEY), 2);
     web.send(acked.clone()).await;
     assert_eq!(app.recv().await, acked);
     node.shutdown().await;
@@ -73,15 +73,15 @@ async fn a_v1_client_and_a_raw_client_each_keep_their_own_contract() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
     let mut raw = node.connect(Role::Web, &id).await;
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_SID, 1).await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
     let peer = app.welcomed().await;
     assert_eq!(peer["state"], "online");
     assert_eq!(peer["raw"], true);
 
     // The raw client sees the payloads of DATA, as text or binary, and nothing else.
-    app.send(sync(APP_SID, 1, 1, 1, None)).await;
+    app.send(sync(v1wire::sid(APP_KEY), 1, 1, 1, None)).await;
     app.send(data(1, true, b"hello")).await;
-    app.send(ack(WEB_SID, 3)).await;
+    app.send(ack(v1wire::sid(WEB_KEY), 3)).await;
     app.send(data(0, false, &[7, 7])).await;
     assert_eq!(raw.recv_text().await, "hello");
     assert_eq!(raw.recv_binary().await, vec![7, 7]);
@@ -99,22 +99,22 @@ async fn a_newer_generation_takes_the_slot_whatever_the_policy_and_an_older_one_
     let node = TestNode::start(|config| config.outer.on_duplicate = DuplicatePolicy::Reject).await;
     let id = random_channel_id();
     let base = node.url(Role::App, id.as_str());
-    let mut first = v1wire::connect(&base, APP_SID, 1).await;
+    let mut first = v1wire::connect(&base, APP_KEY, 1).await;
     first.welcomed().await;
-    let mut second = v1wire::connect(&base, APP_SID, 2).await;
+    let mut second = v1wire::connect(&base, APP_KEY, 2).await;
     second.welcomed().await;
     assert!(matches!(first.ending().await, Ending::Close(4001, _)));
 
-    let refused = v1wire::try_connect(&base, APP_SID, 2).await.unwrap_err();
+    let refused = v1wire::try_connect(&base, APP_KEY, 2).await.unwrap_err();
     assert!(refused.starts_with("409"), "{refused}");
     assert!(
         refused.contains("newer connection of this client"),
         "{refused}"
     );
-    let refused = v1wire::try_connect(&base, APP_SID, 1).await.unwrap_err();
+    let refused = v1wire::try_connect(&base, APP_KEY, 1).await.unwrap_err();
     assert!(refused.starts_with("409"), "{refused}");
     // Another client is the duplicate policy's to decide: `reject` here.
-    let refused = v1wire::try_connect(&base, WEB_SID, 9).await.unwrap_err();
+    let refused = v1wire::try_connect(&base, WEB_KEY, 9).await.unwrap_err();
     assert!(refused.contains("already has a connected app"), "{refused}");
     node.shutdown().await;
 }
@@ -124,7 +124,7 @@ async fn a_v1_offer_without_a_valid_identity_is_refused_before_the_upgrade() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
     let base = node.url(Role::App, id.as_str());
-    let refused = v1wire::try_connect(&format!("{base}&sid=xyz"), APP_SID, 1)
+    let refused = v1wire::try_connect(&format!("{base}&key=xyz"), APP_KEY, 1)
         .await
         .unwrap_err();
     assert!(refused.starts_with("400"), "{refused}");
@@ -143,7 +143,7 @@ async fn a_v1_offer_without_a_valid_identity_is_refused_before_the_upgrade() {
     };
     assert_eq!(response.status().as_u16(), 400);
     let body = String::from_utf8_lossy(response.body().as_ref().unwrap()).into_owned();
-    assert!(body.contains("`sid`"), "{body}");
+    assert!(body.contains("`key`"), "{body}");
     node.shutdown().await;
 }
 
@@ -151,7 +151,7 @@ async fn a_v1_offer_without_a_valid_identity_is_refused_before_the_upgrade() {
 async fn with_v1_off_an_offer_is_served_as_a_raw_client() {
     let node = TestNode::start(|config| config.v1.enabled = false).await;
     let id = random_channel_id();
-    let url = v1wire::url(&node.url(Role::App, id.as_str()), APP_SID, 1);
+    let url = v1wire::url(&node.url(Role::App, id.as_str()), APP_KEY, 1);
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
             .unwrap();
@@ -184,7 +184,7 @@ async fn malformed_v1_frames_close_with_4007_and_the_node_keeps_serving() {
     ];
     for bad in bad_frames {
         let id = random_channel_id();
-        let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_SID, 1).await;
+        let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
         app.welcomed().await;
         match &bad {
             None => app.send_text("text is not v1").await,
@@ -211,23 +211,23 @@ async fn a_client_beyond_its_window_is_closed_with_4008() {
     let id = random_channel_id();
     let base = node.url(Role::App, id.as_str());
     let web_base = node.url(Role::Web, id.as_str());
-    let mut web = v1wire::connect(&web_base, WEB_SID, 1).await;
+    let mut web = v1wire::connect(&web_base, WEB_KEY, 1).await;
     web.welcomed().await;
 
     // Numbered DATA before sync.
-    let mut app = v1wire::connect(&base, APP_SID, 1).await;
+    let mut app = v1wire::connect(&base, APP_KEY, 1).await;
     app.welcomed().await;
     app.send(data(1, false, b"x")).await;
     assert!(matches!(app.ending().await, Ending::Close(4008, _)));
 
     // Five outstanding where four are allowed; the peer's ACK opens the window again.
-    let mut app = v1wire::connect(&base, APP_SID, 2).await;
+    let mut app = v1wire::connect(&base, APP_KEY, 2).await;
     app.welcomed().await;
-    app.send(sync(APP_SID, 2, 1, 1, None)).await;
+    app.send(sync(v1wire::sid(APP_KEY), 2, 1, 1, None)).await;
     for seq in 1..=4 {
         app.send(data(seq, false, b"x")).await;
     }
-    web.send(ack(APP_SID, 1)).await;
+    web.send(ack(v1wire::sid(APP_KEY), 1)).await;
     // The ACK reaches the app's node before the app sends on.
     loop {
         let frame = app.recv().await;
@@ -240,9 +240,9 @@ async fn a_client_beyond_its_window_is_closed_with_4008() {
     assert!(matches!(app.ending().await, Ending::Close(4008, _)));
 
     // Skipping a position.
-    let mut app = v1wire::connect(&base, APP_SID, 3).await;
+    let mut app = v1wire::connect(&base, APP_KEY, 3).await;
     app.welcomed().await;
-    app.send(sync(APP_SID, 3, 7, 7, None)).await;
+    app.send(sync(v1wire::sid(APP_KEY), 3, 7, 7, None)).await;
     app.send(data(9, false, b"x")).await;
     assert!(matches!(app.ending().await, Ending::Close(4008, _)));
     node.shutdown().await;
@@ -254,18 +254,21 @@ async fn identities_cross_nodes_and_an_older_generation_is_refused_on_any_node()
     let a = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
     let b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&a.url(Role::Web, id.as_str()), WEB_SID, 1).await;
+    let mut web = v1wire::connect(&a.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
     web.welcomed().await;
-    let mut app = v1wire::connect(&b.url(Role::App, id.as_str()), APP_SID, 4).await;
+    let mut app = v1wire::connect(&b.url(Role::App, id.as_str()), APP_KEY, 4).await;
     let peer = app.welcomed().await;
-    assert_eq!(peer["sid"], format!("{WEB_SID:016x}"));
+    assert_eq!(peer["sid"], format!("{:016x}", v1wire::sid(WEB_KEY)));
     let peer = web.recv_server().await;
-    assert_eq!(peer["sid"], format!("{APP_SID:016x}"));
+    assert_eq!(peer["sid"], format!("{:016x}", v1wire::sid(APP_KEY)));
     assert_eq!(peer["gen"], 4);
 
     // The same client's next connection, on the other node, takes over.
-    let mut moved = v1wire::connect(&a.url(Role::App, id.as_str()), APP_SID, 5).await;
-    assert_eq!(moved.welcomed().await["sid"], format!("{WEB_SID:016x}"));
+    let mut moved = v1wire::connect(&a.url(Role::App, id.as_str()), APP_KEY, 5).await;
+    assert_eq!(
+        moved.welcomed().await["sid"],
+        format!("{:016x}", v1wire::sid(WEB_KEY))
+    );
     assert!(matches!(app.ending().await, Ending::Close(4001, _)));
     // The web is told of the new session.
     loop {
@@ -274,11 +277,11 @@ async fn identities_cross_nodes_and_an_older_generation_is_refused_on_any_node()
             break;
         }
     }
-    let refused = v1wire::try_connect(&b.url(Role::App, id.as_str()), APP_SID, 4)
+    let refused = v1wire::try_connect(&b.url(Role::App, id.as_str()), APP_KEY, 4)
         .await
         .unwrap_err();
     assert!(refused.starts_with("409"), "{refused}");
-    moved.send(sync(APP_SID, 5, 1, 1, None)).await;
+    moved.send(sync(v1wire::sid(APP_KEY), 5, 1, 1, None)).await;
     moved.send(data(1, false, b"across")).await;
     assert_eq!(web.recv().await[0], 0x04);
     assert_eq!(web.recv().await, data(1, false, b"across"));
@@ -296,9 +299,9 @@ async fn a_draining_node_sends_goaway_refuses_newcomers_and_ends_once_its_client
     .await;
     let b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&b.url(Role::Web, id.as_str()), WEB_SID, 1).await;
+    let mut web = v1wire::connect(&b.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
     web.welcomed().await;
-    let mut app = v1wire::connect(&a.url(Role::App, id.as_str()), APP_SID, 1).await;
+    let mut app = v1wire::connect(&a.url(Role::App, id.as_str()), APP_KEY, 1).await;
     app.welcomed().await;
     assert_eq!(web.recv_server().await["state"], "online");
     let raw_id = random_channel_id();
@@ -311,7 +314,7 @@ async fn a_draining_node_sends_goaway_refuses_newcomers_and_ends_once_its_client
     let goaway = app.recv_server().await;
     assert_eq!(goaway["t"], "goaway", "{goaway}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
-    let refused = v1wire::try_connect(&a.url(Role::Web, random_channel_id().as_str()), WEB_SID, 1)
+    let refused = v1wire::try_connect(&a.url(Role::Web, random_channel_id().as_str()), WEB_KEY, 1)
         .await
         .unwrap_err();
     assert!(
@@ -320,7 +323,7 @@ async fn a_draining_node_sends_goaway_refuses_newcomers_and_ends_once_its_client
     );
 
     // The client moves: its next connection, on the other node, takes the slot.
-    let mut moved = v1wire::connect(&b.url(Role::App, id.as_str()), APP_SID, 2).await;
+    let mut moved = v1wire::connect(&b.url(Role::App, id.as_str()), APP_KEY, 2).await;
     assert_eq!(moved.welcomed().await["state"], "online");
     assert!(matches!(app.ending().await, Ending::Close(4001, _)));
     a.shutdown().await;
@@ -328,7 +331,7 @@ async fn a_draining_node_sends_goaway_refuses_newcomers_and_ends_once_its_client
         started.elapsed() < std::time::Duration::from_secs(10),
         "the drain ended once the client moved, not at drain.timeout"
     );
-    moved.send(sync(APP_SID, 2, 1, 1, None)).await;
+    moved.send(sync(v1wire::sid(APP_KEY), 2, 1, 1, None)).await;
     moved.send(data(1, false, b"after the move")).await;
     loop {
         let frame = web.recv().await;
@@ -347,7 +350,7 @@ async fn a_v1_client_that_does_not_move_is_closed_with_1001_at_the_drain_timeout
     })
     .await;
     let id = random_channel_id();
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_SID, 1).await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
     app.welcomed().await;
     node.begin_shutdown();
     assert_eq!(app.recv_server().await["t"], "goaway");

@@ -16,8 +16,8 @@ use crate::harness::v1flow::{self, base_url};
 use crate::harness::v1wire::{self, data, sync};
 use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id, read};
 
-const APP_SID: u64 = 0x00a1_0000_0000_0001;
-const WEB_SID: u64 = 0x00b1_0000_0000_0002;
+const APP_KEY: u128 = 0x00a1_0000_0000_0001;
+const WEB_KEY: u128 = 0x00b1_0000_0000_0002;
 
 /// [`crate::harness::process_cluster_args`] with each `(flag, value)` of `overrides` set,
 /// replacing the value a flag already has or adding it.
@@ -93,9 +93,9 @@ async fn half_open_old_socket(handshake_timeout: &str) {
         ProcessNode::start(&args),
     );
     let id = random_channel_id();
-    let mut web = v1wire::connect(&c.url(wspair::Role::Web, &id), WEB_SID, 1).await;
+    let mut web = v1wire::connect(&c.url(wspair::Role::Web, &id), WEB_KEY, 1).await;
     assert_eq!(web.welcomed().await["state"], "away");
-    let mut old = v1wire::connect(&a.url(wspair::Role::App, &id), APP_SID, 1).await;
+    let mut old = v1wire::connect(&a.url(wspair::Role::App, &id), APP_KEY, 1).await;
     assert_eq!(old.welcomed().await["state"], "online");
     let peer = web.recv_server().await;
     assert_eq!(
@@ -103,7 +103,7 @@ async fn half_open_old_socket(handshake_timeout: &str) {
         (&"online".into(), &1.into())
     );
 
-    old.send(sync(APP_SID, 1, 1, 1, None)).await;
+    old.send(sync(v1wire::sid(APP_KEY), 1, 1, 1, None)).await;
     for seq in 1..=PRE {
         old.send(data(seq, false, format!("pre-{seq}").as_bytes()))
             .await;
@@ -123,9 +123,13 @@ async fn half_open_old_socket(handshake_timeout: &str) {
         old.send(data(seq, false, format!("old-{seq}").as_bytes()))
             .await;
     }
-    let mut new = v1wire::connect(&b.url(wspair::Role::App, &id), APP_SID, 2).await;
-    assert_eq!(new.welcomed().await["sid"], format!("{WEB_SID:016x}"));
-    new.send(sync(APP_SID, 2, PRE + 1, PRE + 1, None)).await;
+    let mut new = v1wire::connect(&b.url(wspair::Role::App, &id), APP_KEY, 2).await;
+    assert_eq!(
+        new.welcomed().await["sid"],
+        format!("{:016x}", v1wire::sid(WEB_KEY))
+    );
+    new.send(sync(v1wire::sid(APP_KEY), 2, PRE + 1, PRE + 1, None))
+        .await;
     for seq in PRE + 1..=PRE + 3 {
         new.send(data(seq, false, format!("new-{seq}").as_bytes()))
             .await;

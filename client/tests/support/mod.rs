@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use wspair_client::frame::{Frame, PeerInfo, PeerState, ServerMsg, Welcome, Window, sid_from_hex};
+use wspair_client::frame::{Frame, PeerInfo, PeerState, ServerMsg, Welcome, Window, sid_of_key};
 
 struct Session {
     id: u64,
@@ -135,7 +135,7 @@ fn parse_query(q: &str) -> Params {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "type" => p.role = v.into(),
-            "sid" => p.sid = sid_from_hex(v),
+            "key" => p.sid = u128::from_str_radix(v, 16).ok().map(sid_of_key),
             "gen" => p.r#gen = v.parse().ok(),
             _ => {}
         }

@@ -14,15 +14,20 @@ pub struct Wire {
     pub sid: u64,
 }
 
-/// A v1 URL: `base` (a node's upgrade URL with type and channel id) plus `sid` and `gen`.
-pub fn url(base: &str, sid: u64, generation: u32) -> String {
-    format!("{base}&sid={sid:016x}&gen={generation}")
+/// A v1 URL: `base` (a node's upgrade URL with type and channel id) plus `key` and `gen`.
+pub fn url(base: &str, key: u128, generation: u32) -> String {
+    format!("{base}&key={key:032x}&gen={generation}")
+}
+
+/// The stream id the node derives from `key`.
+pub fn sid(key: u128) -> u64 {
+    wspair::v1::sid_of_key(key)
 }
 
 /// Connects offering `wspair.v1`; the error is the refusal's status and body, or why the
 /// upgrade failed.
-pub async fn try_connect(base: &str, sid: u64, generation: u32) -> Result<Wire, String> {
-    let mut request = url(base, sid, generation)
+pub async fn try_connect(base: &str, key: u128, generation: u32) -> Result<Wire, String> {
+    let mut request = url(base, key, generation)
         .into_client_request()
         .expect("a WebSocket URL");
     request
@@ -38,7 +43,7 @@ pub async fn try_connect(base: &str, sid: u64, generation: u32) -> Result<Wire, 
             assert_eq!(echoed.map(|v| v.to_str().unwrap()), Some("wspair.v1"));
             Ok(Wire {
                 client: Client { ws },
-                sid,
+                sid: sid(key),
             })
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -54,8 +59,8 @@ pub async fn try_connect(base: &str, sid: u64, generation: u32) -> Result<Wire, 
 }
 
 /// Connects offering `wspair.v1`; panics if refused.
-pub async fn connect(base: &str, sid: u64, generation: u32) -> Wire {
-    try_connect(base, sid, generation)
+pub async fn connect(base: &str, key: u128, generation: u32) -> Wire {
+    try_connect(base, key, generation)
         .await
         .unwrap_or_else(|err| panic!("v1 upgrade refused: {err}"))
 }
