@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -42,6 +42,9 @@ const MAX_EVENTS: usize = 512;
 /// Messages the task reads from the socket in a row, when they are already buffered, before
 /// it writes what they caused (ACKs, resends) and looks at its other inputs again.
 const READ_BATCH: usize = 256;
+/// The smallest allocation frames are encoded into: a new one is made only when a batch
+/// outgrows it while its frames are still being written.
+const ENCODE_CHUNK: usize = 8 * 1024;
 /// How long a closing client waits for the node's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
@@ -256,6 +259,8 @@ impl Client {
             closing: None,
             raw_out: VecDeque::new(),
             out: Vec::new(),
+            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
+            batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
             shared: shared.clone(),
@@ -305,13 +310,9 @@ impl Client {
                         (delivery.stream, &delivery.event)
                         && *seq > 0
                     {
-                        let before = core.proto.poll_timeout();
-                        core.proto.on_taken(stream, *seq, std_now());
-                        // The task writes the ACK this made, or rearms its timer for the
-                        // delayed one; for every other message nothing changed for it.
-                        let after = core.proto.poll_timeout();
-                        wake |= core.proto.has_frames()
-                            || after.is_some_and(|a| before.is_none_or(|b| a < b));
+                        // The task writes the ACK this made, or arms its timer for the delayed
+                        // one; for every other message nothing changed for it.
+                        wake |= core.proto.take(stream, *seq, std_now);
                     }
                     drop(core);
                     if wake {
@@ -385,8 +386,9 @@ impl Handle {
                 return Err(Error::Closed);
             }
             // The fast path: nothing queued before this message and room in the window.
+            let mut payload = payload;
             if core.blocked.is_empty() && !core.raw {
-                match core.proto.send(text, payload.clone(), std_now()) {
+                match core.proto.offer(text, payload, std_now) {
                     Ok(seq) => {
                         let write = core.proto.has_frames();
                         drop(core);
@@ -395,10 +397,10 @@ impl Handle {
                         }
                         return Ok(seq);
                     }
-                    Err(SendError::TooLarge { len, max }) => {
+                    Err((SendError::TooLarge { len, max }, _)) => {
                         return Err(Error::TooLarge { len, max });
                     }
-                    Err(SendError::WindowFull) => {}
+                    Err((SendError::WindowFull, back)) => payload = back,
                 }
             }
             let (reply, rx) = oneshot::channel();
@@ -459,6 +461,18 @@ enum Wake {
     Progress,
 }
 
+/// An application message of a raw connection.
+fn raw_delivery(text: bool, payload: Bytes) -> Delivery {
+    Delivery {
+        stream: None,
+        event: Event::Message {
+            text,
+            payload,
+            seq: 0,
+        },
+    }
+}
+
 /// The background task of one client.
 struct Task {
     cfg: Config,
@@ -475,6 +489,10 @@ struct Task {
     raw_out: VecDeque<Message>,
     /// Messages taken from the core to write, kept to reuse its allocation.
     out: Vec<Message>,
+    /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
+    batch: Vec<Option<Result<Message, tungstenite::Error>>>,
+    /// The buffer frames are encoded into, one slice per frame (see [`Task::write_frames`]).
+    encoded: BytesMut,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -612,21 +630,7 @@ impl Task {
                     deadline: now + self.cfg.close_timeout,
                 });
             }
-            Wake::Ws(msg) => {
-                self.on_message(msg);
-                // Whatever else the socket already holds, without waiting: one wake-up and
-                // one write for a burst of frames rather than one per frame.
-                for _ in 1..READ_BATCH {
-                    let Some(ws) = self.ws.as_mut() else { break };
-                    let Some(msg) = ws.next().now_or_never() else {
-                        break;
-                    };
-                    self.on_message(msg);
-                    if self.closing.is_none() && self.core().events.len() >= MAX_EVENTS {
-                        break;
-                    }
-                }
-            }
+            Wake::Ws(msg) => self.on_messages(msg),
             Wake::Attempt(r#gen, result) => {
                 self.attempt = None;
                 match result {
@@ -655,14 +659,77 @@ impl Task {
         }
     }
 
-    fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) {
+    /// Handles `first` and whatever else the socket already holds, without waiting: one
+    /// wake-up and one write for a burst of frames rather than one per frame. The burst is read
+    /// before the core is locked (no socket operation under the lock), then handled under one
+    /// lock and one reading of the clock, which were one each per frame.
+    fn on_messages(&mut self, first: Option<Result<Message, tungstenite::Error>>) {
+        let mut batch = std::mem::take(&mut self.batch);
+        // About what the event queue has room for (most frames make one event at most), so
+        // an application that stops reading stops this client's reads.
+        let limit = if self.closing.is_some() {
+            READ_BATCH
+        } else {
+            let queued = self.core().events.len();
+            MAX_EVENTS.saturating_sub(queued).clamp(1, READ_BATCH)
+        };
+        let mut more = matches!(first, Some(Ok(ref m)) if !m.is_close());
+        batch.push(first);
+        while more && batch.len() < limit {
+            let Some(msg) = self.ws.as_mut().and_then(|ws| ws.next().now_or_never()) else {
+                break;
+            };
+            more = matches!(msg, Some(Ok(ref m)) if !m.is_close());
+            batch.push(msg);
+        }
         let now = std_now();
-        let raw = self.core().raw;
-        match msg {
-            Some(Ok(Message::Binary(bytes))) if raw => self.deliver_raw(false, bytes),
-            Some(Ok(Message::Text(text))) if raw => self.deliver_raw(true, text.into()),
-            Some(Ok(Message::Binary(bytes))) => match Frame::decode(bytes) {
+        let shared = Arc::clone(&self.shared);
+        let mut core = Some(lock(&shared.core));
+        for msg in batch.drain(..) {
+            let frame = match msg {
+                Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let c = core.get_or_insert_with(|| lock(&shared.core));
+                    match msg {
+                        Message::Binary(bytes) if c.raw => {
+                            c.push(raw_delivery(false, bytes));
+                            continue;
+                        }
+                        Message::Text(text) if c.raw => {
+                            c.push(raw_delivery(true, text.into()));
+                            continue;
+                        }
+                        Message::Binary(bytes) => Frame::decode(bytes),
+                        _ => {
+                            tracing::warn!("ignoring a text message on v1");
+                            continue;
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    core = None;
+                    let code = frame.as_ref().map(|f| u16::from(f.code));
+                    let reason = describe_close(frame.as_ref());
+                    self.ws = None;
+                    self.disconnected(code, reason);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    core = None;
+                    self.ws = None;
+                    self.disconnected(None, e.to_string());
+                    continue;
+                }
+                None => {
+                    core = None;
+                    self.ws = None;
+                    self.disconnected(None, "connection closed".into());
+                    continue;
+                }
+            };
+            match frame {
                 Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
+                    core = None;
                     tracing::info!(reason, "goaway: moving to another node");
                     self.goaway = true;
                     self.retry_at = None;
@@ -671,40 +738,15 @@ impl Task {
                     }
                 }
                 Ok(frame) => {
-                    let mut core = self.core();
-                    core.proto.on_frame(frame, now);
-                    core.collect();
+                    let c = core.get_or_insert_with(|| lock(&shared.core));
+                    c.proto.on_frame(frame, now);
+                    c.collect();
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
-            },
-            Some(Ok(Message::Text(_))) => tracing::warn!("ignoring a text message on v1"),
-            Some(Ok(Message::Close(frame))) => {
-                let code = frame.as_ref().map(|f| u16::from(f.code));
-                let reason = describe_close(frame.as_ref());
-                self.ws = None;
-                self.disconnected(code, reason);
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Err(e)) => {
-                self.ws = None;
-                self.disconnected(None, e.to_string());
-            }
-            None => {
-                self.ws = None;
-                self.disconnected(None, "connection closed".into());
             }
         }
-    }
-
-    fn deliver_raw(&mut self, text: bool, payload: Bytes) {
-        self.core().push(Delivery {
-            stream: None,
-            event: Event::Message {
-                text,
-                payload,
-                seq: 0,
-            },
-        });
+        drop(core);
+        self.batch = batch;
     }
 
     /// The current connection is gone (`self.ws` already taken): tell, and plan the next.
@@ -820,13 +862,16 @@ impl Task {
                     replies.push((send.reply, Ok(0)));
                     continue;
                 }
-                let (text, payload) = (front.text, front.payload.clone());
-                let result = match core.proto.send(text, payload, now) {
-                    Err(SendError::WindowFull) => break,
-                    Err(SendError::TooLarge { len, max }) => Err(Error::TooLarge { len, max }),
+                let mut send = core.blocked.pop_front().expect("front exists");
+                let result = match core.proto.offer(send.text, send.payload, || now) {
+                    Err((SendError::WindowFull, payload)) => {
+                        send.payload = payload;
+                        core.blocked.push_front(send);
+                        break;
+                    }
+                    Err((SendError::TooLarge { len, max }, _)) => Err(Error::TooLarge { len, max }),
                     Ok(seq) => Ok(seq),
                 };
-                let send = core.blocked.pop_front().expect("front exists");
                 replies.push((send.reply, result));
             }
         }
@@ -844,8 +889,11 @@ impl Task {
                 self.raw_out.clear();
                 return;
             }
-            while let Some(bytes) = core.proto.poll_frame_bytes() {
-                self.out.push(Message::Binary(bytes));
+            // One buffer for the whole batch: each frame is a slice of it (tungstenite copies
+            // it into its write buffer), and the allocation is reused once they are dropped.
+            while core.proto.poll_frame_into(&mut self.encoded) {
+                self.out
+                    .push(Message::Binary(self.encoded.split().freeze()));
             }
         }
         self.out.extend(self.raw_out.drain(..));

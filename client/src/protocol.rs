@@ -9,12 +9,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::event::{Event, Presence};
 use crate::frame::{
     Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TxPos, Window, data_header_len,
-    encode_data,
+    encode_data, put_data,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -320,6 +320,32 @@ impl Protocol {
         }
     }
 
+    /// As [`Protocol::poll_frame_bytes`], appended to `buf`: a writer that takes a batch of
+    /// frames encodes them into one buffer instead of allocating each. Returns whether a frame
+    /// was appended.
+    pub fn poll_frame_into(&mut self, buf: &mut BytesMut) -> bool {
+        loop {
+            let Some(queued) = self.frames.pop_front() else {
+                return false;
+            };
+            match queued {
+                Queued::Frame(Frame::Data { seq, text, payload }) => {
+                    buf.reserve(data_header_len(seq) + payload.len());
+                    put_data(buf, seq, text, &payload);
+                }
+                Queued::Frame(frame) => buf.extend_from_slice(&frame.encode()),
+                Queued::Outbox(seq) => {
+                    let Some(entry) = self.entry(seq) else {
+                        continue;
+                    };
+                    buf.reserve(data_header_len(seq) + entry.payload.len());
+                    put_data(buf, entry.seq, entry.text, &entry.payload);
+                }
+            }
+            return true;
+        }
+    }
+
     /// The outbox entry of `seq`, if it is still there (the outbox holds consecutive seqs).
     fn entry(&self, seq: u64) -> Option<&Entry> {
         let first = self.outbox.front()?.seq;
@@ -361,13 +387,26 @@ impl Protocol {
     /// Offers a message. Returns its seq (0 when sent unnumbered to a raw peer), or why it was
     /// not taken; a full window is for the caller to wait out.
     pub fn send(&mut self, text: bool, payload: Bytes, now: Instant) -> Result<u64, SendError> {
+        self.offer(text, payload, || now).map_err(|(e, _)| e)
+    }
+
+    /// As [`Protocol::send`], for a caller on the hot path: the clock is read only when the
+    /// message starts the retransmission timer (the outbox was empty), and a message not taken
+    /// comes back with the error, so the caller need not keep a clone of it (cloning a `Bytes`
+    /// made from a `Vec` allocates its shared header).
+    pub fn offer(
+        &mut self,
+        text: bool,
+        payload: Bytes,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<u64, (SendError, Bytes)> {
         let raw = self.connected && self.peer == PeerView::OnlineRaw;
         let seq = if raw { 0 } else { self.next_seq };
         let len = (data_header_len(seq) + payload.len()) as u64;
         if let Some(max) = self.max_frame
             && len > max
         {
-            return Err(SendError::TooLarge { len, max });
+            return Err((SendError::TooLarge { len, max }, payload));
         }
         if raw {
             self.frames.push_back(Queued::Frame(Frame::Data {
@@ -378,18 +417,17 @@ impl Protocol {
             return Ok(0);
         }
         if !self.window_open(payload.len()) {
-            return Err(SendError::WindowFull);
+            return Err((SendError::WindowFull, payload));
         }
         self.next_seq += 1;
         if self.outbox.is_empty() {
-            self.progress_at = Some(now);
+            self.progress_at = Some(now());
         }
         self.inflight.push_back((seq, payload.len() as u64));
         self.inflight_bytes += payload.len() as u64;
         self.outbox.push_back(Entry { seq, text, payload });
         if self.flowing() && self.sent_upto == seq - 1 {
-            let entry = self.outbox.back().expect("just pushed");
-            self.frames.push_back(Queued::Outbox(entry.seq));
+            self.frames.push_back(Queued::Outbox(seq));
             self.sent_upto = seq;
         }
         Ok(seq)
@@ -397,8 +435,15 @@ impl Protocol {
 
     /// The application took message `seq` of stream `sid`: it may now be acknowledged.
     pub fn on_taken(&mut self, sid: u64, seq: u64, now: Instant) {
+        self.take(sid, seq, || now);
+    }
+
+    /// As [`Protocol::on_taken`], reading the clock only when the delayed ACK's timer starts.
+    /// Returns whether the caller's timers or writes must look again: an ACK was queued, or the
+    /// delayed ACK's deadline was set (for every other message nothing changed for them).
+    pub fn take(&mut self, sid: u64, seq: u64, now: impl FnOnce() -> Instant) -> bool {
         if self.rx_sid != Some(sid) || seq <= self.consumed_hw || seq > self.rx_hw {
-            return;
+            return false;
         }
         self.consumed_hw = seq;
         while let Some(&(s, len)) = self.untaken.front() {
@@ -408,8 +453,10 @@ impl Protocol {
             self.unacked_bytes += len;
             self.untaken.pop_front();
         }
+        let mut changed = false;
         if self.ack_at.is_none() {
-            self.ack_at = Some(now + self.cfg.ack_delay);
+            self.ack_at = Some(now() + self.cfg.ack_delay);
+            changed = true;
         }
         let unacked = self.consumed_hw - self.ack_sent_hw;
         if unacked >= self.cfg.ack_every
@@ -417,7 +464,9 @@ impl Protocol {
             || self.unacked_bytes >= self.window.bytes / 2
         {
             self.send_ack();
+            changed = true;
         }
+        changed
     }
 
     /// A frame arrived on the current connection.
