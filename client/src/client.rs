@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -42,9 +42,6 @@ const MAX_EVENTS: usize = 512;
 /// Messages the task reads from the socket in a row, when they are already buffered, before
 /// it writes what they caused (ACKs, resends) and looks at its other inputs again.
 const READ_BATCH: usize = 256;
-/// The smallest allocation frames are encoded into: a new one is made only when a batch
-/// outgrows it while its frames are still being written.
-const ENCODE_CHUNK: usize = 8 * 1024;
 /// How long a closing client waits for the node's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
@@ -259,7 +256,6 @@ impl Client {
             closing: None,
             raw_out: VecDeque::new(),
             out: Vec::new(),
-            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
             batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
@@ -491,8 +487,6 @@ struct Task {
     out: Vec<Message>,
     /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
     batch: Vec<Option<Result<Message, tungstenite::Error>>>,
-    /// The buffer frames are encoded into, one slice per frame (see [`Task::write_frames`]).
-    encoded: BytesMut,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -889,11 +883,8 @@ impl Task {
                 self.raw_out.clear();
                 return;
             }
-            // One buffer for the whole batch: each frame is a slice of it (tungstenite copies
-            // it into its write buffer), and the allocation is reused once they are dropped.
-            while core.proto.poll_frame_into(&mut self.encoded) {
-                self.out
-                    .push(Message::Binary(self.encoded.split().freeze()));
+            while let Some(bytes) = core.proto.poll_frame_bytes() {
+                self.out.push(Message::Binary(bytes));
             }
         }
         self.out.extend(self.raw_out.drain(..));

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::event::{Event, Presence};
 use crate::frame::{
     Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TxPos, Window, data_header_len,
-    encode_data, put_data,
+    put_data,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -88,22 +88,38 @@ pub enum SendError {
     },
 }
 
-/// One numbered message kept until the peer acknowledges it.
+/// One numbered message kept until the peer acknowledges it, as its encoded DATA frame.
+///
+/// The frame is encoded when the message is sent, into a buffer the state machine shares
+/// between messages (see [`Protocol::encoder`]), and the application's payload is dropped
+/// there. Why: the payload was otherwise freed only on the peer's ACK, often by another thread
+/// than the one that allocated it, which made the allocator's slow paths a tenth of a load
+/// generator's CPU; and encoding at send time copies the payload while it is still in the
+/// sender's cache. Writing (or resending) a frame is then one reference count.
 #[derive(Debug, Clone)]
 struct Entry {
     seq: u64,
     text: bool,
-    payload: Bytes,
+    /// The whole DATA frame: kind byte, `seq` varint, payload.
+    frame: Bytes,
 }
+
+impl Entry {
+    fn payload(&self) -> Bytes {
+        self.frame.slice(data_header_len(self.seq)..)
+    }
+}
+
+/// The smallest allocation outbox frames are encoded into: a new one is made when the current
+/// one is full and frames in it are still unacknowledged.
+const ENCODE_CHUNK: usize = 8 * 1024;
 
 /// A frame waiting to be written.
 #[derive(Debug)]
 enum Queued {
     Frame(Frame),
-    /// Numbered DATA of the outbox entry of this seq, encoded from the entry when it is
-    /// written: a send then neither clones its payload nor counts references to it, which was
-    /// an allocation and two atomic operations per message. An entry acknowledged before it
-    /// was written is skipped: the peer has it.
+    /// Numbered DATA of the outbox entry of this seq, taken from the entry when it is written,
+    /// so a message acknowledged before it was written is skipped (the peer has it).
     Outbox(u64),
 }
 
@@ -120,6 +136,8 @@ pub struct Protocol {
 
     // Sender (§3, §7).
     outbox: VecDeque<Entry>,
+    /// Where sends encode their frames; each entry's frame is a slice of it.
+    encoder: BytesMut,
     next_seq: u64,
     /// The highest seq written to the current peer session since its `sync`.
     sent_upto: u64,
@@ -179,6 +197,7 @@ impl Protocol {
             window: DEFAULT_WINDOW,
             max_frame: None,
             outbox: VecDeque::new(),
+            encoder: BytesMut::new(),
             next_seq: 1,
             sent_upto: 0,
             acked: 0,
@@ -305,44 +324,18 @@ impl Protocol {
         }
     }
 
-    /// As [`Protocol::poll_frame`], encoded ([`Frame::encode`]); DATA is encoded straight from
-    /// the outbox.
+    /// As [`Protocol::poll_frame`], encoded ([`Frame::encode`]); numbered DATA is the frame
+    /// its outbox entry holds.
     pub fn poll_frame_bytes(&mut self) -> Option<Bytes> {
         loop {
             match self.frames.pop_front()? {
                 Queued::Frame(frame) => return Some(frame.encode()),
                 Queued::Outbox(seq) => {
                     if let Some(entry) = self.entry(seq) {
-                        return Some(encode_data(entry.seq, entry.text, &entry.payload));
+                        return Some(entry.frame.clone());
                     }
                 }
             }
-        }
-    }
-
-    /// As [`Protocol::poll_frame_bytes`], appended to `buf`: a writer that takes a batch of
-    /// frames encodes them into one buffer instead of allocating each. Returns whether a frame
-    /// was appended.
-    pub fn poll_frame_into(&mut self, buf: &mut BytesMut) -> bool {
-        loop {
-            let Some(queued) = self.frames.pop_front() else {
-                return false;
-            };
-            match queued {
-                Queued::Frame(Frame::Data { seq, text, payload }) => {
-                    buf.reserve(data_header_len(seq) + payload.len());
-                    put_data(buf, seq, text, &payload);
-                }
-                Queued::Frame(frame) => buf.extend_from_slice(&frame.encode()),
-                Queued::Outbox(seq) => {
-                    let Some(entry) = self.entry(seq) else {
-                        continue;
-                    };
-                    buf.reserve(data_header_len(seq) + entry.payload.len());
-                    put_data(buf, entry.seq, entry.text, &entry.payload);
-                }
-            }
-            return true;
         }
     }
 
@@ -425,12 +418,26 @@ impl Protocol {
         }
         self.inflight.push_back((seq, payload.len() as u64));
         self.inflight_bytes += payload.len() as u64;
-        self.outbox.push_back(Entry { seq, text, payload });
+        let frame = self.encode(seq, text, &payload);
+        drop(payload);
+        self.outbox.push_back(Entry { seq, text, frame });
         if self.flowing() && self.sent_upto == seq - 1 {
             self.frames.push_back(Queued::Outbox(seq));
             self.sent_upto = seq;
         }
         Ok(seq)
+    }
+
+    /// Encodes a DATA frame into [`Protocol::encoder`] and splits it off.
+    fn encode(&mut self, seq: u64, text: bool, payload: &[u8]) -> Bytes {
+        let len = data_header_len(seq) + payload.len();
+        if self.encoder.capacity() < len {
+            // A fresh buffer when frames still hold the current one; the current one again
+            // (from its start) when every frame in it was acknowledged.
+            self.encoder.reserve(len.max(ENCODE_CHUNK));
+        }
+        put_data(&mut self.encoder, seq, text, payload);
+        self.encoder.split().freeze()
     }
 
     /// The application took message `seq` of stream `sid`: it may now be acknowledged.
@@ -640,7 +647,7 @@ impl Protocol {
                     self.frames.push_back(Queued::Frame(Frame::Data {
                         seq: 0,
                         text: entry.text,
-                        payload: entry.payload,
+                        payload: entry.payload(),
                     }));
                 }
                 self.inflight.clear();
@@ -853,7 +860,7 @@ fn data_frame(entry: &Entry) -> Frame {
     Frame::Data {
         seq: entry.seq,
         text: entry.text,
-        payload: entry.payload.clone(),
+        payload: entry.payload(),
     }
 }
 
