@@ -146,6 +146,7 @@ struct Shared {
     core: Mutex<Core>,
     /// Wakes the task: frames to write, a message taken, a blocked send, the client dropped.
     task_wake: Notify,
+
     /// Wakes the reader in [`Client::next_event`]: events were pushed, or the task ended.
     events_ready: Notify,
     /// The [`Client`] was dropped: nobody takes events any more, so the task ends.
@@ -526,7 +527,6 @@ impl Task {
         loop {
             self.retry_blocked();
             self.write_frames().await;
-            self.publish();
             if self.stop != Stop::No || self.finish_close().await {
                 break;
             }
@@ -567,11 +567,17 @@ impl Task {
         }
     }
 
+    /// Publishes new events (as [`Task::publish`]) and waits for something to do.
     async fn wait(&mut self) -> Wake {
-        let (proto_deadline, queued) = {
-            let core = self.core();
-            (core.proto.poll_timeout(), core.events.len())
+        let (proto_deadline, queued, fresh) = {
+            let mut core = self.core();
+            core.collect();
+            let fresh = std::mem::take(&mut core.fresh);
+            (core.proto.poll_timeout(), core.events.len(), fresh)
         };
+        if fresh {
+            self.shared.events_ready.notify_one();
+        }
         let deadline = [
             proto_deadline.map(Instant::from_std),
             self.retry_at,
@@ -838,7 +844,7 @@ impl Task {
 
     /// Offers waiting messages to the state machine while the window lets them in.
     fn retry_blocked(&mut self) {
-        let now = std_now();
+        let mut now = None;
         let mut replies = Vec::new();
         {
             let mut core = lock(&self.shared.core);
@@ -857,7 +863,8 @@ impl Task {
                     continue;
                 }
                 let mut send = core.blocked.pop_front().expect("front exists");
-                let result = match core.proto.offer(send.text, send.payload, || now) {
+                let clock = || *now.get_or_insert_with(std_now);
+                let result = match core.proto.offer(send.text, send.payload, clock) {
                     Err((SendError::WindowFull, payload)) => {
                         send.payload = payload;
                         core.blocked.push_front(send);
