@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -42,6 +42,9 @@ const MAX_EVENTS: usize = 512;
 /// Messages the task reads from the socket in a row, when they are already buffered, before
 /// it writes what they caused (ACKs, resends) and looks at its other inputs again.
 const READ_BATCH: usize = 256;
+/// The smallest allocation frames are copied into for writing: a new one is made only when
+/// a batch outgrows it while its frames are still being written.
+const ENCODE_CHUNK: usize = 8 * 1024;
 /// How long a closing client waits for the node's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
@@ -257,6 +260,7 @@ impl Client {
             closing: None,
             raw_out: VecDeque::new(),
             out: Vec::new(),
+            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
             batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
@@ -486,6 +490,8 @@ struct Task {
     raw_out: VecDeque<Message>,
     /// Messages taken from the core to write, kept to reuse its allocation.
     out: Vec<Message>,
+    /// The buffer frames are copied into, one slice per frame (see [`Task::write_frames`]).
+    encoded: BytesMut,
     /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
     batch: Vec<Option<Result<Message, tungstenite::Error>>>,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
@@ -890,8 +896,12 @@ impl Task {
                 self.raw_out.clear();
                 return;
             }
-            while let Some(bytes) = core.proto.poll_frame_bytes() {
-                self.out.push(Message::Binary(bytes));
+            // One buffer for the whole batch: each frame is a slice of it, dropped once
+            // tungstenite has copied it into its write buffer (on this thread, so the shared
+            // count never leaves this CPU), and the allocation is reused by the next batch.
+            while core.proto.poll_frame_into(&mut self.encoded) {
+                self.out
+                    .push(Message::Binary(self.encoded.split().freeze()));
             }
         }
         self.out.extend(self.raw_out.drain(..));

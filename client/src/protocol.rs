@@ -88,31 +88,29 @@ pub enum SendError {
     },
 }
 
-/// One numbered message kept until the peer acknowledges it, as its encoded DATA frame.
+/// One numbered message kept until the peer acknowledges it, as its encoded DATA frame in
+/// [`Protocol::store`].
 ///
-/// The frame is encoded when the message is sent, into a buffer the state machine shares
-/// between messages (see [`Protocol::encoder`]), and the application's payload is dropped
+/// The frame is encoded when the message is sent, and the application's payload is dropped
 /// there. Why: the payload was otherwise freed only on the peer's ACK, often by another thread
 /// than the one that allocated it, which made the allocator's slow paths a tenth of a load
 /// generator's CPU; and encoding at send time copies the payload while it is still in the
-/// sender's cache. Writing (or resending) a frame is then one reference count.
-#[derive(Debug, Clone)]
+/// sender's cache. The store is one buffer rather than a `Bytes` per frame: frames sliced off a
+/// shared buffer had their reference count touched by the sending thread, the writing task and
+/// the ACK, each often on another CPU.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     seq: u64,
     text: bool,
-    /// The whole DATA frame: kind byte, `seq` varint, payload.
-    frame: Bytes,
+    /// Where the frame starts in the store, counted from the store's first byte ever.
+    start: u64,
+    /// The frame's length: kind byte, `seq` varint, payload.
+    len: usize,
 }
 
-impl Entry {
-    fn payload(&self) -> Bytes {
-        self.frame.slice(data_header_len(self.seq)..)
-    }
-}
-
-/// The smallest allocation outbox frames are encoded into: a new one is made when the current
-/// one is full and frames in it are still unacknowledged.
-const ENCODE_CHUNK: usize = 8 * 1024;
+/// A store this large is given back when the outbox empties, so a burst of big messages does
+/// not keep its memory.
+const STORE_KEEP: usize = 64 * 1024;
 
 /// A frame waiting to be written.
 #[derive(Debug)]
@@ -136,8 +134,10 @@ pub struct Protocol {
 
     // Sender (§3, §7).
     outbox: VecDeque<Entry>,
-    /// Where sends encode their frames; each entry's frame is a slice of it.
-    encoder: BytesMut,
+    /// The outbox's frames, back to back in seq order (see [`Entry`]).
+    store: Vec<u8>,
+    /// The position of `store[0]`, counted from the store's first byte ever.
+    store_base: u64,
     next_seq: u64,
     /// The highest seq written to the current peer session since its `sync`.
     sent_upto: u64,
@@ -197,7 +197,8 @@ impl Protocol {
             window: DEFAULT_WINDOW,
             max_frame: None,
             outbox: VecDeque::new(),
-            encoder: BytesMut::new(),
+            store: Vec::new(),
+            store_base: 0,
             next_seq: 1,
             sent_upto: 0,
             acked: 0,
@@ -317,7 +318,7 @@ impl Protocol {
                 Queued::Frame(frame) => return Some(frame),
                 Queued::Outbox(seq) => {
                     if let Some(entry) = self.entry(seq) {
-                        return Some(data_frame(entry));
+                        return Some(data_frame(self, &entry));
                     }
                 }
             }
@@ -332,18 +333,57 @@ impl Protocol {
                 Queued::Frame(frame) => return Some(frame.encode()),
                 Queued::Outbox(seq) => {
                     if let Some(entry) = self.entry(seq) {
-                        return Some(entry.frame.clone());
+                        return Some(Bytes::copy_from_slice(self.frame_of(&entry)));
                     }
                 }
             }
         }
     }
 
+    /// As [`Protocol::poll_frame_bytes`], appended to `buf`: a writer that takes a batch of
+    /// frames copies them into one buffer instead of allocating each. Returns whether a frame
+    /// was appended.
+    pub fn poll_frame_into(&mut self, buf: &mut BytesMut) -> bool {
+        loop {
+            let Some(queued) = self.frames.pop_front() else {
+                return false;
+            };
+            match queued {
+                Queued::Frame(Frame::Data { seq, text, payload }) => {
+                    buf.reserve(data_header_len(seq) + payload.len());
+                    put_data(buf, seq, text, &payload);
+                }
+                Queued::Frame(frame) => buf.extend_from_slice(&frame.encode()),
+                Queued::Outbox(seq) => {
+                    let Some(entry) = self.entry(seq) else {
+                        continue;
+                    };
+                    buf.extend_from_slice(self.frame_of(&entry));
+                }
+            }
+            return true;
+        }
+    }
+
+    /// The encoded frame of an outbox entry.
+    fn frame_of(&self, entry: &Entry) -> &[u8] {
+        let at = (entry.start - self.store_base) as usize;
+        &self.store[at..at + entry.len]
+    }
+
+    /// The payload of an outbox entry.
+    fn payload_of(&self, entry: &Entry) -> Bytes {
+        Bytes::copy_from_slice(&self.frame_of(entry)[data_header_len(entry.seq)..])
+    }
+
     /// The outbox entry of `seq`, if it is still there (the outbox holds consecutive seqs).
-    fn entry(&self, seq: u64) -> Option<&Entry> {
+    fn entry(&self, seq: u64) -> Option<Entry> {
         let first = self.outbox.front()?.seq;
         let index = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.outbox.get(index).filter(|entry| entry.seq == seq)
+        self.outbox
+            .get(index)
+            .filter(|entry| entry.seq == seq)
+            .copied()
     }
 
     /// The next event for the application.
@@ -418,26 +458,21 @@ impl Protocol {
         }
         self.inflight.push_back((seq, payload.len() as u64));
         self.inflight_bytes += payload.len() as u64;
-        let frame = self.encode(seq, text, &payload);
+        let start = self.store_base + self.store.len() as u64;
+        put_data(&mut self.store, seq, text, &payload);
         drop(payload);
-        self.outbox.push_back(Entry { seq, text, frame });
+        let len = (self.store_base + self.store.len() as u64 - start) as usize;
+        self.outbox.push_back(Entry {
+            seq,
+            text,
+            start,
+            len,
+        });
         if self.flowing() && self.sent_upto == seq - 1 {
             self.frames.push_back(Queued::Outbox(seq));
             self.sent_upto = seq;
         }
         Ok(seq)
-    }
-
-    /// Encodes a DATA frame into [`Protocol::encoder`] and splits it off.
-    fn encode(&mut self, seq: u64, text: bool, payload: &[u8]) -> Bytes {
-        let len = data_header_len(seq) + payload.len();
-        if self.encoder.capacity() < len {
-            // A fresh buffer when frames still hold the current one; the current one again
-            // (from its start) when every frame in it was acknowledged.
-            self.encoder.reserve(len.max(ENCODE_CHUNK));
-        }
-        put_data(&mut self.encoder, seq, text, payload);
-        self.encoder.split().freeze()
     }
 
     /// The application took message `seq` of stream `sid`: it may now be acknowledged.
@@ -643,13 +678,15 @@ impl Protocol {
                 self.new_peer_session(PeerView::OnlineRaw);
                 self.events.push_back(Event::RawPeer);
                 // A raw peer is never acknowledged: what waits is sent once, unnumbered.
-                for entry in self.outbox.drain(..) {
+                for entry in &self.outbox {
                     self.frames.push_back(Queued::Frame(Frame::Data {
                         seq: 0,
                         text: entry.text,
-                        payload: entry.payload(),
+                        payload: self.payload_of(entry),
                     }));
                 }
+                self.outbox.clear();
+                self.trim_store();
                 self.inflight.clear();
                 self.inflight_bytes = 0;
                 self.floor = self.next_seq - 1;
@@ -804,6 +841,27 @@ impl Protocol {
         while self.outbox.front().is_some_and(|e| e.seq <= hw) {
             self.outbox.pop_front();
         }
+        self.trim_store();
+    }
+
+    /// Drops the store's bytes below the outbox's first frame: all of them when the outbox is
+    /// empty, else once they are most of the store (each byte is moved about once).
+    fn trim_store(&mut self) {
+        let end = self.store_base + self.store.len() as u64;
+        let first = self.outbox.front().map_or(end, |e| e.start);
+        let dead = (first - self.store_base) as usize;
+        if dead == self.store.len() {
+            if self.store.capacity() > STORE_KEEP {
+                self.store = Vec::new();
+            } else {
+                self.store.clear();
+            }
+        } else if dead >= 4096 && dead > self.store.len() / 2 {
+            self.store.drain(..dead);
+        } else {
+            return;
+        }
+        self.store_base = first;
     }
 
     fn raise_floor(&mut self, floor: u64) {
@@ -856,11 +914,11 @@ impl Protocol {
     }
 }
 
-fn data_frame(entry: &Entry) -> Frame {
+fn data_frame(p: &Protocol, entry: &Entry) -> Frame {
     Frame::Data {
         seq: entry.seq,
         text: entry.text,
-        payload: entry.payload(),
+        payload: p.payload_of(entry),
     }
 }
 
