@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -42,6 +42,9 @@ const MAX_EVENTS: usize = 512;
 /// Messages the task reads from the socket in a row, when they are already buffered, before
 /// it writes what they caused (ACKs, resends) and looks at its other inputs again.
 const READ_BATCH: usize = 256;
+/// The smallest allocation frames are copied into for writing: a new one is made only when
+/// a batch outgrows it while its frames are still being written.
+const ENCODE_CHUNK: usize = 8 * 1024;
 /// How long a closing client waits for the node's close reply.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
@@ -146,6 +149,7 @@ struct Shared {
     core: Mutex<Core>,
     /// Wakes the task: frames to write, a message taken, a blocked send, the client dropped.
     task_wake: Notify,
+
     /// Wakes the reader in [`Client::next_event`]: events were pushed, or the task ended.
     events_ready: Notify,
     /// The [`Client`] was dropped: nobody takes events any more, so the task ends.
@@ -255,6 +259,8 @@ impl Client {
             closing: None,
             raw_out: VecDeque::new(),
             out: Vec::new(),
+            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
+            batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
             shared: shared.clone(),
@@ -304,13 +310,9 @@ impl Client {
                         (delivery.stream, &delivery.event)
                         && *seq > 0
                     {
-                        let before = core.proto.poll_timeout();
-                        core.proto.on_taken(stream, *seq, std_now());
-                        // The task writes the ACK this made, or rearms its timer for the
-                        // delayed one; for every other message nothing changed for it.
-                        let after = core.proto.poll_timeout();
-                        wake |= core.proto.has_frames()
-                            || after.is_some_and(|a| before.is_none_or(|b| a < b));
+                        // The task writes the ACK this made, or arms its timer for the delayed
+                        // one; for every other message nothing changed for it.
+                        wake |= core.proto.take(stream, *seq, std_now);
                     }
                     drop(core);
                     if wake {
@@ -384,8 +386,9 @@ impl Handle {
                 return Err(Error::Closed);
             }
             // The fast path: nothing queued before this message and room in the window.
+            let mut payload = payload;
             if core.blocked.is_empty() && !core.raw {
-                match core.proto.send(text, payload.clone(), std_now()) {
+                match core.proto.offer(text, payload, std_now) {
                     Ok(seq) => {
                         let write = core.proto.has_frames();
                         drop(core);
@@ -394,10 +397,10 @@ impl Handle {
                         }
                         return Ok(seq);
                     }
-                    Err(SendError::TooLarge { len, max }) => {
+                    Err((SendError::TooLarge { len, max }, _)) => {
                         return Err(Error::TooLarge { len, max });
                     }
-                    Err(SendError::WindowFull) => {}
+                    Err((SendError::WindowFull, back)) => payload = back,
                 }
             }
             let (reply, rx) = oneshot::channel();
@@ -458,6 +461,18 @@ enum Wake {
     Progress,
 }
 
+/// An application message of a raw connection.
+fn raw_delivery(text: bool, payload: Bytes) -> Delivery {
+    Delivery {
+        stream: None,
+        event: Event::Message {
+            text,
+            payload,
+            seq: 0,
+        },
+    }
+}
+
 /// The background task of one client.
 struct Task {
     cfg: Config,
@@ -474,6 +489,10 @@ struct Task {
     raw_out: VecDeque<Message>,
     /// Messages taken from the core to write, kept to reuse its allocation.
     out: Vec<Message>,
+    /// The buffer frames are copied into, one slice per frame (see [`Task::write_frames`]).
+    encoded: BytesMut,
+    /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
+    batch: Vec<Option<Result<Message, tungstenite::Error>>>,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -513,7 +532,6 @@ impl Task {
         loop {
             self.retry_blocked();
             self.write_frames().await;
-            self.publish();
             if self.stop != Stop::No || self.finish_close().await {
                 break;
             }
@@ -554,11 +572,17 @@ impl Task {
         }
     }
 
+    /// Publishes new events (as [`Task::publish`]) and waits for something to do.
     async fn wait(&mut self) -> Wake {
-        let (proto_deadline, queued) = {
-            let core = self.core();
-            (core.proto.poll_timeout(), core.events.len())
+        let (proto_deadline, queued, fresh) = {
+            let mut core = self.core();
+            core.collect();
+            let fresh = std::mem::take(&mut core.fresh);
+            (core.proto.poll_timeout(), core.events.len(), fresh)
         };
+        if fresh {
+            self.shared.events_ready.notify_one();
+        }
         let deadline = [
             proto_deadline.map(Instant::from_std),
             self.retry_at,
@@ -611,21 +635,7 @@ impl Task {
                     deadline: now + self.cfg.close_timeout,
                 });
             }
-            Wake::Ws(msg) => {
-                self.on_message(msg);
-                // Whatever else the socket already holds, without waiting: one wake-up and
-                // one write for a burst of frames rather than one per frame.
-                for _ in 1..READ_BATCH {
-                    let Some(ws) = self.ws.as_mut() else { break };
-                    let Some(msg) = ws.next().now_or_never() else {
-                        break;
-                    };
-                    self.on_message(msg);
-                    if self.closing.is_none() && self.core().events.len() >= MAX_EVENTS {
-                        break;
-                    }
-                }
-            }
+            Wake::Ws(msg) => self.on_messages(msg),
             Wake::Attempt(r#gen, result) => {
                 self.attempt = None;
                 match result {
@@ -654,14 +664,77 @@ impl Task {
         }
     }
 
-    fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) {
+    /// Handles `first` and whatever else the socket already holds, without waiting: one
+    /// wake-up and one write for a burst of frames rather than one per frame. The burst is read
+    /// before the core is locked (no socket operation under the lock), then handled under one
+    /// lock and one reading of the clock, which were one each per frame.
+    fn on_messages(&mut self, first: Option<Result<Message, tungstenite::Error>>) {
+        let mut batch = std::mem::take(&mut self.batch);
+        // About what the event queue has room for (most frames make one event at most), so
+        // an application that stops reading stops this client's reads.
+        let limit = if self.closing.is_some() {
+            READ_BATCH
+        } else {
+            let queued = self.core().events.len();
+            MAX_EVENTS.saturating_sub(queued).clamp(1, READ_BATCH)
+        };
+        let mut more = matches!(first, Some(Ok(ref m)) if !m.is_close());
+        batch.push(first);
+        while more && batch.len() < limit {
+            let Some(msg) = self.ws.as_mut().and_then(|ws| ws.next().now_or_never()) else {
+                break;
+            };
+            more = matches!(msg, Some(Ok(ref m)) if !m.is_close());
+            batch.push(msg);
+        }
         let now = std_now();
-        let raw = self.core().raw;
-        match msg {
-            Some(Ok(Message::Binary(bytes))) if raw => self.deliver_raw(false, bytes),
-            Some(Ok(Message::Text(text))) if raw => self.deliver_raw(true, text.into()),
-            Some(Ok(Message::Binary(bytes))) => match Frame::decode(bytes) {
+        let shared = Arc::clone(&self.shared);
+        let mut core = Some(lock(&shared.core));
+        for msg in batch.drain(..) {
+            let frame = match msg {
+                Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let c = core.get_or_insert_with(|| lock(&shared.core));
+                    match msg {
+                        Message::Binary(bytes) if c.raw => {
+                            c.push(raw_delivery(false, bytes));
+                            continue;
+                        }
+                        Message::Text(text) if c.raw => {
+                            c.push(raw_delivery(true, text.into()));
+                            continue;
+                        }
+                        Message::Binary(bytes) => Frame::decode(bytes),
+                        _ => {
+                            tracing::warn!("ignoring a text message on v1");
+                            continue;
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    core = None;
+                    let code = frame.as_ref().map(|f| u16::from(f.code));
+                    let reason = describe_close(frame.as_ref());
+                    self.ws = None;
+                    self.disconnected(code, reason);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    core = None;
+                    self.ws = None;
+                    self.disconnected(None, e.to_string());
+                    continue;
+                }
+                None => {
+                    core = None;
+                    self.ws = None;
+                    self.disconnected(None, "connection closed".into());
+                    continue;
+                }
+            };
+            match frame {
                 Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
+                    core = None;
                     tracing::info!(reason, "goaway: moving to another node");
                     self.goaway = true;
                     self.retry_at = None;
@@ -670,40 +743,15 @@ impl Task {
                     }
                 }
                 Ok(frame) => {
-                    let mut core = self.core();
-                    core.proto.on_frame(frame, now);
-                    core.collect();
+                    let c = core.get_or_insert_with(|| lock(&shared.core));
+                    c.proto.on_frame(frame, now);
+                    c.collect();
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
-            },
-            Some(Ok(Message::Text(_))) => tracing::warn!("ignoring a text message on v1"),
-            Some(Ok(Message::Close(frame))) => {
-                let code = frame.as_ref().map(|f| u16::from(f.code));
-                let reason = describe_close(frame.as_ref());
-                self.ws = None;
-                self.disconnected(code, reason);
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Err(e)) => {
-                self.ws = None;
-                self.disconnected(None, e.to_string());
-            }
-            None => {
-                self.ws = None;
-                self.disconnected(None, "connection closed".into());
             }
         }
-    }
-
-    fn deliver_raw(&mut self, text: bool, payload: Bytes) {
-        self.core().push(Delivery {
-            stream: None,
-            event: Event::Message {
-                text,
-                payload,
-                seq: 0,
-            },
-        });
+        drop(core);
+        self.batch = batch;
     }
 
     /// The current connection is gone (`self.ws` already taken): tell, and plan the next.
@@ -800,7 +848,7 @@ impl Task {
 
     /// Offers waiting messages to the state machine while the window lets them in.
     fn retry_blocked(&mut self) {
-        let now = std_now();
+        let mut now = None;
         let mut replies = Vec::new();
         {
             let mut core = lock(&self.shared.core);
@@ -818,13 +866,17 @@ impl Task {
                     replies.push((send.reply, Ok(0)));
                     continue;
                 }
-                let (text, payload) = (front.text, front.payload.clone());
-                let result = match core.proto.send(text, payload, now) {
-                    Err(SendError::WindowFull) => break,
-                    Err(SendError::TooLarge { len, max }) => Err(Error::TooLarge { len, max }),
+                let mut send = core.blocked.pop_front().expect("front exists");
+                let clock = || *now.get_or_insert_with(std_now);
+                let result = match core.proto.offer(send.text, send.payload, clock) {
+                    Err((SendError::WindowFull, payload)) => {
+                        send.payload = payload;
+                        core.blocked.push_front(send);
+                        break;
+                    }
+                    Err((SendError::TooLarge { len, max }, _)) => Err(Error::TooLarge { len, max }),
                     Ok(seq) => Ok(seq),
                 };
-                let send = core.blocked.pop_front().expect("front exists");
                 replies.push((send.reply, result));
             }
         }
@@ -842,8 +894,12 @@ impl Task {
                 self.raw_out.clear();
                 return;
             }
-            while let Some(bytes) = core.proto.poll_frame_bytes() {
-                self.out.push(Message::Binary(bytes));
+            // One buffer for the whole batch: each frame is a slice of it, dropped once
+            // tungstenite has copied it into its write buffer (on this thread, so the shared
+            // count never leaves this CPU), and the allocation is reused by the next batch.
+            while core.proto.poll_frame_into(&mut self.encoded) {
+                self.out
+                    .push(Message::Binary(self.encoded.split().freeze()));
             }
         }
         self.out.extend(self.raw_out.drain(..));

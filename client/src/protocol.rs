@@ -9,12 +9,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::event::{Event, Presence};
 use crate::frame::{
     Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TxPos, Window, data_header_len,
-    encode_data,
+    put_data,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -88,22 +88,36 @@ pub enum SendError {
     },
 }
 
-/// One numbered message kept until the peer acknowledges it.
-#[derive(Debug, Clone)]
+/// One numbered message kept until the peer acknowledges it, as its encoded DATA frame in
+/// [`Protocol::store`].
+///
+/// The frame is encoded when the message is sent, and the application's payload is dropped
+/// there. Why: the payload was otherwise freed only on the peer's ACK, often by another thread
+/// than the one that allocated it, which made the allocator's slow paths a tenth of a load
+/// generator's CPU; and encoding at send time copies the payload while it is still in the
+/// sender's cache. The store is one buffer rather than a `Bytes` per frame: frames sliced off a
+/// shared buffer had their reference count touched by the sending thread, the writing task and
+/// the ACK, each often on another CPU.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     seq: u64,
     text: bool,
-    payload: Bytes,
+    /// Where the frame starts in the store, counted from the store's first byte ever.
+    start: u64,
+    /// The frame's length: kind byte, `seq` varint, payload.
+    len: usize,
 }
+
+/// A store this large is given back when the outbox empties, so a burst of big messages does
+/// not keep its memory.
+const STORE_KEEP: usize = 64 * 1024;
 
 /// A frame waiting to be written.
 #[derive(Debug)]
 enum Queued {
     Frame(Frame),
-    /// Numbered DATA of the outbox entry of this seq, encoded from the entry when it is
-    /// written: a send then neither clones its payload nor counts references to it, which was
-    /// an allocation and two atomic operations per message. An entry acknowledged before it
-    /// was written is skipped: the peer has it.
+    /// Numbered DATA of the outbox entry of this seq, taken from the entry when it is written,
+    /// so a message acknowledged before it was written is skipped (the peer has it).
     Outbox(u64),
 }
 
@@ -120,6 +134,10 @@ pub struct Protocol {
 
     // Sender (§3, §7).
     outbox: VecDeque<Entry>,
+    /// The outbox's frames, back to back in seq order (see [`Entry`]).
+    store: Vec<u8>,
+    /// The position of `store[0]`, counted from the store's first byte ever.
+    store_base: u64,
     next_seq: u64,
     /// The highest seq written to the current peer session since its `sync`.
     sent_upto: u64,
@@ -179,6 +197,8 @@ impl Protocol {
             window: DEFAULT_WINDOW,
             max_frame: None,
             outbox: VecDeque::new(),
+            store: Vec::new(),
+            store_base: 0,
             next_seq: 1,
             sent_upto: 0,
             acked: 0,
@@ -298,33 +318,72 @@ impl Protocol {
                 Queued::Frame(frame) => return Some(frame),
                 Queued::Outbox(seq) => {
                     if let Some(entry) = self.entry(seq) {
-                        return Some(data_frame(entry));
+                        return Some(data_frame(self, &entry));
                     }
                 }
             }
         }
     }
 
-    /// As [`Protocol::poll_frame`], encoded ([`Frame::encode`]); DATA is encoded straight from
-    /// the outbox.
+    /// As [`Protocol::poll_frame`], encoded ([`Frame::encode`]); numbered DATA is the frame
+    /// its outbox entry holds.
     pub fn poll_frame_bytes(&mut self) -> Option<Bytes> {
         loop {
             match self.frames.pop_front()? {
                 Queued::Frame(frame) => return Some(frame.encode()),
                 Queued::Outbox(seq) => {
                     if let Some(entry) = self.entry(seq) {
-                        return Some(encode_data(entry.seq, entry.text, &entry.payload));
+                        return Some(Bytes::copy_from_slice(self.frame_of(&entry)));
                     }
                 }
             }
         }
     }
 
+    /// As [`Protocol::poll_frame_bytes`], appended to `buf`: a writer that takes a batch of
+    /// frames copies them into one buffer instead of allocating each. Returns whether a frame
+    /// was appended.
+    pub fn poll_frame_into(&mut self, buf: &mut BytesMut) -> bool {
+        loop {
+            let Some(queued) = self.frames.pop_front() else {
+                return false;
+            };
+            match queued {
+                Queued::Frame(Frame::Data { seq, text, payload }) => {
+                    buf.reserve(data_header_len(seq) + payload.len());
+                    put_data(buf, seq, text, &payload);
+                }
+                Queued::Frame(frame) => buf.extend_from_slice(&frame.encode()),
+                Queued::Outbox(seq) => {
+                    let Some(entry) = self.entry(seq) else {
+                        continue;
+                    };
+                    buf.extend_from_slice(self.frame_of(&entry));
+                }
+            }
+            return true;
+        }
+    }
+
+    /// The encoded frame of an outbox entry.
+    fn frame_of(&self, entry: &Entry) -> &[u8] {
+        let at = (entry.start - self.store_base) as usize;
+        &self.store[at..at + entry.len]
+    }
+
+    /// The payload of an outbox entry.
+    fn payload_of(&self, entry: &Entry) -> Bytes {
+        Bytes::copy_from_slice(&self.frame_of(entry)[data_header_len(entry.seq)..])
+    }
+
     /// The outbox entry of `seq`, if it is still there (the outbox holds consecutive seqs).
-    fn entry(&self, seq: u64) -> Option<&Entry> {
+    fn entry(&self, seq: u64) -> Option<Entry> {
         let first = self.outbox.front()?.seq;
         let index = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.outbox.get(index).filter(|entry| entry.seq == seq)
+        self.outbox
+            .get(index)
+            .filter(|entry| entry.seq == seq)
+            .copied()
     }
 
     /// The next event for the application.
@@ -361,13 +420,26 @@ impl Protocol {
     /// Offers a message. Returns its seq (0 when sent unnumbered to a raw peer), or why it was
     /// not taken; a full window is for the caller to wait out.
     pub fn send(&mut self, text: bool, payload: Bytes, now: Instant) -> Result<u64, SendError> {
+        self.offer(text, payload, || now).map_err(|(e, _)| e)
+    }
+
+    /// As [`Protocol::send`], for a caller on the hot path: the clock is read only when the
+    /// message starts the retransmission timer (the outbox was empty), and a message not taken
+    /// comes back with the error, so the caller need not keep a clone of it (cloning a `Bytes`
+    /// made from a `Vec` allocates its shared header).
+    pub fn offer(
+        &mut self,
+        text: bool,
+        payload: Bytes,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<u64, (SendError, Bytes)> {
         let raw = self.connected && self.peer == PeerView::OnlineRaw;
         let seq = if raw { 0 } else { self.next_seq };
         let len = (data_header_len(seq) + payload.len()) as u64;
         if let Some(max) = self.max_frame
             && len > max
         {
-            return Err(SendError::TooLarge { len, max });
+            return Err((SendError::TooLarge { len, max }, payload));
         }
         if raw {
             self.frames.push_back(Queued::Frame(Frame::Data {
@@ -378,18 +450,26 @@ impl Protocol {
             return Ok(0);
         }
         if !self.window_open(payload.len()) {
-            return Err(SendError::WindowFull);
+            return Err((SendError::WindowFull, payload));
         }
         self.next_seq += 1;
         if self.outbox.is_empty() {
-            self.progress_at = Some(now);
+            self.progress_at = Some(now());
         }
         self.inflight.push_back((seq, payload.len() as u64));
         self.inflight_bytes += payload.len() as u64;
-        self.outbox.push_back(Entry { seq, text, payload });
+        let start = self.store_base + self.store.len() as u64;
+        put_data(&mut self.store, seq, text, &payload);
+        drop(payload);
+        let len = (self.store_base + self.store.len() as u64 - start) as usize;
+        self.outbox.push_back(Entry {
+            seq,
+            text,
+            start,
+            len,
+        });
         if self.flowing() && self.sent_upto == seq - 1 {
-            let entry = self.outbox.back().expect("just pushed");
-            self.frames.push_back(Queued::Outbox(entry.seq));
+            self.frames.push_back(Queued::Outbox(seq));
             self.sent_upto = seq;
         }
         Ok(seq)
@@ -397,8 +477,15 @@ impl Protocol {
 
     /// The application took message `seq` of stream `sid`: it may now be acknowledged.
     pub fn on_taken(&mut self, sid: u64, seq: u64, now: Instant) {
+        self.take(sid, seq, || now);
+    }
+
+    /// As [`Protocol::on_taken`], reading the clock only when the delayed ACK's timer starts.
+    /// Returns whether the caller's timers or writes must look again: an ACK was queued, or the
+    /// delayed ACK's deadline was set (for every other message nothing changed for them).
+    pub fn take(&mut self, sid: u64, seq: u64, now: impl FnOnce() -> Instant) -> bool {
         if self.rx_sid != Some(sid) || seq <= self.consumed_hw || seq > self.rx_hw {
-            return;
+            return false;
         }
         self.consumed_hw = seq;
         while let Some(&(s, len)) = self.untaken.front() {
@@ -408,8 +495,10 @@ impl Protocol {
             self.unacked_bytes += len;
             self.untaken.pop_front();
         }
+        let mut changed = false;
         if self.ack_at.is_none() {
-            self.ack_at = Some(now + self.cfg.ack_delay);
+            self.ack_at = Some(now() + self.cfg.ack_delay);
+            changed = true;
         }
         let unacked = self.consumed_hw - self.ack_sent_hw;
         if unacked >= self.cfg.ack_every
@@ -417,7 +506,9 @@ impl Protocol {
             || self.unacked_bytes >= self.window.bytes / 2
         {
             self.send_ack();
+            changed = true;
         }
+        changed
     }
 
     /// A frame arrived on the current connection.
@@ -587,13 +678,15 @@ impl Protocol {
                 self.new_peer_session(PeerView::OnlineRaw);
                 self.events.push_back(Event::RawPeer);
                 // A raw peer is never acknowledged: what waits is sent once, unnumbered.
-                for entry in self.outbox.drain(..) {
+                for entry in &self.outbox {
                     self.frames.push_back(Queued::Frame(Frame::Data {
                         seq: 0,
                         text: entry.text,
-                        payload: entry.payload,
+                        payload: self.payload_of(entry),
                     }));
                 }
+                self.outbox.clear();
+                self.trim_store();
                 self.inflight.clear();
                 self.inflight_bytes = 0;
                 self.floor = self.next_seq - 1;
@@ -748,6 +841,27 @@ impl Protocol {
         while self.outbox.front().is_some_and(|e| e.seq <= hw) {
             self.outbox.pop_front();
         }
+        self.trim_store();
+    }
+
+    /// Drops the store's bytes below the outbox's first frame: all of them when the outbox is
+    /// empty, else once they are most of the store (each byte is moved about once).
+    fn trim_store(&mut self) {
+        let end = self.store_base + self.store.len() as u64;
+        let first = self.outbox.front().map_or(end, |e| e.start);
+        let dead = (first - self.store_base) as usize;
+        if dead == self.store.len() {
+            if self.store.capacity() > STORE_KEEP {
+                self.store = Vec::new();
+            } else {
+                self.store.clear();
+            }
+        } else if dead >= 4096 && dead > self.store.len() / 2 {
+            self.store.drain(..dead);
+        } else {
+            return;
+        }
+        self.store_base = first;
     }
 
     fn raise_floor(&mut self, floor: u64) {
@@ -800,11 +914,11 @@ impl Protocol {
     }
 }
 
-fn data_frame(entry: &Entry) -> Frame {
+fn data_frame(p: &Protocol, entry: &Entry) -> Frame {
     Frame::Data {
         seq: entry.seq,
         text: entry.text,
-        payload: entry.payload.clone(),
+        payload: p.payload_of(entry),
     }
 }
 

@@ -1025,3 +1025,51 @@ fn numbered_data_of_the_peer_waits_for_its_sync_after_an_own_reconnect() {
     p.on_frame(data(2, "b"), now);
     assert_eq!(message_seqs(&events(&mut p)), vec![2]);
 }
+
+#[test]
+fn frames_stay_exact_as_acknowledged_ones_leave_the_outbox_store() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    let body = |i: u64| Bytes::from(vec![i as u8; 1000 + i as usize]);
+    for i in 1..=40 {
+        assert_eq!(p.send(i % 2 == 0, body(i), now), Ok(i));
+    }
+    frames(&mut p);
+    // Acknowledging most of the outbox moves what is left to the store's front; more sends
+    // follow behind it.
+    p.on_frame(Frame::Ack { sid: A, hw: 30 }, now);
+    for i in 41..=45 {
+        assert_eq!(p.send(false, body(i), now), Ok(i));
+    }
+    let mut written = Vec::new();
+    let mut buf = BytesMut::new();
+    while p.poll_frame_into(&mut buf) {
+        written.push(Frame::decode(buf.split().freeze()).expect("a valid frame"));
+    }
+    assert_eq!(data_seqs(&written), (41..=45).collect::<Vec<_>>());
+    // The peer received up to 33: the rest is resent, byte for byte.
+    p.on_frame(sync_frame(B, 1, 1, 1, Some(A), 33), now);
+    let resent: Vec<Frame> = frames(&mut p)
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Data { .. }))
+        .collect();
+    let expected: Vec<Frame> = (34..=45)
+        .map(|i| Frame::Data {
+            seq: i,
+            text: i <= 40 && i % 2 == 0,
+            payload: body(i),
+        })
+        .collect();
+    assert_eq!(resent, expected);
+    p.on_frame(Frame::Ack { sid: A, hw: 45 }, now);
+    assert_eq!(p.outbox_len(), 0);
+    // A raw peer gets what waits unnumbered, with its payload.
+    assert_eq!(p.send(false, body(46), now), Ok(46));
+    p.on_frame(raw_online(), now);
+    let out = frames(&mut p);
+    assert!(out.contains(&Frame::Data {
+        seq: 0,
+        text: false,
+        payload: body(46),
+    }));
+}
