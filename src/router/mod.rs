@@ -402,8 +402,11 @@ impl Router {
                             if !live.contains(&holder.node) {
                                 self.learn_if_unknown(holder.node).await;
                             }
-                            self.is_live(holder.node)
-                                .then_some((holder.node, holder.session, client))
+                            self.is_live(holder.node).then_some((
+                                holder.node,
+                                holder.session,
+                                client,
+                            ))
                         }
                         _ => None,
                     };
