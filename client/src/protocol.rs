@@ -172,6 +172,11 @@ pub struct Protocol {
     // The peer's session on this connection (§5).
     peer: PeerView,
     sync_sent: bool,
+    /// Since when this client has waited for the sync of the peer session it synced with; it
+    /// asks again (`reply: true`) every quarter of `ack_timeout` (a sync dropped on the way,
+    /// say by a node that did not yet record the new session, would otherwise hold both
+    /// sides until the retransmission timer).
+    peer_sync_wait: Option<Instant>,
     peer_synced: bool,
 
     // Presence (§8).
@@ -220,6 +225,7 @@ impl Protocol {
             gaps_seen: 0,
             peer: PeerView::Unknown,
             sync_sent: false,
+            peer_sync_wait: None,
             peer_synced: false,
             presence: None,
             away_since: None,
@@ -549,6 +555,7 @@ impl Protocol {
         [
             self.ack_deadline(),
             self.retransmit_deadline(),
+            self.peer_sync_deadline(),
             self.presence_deadline(),
         ]
         .into_iter()
@@ -564,6 +571,10 @@ impl Protocol {
         if self.retransmit_deadline().is_some_and(|t| t <= now) {
             self.send_sync(true);
             self.progress_at = Some(now);
+        }
+        if self.peer_sync_deadline().is_some_and(|t| t <= now) {
+            self.send_sync(true);
+            self.peer_sync_wait = Some(now);
         }
         if let Some(since) = self.away_since
             && !self.peer_left
@@ -586,6 +597,13 @@ impl Protocol {
             return None;
         }
         self.ack_at
+    }
+
+    fn peer_sync_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.peer_synced || !matches!(self.peer, PeerView::OnlineV1 { .. }) {
+            return None;
+        }
+        self.peer_sync_wait.map(|t| t + self.cfg.ack_timeout / 4)
     }
 
     fn retransmit_deadline(&self) -> Option<Instant> {
@@ -670,6 +688,7 @@ impl Protocol {
                 }
                 self.new_peer_session(PeerView::OnlineV1 { sid, r#gen });
                 self.send_sync(false);
+                self.peer_sync_wait = Some(now);
             }
             (PeerState::Online, true, _, _) => {
                 if self.peer == PeerView::OnlineRaw {

@@ -1073,3 +1073,24 @@ fn frames_stay_exact_as_acknowledged_ones_leave_the_outbox_store() {
         payload: body(46),
     }));
 }
+
+#[test]
+fn a_client_that_never_gets_its_peers_sync_asks_again_soon() {
+    let now = Instant::now();
+    let mut p = connected(A, now, 1024, 1 << 20);
+    p.on_frame(online(B, 1), now);
+    let own = syncs(&frames(&mut p));
+    assert_eq!(own.len(), 1);
+    assert!(!own[0].reply);
+    // The peer's sync was lost on the way; with an empty outbox no retransmission would ask.
+    let quarter = ProtocolConfig::default().ack_timeout / 4;
+    assert_eq!(p.poll_timeout(), Some(now + quarter));
+    p.on_tick(now + quarter);
+    let asked = syncs(&frames(&mut p));
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].reply, "the question asks for an answer");
+    // Once the peer's sync came, nothing more is asked.
+    p.on_frame(sync_frame(B, 1, 1, 1, None, 0), now + quarter);
+    frames(&mut p);
+    assert_eq!(p.poll_timeout(), None);
+}
