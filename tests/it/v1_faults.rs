@@ -364,7 +364,7 @@ async fn rate_over(delivered: &AtomicU64, phase: Duration) -> f64 {
 async fn a_stalled_receiver_leaves_100_other_pairs_at_their_throughput() {
     const PAIRS: usize = 100;
     const WINDOW: u64 = 64;
-    const PHASE: Duration = Duration::from_millis(500);
+    const PHASE: Duration = Duration::from_secs(1);
     let redis = RedisServer::start();
     let window = |c: &mut wspair::Config| c.v1.window = WINDOW as u32;
     let nodes = [
@@ -482,8 +482,11 @@ async fn a_stalled_receiver_leaves_100_other_pairs_at_their_throughput() {
         "100 pairs: {without_mean:.0} msg/s without a stalled pair ({without:.0?}), \
          {with_mean:.0} with one ({with:.0?})"
     );
+    // Head-of-line blocking would stop the other pairs (their link is the stalled pair's);
+    // measured, they keep 0.82-0.95 of their rate, and a phase of other tests running beside
+    // this one moves a one-second rate by up to a fifth: hence 0.75.
     assert!(
-        with_mean >= 0.8 * without_mean,
+        with_mean >= 0.75 * without_mean,
         "with a stalled pair the others delivered {with_mean:.0} msg/s ({with:.0?}), against \
          {without_mean:.0} without ({without:.0?})"
     );
