@@ -451,6 +451,17 @@ impl Hub {
         }
     }
 
+    /// This node's live session `session`, if it still holds `role` of `channel_id`.
+    pub fn session(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        session: u64,
+    ) -> Option<SessionHandle> {
+        self.local(channel_id, role)
+            .filter(|handle| handle.id == session)
+    }
+
     /// The credit of this node's session `session`, if it holds `role` of `channel_id`.
     pub fn local_credit(
         &self,

@@ -137,11 +137,7 @@ impl Router {
                         // receiver's ledger would keep its share of the window for the
                         // superseded grace: it hears that the session sent it nothing.
                         // (`sent` 0 never lowers an end the session itself stated.)
-                        if self
-                            .hub
-                            .local(&channel_id, role)
-                            .is_none_or(|handle| handle.id != sender)
-                        {
+                        if self.hub.session(&channel_id, role, sender).is_none() {
                             self.send_control(
                                 from,
                                 InnerFrame::Unbound {
@@ -261,9 +257,7 @@ impl Router {
                 role,
                 session,
             } => {
-                if let Some(handle) = self.hub.local(&channel_id, role)
-                    && handle.id == session
-                {
+                if let Some(handle) = self.hub.session(&channel_id, role, session) {
                     handle.stop.cancel();
                 }
             }

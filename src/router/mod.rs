@@ -95,10 +95,18 @@ struct Cluster {
 /// An `Evict` sent to `node`, and when.
 struct Eviction {
     node: NodeId,
-    channel_id: ChannelId,
-    role: Role,
-    session: u64,
+    frame: InnerFrame,
     at: Instant,
+}
+
+impl Cluster {
+    /// The evictions sent within `registry.node-ttl`; older ones are dropped on the way.
+    fn recent_evictions(&self) -> std::sync::MutexGuard<'_, Vec<Eviction>> {
+        let mut evictions = lock(&self.evictions);
+        let node_ttl = self.registry.node_ttl();
+        evictions.retain(|eviction| eviction.at.elapsed() < node_ttl);
+        evictions
+    }
 }
 
 /// Routes messages and keeps the cluster's view of routes current.
@@ -223,23 +231,16 @@ impl Router {
         if let Some((node, session, _)) = claim.displaced_remote.take() {
             let (channel_id, role) = (claim.channel_id, claim.role);
             Metrics::incr(&self.metrics.sessions_replaced);
-            self.send_control(
-                node,
-                InnerFrame::Evict {
-                    channel_id,
-                    role,
-                    session,
-                },
-            );
+            let frame = InnerFrame::Evict {
+                channel_id,
+                role,
+                session,
+            };
+            self.send_control(node, frame.clone());
             if let Some(cluster) = &self.cluster {
-                let mut evictions = lock(&cluster.evictions);
-                let node_ttl = cluster.registry.node_ttl();
-                evictions.retain(|eviction| eviction.at.elapsed() < node_ttl);
-                evictions.push(Eviction {
+                cluster.recent_evictions().push(Eviction {
                     node,
-                    channel_id,
-                    role,
-                    session,
+                    frame,
                     at: Instant::now(),
                 });
             }
@@ -535,22 +536,16 @@ impl Router {
                 return;
             }
             router.learn_if_unknown(route.node).await;
-            let still_alone = router
-                .hub
-                .local(&channel_id, role)
-                .is_some_and(|handle| handle.id == session)
-                && router.hub.peer(&channel_id, role.peer()).is_none();
-            if !still_alone {
+            let Some(mine) = router.hub.session(&channel_id, role, session) else {
+                return;
+            };
+            if router.hub.peer(&channel_id, role.peer()).is_some() {
                 return;
             }
             let Some(remote) = router.remote_peer(route, peer_client) else {
                 return;
             };
-            let client = router
-                .hub
-                .local(&channel_id, role)
-                .filter(|handle| handle.id == session)
-                .and_then(|handle| handle.client);
+            let client = mine.client;
             let incarnation = remote.incarnation();
             // Checked and recorded under one lock: a `Bound` of a newer session may have come
             // since the registry was read, and the registry may name a session that just ended.
@@ -602,20 +597,12 @@ impl Router {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        let again: Vec<InnerFrame> = {
-            let mut evictions = lock(&cluster.evictions);
-            let node_ttl = cluster.registry.node_ttl();
-            evictions.retain(|eviction| eviction.at.elapsed() < node_ttl);
-            evictions
-                .iter()
-                .filter(|eviction| eviction.node == node)
-                .map(|eviction| InnerFrame::Evict {
-                    channel_id: eviction.channel_id,
-                    role: eviction.role,
-                    session: eviction.session,
-                })
-                .collect()
-        };
+        let again: Vec<InnerFrame> = cluster
+            .recent_evictions()
+            .iter()
+            .filter(|eviction| eviction.node == node)
+            .map(|eviction| eviction.frame.clone())
+            .collect();
         for frame in again {
             self.send_control(node, frame);
         }

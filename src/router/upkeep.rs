@@ -354,18 +354,17 @@ impl Upkeep {
         let untried = paced(
             todo,
             |refresh| async move {
-                if !self.holds(refresh.channel_id, refresh.role, refresh.session) {
+                let Some(handle) =
+                    self.hub
+                        .session(&refresh.channel_id, refresh.role, refresh.session)
+                else {
                     return Ok(None);
-                }
+                };
                 let route = Route {
                     node: me,
                     session: refresh.session,
                 };
-                let client = self
-                    .hub
-                    .local(&refresh.channel_id, refresh.role)
-                    .filter(|handle| handle.id == refresh.session)
-                    .and_then(|handle| handle.client);
+                let client = handle.client;
                 registry
                     .refresh(&refresh.channel_id, refresh.role, route, client)
                     .await
@@ -432,9 +431,7 @@ impl Upkeep {
 
     /// True if this node still holds session `session` as `role` of `channel_id`.
     fn holds(&self, channel_id: ChannelId, role: Role, session: u64) -> bool {
-        self.hub
-            .local(&channel_id, role)
-            .is_some_and(|handle| handle.id == session)
+        self.hub.session(&channel_id, role, session).is_some()
     }
 
     /// Closes a session whose route another session holds with 4001, as replaced: a newer
@@ -471,8 +468,7 @@ impl Upkeep {
             if let Some(Peer::Remote(remote)) = peer {
                 let client = self
                     .hub
-                    .local(&channel_id, role)
-                    .filter(|handle| handle.id == session)
+                    .session(&channel_id, role, session)
                     .and_then(|handle| handle.client);
                 remote.link.send_control(InnerFrame::Bound {
                     channel_id,
