@@ -13,6 +13,7 @@ use wspair::Role;
 use crate::harness::client::{close_gracefully, send_numbered_until_throttled};
 use crate::harness::proxy::Proxy;
 use crate::harness::redis::RedisServer;
+use crate::harness::rng::Rng;
 use crate::harness::{Client, TestNode, random_channel_id, read};
 
 /// A payload naming its pair, its sender's incarnation and its number within it, padded to
@@ -786,32 +787,6 @@ async fn nothing_leaks_after_every_client_left() {
     }
     for node in nodes {
         node.shutdown().await;
-    }
-}
-
-/// xorshift64*: a small seeded generator, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A duration in `low..high`.
-    fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        let span = (high - low).as_micros() as u64;
-        low + Duration::from_micros(self.next() % span.max(1))
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -7,6 +7,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod rng;
 pub mod v1flow;
 pub mod v1wire;
 
