@@ -514,10 +514,10 @@ impl Hub {
         mut message: Message,
     ) -> Result<u64, Undelivered> {
         let sessions = self.lock(channel_id);
-        let Some(Peer::Local(handle)) = sessions
-            .get(channel_id)
-            .and_then(|slots| slots.slot_ref(role))
-        else {
+        let Some(slots) = sessions.get(channel_id) else {
+            return Err(Undelivered::NoSession);
+        };
+        let Some(Peer::Local(handle)) = slots.slot_ref(role) else {
             return Err(Undelivered::NoSession);
         };
         if handle.id != receiver {
@@ -527,13 +527,14 @@ impl Hub {
         // whose client reconnected elsewhere) must not arrive after its successor's `sync`,
         // which comes after the successor's `Bound` and so after it is recorded here. With no
         // record at all the frame is delivered: no successor is known. A dropped frame's
-        // credit is settled as if it had been written.
-        let superseded = match slots_peer(&sessions, channel_id, role) {
+        // credit is settled as if it had been written. (Raw frames are not checked: the
+        // relay of raw clients never was.)
+        let superseded = || match slots.slot_ref(role.peer()) {
             Some(Peer::Remote(peer)) => peer.incarnation() != sender,
             Some(Peer::Local(_)) => true,
             None => false,
         };
-        if message.kind == crate::pair::MessageKind::V1 && superseded {
+        if message.kind == crate::pair::MessageKind::V1 && superseded() {
             let mut ledger = handle.credit.ledger();
             let due = match ledger.receive(sender, seq) {
                 Receipt::Credited { .. } => ledger.written(sender, 1),
@@ -762,15 +763,6 @@ impl Hub {
         crate::credit::assert_no_ledger_held();
         lock(&self.shards[shard])
     }
-}
-
-/// The record of `role`'s peer in `channel_id`, in a shard already locked.
-fn slots_peer<'a>(
-    sessions: &'a HashMap<ChannelId, Slots>,
-    channel_id: &ChannelId,
-    role: Role,
-) -> Option<&'a Peer> {
-    sessions.get(channel_id)?.slot_ref(role.peer())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
