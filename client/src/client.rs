@@ -897,6 +897,7 @@ impl Task {
             // One buffer for the whole batch: each frame is a slice of it, dropped once
             // tungstenite has copied it into its write buffer (on this thread, so the shared
             // count never leaves this CPU), and the allocation is reused by the next batch.
+            core.proto.piggyback_ack();
             while core.proto.poll_frame_into(&mut self.encoded) {
                 self.out
                     .push(Message::Binary(self.encoded.split().freeze()));

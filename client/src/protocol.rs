@@ -317,6 +317,16 @@ impl Protocol {
         !self.frames.is_empty()
     }
 
+    /// Called before a batch of frames is written: when frames wait and messages taken by the
+    /// application are not acknowledged yet, their ACK joins the batch. It then costs no write
+    /// and no wake-up of its own, where a delayed ACK would (in a pair sending both ways, most
+    /// ACKs travel this way instead of on their timer).
+    pub fn piggyback_ack(&mut self) {
+        if !self.frames.is_empty() && self.consumed_hw > self.ack_sent_hw {
+            self.send_ack();
+        }
+    }
+
     /// The next frame to write on the current connection.
     pub fn poll_frame(&mut self) -> Option<Frame> {
         loop {

@@ -1094,3 +1094,36 @@ fn a_client_that_never_gets_its_peers_sync_asks_again_soon() {
     frames(&mut p);
     assert_eq!(p.poll_timeout(), None);
 }
+
+#[test]
+fn an_ack_due_later_rides_along_with_frames_written_now() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    p.on_frame(data(1, "x"), now);
+    p.on_frame(data(2, "y"), now);
+    events(&mut p);
+    p.on_taken(B, 2, now);
+    p.piggyback_ack();
+    assert!(
+        frames(&mut p).is_empty(),
+        "nothing to write: the ACK waits for its timer"
+    );
+
+    assert_eq!(p.send(true, "a".into(), now), Ok(1));
+    p.piggyback_ack();
+    let out = frames(&mut p);
+    assert_eq!(data_seqs(&out), vec![1]);
+    assert_eq!(acks(&out), vec![(B, 2)], "the ACK joins the write");
+    assert_eq!(
+        p.poll_timeout(),
+        Some(now + ProtocolConfig::default().ack_timeout),
+        "no delayed ACK is left, only the retransmission timer"
+    );
+
+    assert_eq!(p.send(true, "b".into(), now), Ok(2));
+    p.piggyback_ack();
+    assert!(
+        acks(&frames(&mut p)).is_empty(),
+        "nothing new taken: no ACK"
+    );
+}
