@@ -198,6 +198,8 @@ async fn send_text(handle: &Handle, payload: Bytes) -> Result<u64, Error> {
 async fn close(client: Client) -> Exit {
     match client.close().await {
         Ok(()) => Exit::Normal,
+        // The library stopped (displaced) after everything was done: nothing is lost.
+        Err(Error::Closed) => Exit::Normal,
         Err(err) => {
             eprintln!("wspair client: {err}");
             Exit::Timeout
