@@ -38,6 +38,7 @@ enum Commands {
     Serve(ServeArgs),
     /// Connect to a channel as its app or its web: send stdin lines as messages and print
     /// the messages that arrive, one per line
+    #[command(long_about = cli::client::LONG_ABOUT)]
     Client(cli::client::ClientArgs),
 }
 

@@ -21,6 +21,18 @@ pub use exit::Exit;
 use lines::{InputMode, Printer};
 use target::{RoleArg, Target};
 
+/// `wspair client --help` above the flags: what goes where.
+pub const LONG_ABOUT: &str = "\
+Connect to a channel as its app or its web: send stdin lines as messages and print the messages
+that arrive, one per line.
+
+stdout carries the messages only: text as it is (a text holding newlines spans several lines),
+binary as lowercase hex, or base64 with --base64. stderr carries notes on the connection as
+`# ` lines (`# connected ...`; with --v1 also `# acked N`, `# presence STATE`, `# disconnected
+CODE REASON`, `# refused STATUS REASON`) and errors as `wspair client: ...` lines. At the end of
+stdin the client closes with 1000 (with --v1 once everything sent is acknowledged), unless
+--once or --no-close says otherwise.";
+
 /// Flags of `wspair client`.
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES_HELP)]
