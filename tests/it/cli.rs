@@ -274,7 +274,9 @@ async fn a_replaced_client_exits_with_the_closed_code_and_4001() {
         let ended = app.ended().await;
         assert_eq!(ended.code, 3, "{mode:?}: {}", ended.stderr);
         assert!(
-            ended.stderr.contains("closed by the server: 4001"),
+            ended
+                .stderr
+                .contains("closed by the server: 4001 replaced by a newer connection"),
             "{mode:?}: {}",
             ended.stderr
         );

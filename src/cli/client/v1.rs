@@ -72,9 +72,9 @@ pub async fn run(
     let mut deadline: Option<Instant> = None;
     loop {
         if stdin_ended && !options.no_close {
-            let waits_for_acks = last_seq > acked && !raw_peer;
-            let done = if last_seq > 0 {
-                !waits_for_acks
+            // A raw peer never acknowledges: --once then waits for a message, as in raw mode.
+            let done = if last_seq > 0 && !raw_peer {
+                acked >= last_seq
             } else {
                 !options.once || received
             };
@@ -117,6 +117,10 @@ pub async fn run(
                 }
                 Some(Event::Disconnected { code, reason }) => {
                     let code_text = code.map_or("-".to_owned(), |code| code.to_string());
+                    // The library's reason of a close frame already starts with its code.
+                    let reason = reason
+                        .strip_prefix(&format!("{code_text} "))
+                        .map_or(reason.clone(), str::to_owned);
                     printer.note(format_args!("disconnected {code_text} {reason}"));
                     last_close = Some((code, reason));
                 }
