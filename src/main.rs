@@ -1,8 +1,12 @@
 //! The `wspair` command: parses the command line, sets up logging, loads the configuration and
-//! runs a node until SIGINT or SIGTERM. Nothing else lives here.
+//! runs a node until SIGINT or SIGTERM; `wspair client` is in `cli/client`. Nothing else lives
+//! here.
 //!
-//! Exit codes: 0 after a clean shutdown, 64 for bad usage or configuration (nothing was
-//! bound), 1 for a failure at run time (such as a port already in use).
+//! Exit codes of `serve`: 0 after a clean shutdown, 64 for bad usage or configuration (nothing
+//! was bound), 1 for a failure at run time (such as a port already in use). `client` has its
+//! own table (`wspair client --help`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +36,10 @@ enum Commands {
     /// Run a node. Settings come from defaults, then --config FILE, then WSPAIR_* environment
     /// variables, then flags; a later source wins.
     Serve(ServeArgs),
+    /// Connect to a channel as its app or its web: send stdin lines as messages and print
+    /// the messages that arrive, one per line
+    #[command(long_about = cli::client::LONG_ABOUT)]
+    Client(cli::client::ClientArgs),
 }
 
 /// `serve`'s flags: `--config` plus one flag per configuration key, generated from `KEYS`.
@@ -100,14 +108,22 @@ fn main() -> ExitCode {
             };
         }
     };
+    // The client reports on stderr itself; the library's logs are there for RUST_LOG.
+    let default_level = match cli.command {
+        Commands::Serve(_) => "info",
+        Commands::Client(_) => "error",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
-    let Commands::Serve(args) = cli.command;
+    let args = match cli.command {
+        Commands::Serve(args) => args,
+        Commands::Client(args) => return cli::client::run(args).into(),
+    };
     let overrides: Vec<(&str, String)> = args.overrides;
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -3,6 +3,7 @@
 mod harness;
 
 mod churn;
+mod cli;
 mod cluster;
 mod handshake;
 mod http_front;
