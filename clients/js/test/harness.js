@@ -182,8 +182,8 @@ export async function startNode({ redisUrl = null, args = [] } = {}) {
 
 /** Records a client's events by type; `messages` holds the data of `message` events. */
 export function record(client) {
-  const log = { all: [], messages: [], presence: [], connected: [], disconnected: [], reset: [] };
-  for (const type of ['message', 'presence', 'connected', 'disconnected', 'reset', 'rawpeer', 'refused']) {
+  const log = { all: [], messages: [], presence: [], connected: [], disconnected: [], reset: [], rawpeer: [], refused: [] };
+  for (const type of ['message', 'presence', 'connected', 'disconnected', 'reset', 'rawpeer', 'refused', 'close']) {
     client.addEventListener(type, (event) => {
       log.all.push(event);
       if (type === 'message') log.messages.push(event);
@@ -203,4 +203,24 @@ export function nextEvent(client, type, accept = () => true) {
     };
     client.addEventListener(type, listener);
   });
+}
+
+const openClients = new Set();
+
+/**
+ * connect() for tests: the client is remembered, so that `closeClients` (run after each test)
+ * ends it even when the test failed half way, and the test process can exit.
+ */
+export async function open(options) {
+  const { connect } = await import('../src/wspair.js');
+  const client = await connect(options);
+  openClients.add(client);
+  return client;
+}
+
+/** Closes every client `open` made that is still running. */
+export async function closeClients() {
+  const clients = [...openClients];
+  openClients.clear();
+  await Promise.all(clients.map((c) => c.close().catch(() => {})));
 }

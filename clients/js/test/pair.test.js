@@ -2,12 +2,12 @@
 // a raw peer, raw fallback against a node with v1 turned off, and refusals before the upgrade.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 
 import { WebSocket } from 'ws';
 
-import { connect, WspairError } from '../src/wspair.js';
-import { channelId, nextEvent, record, sleep, startNode, until, within } from './harness.js';
+import { WspairError } from '../src/wspair.js';
+import { channelId, closeClients, nextEvent, open, record, sleep, startNode, until, within } from './harness.js';
 
 let node;
 let nodeV1Off;
@@ -18,6 +18,8 @@ before(async () => {
     startNode({ args: ['--v1-enabled', 'false'] }),
   ]);
 });
+
+afterEach(closeClients);
 
 after(async () => {
   await Promise.all([node?.kill(), nodeV1Off?.kill()]);
@@ -38,9 +40,9 @@ async function rawClient(url, id, role) {
 
 test('a pair exchanges text and binary both ways, once, in order, acknowledged', async () => {
   const id = channelId();
-  const app = await connect({ url: node.url, channelId: id, role: 'app' });
+  const app = await open({ url: node.url, channelId: id, role: 'app' });
   const appLog = record(app);
-  const web = await connect({ url: node.url, channelId: id, role: 'web' });
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
   const webLog = record(web);
 
   // Listeners added right after connect() still see the first connection.
@@ -92,8 +94,8 @@ test('a pair exchanges text and binary both ways, once, in order, acknowledged',
 
 test('async iteration yields the events in order and acknowledges as it goes', async () => {
   const id = channelId();
-  const app = await connect({ url: node.url, channelId: id, role: 'app' });
-  const web = await connect({ url: node.url, channelId: id, role: 'web' });
+  const app = await open({ url: node.url, channelId: id, role: 'app' });
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
   const sent = Promise.all(['one', 'two', 'three'].map((m) => app.send(m)));
   const seen = [];
   const types = [];
@@ -117,10 +119,10 @@ test('async iteration yields the events in order and acknowledges as it goes', a
 
 test('presence: the peer is online, and offline at once after its close()', async () => {
   const id = channelId();
-  const web = await connect({ url: node.url, channelId: id, role: 'web' });
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
   const webLog = record(web);
-  const app = await connect({ url: node.url, channelId: id, role: 'app' });
-  await within(nextEvent(web, 'presence', (e) => e.state === 'online'), 3000, 'web sees app online');
+  const app = await open({ url: node.url, channelId: id, role: 'app' });
+  await until(() => webLog.presence.at(-1)?.state === 'online', 3000, 'web sees app online');
   assert.equal(web.presence, 'online');
   await app.send('bye soon');
   const closedAt = performance.now();
@@ -133,12 +135,42 @@ test('presence: the peer is online, and offline at once after its close()', asyn
   await web.close();
 });
 
+test('a peer restarted from scratch: a stream reset, and the displaced client stops', async () => {
+  const id = channelId();
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
+  const webLog = record(web);
+  const first = await open({ url: node.url, channelId: id, role: 'app' });
+  const firstLog = record(first);
+  assert.deepEqual(await within(Promise.all([first.send('a'), first.send('b')]), 3000, 'acks'), [1, 2]);
+
+  // A new client (a new key: a new stream) takes the role.
+  const second = await open({ url: node.url, channelId: id, role: 'app' });
+  await until(() => webLog.reset.length === 1, 3000, 'the reset');
+  assert.equal(webLog.reset[0].oldSid, first.sid);
+  assert.equal(webLog.reset[0].deliveredHw, 2);
+  await until(() => firstLog.all.at(-1)?.type === 'close', 3000, 'the displaced client stops');
+  assert.equal(first.closed, true);
+  assert.equal(firstLog.disconnected.at(-1).code, 4001);
+  await assert.rejects(first.send('too late'), (e) => e.code === 'closed');
+
+  assert.equal(await within(second.send('c'), 3000, 'ack of the new stream'), 1);
+  await until(() => webLog.messages.length === 3, 3000, 'the new stream');
+  assert.deepEqual(
+    webLog.messages.map((m) => [m.data, m.seq]),
+    [
+      ['a', 1],
+      ['b', 2],
+      ['c', 1],
+    ],
+  );
+});
+
 test('a JS client paired with a raw client sends and receives unnumbered messages', async () => {
   const id = channelId();
-  const web = await connect({ url: node.url, channelId: id, role: 'web' });
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
   const webLog = record(web);
   const raw = await rawClient(node.url, id, 'app');
-  await within(nextEvent(web, 'rawpeer'), 3000, 'rawpeer event');
+  await until(() => webLog.rawpeer.length === 1, 3000, 'rawpeer event');
   assert.deepEqual(await Promise.all([web.send('to raw'), web.send(new Uint8Array([7, 8]))]), [0, 0]);
   await until(() => raw.received.length === 2, 3000, 'raw client receives');
   assert.equal(raw.received[0], 'to raw');
@@ -161,11 +193,11 @@ test('a JS client paired with a raw client sends and receives unnumbered message
 
 test('raw: true connects without the subprotocol; a v1 peer sees a raw peer', async () => {
   const id = channelId();
-  const app = await connect({ url: node.url, channelId: id, role: 'app', raw: true });
+  const app = await open({ url: node.url, channelId: id, role: 'app', raw: true });
   const appLog = record(app);
-  const web = await connect({ url: node.url, channelId: id, role: 'web' });
+  const web = await open({ url: node.url, channelId: id, role: 'web' });
   const webLog = record(web);
-  await within(nextEvent(web, 'rawpeer'), 3000, 'rawpeer');
+  await until(() => webLog.rawpeer.length === 1, 3000, 'rawpeer event');
   assert.equal(app.stats().raw, true);
   assert.equal(await app.send('plain'), 0);
   assert.equal(await web.send('wrapped'), 0);
@@ -178,10 +210,10 @@ test('raw: true connects without the subprotocol; a v1 peer sees a raw peer', as
 test('a node without v1: refused without rawFallback, raw with it', async () => {
   const id = channelId();
   await assert.rejects(
-    connect({ url: nodeV1Off.url, channelId: id, role: 'web' }),
+    open({ url: nodeV1Off.url, channelId: id, role: 'web' }),
     (e) => e instanceof WspairError && e.code === 'no_subprotocol',
   );
-  const web = await connect({ url: nodeV1Off.url, channelId: id, role: 'web', rawFallback: true });
+  const web = await open({ url: nodeV1Off.url, channelId: id, role: 'web', rawFallback: true });
   const webLog = record(web);
   assert.equal(web.stats().raw, true);
   const raw = await rawClient(nodeV1Off.url, id, 'app');
@@ -199,7 +231,7 @@ test('a node without v1: refused without rawFallback, raw with it', async () => 
 });
 
 test('malformed input is refused before the upgrade, with the status and reason', async () => {
-  await assert.rejects(connect({ url: node.url, channelId: 'too-short', role: 'app' }), (e) => {
+  await assert.rejects(open({ url: node.url, channelId: 'too-short', role: 'app' }), (e) => {
     assert.ok(e instanceof WspairError);
     assert.equal(e.code, 'refused');
     assert.equal(e.status, 400);
@@ -207,12 +239,12 @@ test('malformed input is refused before the upgrade, with the status and reason'
     return true;
   });
   await assert.rejects(
-    connect({ url: node.url.replace('/channel', '/chat'), channelId: channelId(), role: 'app' }),
+    open({ url: node.url.replace('/channel', '/chat'), channelId: channelId(), role: 'app' }),
     (e) => e.code === 'refused' && e.status === 404 && /no such path/.test(e.reason),
   );
-  await assert.rejects(connect({ url: node.url, channelId: channelId(), role: 'phone' }), (e) => e.code === 'config');
+  await assert.rejects(open({ url: node.url, channelId: channelId(), role: 'phone' }), (e) => e.code === 'config');
   await assert.rejects(
-    connect({ url: node.url, channelId: channelId(), role: 'app', key: 'not hex' }),
+    open({ url: node.url, channelId: channelId(), role: 'app', key: 'not hex' }),
     (e) => e.code === 'config',
   );
 });
