@@ -3,7 +3,7 @@
 // the test loudly: nothing here skips.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -172,10 +172,13 @@ export async function startNode({ redisUrl = null, args = [] } = {}) {
     url: `ws://127.0.0.1:${port}/channel`,
     output: proc.output,
     exited: proc.exited,
-    /** Sends `signal` and waits for the process to end. */
+    /** Sends `signal` and waits for the process to end; keeps its log if $WSPAIR_JS_NODE_LOGS names a directory. */
     kill: async (signal = 'SIGKILL') => {
       if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill(signal);
       await proc.exited;
+      if (process.env.WSPAIR_JS_NODE_LOGS) {
+        writeFileSync(path.join(process.env.WSPAIR_JS_NODE_LOGS, `node-${port}.log`), proc.output());
+      }
     },
   };
 }
