@@ -1,5 +1,5 @@
 // What the tests share: real wspair nodes and a real redis-server as child processes, on free
-// loopback ports, and small helpers to wait for events. A missing binary or redis-server fails
+// loopback ports, and small functions that wait for events. A missing binary or redis-server fails
 // the test loudly: nothing here skips.
 
 import { spawn } from 'node:child_process';
