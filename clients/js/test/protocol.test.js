@@ -1,0 +1,139 @@
+// The state machine alone (src/protocol.js), with explicit time: two instances wired to each
+// other by hand, so that the rules of PROTOCOL.md §3, §4 and §8 are checked without a node.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { decodeFrame, encodeFrame } from '../src/frame.js';
+import { Protocol } from '../src/protocol.js';
+
+const WELCOME = { kind: 'server', t: 'welcome', node: 'n', gen: 1, window: { msgs: 8, bytes: 1 << 20 }, max_frame: 10240 };
+
+function events(p) {
+  const out = [];
+  let e;
+  while ((e = p.pollEvent()) !== undefined) out.push(e);
+  return out;
+}
+
+function frames(p) {
+  const out = [];
+  let f;
+  while ((f = p.pollFrame()) !== undefined) out.push(decodeFrame(f));
+  return out;
+}
+
+/** Two clients on one connection each, told that the other is online, their syncs exchanged. */
+function pair() {
+  const a = new Protocol('00000000000000aa');
+  const b = new Protocol('00000000000000bb');
+  for (const [p, peer] of [
+    [a, b],
+    [b, a],
+  ]) {
+    p.onConnected(1, 0);
+    p.onFrame(WELCOME, 0);
+    p.onFrame({ kind: 'server', t: 'peer', state: 'online', sid: peer.sid, gen: 1, raw: false }, 0);
+  }
+  const fromA = frames(a);
+  const fromB = frames(b);
+  for (const f of fromA) b.onFrame(f, 0);
+  for (const f of fromB) a.onFrame(f, 0);
+  events(a);
+  events(b);
+  return { a, b };
+}
+
+test('messages flow after the syncs, are acknowledged when taken, and duplicates are dropped', () => {
+  const { a, b } = pair();
+  assert.deepEqual([a.offer(true, new TextEncoder().encode('x'), 0), a.offer(false, new Uint8Array([1]), 0)], [1, 2]);
+  const data = frames(a);
+  assert.deepEqual(
+    data.map((f) => [f.kind, f.seq]),
+    [
+      ['data', 1],
+      ['data', 2],
+    ],
+  );
+  for (const f of data) b.onFrame(f, 1);
+  const got = events(b);
+  assert.deepEqual(
+    got.map((e) => [e.type, e.seq]),
+    [
+      ['message', 1],
+      ['message', 2],
+    ],
+  );
+  // Nothing is acknowledged before the application takes it; then after the ACK delay.
+  assert.equal(b.pollTimeout(), null);
+  b.take(a.sid, 2, 1);
+  assert.equal(b.pollTimeout(), 21);
+  b.onTick(21);
+  const [ack] = frames(b);
+  assert.deepEqual(ack, { kind: 'ack', sid: a.sid, hw: 2 });
+  a.onFrame(ack, 22);
+  assert.deepEqual(events(a), [{ type: 'acked', hw: 2 }]);
+  assert.equal(a.outbox.length, 0);
+
+  // A resent frame is dropped by position.
+  b.onFrame(data[1], 30);
+  assert.deepEqual(events(b), []);
+  assert.equal(b.duplicatesDropped, 1);
+});
+
+test('a gap asks for a sync (at most one per 100 ms), and the sync resends from the gap', () => {
+  const { a, b } = pair();
+  for (let i = 0; i < 3; i++) a.offer(true, new Uint8Array([0x61 + i]), 0);
+  const [one, , three] = frames(a);
+  b.onFrame(one, 0);
+  b.onFrame(three, 0);
+  assert.equal(b.gapsSeen, 1);
+  const asked = frames(b);
+  assert.deepEqual(
+    asked.map((f) => [f.t, f.rx.hw]),
+    [['sync', 1]],
+  );
+  b.onFrame(three, 50);
+  assert.deepEqual(frames(b), [], 'no second sync within 100 ms');
+  a.onFrame(asked[0], 60);
+  const resent = frames(a).filter((f) => f.kind === 'data');
+  assert.deepEqual(
+    resent.map((f) => f.seq),
+    [2, 3],
+  );
+  for (const f of resent) b.onFrame(f, 70);
+  assert.deepEqual(
+    events(b).filter((e) => e.type === 'message').map((e) => e.seq),
+    [1, 2, 3],
+  );
+});
+
+test('the window holds messages back until an ACK opens it', () => {
+  const { a, b } = pair();
+  for (let i = 1; i <= 8; i++) assert.equal(a.offer(false, new Uint8Array([i]), 0), i);
+  assert.equal(a.offer(false, new Uint8Array([9]), 0), 'window_full');
+  for (const f of frames(a)) b.onFrame(f, 0);
+  events(b);
+  b.take(a.sid, 4, 0); // half the window: an ACK at once
+  for (const f of frames(b)) a.onFrame(f, 0);
+  assert.equal(a.offer(false, new Uint8Array([9]), 0), 9);
+});
+
+test('presence: reconnecting after the quiet period, offline after the grace, online again', () => {
+  const { a } = pair();
+  a.onFrame({ kind: 'server', t: 'peer', state: 'away' }, 1000);
+  a.onTick(1999);
+  assert.deepEqual(events(a), []);
+  assert.equal(a.pollTimeout(), 2000);
+  a.onTick(2000);
+  assert.deepEqual(events(a), [{ type: 'presence', state: 'reconnecting', left: false }]);
+  a.onTick(31000);
+  assert.deepEqual(events(a), [{ type: 'presence', state: 'offline', left: false }]);
+  a.onFrame({ kind: 'server', t: 'peer', state: 'online', sid: '00000000000000bb', gen: 2, raw: false }, 32000);
+  assert.deepEqual(events(a), [{ type: 'presence', state: 'online', left: false }]);
+  // A bye: offline at once, and no timer after it.
+  a.onFrame(decodeFrame(encodeFrame({ kind: 'peer', t: 'bye' })), 33000);
+  assert.deepEqual(events(a), [{ type: 'presence', state: 'offline', left: true }]);
+  a.onFrame({ kind: 'server', t: 'peer', state: 'away' }, 33001);
+  assert.equal(a.presenceDeadline(), null);
+});
