@@ -25,3 +25,8 @@ if ((${#missing[@]})); then
 fi
 
 cargo test --locked -p wspair -p wspair-client
+
+# The JavaScript library and the demo page in a real browser (installs Node, npm and
+# Chromium with apt when missing).
+bash scripts/test-js.sh
+bash scripts/test-browser.sh

@@ -222,6 +222,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "open client connections at most; further connections wait in the listen backlog",
     },
     KeySpec {
+        key: "outer.demo",
+        kind: Kind::Bool,
+        default: "false",
+        help: "serve the demo page at `/` (and its files under `/demo/`); off by default: it lets any visitor relay messages through this node",
+    },
+    KeySpec {
         key: "inner.ip",
         kind: Kind::Ip,
         default: "0.0.0.0",
@@ -397,6 +403,8 @@ pub struct OuterConfig {
     pub compression: bool,
     /// `outer.max-connections`.
     pub max_connections: usize,
+    /// `outer.demo`: serve the demo page at `/`.
+    pub demo: bool,
 }
 
 /// Settings of the v1 client protocol (`v1.*`).
@@ -477,6 +485,9 @@ impl OuterConfig {
 
 /// Path of the health document.
 pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// Where the demo page's files are served from when `outer.demo` is on (the page itself is `/`).
+pub const DEMO_PREFIX: &str = "/demo/";
 
 /// Smallest `inner.secret` accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -575,7 +586,17 @@ impl Config {
             stall_timeout: duration("outer.stall-timeout")?,
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
+            demo: checked_bool(get("outer.demo"))?,
         };
+        if outer.demo && (outer.path == "/" || outer.path.starts_with(DEMO_PREFIX)) {
+            return Err(invalid(
+                "outer.demo",
+                format!(
+                    "the demo page needs `/` and `{DEMO_PREFIX}*`, but outer.path is {:?}",
+                    outer.path
+                ),
+            ));
+        }
         // Timeouts are checked on a tick a quarter of the idle timeout long at most, so a ping
         // goes out up to a tick after it is due: at half the idle timeout, it still leaves the
         // client a quarter of it to answer.

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::{Backoff, random_key};
 use crate::config::Config;
-use crate::connection::{Conn, OpenError, Target, Ws, describe_close, open, raw_message};
+use crate::connection::{Conn, OpenError, Target, Ws, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
 use crate::frame::{Frame, ServerMsg, sid_of_key};
@@ -714,7 +714,10 @@ impl Task {
                 Some(Ok(Message::Close(frame))) => {
                     core = None;
                     let code = frame.as_ref().map(|f| u16::from(f.code));
-                    let reason = describe_close(frame.as_ref());
+                    // The code is in `code`; the reason is the frame's text alone.
+                    let reason = frame
+                        .as_ref()
+                        .map_or_else(|| "no close frame".into(), |f| f.reason.to_string());
                     self.ws = None;
                     self.disconnected(code, reason);
                     continue;

@@ -7,10 +7,12 @@
 //! `outer.handshake-timeout` (one deadline from accept to upgrade, whatever the connection is
 //! doing meanwhile), `outer.max-request-head` (read by `head` before hyper sees the request),
 //! one request per connection, and the WebSocket limits in [`ws_options`]. Besides the
-//! upgrade path, `GET /healthz` answers with a small JSON document.
+//! upgrade path, `GET /healthz` answers with a small JSON document, and with `outer.demo` on,
+//! `/` and `/demo/*` serve the demo page (`demo`).
 
 pub mod close;
 pub mod delivery;
+mod demo;
 pub mod handshake;
 pub mod head;
 pub mod session;
@@ -276,7 +278,8 @@ async fn respond(
     permit: &Arc<OwnedSemaphorePermit>,
     deadline: Instant,
 ) -> Response<Full<Bytes>> {
-    let mut response = if request.uri().path() == HEALTHZ_PATH {
+    let path = request.uri().path();
+    let mut response = if path == HEALTHZ_PATH {
         match *request.method() {
             // hyper sends a HEAD answer's headers (Content-Length included) without its body.
             Method::GET | Method::HEAD => healthz(ctx),
@@ -287,6 +290,13 @@ async fn respond(
                 remote_addr,
             ),
         }
+    } else if ctx.config().demo && demo::serves(path) {
+        demo::respond(
+            request.method(),
+            path,
+            request.uri().query(),
+            &ctx.config().path,
+        )
     } else {
         match upgrade(&mut request, ctx, remote_addr, permit, deadline).await {
             Ok(response) => return response,

@@ -5,6 +5,7 @@ mod harness;
 mod churn;
 mod cli;
 mod cluster;
+mod demo;
 mod handshake;
 mod http_front;
 mod lifecycle;

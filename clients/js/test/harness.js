@@ -137,12 +137,13 @@ function healthz(port) {
 
 /**
  * Starts a wspair node on free loopback ports; in cluster mode (`redisUrl`) with the flags the
- * Rust tests use (tests/it/harness/mod.rs, process_cluster_args). Resolves once /healthz
- * answers. `url` is its WebSocket base URL.
+ * Rust tests use (tests/it/harness/mod.rs, process_cluster_args), on `port` if given. Resolves
+ * once /healthz answers. `url` is its WebSocket base URL, `origin` its HTTP one.
  */
-export async function startNode({ redisUrl = null, args = [] } = {}) {
+export async function startNode({ redisUrl = null, args = [], port: fixedPort = null } = {}) {
   const bin = wspairBinary();
-  const port = await freePort();
+  // A fixed port lets a node started after a kill take the dead one's address.
+  const port = fixedPort ?? (await freePort());
   const innerPort = await freePort();
   const all = ['serve', '--outer-ip', '127.0.0.1', '--outer-port', String(port), '--inner-port', String(innerPort)];
   if (redisUrl) {
@@ -170,6 +171,7 @@ export async function startNode({ redisUrl = null, args = [] } = {}) {
   return {
     port,
     url: `ws://127.0.0.1:${port}/channel`,
+    origin: `http://127.0.0.1:${port}`,
     output: proc.output,
     exited: proc.exited,
     /** Sends `signal` and waits for the process to end; keeps its log if $WSPAIR_JS_NODE_LOGS names a directory. */

@@ -117,10 +117,6 @@ pub async fn run(
                 }
                 Some(Event::Disconnected { code, reason }) => {
                     let code_text = code.map_or("-".to_owned(), |code| code.to_string());
-                    // The library's reason of a close frame already starts with its code.
-                    let reason = reason
-                        .strip_prefix(&format!("{code_text} "))
-                        .map_or(reason.clone(), str::to_owned);
                     printer.note(format_args!("disconnected {code_text} {reason}"));
                     last_close = Some((code, reason));
                 }
