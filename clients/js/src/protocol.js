@@ -103,6 +103,15 @@ export class Protocol {
     );
   }
 
+  /**
+   * Called before a batch of frames is written: when frames wait and messages taken by the
+   * application are not acknowledged yet, their ACK joins the batch instead of waiting for its
+   * timer (PROTOCOL.md §4).
+   */
+  piggybackAck() {
+    if (this.frames.length > 0 && this.consumedHw > this.ackSentHw) this.sendAck();
+  }
+
   /** The next encoded frame to write on the current connection, or undefined. */
   pollFrame() {
     while (this.frames.length > 0) {

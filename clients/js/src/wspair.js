@@ -727,6 +727,7 @@ export class WspairClient extends EventTarget {
   }
 
   #writeFrames() {
+    this.#proto.piggybackAck();
     let frame;
     while ((frame = this.#proto.pollFrame()) !== undefined) {
       if (this.#link !== null && !this.#raw) this.#link.send(frame);

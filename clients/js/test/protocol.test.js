@@ -137,3 +137,24 @@ test('presence: reconnecting after the quiet period, offline after the grace, on
   a.onFrame({ kind: 'server', t: 'peer', state: 'away' }, 33001);
   assert.equal(a.presenceDeadline(), null);
 });
+
+test('an ACK due later rides along with frames written now', () => {
+  const { a, b } = pair();
+  a.offer(true, new TextEncoder().encode('x'), 0);
+  for (const f of frames(a)) b.onFrame(f, 1);
+  events(b);
+  b.take(a.sid, 1, 1);
+  b.piggybackAck();
+  assert.deepEqual(frames(b), [], 'nothing to write: the ACK waits for its timer');
+
+  b.offer(true, new TextEncoder().encode('y'), 2);
+  b.piggybackAck();
+  assert.deepEqual(
+    frames(b).map((f) => f.kind),
+    ['data', 'ack'],
+    'the ACK joins the write',
+  );
+  b.offer(true, new TextEncoder().encode('z'), 3);
+  b.piggybackAck();
+  assert.deepEqual(frames(b).map((f) => f.kind), ['data'], 'nothing new taken: no ACK');
+});
