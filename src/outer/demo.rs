@@ -28,9 +28,9 @@ const LIBRARY: [(&str, &str); 3] = [
     ),
 ];
 
-/// Longest text `/demo/qr.svg` encodes: a link to the demo page with a channel id is far
-/// shorter, and a bound keeps the rendering cheap.
-pub const QR_MAX_TEXT: usize = 512;
+/// Longest link `/demo/qr.svg` encodes. Rendering is synchronous and grows with the square of
+/// the code's size (a 512-byte text took about 5 ms): links are short, and only links are drawn.
+pub const QR_MAX_TEXT: usize = 160;
 
 /// The placeholder in `index.html` that becomes `outer.path`.
 const PATH_PLACEHOLDER: &str = "{{WSPAIR_PATH}}";
@@ -90,16 +90,37 @@ fn index_html(upgrade_path: &str) -> String {
     INDEX_HTML.replace(PATH_PLACEHOLDER, &escape_html(upgrade_path))
 }
 
-/// The `text` query parameter of `/demo/qr.svg`, checked.
+/// The `text` query parameter of `/demo/qr.svg`, checked: a link to the demo page that joins a
+/// channel, `http(s)://HOST/?join=ID`, at most [`QR_MAX_TEXT`] bytes.
 fn qr_text(query: Option<&str>) -> Result<String, &'static str> {
     let text = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(name, _)| name == "text")
         .map(|(_, value)| value.into_owned())
         .ok_or("missing query parameter `text`\n")?;
-    if text.is_empty() || text.len() > QR_MAX_TEXT {
-        return Err("`text` must be 1 to 512 bytes long\n");
+    if text.len() > QR_MAX_TEXT || !is_join_link(&text) {
+        return Err(
+            "`text` must be a link to the demo page, http(s)://HOST/?join=ID, of at most 160 bytes\n",
+        );
     }
     Ok(text)
+}
+
+/// Whether `text` is `http://HOST/?join=ID` or `https://...`, with a 32-character channel id.
+fn is_join_link(text: &str) -> bool {
+    let Some(rest) = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let Some((host, id)) = rest.split_once("/?join=") else {
+        return false;
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        && id.parse::<crate::pair::ChannelId>().is_ok()
 }
 
 /// `text` as a QR code in SVG (dark modules on white, with the standard quiet zone).
@@ -171,12 +192,25 @@ mod tests {
 
     #[test]
     fn qr_text_is_required_and_bounded() {
+        let id = "0123456789abcdef0123456789abcdef";
         assert!(qr_text(None).is_err());
         assert!(qr_text(Some("text=")).is_err());
-        assert!(qr_text(Some(&format!("text={}", "a".repeat(QR_MAX_TEXT + 1)))).is_err());
+        assert!(qr_text(Some("text=hello")).is_err());
+        assert!(qr_text(Some("text=http%3A%2F%2Fx%2F%3Fjoin%3Dshort")).is_err());
+        assert!(
+            qr_text(Some(
+                "text=javascript%3Aalert(1)%2F%3Fjoin%3D0123456789abcdef0123456789abcdef"
+            ))
+            .is_err()
+        );
+        let long_host = "h".repeat(QR_MAX_TEXT);
+        assert!(qr_text(Some(&format!("text=http://{long_host}/?join={id}"))).is_err());
         assert_eq!(
-            qr_text(Some("text=http%3A%2F%2Fx%2F%3Fjoin%3D1")).unwrap(),
-            "http://x/?join=1"
+            qr_text(Some(&format!(
+                "text=https%3A%2F%2Frelay.example%3A8443%2F%3Fjoin%3D{id}"
+            )))
+            .unwrap(),
+            format!("https://relay.example:8443/?join={id}")
         );
         let svg = qr_svg("http://127.0.0.1:1024/?join=abc").unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("<svg"));

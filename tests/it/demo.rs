@@ -51,13 +51,8 @@ async fn the_demo_serves_its_page_library_and_qr_codes_beside_the_upgrade_path()
         );
         assert!(!response.body.is_empty(), "{file}");
     }
-    let qr = request(
-        node.addr,
-        "GET",
-        "/demo/qr.svg?text=http%3A%2F%2F127.0.0.1%2F%3Fjoin%3Dabc",
-        "",
-    )
-    .await;
+    let link = "http%3A%2F%2F127.0.0.1%3A1024%2F%3Fjoin%3D0123456789abcdef0123456789abcdef";
+    let qr = request(node.addr, "GET", &format!("/demo/qr.svg?text={link}"), "").await;
     assert_eq!(qr.status, 200);
     assert_eq!(qr.header("content-type"), Some("image/svg+xml"));
     assert!(qr.body.contains("<svg"));
@@ -67,6 +62,8 @@ async fn the_demo_serves_its_page_library_and_qr_codes_beside_the_upgrade_path()
         (missing.status, missing.body.as_str()),
         (400, "missing query parameter `text`\n")
     );
+    let not_a_link = request(node.addr, "GET", "/demo/qr.svg?text=anything", "").await;
+    assert_eq!(not_a_link.status, 400);
     let unknown = request(node.addr, "GET", "/demo/secret.txt", "").await;
     assert_eq!(unknown.status, 404);
     let post = request(node.addr, "POST", "/", "").await;

@@ -438,7 +438,9 @@ export class Protocol {
       this.rxHw = seq;
       this.deliveredInStream += 1;
       this.untaken.push([seq, payload.length]);
-      this.events.push({ type: 'message', text, payload, seq });
+      // The stream it belongs to, as of its arrival: a later frame of the same burst may
+      // start a new stream (a restarted peer's sync).
+      this.events.push({ type: 'message', text, payload, seq, sid: this.rxSid });
     } else {
       this.gapsSeen += 1;
       const g = this.gapSync;

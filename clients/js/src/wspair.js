@@ -5,9 +5,10 @@
 // (the platform's, or the `ws` package in Node), reconnects with backoff over a list of URLs,
 // moves to another node on `goaway` before leaving the old one, runs the state machine's
 // timers, and hands events to the application through EventTarget and async iteration. A
-// message counts as taken, and so may be acknowledged, when it is handed over: at dispatch
-// when no iterator is running, when the iterator yields it otherwise; an application that
-// stops iterating stops acknowledging, and so its peer (PROTOCOL.md §4, §7).
+// message counts as taken, and so may be acknowledged, when it is handed over: dispatched to a
+// `message` listener when no iterator is running (with none, messages wait), yielded by the
+// iterator otherwise; an application that stops iterating stops acknowledging, and so its
+// peer (PROTOCOL.md §4, §7).
 
 import { decodeFrame, isKeyHex, randomKey, sidOfKey } from './frame.js';
 import { Protocol, TOO_LARGE, WINDOW_FULL } from './protocol.js';
@@ -338,6 +339,8 @@ export class WspairClient extends EventTarget {
   #pumpQueued = false;
   /** Events not yet handed over: { event, stream }. */
   #queue = [];
+  /** The `message` listeners, with whether each is `once`: messages wait while there are none. */
+  #messageListeners = new Map();
   #deliverTimer = null;
   #iterating = false;
   #waiter = null;
@@ -373,6 +376,26 @@ export class WspairClient extends EventTarget {
     const client = new WspairClient(options, WS);
     await client.#open();
     return client;
+  }
+
+  /**
+   * As EventTarget's. Messages wait in the client, unacknowledged, until there is a `message`
+   * listener (or an async iterator runs): a message nobody received is never acknowledged.
+   */
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (type !== 'message' || !listener) return;
+    const once = typeof options === 'object' && options !== null && Boolean(options.once);
+    if (!this.#messageListeners.has(listener)) this.#messageListeners.set(listener, once);
+    const signal = typeof options === 'object' && options !== null ? options.signal : undefined;
+    signal?.addEventListener('abort', () => this.#messageListeners.delete(listener), { once: true });
+    this.#scheduleDelivery();
+  }
+
+  /** As EventTarget's. */
+  removeEventListener(type, listener, options) {
+    super.removeEventListener(type, listener, options);
+    if (type === 'message') this.#messageListeners.delete(listener);
   }
 
   /** This client's stream id (16 hex digits), derived from its key. */
@@ -784,6 +807,11 @@ export class WspairClient extends EventTarget {
     const reason = error ?? new WspairError('closed', 'the client is closed');
     for (const pending of this.#blocked.splice(0)) pending.reject(reason);
     for (const pending of this.#unacked.splice(0)) pending.reject(reason);
+    // A close() still waiting for the outbox ends with the reason the client stopped.
+    if (this.#closing && !this.#closing.done) {
+      this.#closing.done = true;
+      this.#closing.reject(reason);
+    }
     if (!keepEvents) {
       this.#queue = [];
       clearTimeout(this.#deliverTimer);
@@ -807,7 +835,7 @@ export class WspairClient extends EventTarget {
       switch (e.type) {
         case 'message': {
           const data = e.text ? textDecoder.decode(e.payload) : e.payload.slice();
-          const stream = e.seq > 0 ? this.#proto.rxSid : null;
+          const stream = e.seq > 0 ? e.sid : null;
           this.#enqueue(new WspairEvent('message', { data, text: e.text, seq: e.seq }), stream);
           break;
         }
@@ -864,7 +892,10 @@ export class WspairClient extends EventTarget {
     if (this.#deliverTimer !== null || this.#queue.length === 0) return;
     this.#deliverTimer = setTimeout(() => {
       this.#deliverTimer = null;
-      while (!this.#iterating && this.#queue.length > 0) this.#hand(this.#queue.shift());
+      while (!this.#iterating && this.#queue.length > 0) {
+        if (this.#queue[0].event.type === 'message' && this.#messageListeners.size === 0) break;
+        this.#hand(this.#queue.shift());
+      }
     }, 0);
   }
 
@@ -874,6 +905,11 @@ export class WspairClient extends EventTarget {
       if (this.#proto.take(stream, event.seq, now())) this.#schedulePump();
     }
     this.dispatchEvent(event);
+    if (event.type === 'message') {
+      for (const [listener, once] of this.#messageListeners) {
+        if (once) this.#messageListeners.delete(listener);
+      }
+    }
     return event;
   }
 }

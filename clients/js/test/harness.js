@@ -28,16 +28,21 @@ export function wspairBinary() {
   return bin;
 }
 
-/** A loopback port nothing listens on now. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
+/**
+ * A loopback port nothing listens on now, below the kernel's ephemeral range (32768 and up on
+ * Linux): a port from that range could be taken as the source port of some outgoing connection
+ * between this check and its use, which matters for a node started again on a dead one's port.
+ */
+export async function freePort() {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const free = await new Promise((resolve) => {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -248,3 +248,33 @@ test('malformed input is refused before the upgrade, with the status and reason'
     (e) => e.code === 'config',
   );
 });
+
+test('messages wait, unacknowledged, until the application listens for them', async () => {
+  const id = channelId();
+  const sender = await open({ url: node.url, channelId: id, role: 'app' });
+  const acked = [];
+  const sends = ['m1', 'm2', 'm3'].map((m) => sender.send(m).then((seq) => acked.push(seq)));
+  const late = await open({ url: node.url, channelId: id, role: 'web' });
+  await until(() => late.stats().rxHw === 3, 3000, 'the messages reach the receiving library');
+  await sleep(300);
+  assert.deepEqual(acked, [], 'nobody listened: nothing is acknowledged');
+  const log = record(late);
+  await within(Promise.all(sends), 3000, 'acks once a listener took them');
+  assert.deepEqual(
+    log.messages.map((m) => m.data),
+    ['m1', 'm2', 'm3'],
+  );
+});
+
+test('close() waiting for acknowledgements ends when another client takes the role', async () => {
+  const id = channelId();
+  const first = await open({ url: node.url, channelId: id, role: 'app' });
+  first.send('to nobody').catch(() => {});
+  const closing = first.close().then(
+    () => 'resolved',
+    (error) => error,
+  );
+  await open({ url: node.url, channelId: id, role: 'app' });
+  const outcome = await within(closing, 3000, 'close() settles');
+  assert.ok(outcome instanceof WspairError && outcome.code === 'closed', String(outcome));
+});

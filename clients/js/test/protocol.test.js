@@ -158,3 +158,22 @@ test('an ACK due later rides along with frames written now', () => {
   b.piggybackAck();
   assert.deepEqual(frames(b).map((f) => f.kind), ['data'], 'nothing new taken: no ACK');
 });
+
+test('a message belongs to the stream current when it arrived, not when events are read', () => {
+  const { a, b } = pair();
+  a.offer(true, new TextEncoder().encode('old'), 0);
+  const [old] = frames(a);
+  // In one burst: a DATA of the old stream, a restarted peer's sync, its first DATA.
+  const restarted = new Protocol('00000000000000cc');
+  b.onFrame(old, 1);
+  b.onFrame({ kind: 'peer', t: 'sync', sid: restarted.sid, gen: 1, tx: { base: 1, next: 2 }, rx: { sid: b.sid, hw: 0 }, reply: false }, 1);
+  b.onFrame({ kind: 'data', seq: 1, text: true, payload: new TextEncoder().encode('new') }, 1);
+  const messages = events(b).filter((e) => e.type === 'message');
+  assert.deepEqual(
+    messages.map((e) => [new TextDecoder().decode(e.payload), e.sid]),
+    [
+      ['old', a.sid],
+      ['new', restarted.sid],
+    ],
+  );
+});

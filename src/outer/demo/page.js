@@ -39,6 +39,9 @@ function addLine(className, text, meta = '') {
 async function main() {
   const params = new URLSearchParams(location.search);
   const joined = params.get('join');
+  if (joined !== null && !/^[A-Za-z0-9_]{32}$/.test(joined)) {
+    throw new Error('the link is broken: its channel id must be 32 letters, digits or _');
+  }
   const role = joined ? 'app' : 'web';
   const channelId = joined || freshChannelId();
   const path = document.querySelector('meta[name="wspair-path"]').content;
@@ -59,6 +62,10 @@ async function main() {
   setState($('self-state'), 'connected');
 
   client.addEventListener('connected', () => setState($('self-state'), 'connected'));
+  client.addEventListener('close', () => {
+    setState($('self-state'), 'closed', `closed: another page took the ${role} role`);
+    $('send').disabled = true;
+  });
   client.addEventListener('disconnected', () => setState($('self-state'), 'reconnecting'));
   client.addEventListener('presence', (event) => {
     const { state } = event;
