@@ -63,6 +63,9 @@ BASE_T=$(target 1124 1124); SAME_T=$(target 1024 1024); CROSS_T=$(target 11024 1
 # The v1 targets: the same servers, driven through the client library.
 SAMEV1_T=$SAME_T; CROSSV1_T=$CROSS_T
 BASE_F=; SAME_F=; CROSS_F=; SAMEV1_F=--v1; CROSSV1_F=--v1
+# The protocol apart from the async library: v1 clients made of its sans-IO state machine in
+# the raw mode's own I/O loop (throughput only).
+SAMESIO_T=$SAME_T; SAMESIO_F=--v1-sans-io
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
@@ -123,7 +126,7 @@ fi
 
 echo "== throughput: 64 B, 1000 pairs, window 16, 5 s after 1 s warm-up; $RUNS runs, interleaved"
 for run in $(seq "$RUNS"); do
-    for name in "${TARGETS[@]}"; do
+    for name in "${TARGETS[@]}" SAMESIO; do
         t=${name}_T; f=${name}_F
         $BENCH throughput ${!t} ${!f} --pairs 1000 --window 16 --size 64 --seconds 5 --warmup 1 --json \
             | tee -a "$OUT/throughput-$name.json" | field messages_per_second | sed "s/^/  $name run $run: /"
@@ -134,6 +137,7 @@ TP_SAME=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_pe
 TP_CROSS=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSS.json')))" | median)
 TP_SAMEV1=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAMEV1.json')))" | median)
 TP_CROSSV1=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-CROSSV1.json')))" | median)
+TP_SAMESIO=$(python3 -c "import json;print('\n'.join(str(json.loads(l)['messages_per_second']) for l in open('$OUT/throughput-SAMESIO.json')))" | median)
 
 RATE=${LATENCY_RATE:-20000}
 latency_runs "$RATE" ""
@@ -225,6 +229,7 @@ cat <<TABLE
 | cross-node latency at $RATE msg/s: p50 / p99 µs | $(lat CROSS p50_us) / $(lat CROSS p99_us) | | | p99 ≤ same-node + 0.5 ms |
 | v1 same-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_SAMEV1") | | $(ratio "$TP_SAMEV1" "$TP_SAME") of raw same-node | ≥ 0.8× raw |
 | v1 cross-node throughput, msg/s (median of $RUNS) | $(printf %.0f "$TP_CROSSV1") | | $(ratio "$TP_CROSSV1" "$TP_CROSS") of raw cross-node | ≥ 0.8× raw |
+| v1 same-node throughput, sans-IO machine in the raw loop, msg/s (median of $RUNS) | $(printf %.0f "$TP_SAMESIO") | | $(ratio "$TP_SAMESIO" "$TP_SAME") of raw same-node | (the protocol's own cost) |
 | v1 same-node latency at $RATE msg/s: p50 / p99 µs | $(lat SAMEV1 p50_us) / $(lat SAMEV1 p99_us) | | p99 $(python3 -c "print('%+.0f' % ($(lat SAMEV1 p99_us) - $(lat SAME p99_us)))") µs against raw | p99 ≤ raw + 200 µs |
 | v1 cross-node latency at $RATE msg/s: p50 / p99 µs | $(lat CROSSV1 p50_us) / $(lat CROSSV1 p99_us) | | p99 $(python3 -c "print('%+.0f' % ($(lat CROSSV1 p99_us) - $(lat CROSS p99_us)))") µs against raw | p99 ≤ raw + 200 µs |
 | same-node latency from schedule: p50 / p99 µs | $(lat SAME corrected_p50_us) / $(lat SAME corrected_p99_us) | $(lat BASE corrected_p50_us) / $(lat BASE corrected_p99_us) | | |

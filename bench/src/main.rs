@@ -6,6 +6,7 @@
 //! sent while a node dies are lost, and only a pair that never recovers fails the run.
 
 mod clients;
+mod direction;
 mod failover;
 mod failover_v1;
 mod flow;
@@ -13,6 +14,7 @@ mod hold;
 mod latency;
 mod pacer;
 mod procfs;
+mod sansio;
 mod throughput;
 mod v1;
 

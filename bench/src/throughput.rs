@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::clients::{Target, Ws};
-use crate::flow::{RunArgs, SeqCheck, header, open_pairs, payload};
+use crate::direction::{DirectionResult, Flow, Tally};
+use crate::flow::{RunArgs, SeqCheck, open_pairs};
 
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
@@ -30,44 +31,55 @@ pub struct ThroughputArgs {
     /// URLs' queries are dropped: the library adds its own.
     #[arg(long)]
     v1: bool,
+    /// Drive `wspair.v1` clients made of the library's sans-IO state machine in the raw
+    /// mode's own I/O loop (see `sansio.rs`).
+    #[arg(long, conflicts_with = "v1")]
+    v1_sans_io: bool,
     #[command(flatten)]
     run: RunArgs,
 }
 
-/// What one direction of one pair did.
-struct DirectionResult {
-    sent: u64,
-    check: SeqCheck,
-    counted: u64,
-    /// A v1 receiving client, kept until every direction is done: dropping it would stop the
-    /// client that the other direction sends with.
-    _client: Option<wspair_client::Client>,
-}
-
 pub async fn run(args: ThroughputArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
-    if args.v1 {
+    if args.v1_sans_io {
+        let pairs = open_sans_io(&args).await?;
+        let flow = flows(&args);
+        for ((app, app_stream), (web, web_stream)) in pairs {
+            let done = Arc::new(crate::sansio::PairDone::default());
+            let app_to_web = crate::sansio::direction(
+                Arc::clone(&app),
+                Arc::clone(&web),
+                web_stream,
+                Arc::clone(&done),
+                flow(),
+            );
+            tasks.push(tokio::spawn(app_to_web));
+            tasks.push(tokio::spawn(crate::sansio::direction(
+                web,
+                app,
+                app_stream,
+                done,
+                flow(),
+            )));
+        }
+    } else if args.v1 {
         let pairs = crate::v1::open_pairs(&args.target, args.pairs, 256).await?;
-        let warm_until = Instant::now() + Duration::from_secs_f64(args.run.warmup);
-        let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
+        let flow = flows(&args);
         for (app, web) in pairs {
             let (app_handle, web_handle) = (app.handle(), web.handle());
             for (handle, receiver) in [(app_handle, web), (web_handle, app)] {
-                tasks.push(tokio::spawn(direction_v1(
-                    handle,
-                    receiver,
-                    Arc::new(Semaphore::new(args.window)),
-                    args.run.size,
-                    warm_until,
-                    stop_at,
-                )));
+                tasks.push(tokio::spawn(direction_v1(handle, receiver, flow())));
             }
         }
     } else {
         let (pairs, _) = open_pairs(&args.target, args.pairs, 5000, 256, false).await?;
-        let warm_until = Instant::now() + Duration::from_secs_f64(args.run.warmup);
-        let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
-        spawn_raw(pairs, &args, warm_until, stop_at, &mut tasks);
+        let flow = flows(&args);
+        for (app, web) in pairs {
+            let (app_sink, app_stream) = app.split();
+            let (web_sink, web_stream) = web.split();
+            tasks.push(tokio::spawn(direction(app_sink, web_stream, flow())));
+            tasks.push(tokio::spawn(direction(web_sink, app_stream, flow())));
+        }
     }
     let mut total = SeqCheck::default();
     let mut counted = 0;
@@ -78,46 +90,43 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
         total.merge(&result.check);
         counted += result.counted;
         sent += result.sent;
-        clients.push(result._client);
+        clients.push(result.keep);
     }
     drop(clients);
     report(&args, total, counted, sent)
 }
 
-type DirectionTask = tokio::task::JoinHandle<Result<DirectionResult, String>>;
-
-/// Spawns both directions of every raw pair.
-fn spawn_raw(
-    pairs: Vec<(Ws, Ws)>,
-    args: &ThroughputArgs,
-    warm_until: Instant,
-    stop_at: Instant,
-    tasks: &mut Vec<DirectionTask>,
-) {
-    for (app, web) in pairs {
-        let (app_sink, app_stream) = app.split();
-        let (web_sink, web_stream) = web.split();
-        // Each direction's window: the sender takes a permit per message, the receiver gives it back.
-        let app_to_web = Arc::new(Semaphore::new(args.window));
-        let web_to_app = Arc::new(Semaphore::new(args.window));
-        tasks.push(tokio::spawn(direction(
-            app_sink,
-            web_stream,
-            Arc::clone(&app_to_web),
-            args.run.size,
-            warm_until,
-            stop_at,
-        )));
-        tasks.push(tokio::spawn(direction(
-            web_sink,
-            app_stream,
-            Arc::clone(&web_to_app),
-            args.run.size,
-            warm_until,
-            stop_at,
-        )));
+/// The run starts now: makes each direction's [`Flow`], with a window of its own.
+fn flows(args: &ThroughputArgs) -> impl Fn() -> Flow {
+    let warm_until = Instant::now() + Duration::from_secs_f64(args.run.warmup);
+    let stop_at = warm_until + Duration::from_secs_f64(args.run.seconds);
+    let (window, size) = (args.window, args.run.size);
+    move || Flow {
+        window: Arc::new(Semaphore::new(window)),
+        size,
+        warm_until,
+        stop_at,
     }
 }
+
+/// Opens the pairs of `--v1-sans-io`, one after another.
+async fn open_sans_io(args: &ThroughputArgs) -> Result<Vec<(SansIoSide, SansIoSide)>, String> {
+    let app_base = crate::v1::base_url(&args.target.app_url);
+    let web_base = crate::v1::base_url(&args.target.web_url);
+    let run_id = crate::flow::run_id();
+    let mut pairs = Vec::with_capacity(args.pairs);
+    for n in 0..args.pairs {
+        let id = crate::clients::channel_id(run_id, n);
+        // Keys unique to this run and pair.
+        let key = |side: u128| (u128::from(run_id) << 64) | (2 * n as u128 + side);
+        let app = crate::sansio::open(&app_base, &id, "app", key(1)).await?;
+        let web = crate::sansio::open(&web_base, &id, "web", key(2)).await?;
+        pairs.push((app, web));
+    }
+    Ok(pairs)
+}
+
+type SansIoSide = (Arc<crate::sansio::Side>, crate::sansio::Stream);
 
 fn report(args: &ThroughputArgs, total: SeqCheck, counted: u64, sent: u64) -> Result<(), String> {
     let rate = counted as f64 / args.run.seconds;
@@ -153,28 +162,17 @@ fn report(args: &ThroughputArgs, total: SeqCheck, counted: u64, sent: u64) -> Re
 type Sink = futures::stream::SplitSink<Ws, Message>;
 type Stream = futures::stream::SplitStream<Ws>;
 
-async fn direction(
-    mut sink: Sink,
-    mut stream: Stream,
-    window: Arc<Semaphore>,
-    size: usize,
-    warm_until: Instant,
-    stop_at: Instant,
-) -> Result<DirectionResult, String> {
-    let sender_window = Arc::clone(&window);
+async fn direction(mut sink: Sink, stream: Stream, flow: Flow) -> Result<DirectionResult, String> {
     // The sender publishes how many it sent once it stops, so the receiver knows when it has all.
-    let (sent_tx, mut sent_rx) = tokio::sync::watch::channel(None::<u64>);
+    let (sent_tx, sent_rx) = tokio::sync::watch::channel(None::<u64>);
+    let sending = flow.clone();
     let sender = tokio::spawn(async move {
-        let mut seq = 0u64;
-        while Instant::now() < stop_at {
-            let permit = sender_window.acquire().await.expect("never closed");
-            permit.forget();
-            let bytes = payload(seq, 0, size);
+        let mut seq = 0;
+        while let Some((bytes, window_used_up)) = sending.next_message(seq).await {
             sink.feed(Message::binary(Bytes::from(bytes)))
                 .await
                 .map_err(|err| err.to_string())?;
-            // Flush when the window is used up, as a client with a window would.
-            if sender_window.available_permits() == 0 {
+            if window_used_up {
                 sink.flush().await.map_err(|err| err.to_string())?;
             }
             seq += 1;
@@ -183,44 +181,15 @@ async fn direction(
         let _ = sent_tx.send(Some(seq));
         Ok::<_, String>(sink)
     });
-    let mut check = SeqCheck::default();
-    let mut counted = 0u64;
-    let mut sent = None;
-    let drain_until = tokio::time::Instant::from_std(stop_at + Duration::from_secs(10));
-    while sent.is_none_or(|sent| check.next < sent) {
-        tokio::select! {
-            changed = sent_rx.changed(), if sent.is_none() => {
-                if changed.is_err() {
-                    break;
-                }
-                sent = *sent_rx.borrow();
-            }
-            next = tokio::time::timeout_at(drain_until, stream.next()) => match next {
-                Err(_) => break,
-                Ok(Some(Ok(Message::Binary(bytes)))) => {
-                    let (seq, _) = header(&bytes).ok_or("short payload")?;
-                    check.observe(seq);
-                    let now = Instant::now();
-                    if now >= warm_until && now < stop_at {
-                        counted += 1;
-                    }
-                    window.add_permits(1);
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(err))) => return Err(err.to_string()),
-                Ok(None) => return Err("connection closed".into()),
-            },
-        }
-    }
+    let incoming = stream.map(|message| match message {
+        Ok(Message::Binary(bytes)) => Ok(Some(bytes)),
+        Ok(_) => Ok(None),
+        Err(err) => Err(err.to_string()),
+    });
+    let mut tally = Tally::new(flow);
+    let sent = tally.receive_all(sent_rx, incoming).await?;
     let _sink = sender.await.map_err(|err| err.to_string())??;
-    let sent = sent.unwrap_or(check.next);
-    check.finish(sent);
-    Ok(DirectionResult {
-        sent,
-        check,
-        counted,
-        _client: None,
-    })
+    Ok(DirectionResult::new(tally, sent, None))
 }
 
 /// One direction of a v1 pair: `handle` sends (its client is the sender), `receiver` takes the
@@ -228,20 +197,15 @@ async fn direction(
 async fn direction_v1(
     handle: wspair_client::Handle,
     mut receiver: wspair_client::Client,
-    window: Arc<Semaphore>,
-    size: usize,
-    warm_until: Instant,
-    stop_at: Instant,
+    flow: Flow,
 ) -> Result<DirectionResult, String> {
-    let sender_window = Arc::clone(&window);
-    let (sent_tx, mut sent_rx) = tokio::sync::watch::channel(None::<u64>);
+    let (sent_tx, sent_rx) = tokio::sync::watch::channel(None::<u64>);
+    let sending = flow.clone();
     let sender = tokio::spawn(async move {
-        let mut seq = 0u64;
-        while Instant::now() < stop_at {
-            let permit = sender_window.acquire().await.expect("never closed");
-            permit.forget();
+        let mut seq = 0;
+        while let Some((bytes, _)) = sending.next_message(seq).await {
             handle
-                .send_binary(Bytes::from(payload(seq, 0, size)))
+                .send_binary(Bytes::from(bytes))
                 .await
                 .map_err(|err| err.to_string())?;
             seq += 1;
@@ -249,41 +213,15 @@ async fn direction_v1(
         let _ = sent_tx.send(Some(seq));
         Ok::<_, String>(handle)
     });
-    let mut check = SeqCheck::default();
-    let mut counted = 0u64;
-    let mut sent = None;
-    let drain_until = tokio::time::Instant::from_std(stop_at + Duration::from_secs(10));
-    while sent.is_none_or(|sent| check.next < sent) {
-        tokio::select! {
-            changed = sent_rx.changed(), if sent.is_none() => {
-                if changed.is_err() {
-                    break;
-                }
-                sent = *sent_rx.borrow();
-            }
-            next = tokio::time::timeout_at(drain_until, receiver.next_event()) => match next {
-                Err(_) => break,
-                Ok(Some(wspair_client::Event::Message { payload, .. })) => {
-                    let (seq, _) = header(&payload).ok_or("short payload")?;
-                    check.observe(seq);
-                    let now = Instant::now();
-                    if now >= warm_until && now < stop_at {
-                        counted += 1;
-                    }
-                    window.add_permits(1);
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err("the client stopped".into()),
-            },
-        }
-    }
+    let mut tally = Tally::new(flow);
+    let incoming = futures::stream::unfold(&mut receiver, async |receiver| {
+        let item = match receiver.next_event().await? {
+            wspair_client::Event::Message { payload, .. } => Ok(Some(payload)),
+            _ => Ok(None),
+        };
+        Some((item, receiver))
+    });
+    let sent = tally.receive_all(sent_rx, Box::pin(incoming)).await?;
     let _handle = sender.await.map_err(|err| err.to_string())??;
-    let sent = sent.unwrap_or(check.next);
-    check.finish(sent);
-    Ok(DirectionResult {
-        sent,
-        check,
-        counted,
-        _client: Some(receiver),
-    })
+    Ok(DirectionResult::new(tally, sent, Some(receiver)))
 }
