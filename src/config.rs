@@ -222,6 +222,18 @@ pub const KEYS: &[KeySpec] = &[
         help: "open client connections at most; further connections wait in the listen backlog",
     },
     KeySpec {
+        key: "outer.tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the certificate chain (server certificate first); with outer.tls-key, clients connect with wss://. Reloaded on SIGHUP",
+    },
+    KeySpec {
+        key: "outer.tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the private key of outer.tls-cert (PKCS#8, PKCS#1 or SEC1)",
+    },
+    KeySpec {
         key: "outer.demo",
         kind: Kind::Bool,
         default: "false",
@@ -405,6 +417,8 @@ pub struct OuterConfig {
     pub max_connections: usize,
     /// `outer.demo`: serve the demo page at `/`.
     pub demo: bool,
+    /// `outer.tls-cert` and `outer.tls-key`: TLS on the client listener, when both are set.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Settings of the v1 client protocol (`v1.*`).
@@ -485,6 +499,30 @@ impl OuterConfig {
 
 /// Path of the health document.
 pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// `outer.tls-cert` and `outer.tls-key`: both or neither, and both files usable (read now, so
+/// that a bad file is a configuration error naming its key).
+fn tls_files(cert: String, key: String) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Err(invalid(
+            "outer.tls-key",
+            "must be set with outer.tls-cert".to_owned(),
+        )),
+        (true, false) => Err(invalid(
+            "outer.tls-cert",
+            "must be set with outer.tls-key".to_owned(),
+        )),
+        (false, false) => {
+            let files = crate::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            };
+            files.load().map_err(|e| invalid(e.key, e.problem))?;
+            Ok(Some(files))
+        }
+    }
+}
 
 /// Where the demo page's files are served from when `outer.demo` is on (the page itself is `/`).
 pub const DEMO_PREFIX: &str = "/demo/";
@@ -587,6 +625,10 @@ impl Config {
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
             demo: checked_bool(get("outer.demo"))?,
+            tls: tls_files(
+                checked_text(get("outer.tls-cert"))?,
+                checked_text(get("outer.tls-key"))?,
+            )?,
         };
         if outer.demo && (outer.path == "/" || outer.path.starts_with(DEMO_PREFIX)) {
             return Err(invalid(

@@ -31,6 +31,7 @@ pub mod pair;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod v1;
 
 pub use config::{Config, ConfigError};

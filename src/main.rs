@@ -152,12 +152,30 @@ async fn serve(config: Config) -> ExitCode {
     };
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
+    let reloads = server.tls().map(|tls| tokio::spawn(reload_on_sighup(tls)));
     let outcome = server.run(stop).await;
     signals.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     if outcome.drained {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Loads the TLS certificate and key again on every SIGHUP; a failed reload keeps the old ones.
+async fn reload_on_sighup(tls: std::sync::Arc<wspair::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs once");
+    while hangup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(err) => {
+                tracing::warn!(error = %err, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+            }
+        }
     }
 }
 

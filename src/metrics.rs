@@ -16,6 +16,9 @@ pub struct Metrics {
     pub handshakes_refused: AtomicU64,
     /// Connections dropped because they had not upgraded within `outer.handshake-timeout`.
     pub handshakes_timed_out: AtomicU64,
+    /// TLS handshakes that failed (`outer.tls-*` on): no common protocol, a client that
+    /// distrusts the certificate, plaintext on a TLS port.
+    pub tls_handshakes_failed: AtomicU64,
     /// Request heads refused with 431 or 414 for exceeding `outer.max-request-head` or the
     /// header field limit (also counted in `handshakes_refused`).
     pub request_heads_too_large: AtomicU64,
@@ -90,6 +93,10 @@ impl Metrics {
             (
                 "wspair_handshakes_timed_out_total",
                 read(&self.handshakes_timed_out),
+            ),
+            (
+                "wspair_tls_handshakes_failed_total",
+                read(&self.tls_handshakes_failed),
             ),
             (
                 "wspair_request_heads_too_large_total",

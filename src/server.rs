@@ -25,6 +25,7 @@ use crate::outer::session::SessionContext;
 use crate::outer::{self, OuterContext};
 use crate::registry::{RedisRegistry, RegistryError};
 use crate::router::{ClusterParts, Router};
+use crate::tls::Tls;
 
 /// How long links get to finish after the sessions drained.
 const LINK_DRAIN: Duration = Duration::from_secs(1);
@@ -46,6 +47,9 @@ pub enum ServerError {
     /// The registry could not be set up.
     #[error("cannot connect to the registry: {0}")]
     Registry(#[from] RegistryError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The addresses a bound server listens on; with port 0 in the config, the ports picked.
@@ -81,6 +85,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     cluster: Option<ClusterRuntime>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -105,6 +110,10 @@ impl Server {
     /// Binds the listeners and, in cluster mode, sets up the registry. Nothing is accepted
     /// until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let tls = match &config.outer.tls {
+            Some(files) => Some(Arc::new(Tls::new(files.clone())?)),
+            None => None,
+        };
         let (outer_listener, outer_addr) =
             bind("outer", SocketAddr::new(config.outer.ip, config.outer.port)).await?;
         let metrics = Arc::new(Metrics::default());
@@ -180,7 +189,14 @@ impl Server {
             metrics,
             shutdown,
             cluster,
+            tls,
         })
+    }
+
+    /// The client listener's TLS, when on: [`Tls::reload`] takes new certificate files (the
+    /// `wspair` command calls it on SIGHUP).
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// Where the listeners are bound.
@@ -210,7 +226,11 @@ impl Server {
             draining: CancellationToken::new(),
         });
         let draining = session_ctx.draining.clone();
-        let outer_ctx = Arc::new(OuterContext::new(session_ctx, tracker.clone()));
+        let outer_ctx = Arc::new(OuterContext::new(
+            session_ctx,
+            tracker.clone(),
+            self.tls.clone(),
+        ));
         if let Some(cluster) = &self.cluster {
             let router = Arc::clone(&self.router);
             if !router.heartbeat(true).await {

@@ -19,7 +19,6 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::handshake::HandshakeError;
 
@@ -50,7 +49,10 @@ pub enum HeadError {
 
 /// Reads from `stream` until a complete request head, at most `limit` bytes. Returns every
 /// byte read, which may go past the head (a pipelined request, or a first WebSocket frame).
-pub async fn read_head(stream: &mut TcpStream, limit: usize) -> Result<Bytes, HeadError> {
+pub async fn read_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: usize,
+) -> Result<Bytes, HeadError> {
     let mut buffer = vec![0; INITIAL_BUFFER_BYTES.min(limit)];
     let mut filled = 0;
     loop {
@@ -118,7 +120,10 @@ fn too_large(head: &[u8], limit: usize) -> HandshakeError {
 
 /// Answers `err` on a connection hyper never saw, then closes it: the same status, reason and
 /// `text/plain` body as refusals hyper sends, with `Connection: close`.
-pub async fn write_refusal(stream: &mut TcpStream, err: &HandshakeError) -> io::Result<()> {
+pub async fn write_refusal(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    err: &HandshakeError,
+) -> io::Result<()> {
     let status = err.status();
     let reason = format!("{err}\n");
     let mut response = format!(

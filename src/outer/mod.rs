@@ -34,7 +34,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc::Receiver;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, timeout_at};
@@ -49,6 +50,7 @@ use crate::config::{HEALTHZ_PATH, OuterConfig};
 use crate::hub;
 use crate::metrics::Metrics;
 use crate::pair::Message;
+use crate::tls::Tls;
 
 /// Socket buffer capacity of each session, in each direction. Buffers grow for larger
 /// messages and shrink back after them; small ones keep idle sessions cheap.
@@ -73,6 +75,8 @@ pub struct OuterContext {
     /// Connections accepted that have neither upgraded nor closed; see [`Handshaking`].
     pub handshaking: AtomicUsize,
     ws_options: Options,
+    /// TLS on this listener (`outer.tls-*`), when on.
+    tls: Option<Arc<Tls>>,
 }
 
 /// Counts one connection in [`OuterContext::handshaking`] while it lives: dropped when the
@@ -94,7 +98,11 @@ impl Drop for Handshaking<'_> {
 
 impl OuterContext {
     /// Builds the context from the session context the node created.
-    pub fn new(session: Arc<SessionContext>, tracker: TaskTracker) -> OuterContext {
+    pub fn new(
+        session: Arc<SessionContext>,
+        tracker: TaskTracker,
+        tls: Option<Arc<Tls>>,
+    ) -> OuterContext {
         let config = &session.config;
         OuterContext {
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -102,6 +110,7 @@ impl OuterContext {
             ws_options: ws_options(config),
             session,
             tracker,
+            tls,
         }
     }
 
@@ -158,25 +167,48 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
             },
         };
         let deadline = Instant::now() + ctx.config().handshake_timeout;
+        // Relayed messages are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
-        ctx.tracker
-            .clone()
-            .spawn(serve_connection(stream, remote_addr, ctx, permit, deadline));
+        let tracker = ctx.tracker.clone();
+        match ctx.tls.as_ref().map(|tls| tls.acceptor()) {
+            None => tracker.spawn(serve_connection(stream, remote_addr, ctx, permit, deadline)),
+            Some(acceptor) => tracker.spawn(async move {
+                // The TLS handshake counts against the same deadline as the HTTP one.
+                let _handshaking = Handshaking::enter(&ctx.handshaking);
+                let shutdown = ctx.session.shutdown.clone();
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = timeout_at(deadline, acceptor.accept(stream)) => accepted,
+                };
+                match accepted {
+                    Ok(Ok(tls)) => {
+                        drop(_handshaking);
+                        serve_connection(tls, remote_addr, ctx, permit, deadline).await;
+                    }
+                    Ok(Err(err)) => {
+                        Metrics::incr(&ctx.session.metrics.tls_handshakes_failed);
+                        debug!(%remote_addr, error = %err, "TLS handshake failed");
+                    }
+                    Err(_) => timed_out(&ctx, remote_addr),
+                }
+            }),
+        };
     }
 }
 
 /// Serves HTTP on one connection until it upgrades, closes, passes `deadline`, or the node
 /// shuts down.
-async fn serve_connection(
-    mut stream: TcpStream,
+async fn serve_connection<S>(
+    mut stream: S,
     remote_addr: SocketAddr,
     ctx: Arc<OuterContext>,
     permit: OwnedSemaphorePermit,
     deadline: Instant,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _handshaking = Handshaking::enter(&ctx.handshaking);
-    // Relayed messages are small and latency matters more than packet count.
-    let _ = stream.set_nodelay(true);
     let shutdown = ctx.session.shutdown.clone();
     let limit = ctx.config().max_request_head;
     let head = tokio::select! {
@@ -242,7 +274,7 @@ fn timed_out(ctx: &OuterContext, remote_addr: SocketAddr) {
 
 /// Answers a request head that `head::read_head` refused, and closes the connection.
 async fn refuse_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     err: &HandshakeError,
     ctx: &OuterContext,
     remote_addr: SocketAddr,

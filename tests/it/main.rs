@@ -14,6 +14,7 @@ mod memory;
 mod protocol;
 mod relay;
 mod tidy;
+mod tls;
 mod v1;
 mod v1_churn;
 mod v1_faults;

@@ -149,6 +149,11 @@ impl ProcessNode {
         }
     }
 
+    /// Sends SIGHUP (reload the TLS certificate).
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill")
