@@ -222,6 +222,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "open client connections at most; further connections wait in the listen backlog",
     },
     KeySpec {
+        key: "outer.allowed-origins",
+        kind: Kind::Text,
+        default: "",
+        help: "comma-separated web origins whose pages may connect (https://app.example.com, https://*.example.com); others get 403; upgrades without Origin (not from a browser) pass; empty allows all",
+    },
+    KeySpec {
         key: "outer.tls-cert",
         kind: Kind::Text,
         default: "",
@@ -417,6 +423,8 @@ pub struct OuterConfig {
     pub max_connections: usize,
     /// `outer.demo`: serve the demo page at `/`.
     pub demo: bool,
+    /// `outer.allowed-origins`.
+    pub allowed_origins: crate::origins::AllowedOrigins,
     /// `outer.tls-cert` and `outer.tls-key`: TLS on the client listener, when both are set.
     pub tls: Option<crate::tls::TlsFiles>,
 }
@@ -625,6 +633,10 @@ impl Config {
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
             demo: checked_bool(get("outer.demo"))?,
+            allowed_origins: crate::origins::AllowedOrigins::parse(&checked_text(get(
+                "outer.allowed-origins",
+            ))?)
+            .map_err(|problem| invalid("outer.allowed-origins", problem))?,
             tls: tls_files(
                 checked_text(get("outer.tls-cert"))?,
                 checked_text(get("outer.tls-key"))?,

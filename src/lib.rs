@@ -26,6 +26,7 @@ pub mod inner;
 pub mod liveness;
 pub mod metrics;
 pub mod node;
+pub mod origins;
 pub mod outer;
 pub mod pair;
 pub mod registry;

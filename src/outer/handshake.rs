@@ -109,6 +109,9 @@ pub enum HandshakeError {
     /// A `wspair.v1` offer without valid `key` and `gen` parameters (400).
     #[error("{0}")]
     BadV1(String),
+    /// A browser page whose origin is not in `outer.allowed-origins` (403).
+    #[error("origin {0:?} is not allowed (outer.allowed-origins)")]
+    Origin(String),
 }
 
 impl From<ClaimError> for HandshakeError {
@@ -146,6 +149,7 @@ impl HandshakeError {
             HandshakeError::RequestLineTooLong(_) => StatusCode::URI_TOO_LONG,
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
+            HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
             HandshakeError::Unavailable(_) | HandshakeError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -221,6 +225,23 @@ pub fn check<B>(
         pair.client = Some(parse_v1_query(request.uri().query().unwrap_or(""))?);
     }
     Ok(pair)
+}
+
+/// Checks the page that opens the WebSocket (`Origin`) against `outer.allowed-origins`.
+pub fn check_origin<B>(
+    request: &Request<B>,
+    allowed: &crate::origins::AllowedOrigins,
+) -> Result<(), HandshakeError> {
+    if allowed.is_open() || !request.headers().contains_key(header::ORIGIN) {
+        return Ok(());
+    }
+    let value = single_header(request.headers(), header::ORIGIN, "Origin")?;
+    let origin = String::from_utf8_lossy(value.as_bytes());
+    if allowed.allows(Some(&origin)) {
+        Ok(())
+    } else {
+        Err(HandshakeError::Origin(origin.into_owned()))
+    }
 }
 
 /// Parses the `key` and `gen` parameters of a v1 client.

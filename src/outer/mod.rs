@@ -368,6 +368,7 @@ async fn upgrade(
     deadline: Instant,
 ) -> Result<Response<Full<Bytes>>, HandshakeError> {
     let pair = handshake::check(request, &ctx.config().path, ctx.session.v1.enabled)?;
+    handshake::check_origin(request, &ctx.config().allowed_origins)?;
     if ctx.session.draining.is_cancelled() {
         return Err(HandshakeError::Draining);
     }

@@ -169,3 +169,52 @@ async fn a_connection_that_never_sends_its_request_is_dropped_after_handshake_ti
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn pages_from_origins_not_allowed_get_403_and_the_slot_is_untouched() {
+    let node = crate::harness::TestNode::start(|config| {
+        config.outer.allowed_origins =
+            wspair::origins::AllowedOrigins::parse("https://app.example.com,https://*.example.org")
+                .unwrap();
+    })
+    .await;
+    let id = crate::harness::random_channel_id();
+    let mut app = node.connect(wspair::Role::App, &id).await;
+    let mut web = node.connect(wspair::Role::Web, &id).await;
+    let target = format!("/channel?type=app&channelId={id}");
+    let upgrade = |origin: &str| {
+        format!(
+            "{}Origin: {origin}\r\n",
+            crate::harness::http::UPGRADE_HEADERS
+        )
+    };
+
+    let refused = crate::harness::http::request(
+        node.addr,
+        "GET",
+        &target,
+        &upgrade("https://evil.example.com"),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        refused.body,
+        "origin \"https://evil.example.com\" is not allowed (outer.allowed-origins)\n"
+    );
+    app.send_text("the refused upgrade took nothing").await;
+    assert_eq!(web.recv_text().await, "the refused upgrade took nothing");
+
+    let other = crate::harness::random_channel_id();
+    for origin in ["https://app.example.com", "https://shop.example.org"] {
+        let target = format!("/channel?type=web&channelId={other}");
+        let allowed =
+            crate::harness::http::request(node.addr, "GET", &target, &upgrade(origin)).await;
+        assert_eq!(allowed.status, 101, "{origin}");
+    }
+    // No Origin: not a browser, so nothing to check.
+    let mut native = node
+        .connect(wspair::Role::App, &crate::harness::random_channel_id())
+        .await;
+    native.send_text("native").await;
+    node.shutdown().await;
+}
