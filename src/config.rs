@@ -219,7 +219,7 @@ pub const KEYS: &[KeySpec] = &[
             max: MAX_U32,
         },
         default: "100000",
-        help: "open client connections at most; further connections wait in the listen backlog",
+        help: "open client connections at most; further connections get 503 at once (on a TLS listener they are closed)",
     },
     KeySpec {
         key: "outer.allowed-origins",

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub handshakes_refused: AtomicU64,
     /// Connections dropped because they had not upgraded within `outer.handshake-timeout`.
     pub handshakes_timed_out: AtomicU64,
+    /// Connections over `outer.max-connections`, answered with 503 (or closed) at once (also
+    /// counted in `handshakes_refused`).
+    pub connections_refused_full: AtomicU64,
     /// TLS handshakes that failed (`outer.tls-*` on): no common protocol, a client that
     /// distrusts the certificate, plaintext on a TLS port.
     pub tls_handshakes_failed: AtomicU64,
@@ -93,6 +96,10 @@ impl Metrics {
             (
                 "wspair_handshakes_timed_out_total",
                 read(&self.handshakes_timed_out),
+            ),
+            (
+                "wspair_connections_refused_full_total",
+                read(&self.connections_refused_full),
             ),
             (
                 "wspair_tls_handshakes_failed_total",

@@ -109,6 +109,11 @@ pub enum HandshakeError {
     /// A `wspair.v1` offer without valid `key` and `gen` parameters (400).
     #[error("{0}")]
     BadV1(String),
+    /// `outer.max-connections` connections are open (503): retry, or use another node.
+    #[error(
+        "this node is full: outer.max-connections ({0}) connections are open; retry or connect to another node"
+    )]
+    Full(usize),
     /// A browser page whose origin is not in `outer.allowed-origins` (403).
     #[error("origin {0:?} is not allowed (outer.allowed-origins)")]
     Origin(String),
@@ -150,7 +155,7 @@ impl HandshakeError {
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
             HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
-            HandshakeError::Unavailable(_) | HandshakeError::Draining => {
+            HandshakeError::Unavailable(_) | HandshakeError::Draining | HandshakeError::Full(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }

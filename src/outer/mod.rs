@@ -2,8 +2,8 @@
 //! each accepted upgrade into a session.
 //!
 //! Every refusal happens here, before the upgrade, as an HTTP status with a reason (see
-//! `handshake`). Limits applied to every connection: `outer.max-connections` (a semaphore; the
-//! accept loop waits for a permit, so excess connections wait in the listen backlog),
+//! `handshake`). Limits applied to every connection: `outer.max-connections` (a semaphore; a
+//! connection over it is answered 503 at once rather than left in the listen backlog),
 //! `outer.handshake-timeout` (one deadline from accept to upgrade, whatever the connection is
 //! doing meanwhile), `outer.max-request-head` (read by `head` before hyper sees the request),
 //! one request per connection, and the WebSocket limits in [`ws_options`]. Besides the
@@ -77,7 +77,15 @@ pub struct OuterContext {
     ws_options: Options,
     /// TLS on this listener (`outer.tls-*`), when on.
     tls: Option<Arc<Tls>>,
+    /// Bounds the 503 answers to connections over `outer.max-connections` written at a time.
+    refusing: Arc<Semaphore>,
 }
+
+/// 503 answers to connections over `outer.max-connections` written at a time; more are closed
+/// without one.
+const FULL_REFUSALS: usize = 256;
+/// How long such an answer may take to be written (and the request after it drained).
+const FULL_REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Counts one connection in [`OuterContext::handshaking`] while it lives: dropped when the
 /// connection's HTTP ends, however it ends (upgrade, refusal, deadline, error or panic).
@@ -111,6 +119,7 @@ impl OuterContext {
             session,
             tracker,
             tls,
+            refusing: Arc::new(Semaphore::new(FULL_REFUSALS)),
         }
     }
 
@@ -147,12 +156,6 @@ pub fn ws_options(config: &OuterConfig) -> Options {
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
     let shutdown = ctx.session.shutdown.clone();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&ctx.connections).acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
-        };
         let (stream, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -165,6 +168,10 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
                     continue;
                 }
             },
+        };
+        let Ok(permit) = Arc::clone(&ctx.connections).try_acquire_owned() else {
+            refuse_full(stream, remote_addr, &ctx);
+            continue;
         };
         let deadline = Instant::now() + ctx.config().handshake_timeout;
         // Relayed messages are small and latency matters more than packet count.
@@ -195,6 +202,34 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
             }),
         };
     }
+}
+
+/// Answers a connection over `outer.max-connections` with 503 and closes it, rather than
+/// leaving it in the listen backlog, where a client cannot tell a full node from a dead one.
+/// The answer is written without reading the request; at most [`FULL_REFUSALS`] are written at a
+/// time (more are closed at once), each within [`FULL_REFUSAL_TIME`]. On a TLS listener the
+/// connection is closed at once: an answer would need a TLS handshake first.
+fn refuse_full(
+    mut stream: tokio::net::TcpStream,
+    remote_addr: SocketAddr,
+    ctx: &Arc<OuterContext>,
+) {
+    Metrics::incr(&ctx.session.metrics.handshakes_refused);
+    Metrics::incr(&ctx.session.metrics.connections_refused_full);
+    let max = ctx.config().max_connections;
+    debug!(%remote_addr, max, "connection refused: outer.max-connections reached");
+    if ctx.tls.is_some() {
+        return;
+    }
+    let Ok(refusing) = Arc::clone(&ctx.refusing).try_acquire_owned() else {
+        return;
+    };
+    ctx.tracker.spawn(async move {
+        let _refusing = refusing;
+        let err = HandshakeError::Full(max);
+        let _ =
+            tokio::time::timeout(FULL_REFUSAL_TIME, head::write_refusal(&mut stream, &err)).await;
+    });
 }
 
 /// Serves HTTP on one connection until it upgrades, closes, passes `deadline`, or the node

@@ -322,17 +322,29 @@ async fn idle_connections_holding_every_permit_are_dropped_at_the_deadline() {
     for _ in 0..3 {
         idle.push(TcpStream::connect(node.addr).await.unwrap());
     }
-    // Accepted in order, so this upgrade waits in the backlog behind the three idle ones.
+    // Once the three are accepted, a fourth connection is told at once that the node is full,
+    // instead of waiting in the backlog.
     let started = Instant::now();
-    let _app = node.connect(Role::App, &random_channel_id()).await;
-    let waited = started.elapsed();
-    assert!(
-        waited < DEADLINE + Duration::from_secs(1),
-        "waited {waited:?}"
+    let full = loop {
+        let answer = request(node.addr, "GET", "/healthz", "").await;
+        if answer.status != 200 || started.elapsed() > EVENT_TIMEOUT {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        refusal(&full),
+        (
+            503,
+            "this node is full: outer.max-connections (3) connections are open; retry or connect to another node"
+        )
     );
+    assert_eq!(read(&node.metrics.connections_refused_full), 1);
     for stream in &mut idle {
         closed_at(stream).await;
     }
     assert_eq!(read(&node.metrics.handshakes_timed_out), 3);
+    // Their permits are back.
+    let _app = node.connect(Role::App, &random_channel_id()).await;
     node.shutdown().await;
 }
