@@ -315,7 +315,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "registry.redis",
         kind: Kind::Text,
         default: "",
-        help: "Redis URL (redis://host:port/db), or comma-separated Redis Cluster seed URLs; empty runs a single node",
+        help: "Redis URL (redis://[user:password@]host:port/db), or comma-separated Redis Cluster seed URLs; empty runs a single node",
     },
     KeySpec {
         key: "registry.cluster",

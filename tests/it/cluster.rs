@@ -1050,3 +1050,48 @@ async fn a_session_whose_route_was_taken_is_closed_with_4001_when_its_node_regis
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+#[tokio::test]
+async fn redis_with_an_acl_user_and_a_password_works_and_a_wrong_password_is_told() {
+    use crate::harness::redis::RedisServer;
+    let redis = RedisServer::start();
+    redis
+        .cli(&[
+            "ACL",
+            "SETUSER",
+            "wspair",
+            "on",
+            ">relay-s3cret",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .expect("the ACL user is created");
+    // From now on the default user needs a password too: nothing gets in anonymously.
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "admin-s3cret"])
+        .expect("requirepass is set");
+    let url = format!("redis://wspair:relay-s3cret@127.0.0.1:{}", redis.port);
+    let node_a = TestNode::start_in_cluster(vec![url.clone()], |_| {}).await;
+    let node_b = TestNode::start_in_cluster(vec![url], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = node_a.connect(Role::App, &id).await;
+    let mut web = node_b.connect(Role::Web, &id).await;
+    app.send_text("through an authenticated registry").await;
+    assert_eq!(web.recv_text().await, "through an authenticated registry");
+
+    // A wrong password: the node starts, and upgrades get 503 saying why.
+    let wrong = format!("redis://wspair:wrong@127.0.0.1:{}", redis.port);
+    let node_c = TestNode::start_in_cluster(vec![wrong], |_| {}).await;
+    let target = format!("/channel?type=app&channelId={}", random_channel_id());
+    let refused = request(node_c.addr, "GET", &target, UPGRADE_HEADERS).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.body.contains("Password authentication failed"),
+        "{}",
+        refused.body
+    );
+    node_c.shutdown().await;
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
