@@ -568,18 +568,36 @@ impl Config {
     /// Builds the configuration from the defaults, the file at `file` (if any) and
     /// `overrides` (key and text, from the environment or flags, later entries winning).
     pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::load_text(path, &text, overrides)
+            }
+            None => Config::from_layers(Layer::new(), overrides),
+        }
+    }
+
+    /// As [`Config::load`], with the file's text given; `path` only names it in errors. The
+    /// config loader's fuzz target starts here.
+    pub fn load_text(
+        path: &Path,
+        text: &str,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        Config::from_layers(parse_file(path, text)?, overrides)
+    }
+
+    /// The defaults, then `file`'s values, then `overrides`.
+    fn from_layers(file: Layer, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
         let mut values = Layer::new();
         for spec in KEYS {
             let default = parse_text(spec, spec.default).expect("every default parses");
             values.insert(spec.key, default);
         }
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            values.extend(parse_file(path, &text)?);
-        }
+        values.extend(file);
         for (key, text) in overrides {
             let spec = spec_of(key).ok_or_else(|| ConfigError::UnknownKey {
                 key: (*key).to_owned(),

@@ -65,6 +65,10 @@ pub enum FrameError {
     /// A varint encodes a value above 2^64 - 1.
     #[error("varint above 2^64 - 1")]
     VarintOverflow,
+    /// A varint is longer than its value needs (it ends with a zero byte): every value has one
+    /// encoding.
+    #[error("overlong varint")]
+    VarintOverlong,
     /// An ACK frame is shorter than its 8-byte sid.
     #[error("truncated ACK sid")]
     AckTruncated,
@@ -301,6 +305,9 @@ pub fn get_varint(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
         }
         value |= low << (7 * i);
         if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(FrameError::VarintOverlong);
+            }
             return Ok((value, i + 1));
         }
     }

@@ -25,6 +25,7 @@ fn error_name(e: &FrameError) -> &'static str {
         FrameError::VarintTruncated => "varint_truncated",
         FrameError::VarintTooLong => "varint_too_long",
         FrameError::VarintOverflow => "varint_overflow",
+        FrameError::VarintOverlong => "varint_overlong",
         FrameError::AckTruncated => "ack_truncated",
         FrameError::Trailing(_) => "trailing",
         FrameError::InvalidUtf8 => "invalid_utf8",

@@ -147,6 +147,10 @@ pub fn read_varint(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
         }
         value |= bits << (7 * i);
         if byte & 0x80 == 0 {
+            // Every value has one encoding: a last byte of zero would make it longer.
+            if byte == 0 && i > 0 {
+                return Err(FrameError::Varint);
+            }
             return Ok((value, i + 1));
         }
     }
@@ -299,6 +303,10 @@ mod tests {
         assert_eq!(read_varint(&too_big), Err(FrameError::Varint));
         assert_eq!(read_varint(&[0x80]), Err(FrameError::Varint));
         assert_eq!(read_varint(&[]), Err(FrameError::Varint));
+        // Overlong (found by fuzzing): 16 written in two bytes; each value has one encoding.
+        assert_eq!(read_varint(&[0x90, 0x00]), Err(FrameError::Varint));
+        assert_eq!(read_varint(&[0x80, 0x00]), Err(FrameError::Varint));
+        assert_eq!(read_varint(&[0x00]), Ok((0, 1)));
     }
 
     #[test]

@@ -89,6 +89,8 @@ export function decodeVarint(bytes, offset = 0) {
     }
     value |= BigInt(low) << BigInt(7 * i);
     if ((b & 0x80) === 0) {
+      // Every value has one encoding: a last byte of zero would make it longer.
+      if (b === 0 && i > 0) throw new FrameError('varint_overlong', 'overlong varint');
       const small = value <= BigInt(Number.MAX_SAFE_INTEGER);
       return [small ? Number(value) : value, i + 1];
     }
