@@ -936,4 +936,60 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever senders come, send within their credit, get written, say where they stand
+        /// and end, in any order: the credit outstanding over all of them never exceeds the
+        /// window, and a sender never gets a limit below one it was given.
+        #[test]
+        fn the_credit_granted_never_exceeds_the_window(
+            window in 1usize..16,
+            ops in proptest::collection::vec((0u8..5, 0usize..3, 1u64..5), 0..300),
+        ) {
+            let mut ledger = Ledger::with_grace(window, Duration::from_secs(60));
+            let senders = [sender(1, 1), sender(1, 2), sender(2, 1)];
+            let (mut limit, mut sent, mut pending) = ([0u64; 3], [0u64; 3], [0u64; 3]);
+            let mut ended = [false; 3];
+            for (op, who, n) in ops {
+                if ended[who] {
+                    continue;
+                }
+                let s = senders[who];
+                let due = match op {
+                    0 => ledger.open(s),
+                    1 => {
+                        if sent[who] < limit[who] {
+                            sent[who] += 1;
+                            if let Receipt::Credited { .. } = ledger.receive(s, sent[who]) {
+                                pending[who] += 1;
+                            }
+                        }
+                        None
+                    }
+                    2 => {
+                        let k = n.min(pending[who]);
+                        pending[who] -= k;
+                        if k > 0 { ledger.written(s, k) } else { None }
+                    }
+                    3 => ledger.sent(s, sent[who]).1,
+                    _ => {
+                        ended[who] = true;
+                        ledger.ended(s, sent[who])
+                    }
+                };
+                if let Some(due) = due {
+                    let i = senders.iter().position(|x| *x == due.to).unwrap();
+                    proptest::prop_assert!(due.limit >= limit[i], "a limit went down");
+                    limit[i] = due.limit;
+                }
+                let outstanding: u64 = ledger.accounts.iter().map(Account::outstanding).sum();
+                proptest::prop_assert!(
+                    outstanding <= window as u64,
+                    "outstanding {} over the window {}", outstanding, window
+                );
+            }
+        }
+    }
 }

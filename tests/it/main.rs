@@ -11,6 +11,7 @@ mod http_front;
 mod lifecycle;
 mod limits;
 mod memory;
+mod properties;
 mod protocol;
 mod relay;
 mod tidy;
