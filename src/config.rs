@@ -357,6 +357,18 @@ pub const KEYS: &[KeySpec] = &[
         help: "payload bytes of those messages; at least outer.max-frame-size",
     },
     KeySpec {
+        key: "auth.secret",
+        kind: Kind::Text,
+        default: "",
+        help: "HS256 secret (32 bytes or more) that client tokens are signed with; with it (or auth.public-key) every upgrade needs a token naming its channelId and role, and the session closes with 4003 when it expires",
+    },
+    KeySpec {
+        key: "auth.public-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the EC (P-256, ES256) or RSA (RS256) public key client tokens are signed for",
+    },
+    KeySpec {
         key: "drain.spread",
         kind: Kind::Duration,
         default: "10s",
@@ -551,6 +563,8 @@ pub struct Config {
     pub v1: V1Config,
     /// Draining v1 clients on shutdown.
     pub drain: DrainConfig,
+    /// Client tokens (`auth.*`).
+    pub auth: crate::auth::AuthConfig,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
 }
@@ -780,12 +794,20 @@ impl Config {
                 ),
             ));
         }
+        let public_key = checked_text(get("auth.public-key"))?;
+        let auth = crate::auth::AuthConfig {
+            secret: checked_text(get("auth.secret"))?,
+            public_key: (!public_key.is_empty()).then(|| public_key.into()),
+        };
+        // Read now, so that a bad secret or key file is a configuration error naming its key.
+        crate::auth::Auth::new(&auth).map_err(|e| invalid(e.key, e.problem))?;
         Ok(Config {
             outer,
             inner,
             registry,
             v1,
             drain,
+            auth,
             shutdown_timeout,
         })
     }

@@ -50,6 +50,9 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The client token secret or key could not be used.
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
 }
 
 /// The addresses a bound server listens on; with port 0 in the config, the ports picked.
@@ -86,6 +89,7 @@ pub struct Server {
     shutdown: CancellationToken,
     cluster: Option<ClusterRuntime>,
     tls: Option<Arc<Tls>>,
+    auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -110,6 +114,7 @@ impl Server {
     /// Binds the listeners and, in cluster mode, sets up the registry. Nothing is accepted
     /// until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let auth = crate::auth::Auth::new(&config.auth)?.map(Arc::new);
         let tls = match &config.outer.tls {
             Some(files) => Some(Arc::new(Tls::new(files.clone())?)),
             None => None,
@@ -190,6 +195,7 @@ impl Server {
             shutdown,
             cluster,
             tls,
+            auth,
         })
     }
 
@@ -230,6 +236,7 @@ impl Server {
             session_ctx,
             tracker.clone(),
             self.tls.clone(),
+            self.auth.clone(),
         ));
         if let Some(cluster) = &self.cluster {
             let router = Arc::clone(&self.router);

@@ -13,6 +13,7 @@
 //! | 1013 | the client accepted nothing for `outer.stall-timeout` while messages waited |
 //! | 4001 | a newer client of the same role and channel id replaced this one |
 //! | 4002 | the client sent nothing, not even a pong, for `outer.idle-timeout` |
+//! | 4003 | the client's token expired (`auth.*`) |
 //! | 4007 | a wspair.v1 client sent a malformed frame (PROTOCOL.md §2) |
 //! | 4008 | a wspair.v1 client exceeded its window, skipped a position, or sent numbered data before `sync` |
 
@@ -51,6 +52,8 @@ pub enum CloseReason {
     V1Malformed,
     /// A wspair.v1 client broke its window (PROTOCOL.md §7).
     V1Window,
+    /// The client's token expired (`auth.*`).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -67,6 +70,7 @@ impl CloseReason {
         CloseReason::Stalled,
         CloseReason::Replaced,
         CloseReason::Idle,
+        CloseReason::TokenExpired,
         CloseReason::V1Malformed,
         CloseReason::V1Window,
     ];
@@ -85,6 +89,7 @@ impl CloseReason {
             CloseReason::Stalled => Some(1013),
             CloseReason::Replaced => Some(4001),
             CloseReason::Idle => Some(4002),
+            CloseReason::TokenExpired => Some(4003),
             CloseReason::V1Malformed => Some(4007),
             CloseReason::V1Window => Some(4008),
         }
@@ -107,6 +112,7 @@ impl CloseReason {
             CloseReason::Internal => "internal error",
             CloseReason::V1Malformed => "malformed wspair.v1 frame",
             CloseReason::V1Window => "wspair.v1 window exceeded",
+            CloseReason::TokenExpired => "token expired",
         }
     }
 

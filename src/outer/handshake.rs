@@ -114,6 +114,9 @@ pub enum HandshakeError {
         "this node is full: outer.max-connections ({0}) connections are open; retry or connect to another node"
     )]
     Full(usize),
+    /// A missing, malformed, expired or mismatched client token (`auth.*`) (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A browser page whose origin is not in `outer.allowed-origins` (403).
     #[error("origin {0:?} is not allowed (outer.allowed-origins)")]
     Origin(String),
@@ -155,6 +158,7 @@ impl HandshakeError {
             HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
             HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
+            HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HandshakeError::Unavailable(_) | HandshakeError::Draining | HandshakeError::Full(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -179,6 +183,10 @@ impl HandshakeError {
             HandshakeError::HealthzMethod(_) => {
                 vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
             }
+            HandshakeError::Unauthorized(_) => vec![(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wspair\""),
+            )],
             _ => Vec::new(),
         }
     }
@@ -247,6 +255,29 @@ pub fn check_origin<B>(
     } else {
         Err(HandshakeError::Origin(origin.into_owned()))
     }
+}
+
+/// The client token of an upgrade: the `token` query parameter, or an offered subprotocol
+/// `wspair.token.<token>`.
+pub fn token_of<B>(request: &Request<B>) -> Option<String> {
+    let query = request.uri().query().unwrap_or("");
+    if let Some((_, token)) =
+        form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "token")
+    {
+        return Some(token.into_owned());
+    }
+    request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|offer| {
+            offer
+                .trim()
+                .strip_prefix(crate::auth::TOKEN_SUBPROTOCOL_PREFIX)
+        })
+        .map(str::to_owned)
 }
 
 /// Parses the `key` and `gen` parameters of a v1 client.

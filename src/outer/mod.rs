@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -46,6 +46,7 @@ use yawc::{DeflatePool, Options, WebSocket};
 use self::handshake::HandshakeError;
 use self::head::{HeadError, Prefixed};
 use self::session::SessionContext;
+use crate::auth::Auth;
 use crate::config::{HEALTHZ_PATH, OuterConfig};
 use crate::hub;
 use crate::metrics::Metrics;
@@ -79,6 +80,8 @@ pub struct OuterContext {
     tls: Option<Arc<Tls>>,
     /// Bounds the 503 answers to connections over `outer.max-connections` written at a time.
     refusing: Arc<Semaphore>,
+    /// Client tokens (`auth.*`), when required.
+    auth: Option<Arc<Auth>>,
 }
 
 /// 503 answers to connections over `outer.max-connections` written at a time; more are closed
@@ -110,6 +113,7 @@ impl OuterContext {
         session: Arc<SessionContext>,
         tracker: TaskTracker,
         tls: Option<Arc<Tls>>,
+        auth: Option<Arc<Auth>>,
     ) -> OuterContext {
         let config = &session.config;
         OuterContext {
@@ -120,6 +124,7 @@ impl OuterContext {
             tracker,
             tls,
             refusing: Arc::new(Semaphore::new(FULL_REFUSALS)),
+            auth,
         }
     }
 
@@ -404,6 +409,18 @@ async fn upgrade(
 ) -> Result<Response<Full<Bytes>>, HandshakeError> {
     let pair = handshake::check(request, &ctx.config().path, ctx.session.v1.enabled)?;
     handshake::check_origin(request, &ctx.config().allowed_origins)?;
+    // Before the claim: a client without a good token never disturbs the slot's session.
+    let token_expires = match &ctx.auth {
+        Some(auth) => {
+            let token = handshake::token_of(request);
+            let expiry = auth
+                .check(token.as_deref(), &pair.channel_id, pair.role)
+                .map_err(HandshakeError::Unauthorized)?;
+            let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+            Some(Instant::now() + left)
+        }
+        None => None,
+    };
     if ctx.session.draining.is_cancelled() {
         return Err(HandshakeError::Draining);
     }
@@ -427,8 +444,11 @@ async fn upgrade(
         claim,
         outbound_rx,
         session_ctx,
-        remote_addr,
-        permit,
+        Admission {
+            remote_addr,
+            permit,
+            token_expires,
+        },
     ));
     let mut response = response.map(|_| Full::new(Bytes::new()));
     if client.is_some() {
@@ -451,15 +471,26 @@ fn upgrade_then_serve(
     claim: hub::Claim,
     outbound_rx: Receiver<Message>,
     session_ctx: Arc<SessionContext>,
-    remote_addr: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    admission: Admission,
 ) -> impl Future<Output = ()> + Send {
+    let Admission {
+        remote_addr,
+        permit,
+        token_expires,
+    } = admission;
     timeout_at(deadline, upgrading).then(move |upgraded| match upgraded {
         Ok(Ok(ws)) => {
             let mut claim = claim;
             // The 101 is on the wire: only now may the session this one replaces be evicted.
             session_ctx.router.activate(&mut claim);
-            let session = session::run(ws, claim, outbound_rx, session_ctx, remote_addr);
+            let session = session::run(
+                ws,
+                claim,
+                outbound_rx,
+                session_ctx,
+                remote_addr,
+                token_expires,
+            );
             Either::Left(session.map(move |()| drop(permit)))
         }
         failed => {
@@ -475,6 +506,14 @@ fn upgrade_then_serve(
             }))
         }
     })
+}
+
+/// What let a connection in: its address, its place among `outer.max-connections` (held for
+/// the session's life), and when its token expires (`auth.*`).
+struct Admission {
+    remote_addr: SocketAddr,
+    permit: Arc<OwnedSemaphorePermit>,
+    token_expires: Option<Instant>,
 }
 
 /// Claims the pair's role in a task of its own, so a client that goes away while the claim

@@ -91,6 +91,8 @@ enum Event {
     Stop,
     /// Time to check timeouts and maybe ping.
     Tick,
+    /// The client's token expired (`auth.*`).
+    TokenExpired,
 }
 
 /// The state of one session; [`run`] drives it.
@@ -107,6 +109,9 @@ struct Session {
     /// Fires when the session must stop (its `stop` token, a child of the shutdown token).
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
     ticker: Interval,
+    /// When the client's token expires (`auth.*`); boxed, so a session without one holds a
+    /// null pointer only.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Frames written to the client's buffer and not yet flushed.
     unflushed: bool,
     ping_due: bool,
@@ -156,6 +161,7 @@ pub fn run(
     outbound_rx: mpsc::Receiver<Message>,
     ctx: Arc<SessionContext>,
     remote_addr: SocketAddr,
+    expires_at: Option<Instant>,
 ) -> impl Future<Output = ()> + Send {
     let channel_id = claim.channel_id;
     let role = claim.role;
@@ -194,6 +200,7 @@ pub fn run(
         claim,
         ctx,
         ticker,
+        expiry: expires_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
         unflushed: false,
         ping_due: false,
         messages_read: 0,
@@ -297,6 +304,7 @@ impl Session {
                     return CloseReason::Shutdown;
                 }
                 Event::Stop => return CloseReason::Replaced,
+                Event::TokenExpired => return CloseReason::TokenExpired,
                 Event::Tick => {
                     if let Some(reason) = self.on_tick() {
                         return reason;
@@ -324,6 +332,11 @@ impl Session {
         }
         if self.ticker.poll_tick(cx).is_ready() {
             return Poll::Ready(Event::Tick);
+        }
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::TokenExpired);
         }
         Poll::Pending
     }

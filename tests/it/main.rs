@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod auth;
 mod churn;
 mod cli;
 mod cluster;
