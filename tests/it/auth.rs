@@ -36,28 +36,32 @@ fn hs256(channel: &str, role: &str, exp: u64) -> String {
     )
 }
 
+/// A node that requires HS256 tokens signed with [`SECRET`].
+async fn node_with_secret() -> TestNode {
+    TestNode::start(|config| {
+        config.auth = AuthConfig {
+            secret: SECRET.into(),
+            public_key: None,
+        };
+    })
+    .await
+}
+
+/// A client of `role` on `id` with `token`, connected.
+async fn connect_with(node: &TestNode, role: Role, id: &str, token: &str) -> Client {
+    Client::connect(&url_with_token(node, role, id, token)).await
+}
+
 fn url_with_token(node: &TestNode, role: Role, id: &str, token: &str) -> String {
     format!("{}&token={token}", node.url(role, id))
 }
 
 #[tokio::test]
 async fn tokens_open_sessions_and_every_bad_one_gets_401_without_touching_the_slot() {
-    let node = TestNode::start(|config| {
-        config.auth = AuthConfig {
-            secret: SECRET.into(),
-            public_key: None,
-        };
-    })
-    .await;
+    let node = node_with_secret().await;
     let id = random_channel_id().to_string();
     let later = unix_now() + 600;
-    let mut app = Client::connect(&url_with_token(
-        &node,
-        Role::App,
-        &id,
-        &hs256(&id, "app", later),
-    ))
-    .await;
+    let mut app = connect_with(&node, Role::App, &id, &hs256(&id, "app", later)).await;
     // The web offers its token as a subprotocol, as a browser page would.
     let offer = format!(
         "{UPGRADE_HEADERS}Sec-WebSocket-Protocol: wspair.token.{}\r\n",
@@ -129,22 +133,10 @@ async fn tokens_open_sessions_and_every_bad_one_gets_401_without_touching_the_sl
 
 #[tokio::test]
 async fn an_open_session_closes_with_4003_when_its_token_expires() {
-    let node = TestNode::start(|config| {
-        config.auth = AuthConfig {
-            secret: SECRET.into(),
-            public_key: None,
-        };
-    })
-    .await;
+    let node = node_with_secret().await;
     let id = random_channel_id().to_string();
     let expires = unix_now() + 2;
-    let mut app = Client::connect(&url_with_token(
-        &node,
-        Role::App,
-        &id,
-        &hs256(&id, "app", expires),
-    ))
-    .await;
+    let mut app = connect_with(&node, Role::App, &id, &hs256(&id, "app", expires)).await;
     let started = std::time::Instant::now();
     assert_eq!(app.close_code().await, 4003);
     assert!(
