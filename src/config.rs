@@ -222,6 +222,24 @@ pub const KEYS: &[KeySpec] = &[
         help: "open client connections at most; further connections get 503 at once (on a TLS listener they are closed)",
     },
     KeySpec {
+        key: "outer.max-connections-per-ip",
+        kind: Kind::Integer {
+            min: 0,
+            max: MAX_U32,
+        },
+        default: "0",
+        help: "open connections from one client address at most (0: no limit); more get 429",
+    },
+    KeySpec {
+        key: "outer.connections-per-second-per-ip",
+        kind: Kind::Integer {
+            min: 0,
+            max: MAX_U32,
+        },
+        default: "0",
+        help: "new connections per second from one client address (bursts of one second's worth; 0: no limit); more get 429",
+    },
+    KeySpec {
         key: "outer.allowed-origins",
         kind: Kind::Text,
         default: "",
@@ -435,6 +453,10 @@ pub struct OuterConfig {
     pub max_connections: usize,
     /// `outer.demo`: serve the demo page at `/`.
     pub demo: bool,
+    /// `outer.max-connections-per-ip` (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// `outer.connections-per-second-per-ip` (0: no limit).
+    pub connections_per_second_per_ip: u32,
     /// `outer.allowed-origins`.
     pub allowed_origins: crate::origins::AllowedOrigins,
     /// `outer.tls-cert` and `outer.tls-key`: TLS on the client listener, when both are set.
@@ -665,6 +687,8 @@ impl Config {
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
             demo: checked_bool(get("outer.demo"))?,
+            max_connections_per_ip: int("outer.max-connections-per-ip")? as usize,
+            connections_per_second_per_ip: int("outer.connections-per-second-per-ip")? as u32,
             allowed_origins: crate::origins::AllowedOrigins::parse(&checked_text(get(
                 "outer.allowed-origins",
             ))?)

@@ -19,6 +19,9 @@ pub struct Metrics {
     /// Connections over `outer.max-connections`, answered with 503 (or closed) at once (also
     /// counted in `handshakes_refused`).
     pub connections_refused_full: AtomicU64,
+    /// Connections over `outer.max-connections-per-ip` or `outer.connections-per-second-per-ip`,
+    /// answered with 429 (or closed) at once (also counted in `handshakes_refused`).
+    pub connections_refused_per_ip: AtomicU64,
     /// TLS handshakes that failed (`outer.tls-*` on): no common protocol, a client that
     /// distrusts the certificate, plaintext on a TLS port.
     pub tls_handshakes_failed: AtomicU64,
@@ -100,6 +103,10 @@ impl Metrics {
             (
                 "wspair_connections_refused_full_total",
                 read(&self.connections_refused_full),
+            ),
+            (
+                "wspair_connections_refused_per_ip_total",
+                read(&self.connections_refused_per_ip),
             ),
             (
                 "wspair_tls_handshakes_failed_total",

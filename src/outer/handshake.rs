@@ -114,6 +114,12 @@ pub enum HandshakeError {
         "this node is full: outer.max-connections ({0}) connections are open; retry or connect to another node"
     )]
     Full(usize),
+    /// Too many connections open from one address (429).
+    #[error("too many connections from {0}: outer.max-connections-per-ip is {1}")]
+    TooManyFromIp(std::net::IpAddr, usize),
+    /// Too many new connections per second from one address (429).
+    #[error("too many new connections from {0}: outer.connections-per-second-per-ip is {1}")]
+    TooFastFromIp(std::net::IpAddr, u32),
     /// A missing, malformed, expired or mismatched client token (`auth.*`) (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -159,6 +165,9 @@ impl HandshakeError {
             HandshakeError::Duplicate(_) => StatusCode::CONFLICT,
             HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HandshakeError::TooManyFromIp(..) | HandshakeError::TooFastFromIp(..) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             HandshakeError::Unavailable(_) | HandshakeError::Draining | HandshakeError::Full(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -182,6 +191,9 @@ impl HandshakeError {
             HandshakeError::Method(_) => vec![(header::ALLOW, HeaderValue::from_static("GET"))],
             HandshakeError::HealthzMethod(_) => {
                 vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
+            }
+            HandshakeError::TooManyFromIp(..) | HandshakeError::TooFastFromIp(..) => {
+                vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))]
             }
             HandshakeError::Unauthorized(_) => vec![(
                 header::WWW_AUTHENTICATE,

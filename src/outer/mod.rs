@@ -2,8 +2,9 @@
 //! each accepted upgrade into a session.
 //!
 //! Every refusal happens here, before the upgrade, as an HTTP status with a reason (see
-//! `handshake`). Limits applied to every connection: `outer.max-connections` (a semaphore; a
-//! connection over it is answered 503 at once rather than left in the listen backlog),
+//! `handshake`). Limits applied to every connection: `outer.max-connections` and the
+//! per-address limits (`limits`; a connection over one is answered 503 or 429 at once rather
+//! than left in the listen backlog),
 //! `outer.handshake-timeout` (one deadline from accept to upgrade, whatever the connection is
 //! doing meanwhile), `outer.max-request-head` (read by `head` before hyper sees the request),
 //! one request per connection, and the WebSocket limits in [`ws_options`]. Besides the
@@ -15,6 +16,7 @@ pub mod delivery;
 mod demo;
 pub mod handshake;
 pub mod head;
+pub mod limits;
 pub mod session;
 pub mod v1;
 
@@ -37,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::Receiver;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -52,6 +54,7 @@ use crate::hub;
 use crate::metrics::Metrics;
 use crate::pair::Message;
 use crate::tls::Tls;
+use limits::{ConnectionLimits, ConnectionPermit};
 
 /// Socket buffer capacity of each session, in each direction. Buffers grow for larger
 /// messages and shrink back after them; small ones keep idle sessions cheap.
@@ -71,8 +74,8 @@ pub struct OuterContext {
     pub session: Arc<SessionContext>,
     /// Tracks connection and session tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Bounds open client connections (`outer.max-connections`).
-    pub connections: Arc<Semaphore>,
+    /// Bounds open client connections (`outer.max-connections`, and per client address).
+    pub limits: ConnectionLimits,
     /// Connections accepted that have neither upgraded nor closed; see [`Handshaking`].
     pub handshaking: AtomicUsize,
     ws_options: Options,
@@ -87,6 +90,8 @@ pub struct OuterContext {
 /// 503 answers to connections over `outer.max-connections` written at a time; more are closed
 /// without one.
 const FULL_REFUSALS: usize = 256;
+/// How often the per-address rate buckets of quiet addresses are dropped.
+const RATE_SWEEP: Duration = Duration::from_secs(60);
 /// How long such an answer may take to be written (and the request after it drained).
 const FULL_REFUSAL_TIME: Duration = Duration::from_secs(1);
 
@@ -117,7 +122,7 @@ impl OuterContext {
     ) -> OuterContext {
         let config = &session.config;
         OuterContext {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            limits: ConnectionLimits::new(config),
             handshaking: AtomicUsize::new(0),
             ws_options: ws_options(config),
             session,
@@ -160,7 +165,12 @@ pub fn ws_options(config: &OuterConfig) -> Options {
 /// Accepts connections until `ctx.session.shutdown` is cancelled.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
     let shutdown = ctx.session.shutdown.clone();
+    let mut swept_at = Instant::now();
     loop {
+        if swept_at.elapsed() >= RATE_SWEEP {
+            ctx.limits.forget_quiet();
+            swept_at = Instant::now();
+        }
         let (stream, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -174,9 +184,12 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&ctx.connections).try_acquire_owned() else {
-            refuse_full(stream, remote_addr, &ctx);
-            continue;
+        let permit = match ctx.limits.admit(remote_addr.ip()) {
+            Ok(permit) => permit,
+            Err(err) => {
+                refuse_at_accept(stream, remote_addr, err, &ctx);
+                continue;
+            }
         };
         let deadline = Instant::now() + ctx.config().handshake_timeout;
         // Relayed messages are small and latency matters more than packet count.
@@ -209,20 +222,25 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
     }
 }
 
-/// Answers a connection over `outer.max-connections` with 503 and closes it, rather than
-/// leaving it in the listen backlog, where a client cannot tell a full node from a dead one.
-/// The answer is written without reading the request; at most [`FULL_REFUSALS`] are written at a
-/// time (more are closed at once), each within [`FULL_REFUSAL_TIME`]. On a TLS listener the
-/// connection is closed at once: an answer would need a TLS handshake first.
-fn refuse_full(
+/// Answers a connection over a connection limit (503 for `outer.max-connections`, 429 for the
+/// per-address ones) and closes it, rather than leaving it in the listen backlog, where a client
+/// cannot tell a full node from a dead one. The answer is written without reading the request;
+/// at most [`FULL_REFUSALS`] are written at a time (more are closed at once), each within
+/// [`FULL_REFUSAL_TIME`]. On a TLS listener the connection is closed at once: an answer would
+/// need a TLS handshake first.
+fn refuse_at_accept(
     mut stream: tokio::net::TcpStream,
     remote_addr: SocketAddr,
+    err: HandshakeError,
     ctx: &Arc<OuterContext>,
 ) {
-    Metrics::incr(&ctx.session.metrics.handshakes_refused);
-    Metrics::incr(&ctx.session.metrics.connections_refused_full);
-    let max = ctx.config().max_connections;
-    debug!(%remote_addr, max, "connection refused: outer.max-connections reached");
+    let metrics = &ctx.session.metrics;
+    Metrics::incr(&metrics.handshakes_refused);
+    Metrics::incr(match err {
+        HandshakeError::Full(_) => &metrics.connections_refused_full,
+        _ => &metrics.connections_refused_per_ip,
+    });
+    debug!(%remote_addr, reason = %err, "connection refused at accept");
     if ctx.tls.is_some() {
         return;
     }
@@ -231,7 +249,6 @@ fn refuse_full(
     };
     ctx.tracker.spawn(async move {
         let _refusing = refusing;
-        let err = HandshakeError::Full(max);
         let _ =
             tokio::time::timeout(FULL_REFUSAL_TIME, head::write_refusal(&mut stream, &err)).await;
     });
@@ -243,7 +260,7 @@ async fn serve_connection<S>(
     mut stream: S,
     remote_addr: SocketAddr,
     ctx: Arc<OuterContext>,
-    permit: OwnedSemaphorePermit,
+    permit: ConnectionPermit,
     deadline: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -347,7 +364,7 @@ async fn respond(
     mut request: Request<Incoming>,
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
-    permit: &Arc<OwnedSemaphorePermit>,
+    permit: &Arc<ConnectionPermit>,
     deadline: Instant,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
@@ -404,7 +421,7 @@ async fn upgrade(
     request: &mut Request<Incoming>,
     ctx: &Arc<OuterContext>,
     remote_addr: SocketAddr,
-    permit: &Arc<OwnedSemaphorePermit>,
+    permit: &Arc<ConnectionPermit>,
     deadline: Instant,
 ) -> Result<Response<Full<Bytes>>, HandshakeError> {
     let pair = handshake::check(request, &ctx.config().path, ctx.session.v1.enabled)?;
@@ -512,7 +529,7 @@ fn upgrade_then_serve(
 /// the session's life), and when its token expires (`auth.*`).
 struct Admission {
     remote_addr: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnectionPermit>,
     token_expires: Option<Instant>,
 }
 

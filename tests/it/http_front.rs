@@ -348,3 +348,63 @@ async fn idle_connections_holding_every_permit_are_dropped_at_the_deadline() {
     let _app = node.connect(Role::App, &random_channel_id()).await;
     node.shutdown().await;
 }
+
+/// A TCP connection to `addr` from the loopback address `source`.
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("a loopback source address");
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends a health request on `stream` and reads the answer.
+async fn ask(mut stream: TcpStream) -> RawResponse {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: wspair\r\n\r\n")
+        .await
+        .unwrap();
+    crate::harness::http::read_response(&mut stream).await
+}
+
+#[tokio::test]
+async fn one_address_gets_429_over_its_connection_limit_while_others_connect() {
+    let node = TestNode::start(|c| c.outer.max_connections_per_ip = 2).await;
+    let held = [
+        connect_from([127, 0, 0, 1], node.addr).await,
+        connect_from([127, 0, 0, 1], node.addr).await,
+    ];
+    let refused = ask(connect_from([127, 0, 0, 1], node.addr).await).await;
+    assert_eq!(
+        refusal(&refused),
+        (
+            429,
+            "too many connections from 127.0.0.1: outer.max-connections-per-ip is 2"
+        )
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let other = ask(connect_from([127, 0, 0, 2], node.addr).await).await;
+    assert_eq!(other.status, 200, "another address is not limited");
+    assert_eq!(read(&node.metrics.connections_refused_per_ip), 1);
+    drop(held);
+    let _app = node.connect(Role::App, &random_channel_id()).await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_address_gets_429_over_its_connection_rate() {
+    let node = TestNode::start(|c| c.outer.connections_per_second_per_ip = 3).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            ask(connect_from([127, 0, 0, 3], node.addr).await)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let other = ask(connect_from([127, 0, 0, 4], node.addr).await).await;
+    assert_eq!(other.status, 200, "another address has its own bucket");
+    node.shutdown().await;
+}

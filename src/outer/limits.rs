@@ -1,0 +1,112 @@
+//! Who may open a connection now: `outer.max-connections` in all, and per client address
+//! `outer.max-connections-per-ip` at once and `outer.connections-per-second-per-ip` new ones
+//! (a token bucket with a burst of one second's worth, from the `governor` crate).
+//!
+//! Checked as a connection is accepted, before anything is read from it, against the address
+//! the connection comes from. A connection refused here is answered at once (503 or 429) rather
+//! than left in the listen backlog.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::handshake::HandshakeError;
+use crate::config::OuterConfig;
+
+/// The counts and buckets every accepted connection is checked against.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    all: Arc<Semaphore>,
+    max: usize,
+    per_ip_max: usize,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip_rate: Option<(u32, DefaultKeyedRateLimiter<IpAddr>)>,
+}
+
+/// A connection's place among the limits, given back when it is dropped (with the session).
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _all: OwnedSemaphorePermit,
+    _ip: Option<IpSlot>,
+}
+
+/// One connection counted against its address.
+#[derive(Debug)]
+struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(config: &OuterConfig) -> ConnectionLimits {
+        let per_ip_rate = NonZeroU32::new(config.connections_per_second_per_ip)
+            .map(|rate| (rate.get(), RateLimiter::keyed(Quota::per_second(rate))));
+        ConnectionLimits {
+            all: Arc::new(Semaphore::new(config.max_connections)),
+            max: config.max_connections,
+            per_ip_max: config.max_connections_per_ip,
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+            per_ip_rate,
+        }
+    }
+
+    /// Connections open now, every address together.
+    pub fn open(&self) -> usize {
+        self.max - self.all.available_permits()
+    }
+
+    /// A place for a new connection from `ip`, or why there is none.
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, HandshakeError> {
+        if let Some((rate, limiter)) = &self.per_ip_rate
+            && limiter.check_key(&ip).is_err()
+        {
+            return Err(HandshakeError::TooFastFromIp(ip, *rate));
+        }
+        let all = Arc::clone(&self.all)
+            .try_acquire_owned()
+            .map_err(|_| HandshakeError::Full(self.max))?;
+        let ip_slot = if self.per_ip_max == 0 {
+            None
+        } else {
+            let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(ip).or_insert(0);
+            if *n >= self.per_ip_max {
+                return Err(HandshakeError::TooManyFromIp(ip, self.per_ip_max));
+            }
+            *n += 1;
+            Some(IpSlot {
+                ip,
+                counts: Arc::clone(&self.per_ip),
+            })
+        };
+        Ok(ConnectionPermit {
+            _all: all,
+            _ip: ip_slot,
+        })
+    }
+
+    /// Forgets the rate buckets of addresses that have been quiet for a while, so that the
+    /// limiter's memory follows the addresses seen recently, not all ever seen.
+    pub fn forget_quiet(&self) {
+        if let Some((_, limiter)) = &self.per_ip_rate {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
