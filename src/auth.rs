@@ -65,7 +65,9 @@ struct Claims {
     #[serde(rename = "channelId")]
     channel_id: String,
     role: String,
-    exp: u64,
+    /// Seconds since the Unix epoch; a fractional value (as `Date.now() / 1000` gives) is
+    /// accepted.
+    exp: f64,
 }
 
 impl Auth {
@@ -90,13 +92,14 @@ impl Auth {
         Ok((!keys.is_empty()).then_some(Auth { keys }))
     }
 
-    /// Checks `token` for `channel_id` and `role`; returns when it expires.
+    /// Checks `token` for `channel_id` and `role`; returns when it expires (`None`: beyond
+    /// what the clock can represent, so never).
     pub fn check(
         &self,
         token: Option<&str>,
         channel_id: &ChannelId,
         role: Role,
-    ) -> Result<SystemTime, String> {
+    ) -> Result<Option<SystemTime>, String> {
         let token = token.ok_or(
             "missing token: give it as the query parameter `token`, or offer the subprotocol wspair.token.<token>",
         )?;
@@ -109,11 +112,15 @@ impl Auth {
             .ok_or_else(|| format!("token algorithm {:?} is not accepted here", header.alg))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         let claims = decode::<Claims>(token, key, &validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    "token not valid yet (nbf)".to_owned()
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     "token signature does not verify".to_owned()
                 }
@@ -129,7 +136,10 @@ impl Auth {
         if claims.role != role.to_string() {
             return Err(format!("token is for role {:?}, not {role}", claims.role));
         }
-        Ok(UNIX_EPOCH + Duration::from_secs(claims.exp))
+        // jsonwebtoken checked that `exp` is a number in the future.
+        Ok(Duration::try_from_secs_f64(claims.exp)
+            .ok()
+            .and_then(|after| UNIX_EPOCH.checked_add(after)))
     }
 }
 

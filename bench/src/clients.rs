@@ -13,7 +13,95 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// A connected client.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<BenchStream>;
+
+/// A client's connection: plain TCP for `ws://`, TLS for `wss://` (trusting `--ca`).
+pub enum BenchStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BenchStream {
+    /// The TCP socket under a plain connection; `None` under TLS.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            BenchStream::Plain(tcp) => Some(tcp),
+            BenchStream::Tls(_) => None,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            BenchStream::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            BenchStream::Tls($s) => {
+                let $s = std::pin::Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for BenchStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for BenchStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// A TLS client configuration that trusts the PEM certificates in `path` only.
+fn tls_connector(path: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
 
 /// Shared connection settings: URL templates and the source addresses to spread sockets over.
 #[derive(Debug, clap::Args, Clone)]
@@ -38,6 +126,9 @@ pub struct Target {
     /// a negotiated compression costs the server. Messages are short enough to stay uncompressed.
     #[arg(long)]
     pub offer_deflate: bool,
+    /// PEM file of the CA to trust for `wss://` URLs (the node's `outer.tls-cert` chain root).
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Source addresses given by `--source-ips`.
@@ -71,16 +162,30 @@ pub fn channel_id(run: u32, n: usize) -> String {
 }
 
 /// Opens client sockets over the configured source addresses in turn.
-#[derive(Debug)]
 pub struct Connector {
     offer_deflate: bool,
+    tls: Option<tokio_rustls::TlsConnector>,
     source_ips: Vec<IpAddr>,
     next: AtomicUsize,
 }
 
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .field("source_ips", &self.source_ips)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connector {
     pub fn new(target: &Target) -> Connector {
-        Connector::with_source_ips(&target.source_ips, target.offer_deflate)
+        let mut connector = Connector::with_source_ips(&target.source_ips, target.offer_deflate);
+        connector.tls = target
+            .ca
+            .as_deref()
+            .map(|ca| tls_connector(ca).unwrap_or_else(|e| panic!("--ca: {e}")));
+        connector
     }
 
     /// A connector for modes that connect to several URLs of their own rather than a [`Target`].
@@ -91,6 +196,7 @@ impl Connector {
         }
         Connector {
             offer_deflate,
+            tls: None,
             source_ips,
             next: AtomicUsize::new(0),
         }
@@ -106,11 +212,15 @@ impl Connector {
     /// As [`Connector::connect`], with the failure sorted by kind.
     pub async fn try_connect(&self, template: &str, id: &str) -> Result<Ws, ConnectFailure> {
         let url = template.replace("{id}", id);
+        let secure = url.starts_with("wss://");
         let authority = url
             .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("wss://"))
             .and_then(|rest| rest.split('/').next())
             .ok_or_else(|| {
-                ConnectFailure::other(format!("{url}: only ws://HOST:PORT/... URLs are supported"))
+                ConnectFailure::other(format!(
+                    "{url}: only ws:// or wss://HOST:PORT/... URLs are supported"
+                ))
             })?;
         let server: SocketAddr = tokio::net::lookup_host(authority)
             .await
@@ -146,6 +256,23 @@ impl Connector {
         // tungstenite zero-fills its whole read buffer (128 KiB by default) before every read;
         // with one read per small message that memset was a fifth of the generator's CPU.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let stream = if secure {
+            let tls = self
+                .tls
+                .as_ref()
+                .ok_or_else(|| ConnectFailure::other(format!("{url}: wss:// needs --ca")))?;
+            let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(server.ip().into());
+            let tls = tls
+                .connect(name, stream)
+                .await
+                .map_err(|err| ConnectFailure {
+                    kind: "tls".into(),
+                    detail: format!("TLS to {server}: {err}"),
+                })?;
+            BenchStream::Tls(Box::new(tls))
+        } else {
+            BenchStream::Plain(stream)
+        };
         let (ws, response) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await

@@ -70,8 +70,16 @@ pub async fn run(args: LatencyArgs) -> Result<(), String> {
             .await?
             .0
         {
-            senders.push(Sender::Raw(RawSender::new(app.get_ref())?));
-            senders.push(Sender::Raw(RawSender::new(web.get_ref())?));
+            let tcp = |ws: &crate::clients::Ws| {
+                ws.get_ref()
+                    .tcp()
+                    .ok_or_else(|| {
+                        "latency mode writes on the socket itself: use ws:// URLs".to_string()
+                    })
+                    .and_then(RawSender::new)
+            };
+            senders.push(Sender::Raw(tcp(&app)?));
+            senders.push(Sender::Raw(tcp(&web)?));
             receivers.push(web);
             receivers.push(app);
         }

@@ -116,10 +116,10 @@ pub enum HandshakeError {
     Full(usize),
     /// Too many connections open from one address (429).
     #[error("too many connections from {0}: outer.max-connections-per-ip is {1}")]
-    TooManyFromIp(std::net::IpAddr, usize),
+    TooManyFromIp(String, usize),
     /// Too many new connections per second from one address (429).
     #[error("too many new connections from {0}: outer.connections-per-second-per-ip is {1}")]
-    TooFastFromIp(std::net::IpAddr, u32),
+    TooFastFromIp(String, u32),
     /// A missing, malformed, expired or mismatched client token (`auth.*`) (401).
     #[error("{0}")]
     Unauthorized(String),

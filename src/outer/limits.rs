@@ -3,7 +3,8 @@
 //! (a token bucket with a burst of one second's worth, from the `governor` crate).
 //!
 //! Checked as a connection is accepted, before anything is read from it, against the address
-//! the connection comes from. A connection refused here is answered at once (503 or 429) rather
+//! the connection comes from: an IPv4 address (IPv4-mapped IPv6 included) on its own, an IPv6
+//! address by its /64 prefix, since one client commonly holds a whole /64. A connection refused here is answered at once (503 or 429) rather
 //! than left in the listen backlog.
 
 use std::collections::HashMap;
@@ -73,10 +74,11 @@ impl ConnectionLimits {
 
     /// A place for a new connection from `ip`, or why there is none.
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, HandshakeError> {
+        let ip = client_key(ip);
         if let Some((rate, limiter)) = &self.per_ip_rate
             && limiter.check_key(&ip).is_err()
         {
-            return Err(HandshakeError::TooFastFromIp(ip, *rate));
+            return Err(HandshakeError::TooFastFromIp(describe(ip), *rate));
         }
         let all = Arc::clone(&self.all)
             .try_acquire_owned()
@@ -87,7 +89,7 @@ impl ConnectionLimits {
             let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = counts.entry(ip).or_insert(0);
             if *n >= self.per_ip_max {
-                return Err(HandshakeError::TooManyFromIp(ip, self.per_ip_max));
+                return Err(HandshakeError::TooManyFromIp(describe(ip), self.per_ip_max));
             }
             *n += 1;
             Some(IpSlot {
@@ -101,6 +103,13 @@ impl ConnectionLimits {
         })
     }
 
+    /// How many addresses have a rate bucket (for tests and sizing).
+    pub fn rate_buckets(&self) -> usize {
+        self.per_ip_rate
+            .as_ref()
+            .map_or(0, |(_, limiter)| limiter.len())
+    }
+
     /// Forgets the rate buckets of addresses that have been quiet for a while, so that the
     /// limiter's memory follows the addresses seen recently, not all ever seen.
     pub fn forget_quiet(&self) {
@@ -108,5 +117,41 @@ impl ConnectionLimits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+    }
+}
+
+/// The address limits count a client under: IPv4 as is (also when IPv4-mapped), IPv6 by its /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// How a client key is named in a refusal.
+fn describe(key: IpAddr) -> String {
+    match key {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        assert_eq!(describe(client_key(a)), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
     }
 }

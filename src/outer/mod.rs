@@ -165,12 +165,18 @@ pub fn ws_options(config: &OuterConfig) -> Options {
 /// Accepts connections until `ctx.session.shutdown` is cancelled.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
     let shutdown = ctx.session.shutdown.clone();
-    let mut swept_at = Instant::now();
-    loop {
-        if swept_at.elapsed() >= RATE_SWEEP {
-            ctx.limits.forget_quiet();
-            swept_at = Instant::now();
+    // Beside the accept loop, so that a large sweep never holds up accepting.
+    let sweeper = Arc::clone(&ctx);
+    ctx.tracker.spawn(async move {
+        let mut ticks = tokio::time::interval(RATE_SWEEP);
+        loop {
+            tokio::select! {
+                _ = sweeper.session.shutdown.cancelled() => return,
+                _ = ticks.tick() => sweeper.limits.forget_quiet(),
+            }
         }
+    });
+    loop {
         let (stream, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -410,7 +416,8 @@ fn refuse(
     if let HandshakeError::Unavailable(_) = err {
         Metrics::incr(&ctx.session.metrics.registry_unavailable);
     }
-    debug!(%remote_addr, uri = %request.uri(), status = err.status().as_u16(),
+    // The path only: the query may hold a token.
+    debug!(%remote_addr, path = %request.uri().path(), status = err.status().as_u16(),
         reason = %err, "upgrade refused");
     refusal(&err)
 }
@@ -433,8 +440,12 @@ async fn upgrade(
             let expiry = auth
                 .check(token.as_deref(), &pair.channel_id, pair.role)
                 .map_err(HandshakeError::Unauthorized)?;
-            let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
-            Some(Instant::now() + left)
+            // A token already past its expiry (by a hair) closes at once; one too far ahead
+            // for the clock never does.
+            expiry.and_then(|expiry| {
+                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                Instant::now().checked_add(left)
+            })
         }
         None => None,
     };

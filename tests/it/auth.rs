@@ -178,3 +178,33 @@ async fn es256_tokens_verify_against_a_public_key_file() {
     assert_eq!(refused.status, 401);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn far_fractional_and_not_yet_valid_expiries_are_handled() {
+    let node = node_with_secret().await;
+    let id = random_channel_id().to_string();
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let signed =
+        |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+    let upgrade = |token: String| {
+        let target = format!("/channel?type=app&channelId={id}&token={token}");
+        async move { request(node.addr, "GET", &target, UPGRADE_HEADERS).await }
+    };
+    // Beyond what the clock can hold: accepted, and never expires (no panic on the way).
+    let never = signed(serde_json::json!({"channelId": id, "role": "app", "exp": u64::MAX}));
+    assert_eq!(upgrade(never).await.status, 101);
+    // As a browser computes it, with a fraction.
+    let fractional = signed(
+        serde_json::json!({"channelId": id, "role": "app", "exp": unix_now() as f64 + 600.5}),
+    );
+    assert_eq!(upgrade(fractional).await.status, 101);
+    let early = signed(
+        serde_json::json!({"channelId": id, "role": "app", "exp": unix_now() + 600, "nbf": unix_now() + 300}),
+    );
+    let refused = upgrade(early).await;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (401, "token not valid yet (nbf)\n")
+    );
+    node.shutdown().await;
+}
