@@ -7,11 +7,8 @@ use wspair::config::DuplicatePolicy;
 
 use crate::harness::client::Ending;
 use crate::harness::redis::RedisServer;
-use crate::harness::v1wire::{self, ack, data, sync};
+use crate::harness::v1wire::{self, APP_KEY, WEB_KEY, ack, data, sync};
 use crate::harness::{TestNode, random_channel_id};
-
-const APP_KEY: u128 = 0x00a0_0000_0000_0001;
-const WEB_KEY: u128 = 0x00b0_0000_0000_0002;
 
 #[tokio::test]
 async fn each_side_is_welcomed_and_told_of_the_other() {
@@ -44,11 +41,7 @@ async fn each_side_is_welcomed_and_told_of_the_other() {
 async fn frames_between_v1_clients_are_relayed_byte_for_byte() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
-    web.welcomed().await;
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
-    app.welcomed().await;
-    web.recv_server().await;
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
 
     let frames = [
         sync(v1wire::sid(APP_KEY), 1, 1, 1, None),

@@ -7,11 +7,8 @@ use wspair::Role;
 use wspair::config::DuplicatePolicy;
 
 use crate::harness::process::ProcessNode;
-use crate::harness::v1wire::{self, ack, data, sync};
+use crate::harness::v1wire::{self, APP_KEY, WEB_KEY, ack, data, sync};
 use crate::harness::{TestNode, random_channel_id};
-
-const APP_KEY: u128 = 0x00a0_0000_0000_0001;
-const WEB_KEY: u128 = 0x00b0_0000_0000_0002;
 
 /// A client's `sync` with `tx.base == tx.next == 2^60` passes every check, but the node's
 /// window acknowledges up to `base - 1` one position at a time: each such frame pins a runtime
@@ -57,11 +54,7 @@ async fn a_sync_far_ahead_does_not_pin_the_node() {
 async fn an_ack_of_the_largest_mark_does_not_break_the_peers_session() {
     let node = TestNode::start(|_| {}).await;
     let id = random_channel_id();
-    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), WEB_KEY, 1).await;
-    web.welcomed().await;
-    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
-    app.welcomed().await;
-    web.recv_server().await;
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
     // The web knows the app's sid from its `peer` frame.
     web.send(ack(v1wire::sid(APP_KEY), u64::MAX)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

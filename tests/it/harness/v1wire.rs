@@ -8,6 +8,22 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use super::EVENT_TIMEOUT;
 use super::client::{Client, Ending};
 
+/// The key of the app in wire-level tests.
+pub const APP_KEY: u128 = 0x00a0_0000_0000_0001;
+/// The key of the web in wire-level tests.
+pub const WEB_KEY: u128 = 0x00b0_0000_0000_0002;
+
+/// A web and then an app of channel `id` on `node` (keys [`WEB_KEY`], [`APP_KEY`], gen 1),
+/// both welcomed, the web past the `peer` frame that announces the app. Returns `(app, web)`.
+pub async fn welcomed_pair(node: &super::TestNode, id: &wspair::ChannelId) -> (Wire, Wire) {
+    let mut web = connect(&node.url(wspair::Role::Web, id.as_str()), WEB_KEY, 1).await;
+    web.welcomed().await;
+    let mut app = connect(&node.url(wspair::Role::App, id.as_str()), APP_KEY, 1).await;
+    app.welcomed().await;
+    web.recv_server().await;
+    (app, web)
+}
+
 /// A v1 connection driven frame by frame.
 pub struct Wire {
     pub client: Client,
