@@ -7,20 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source scripts/lib/require.sh
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "scripts/test-browser.sh: please install: ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+require test-browser "${missing[@]}"
 
 cargo build --locked -p wspair
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test)

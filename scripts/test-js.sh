@@ -9,20 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source scripts/lib/require.sh
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
-if ((${#missing[@]} > 0)); then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "test-js: installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "test-js: missing ${missing[*]}; install them (or run as root on Debian)" >&2
-        exit 1
-    fi
-fi
+require test-js "${missing[@]}"
 
 echo "test-js: building the node"
 cargo build -p wspair

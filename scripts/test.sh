@@ -11,18 +11,11 @@ fi
 
 # Debian packages the tests use: redis-server (cluster tests) and the C toolchain some
 # crates build with.
+source scripts/lib/require.sh
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cc >/dev/null || missing+=(gcc)
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "scripts/test.sh: please install: ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+require scripts/test.sh "${missing[@]}"
 
 cargo test --locked -p wspair -p wspair-client
 
