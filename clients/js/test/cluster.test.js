@@ -31,6 +31,19 @@ async function clusterNode(args = []) {
  * Sends `count` numbered text messages `${label} ${i}`, a few at a time with short pauses, so
  * that they are still flowing when the test breaks something. Resolves with the send promises.
  */
+/** Two nodes, an app on the first and a web on the second (each with the other as a fallback),
+ * recorded, and online to each other. */
+async function crossNodePair() {
+  const [a, b] = await Promise.all([clusterNode(), clusterNode()]);
+  const id = channelId();
+  const app = await open({ urls: [a.url, b.url], channelId: id, role: 'app' });
+  const appLog = record(app);
+  const web = await open({ urls: [b.url, a.url], channelId: id, role: 'web' });
+  const webLog = record(web);
+  await until(() => app.presence === 'online' && web.presence === 'online', 5000, 'online across nodes');
+  return { a, b, app, appLog, web, webLog };
+}
+
 async function stream(client, label, count) {
   const sends = [];
   for (let i = 0; i < count; i++) {
@@ -53,16 +66,9 @@ function assertExactlyOnceInOrder(log, label, count) {
 }
 
 test('a client forced to reconnect lands on the other node and resumes', async () => {
-  const [a, b] = await Promise.all([clusterNode(), clusterNode()]);
-  const id = channelId();
-  const app = await open({ urls: [a.url, b.url], channelId: id, role: 'app' });
-  const appLog = record(app);
-  const web = await open({ urls: [b.url, a.url], channelId: id, role: 'web' });
-  const webLog = record(web);
+  const { a, app, appLog, web, webLog } = await crossNodePair();
   await until(() => appLog.connected.length === 1 && webLog.connected.length === 1, 3000, 'connected');
-  const nodeA = appLog.connected[0].node;
-  assert.notEqual(nodeA, webLog.connected[0].node, 'the pair starts across two nodes');
-  await until(() => app.presence === 'online' && web.presence === 'online', 5000, 'online across nodes');
+  assert.notEqual(appLog.connected[0].node, webLog.connected[0].node, 'the pair starts across two nodes');
 
   const count = 400;
   const appStream = stream(app, 'app', count);
@@ -86,13 +92,7 @@ test('a client forced to reconnect lands on the other node and resumes', async (
 });
 
 test('a node killed mid-stream: its client moves, every message arrives once and in order', async () => {
-  const [a, b] = await Promise.all([clusterNode(), clusterNode()]);
-  const id = channelId();
-  const app = await open({ urls: [a.url, b.url], channelId: id, role: 'app' });
-  const appLog = record(app);
-  const web = await open({ urls: [b.url, a.url], channelId: id, role: 'web' });
-  const webLog = record(web);
-  await until(() => app.presence === 'online' && web.presence === 'online', 5000, 'online across nodes');
+  const { a, app, appLog, web, webLog } = await crossNodePair();
 
   const count = 1000;
   const appStream = stream(app, 'app', count);
