@@ -8,10 +8,14 @@
 //! longer enough to take its slot. It comes in the query (`token=...`) or, for browsers that
 //! cannot add a query parameter to a URL they were given, as an offered subprotocol
 //! `wspair.token.<JWT>` (never echoed back). Tokens are checked before the claim: a refused
-//! client never disturbs the session holding the slot.
+//! client never disturbs the session holding the slot. A wspair.v1 client can hand its session
+//! a fresh token without reconnecting (a `token` NODE frame, PROTOCOL.md §2.5); a raw client
+//! reconnects with one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
@@ -141,6 +145,21 @@ impl Auth {
             .ok()
             .and_then(|after| UNIX_EPOCH.checked_add(after)))
     }
+}
+
+/// When a session whose token expires at `expiry` must close, on the runtime's clock. A token
+/// already past its expiry (by a hair) closes at once; one too far ahead for the clock never
+/// does (`None`).
+pub fn deadline(expiry: SystemTime) -> Option<Instant> {
+    let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now().checked_add(left)
+}
+
+/// `time` in seconds since the Unix epoch, as tokens and the `welcome` frame state it.
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// An EC (P-256, for ES256) or RSA (for RS256) public key from a PEM file.

@@ -25,6 +25,11 @@ pub struct Metrics {
     /// TLS handshakes that failed (`outer.tls-*` on): no common protocol, a client that
     /// distrusts the certificate, plaintext on a TLS port.
     pub tls_handshakes_failed: AtomicU64,
+    /// Fresh tokens v1 clients handed their sessions that were accepted (`auth.*`).
+    pub tokens_refreshed: AtomicU64,
+    /// Fresh tokens v1 clients handed their sessions that were refused (bad, expired, for
+    /// another slot, or sooner than 1 s after the last).
+    pub tokens_refused: AtomicU64,
     /// Request heads refused with 431 or 414 for exceeding `outer.max-request-head` or the
     /// header field limit (also counted in `handshakes_refused`).
     pub request_heads_too_large: AtomicU64,
@@ -112,6 +117,11 @@ impl Metrics {
                 "wspair_tls_handshakes_failed_total",
                 read(&self.tls_handshakes_failed),
             ),
+            (
+                "wspair_tokens_refreshed_total",
+                read(&self.tokens_refreshed),
+            ),
+            ("wspair_tokens_refused_total", read(&self.tokens_refused)),
             (
                 "wspair_request_heads_too_large_total",
                 read(&self.request_heads_too_large),

@@ -230,13 +230,13 @@ impl Server {
             shutdown: self.shutdown.clone(),
             v1: self.config.v1,
             draining: CancellationToken::new(),
+            auth: self.auth.clone(),
         });
         let draining = session_ctx.draining.clone();
         let outer_ctx = Arc::new(OuterContext::new(
             session_ctx,
             tracker.clone(),
             self.tls.clone(),
-            self.auth.clone(),
         ));
         if let Some(cluster) = &self.cluster {
             let router = Arc::clone(&self.router);

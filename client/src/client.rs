@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::connection::{Conn, OpenError, Target, Ws, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
-use crate::frame::{Frame, ServerMsg, sid_of_key};
+use crate::frame::{Frame, NodeMsg, ServerMsg, sid_of_key};
 use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
 /// Events the core holds for the application before the task stops reading the socket.
@@ -81,6 +81,8 @@ enum Command {
     Close {
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// A fresh client token: for later connections, and for the open one's session.
+    SetToken(String),
 }
 
 /// An event on its way to the application, with the stream a message belongs to.
@@ -191,6 +193,7 @@ fn target(cfg: &Config, url_idx: usize, r#gen: u32) -> Target {
         key: cfg.key.expect("connect draws a key when none is given"),
         r#gen,
         raw_fallback: cfg.raw_fallback,
+        token: cfg.token.clone(),
     }
 }
 
@@ -257,7 +260,7 @@ impl Client {
             retry_at: None,
             goaway: false,
             closing: None,
-            raw_out: VecDeque::new(),
+            plain_out: VecDeque::new(),
             out: Vec::new(),
             encoded: BytesMut::with_capacity(ENCODE_CHUNK),
             batch: Vec::new(),
@@ -332,6 +335,11 @@ impl Client {
     /// A snapshot of the client's counters.
     pub fn stats(&self) -> Stats {
         lock(&self.shared.core).stats()
+    }
+
+    /// As [`Handle::set_token`].
+    pub async fn set_token(&self, token: impl Into<String>) -> Result<(), Error> {
+        self.handle().set_token(token).await
     }
 
     /// Drops the current socket abruptly (no close frame) and reconnects to the next URL;
@@ -427,6 +435,18 @@ impl Handle {
     pub fn stats(&self) -> Stats {
         lock(&self.shared.core).stats()
     }
+
+    /// Replaces the client token (README, "Client tokens"): every later connection presents
+    /// it, and the open v1 connection hands it to its session (PROTOCOL.md §2.5), which then
+    /// closes at the new token's expiry rather than the old one's. The node's answer arrives
+    /// as [`Event::TokenRefreshed`] or [`Event::TokenRefused`]; while no v1 connection is open
+    /// there is no answer, and the next connection's upgrade checks the token instead.
+    pub async fn set_token(&self, token: impl Into<String>) -> Result<(), Error> {
+        self.cmd
+            .send(Command::SetToken(token.into()))
+            .await
+            .map_err(|_| Error::Closed)
+    }
 }
 
 type Attempt = Pin<Box<dyn Future<Output = (u32, Result<Conn, OpenError>)> + Send>>;
@@ -485,8 +505,9 @@ struct Task {
     backoff: Backoff,
     goaway: bool,
     closing: Option<Closing>,
-    /// Plain messages for a raw connection.
-    raw_out: VecDeque<Message>,
+    /// Messages written as they are, after the state machine's frames: a raw connection's
+    /// messages, and requests to the node.
+    plain_out: VecDeque<Message>,
     /// Messages taken from the core to write, kept to reuse its allocation.
     out: Vec<Message>,
     /// The buffer frames are copied into, one slice per frame (see [`Task::write_frames`]).
@@ -628,6 +649,16 @@ impl Task {
                         self.start_attempt();
                     }
                 }
+            }
+            Wake::Command(Some(Command::SetToken(token))) => {
+                let raw = self.core().raw;
+                if self.ws.is_some() && !raw {
+                    let request = Frame::Node(NodeMsg::Token {
+                        token: token.clone(),
+                    });
+                    self.plain_out.push_back(Message::Binary(request.encode()));
+                }
+                self.cfg.token = Some(token);
             }
             Wake::Command(Some(Command::Close { reply })) => {
                 self.closing = Some(Closing {
@@ -865,7 +896,8 @@ impl Task {
                         break;
                     }
                     let send = core.blocked.pop_front().expect("front exists");
-                    self.raw_out.push_back(raw_message(send.text, send.payload));
+                    self.plain_out
+                        .push_back(raw_message(send.text, send.payload));
                     replies.push((send.reply, Ok(0)));
                     continue;
                 }
@@ -894,7 +926,7 @@ impl Task {
             let mut core = lock(&self.shared.core);
             if self.ws.is_none() {
                 while core.proto.poll_frame().is_some() {}
-                self.raw_out.clear();
+                self.plain_out.clear();
                 return;
             }
             // One buffer for the whole batch: each frame is a slice of it, dropped once
@@ -906,7 +938,7 @@ impl Task {
                     .push(Message::Binary(self.encoded.split().freeze()));
             }
         }
-        self.out.extend(self.raw_out.drain(..));
+        self.out.extend(self.plain_out.drain(..));
         if self.out.is_empty() {
             return;
         }

@@ -54,6 +54,11 @@ pub struct Config {
     /// derived from it, and only a connection presenting it may take over its slot. A fixed
     /// key must not be shared with another client instance, since it names one stream.
     pub key: Option<u128>,
+    /// The client token (README, "Client tokens") sent as the `token` query parameter of every
+    /// connection; `None` sends none. [`Handle::set_token`](crate::Handle::set_token) replaces
+    /// it, on the open connection too. Give the token here or in the URLs' query, not both
+    /// (a repeated query parameter is refused with 400).
+    pub token: Option<String>,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
             ack_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(5),
             key: None,
+            token: None,
         }
     }
 }

@@ -85,6 +85,7 @@ pub(crate) struct Target {
     pub key: u128,
     pub r#gen: u32,
     pub raw_fallback: bool,
+    pub token: Option<String>,
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
@@ -112,6 +113,10 @@ pub(crate) fn connection_url(t: &Target, v1: bool) -> String {
     );
     if v1 {
         url.push_str(&format!("&key={:032x}&gen={}", t.key, t.r#gen));
+    }
+    if let Some(token) = &t.token {
+        url.push_str("&token=");
+        url.push_str(&encode_query_value(token));
     }
     url
 }
@@ -245,7 +250,18 @@ mod tests {
             key: 0x5f0c_3a9e_71d2_b846_0011_2233_4455_6677,
             r#gen: 1,
             raw_fallback: false,
+            token: None,
         }
+    }
+
+    #[test]
+    fn the_token_is_percent_encoded_last() {
+        let mut t = target("ws://h/channel", "ID");
+        t.token = Some("e30.e30+/=.sig".into());
+        assert_eq!(
+            connection_url(&t, false),
+            "ws://h/channel?type=web&channelId=ID&token=e30.e30%2B%2F%3D.sig"
+        );
     }
 
     #[test]

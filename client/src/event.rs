@@ -64,6 +64,18 @@ pub enum Event {
     /// The peer is a raw (non-v1) client: messages to it are sent unnumbered, at most once, and
     /// no acknowledgement will ever come.
     RawPeer,
+    /// The node took the token of [`Handle::set_token`](crate::Handle::set_token): the session
+    /// now closes at `expires` (never, when `None`).
+    TokenRefreshed {
+        /// The session's new expiry.
+        expires: Option<std::time::SystemTime>,
+    },
+    /// The node refused the token of [`Handle::set_token`](crate::Handle::set_token); the old
+    /// token's expiry stands.
+    TokenRefused {
+        /// Why.
+        reason: String,
+    },
     /// A reconnect attempt was refused with an HTTP status; the client keeps trying.
     Refused {
         /// The HTTP status.

@@ -4,6 +4,8 @@
 //! such messages into [`Frame`] values and back, and nothing else: it keeps no state, so the state
 //! machine and the tests can rely on one strict definition of what is well formed.
 
+use std::time::SystemTime;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,8 @@ pub const KIND_ACK: u8 = 0x03;
 pub const KIND_PEER: u8 = 0x04;
 /// Kind byte of a SERVER (node to client JSON) frame.
 pub const KIND_SERVER: u8 = 0x05;
+/// Kind byte of a NODE (client to its node JSON) frame.
+pub const KIND_NODE: u8 = 0x06;
 
 /// The longest LEB128 varint the protocol allows, in bytes.
 pub const MAX_VARINT_LEN: usize = 10;
@@ -45,6 +49,8 @@ pub enum Frame {
     Peer(PeerMsg),
     /// A message from the node.
     Server(ServerMsg),
+    /// A request to the node (never relayed).
+    Node(NodeMsg),
 }
 
 /// Why a binary message is not a well-formed frame.
@@ -153,6 +159,14 @@ pub struct Welcome {
     pub window: Window,
     /// The largest frame the node accepts, header included.
     pub max_frame: u64,
+    /// When the connection's client token expires (the node requires tokens): the session is
+    /// closed with 4003 then, unless a fresh token was accepted first.
+    #[serde(
+        default,
+        with = "opt_unix_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token_exp: Option<SystemTime>,
 }
 
 /// The node's view of the peer's session.
@@ -193,8 +207,61 @@ pub enum ServerMsg {
         /// Why, for example `drain`.
         reason: String,
     },
+    /// The answer to a `token` request.
+    Token(TokenAnswer),
     /// A type this version does not know; ignored.
     Unknown(String),
+}
+
+/// The node's answer to a `token` request (PROTOCOL.md §2.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenAnswer {
+    /// Whether the node took the token.
+    pub ok: bool,
+    /// The session's new expiry when taken (`None`: it no longer expires).
+    #[serde(default, with = "opt_unix_time")]
+    pub exp: Option<SystemTime>,
+    /// Why the token was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A request of a client to its node (kind `0x06`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMsg {
+    /// A fresh client token for the session.
+    Token {
+        /// The token (a JWT).
+        token: String,
+    },
+    /// A type this version does not know.
+    Unknown(String),
+}
+
+impl NodeMsg {
+    fn to_json(&self) -> Vec<u8> {
+        match self {
+            NodeMsg::Token { token } => {
+                control_json("token", Some(&serde_json::json!({ "token": token })))
+            }
+            NodeMsg::Unknown(t) => control_json::<()>(t, None),
+        }
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<NodeMsg, FrameError> {
+        #[derive(Deserialize)]
+        struct TokenBody {
+            token: String,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(json_err)?;
+        Ok(match head.t.as_str() {
+            "token" => {
+                let body: TokenBody = serde_json::from_slice(bytes).map_err(json_err)?;
+                NodeMsg::Token { token: body.token }
+            }
+            _ => NodeMsg::Unknown(head.t),
+        })
+    }
 }
 
 /// The `v` and `t` every JSON control object carries.
@@ -254,6 +321,7 @@ impl ServerMsg {
             ServerMsg::Goaway { reason } => {
                 control_json("goaway", Some(&serde_json::json!({ "reason": reason })))
             }
+            ServerMsg::Token(answer) => control_json("token", Some(answer)),
             ServerMsg::Unknown(t) => control_json::<()>(t, None),
         }
     }
@@ -272,6 +340,7 @@ impl ServerMsg {
                     reason: body.reason,
                 }
             }
+            "token" => ServerMsg::Token(serde_json::from_slice(bytes).map_err(json_err)?),
             _ => ServerMsg::Unknown(head.t),
         })
     }
@@ -357,6 +426,7 @@ impl Frame {
             }
             Frame::Peer(msg) => prefixed(KIND_PEER, msg.to_json()),
             Frame::Server(msg) => prefixed(KIND_SERVER, msg.to_json()),
+            Frame::Node(msg) => prefixed(KIND_NODE, msg.to_json()),
         }
     }
 
@@ -390,6 +460,7 @@ impl Frame {
             }
             KIND_PEER => Ok(Frame::Peer(PeerMsg::from_json(rest)?)),
             KIND_SERVER => Ok(Frame::Server(ServerMsg::from_json(rest)?)),
+            KIND_NODE => Ok(Frame::Node(NodeMsg::from_json(rest)?)),
             other => Err(FrameError::UnknownKind(other)),
         }
     }
@@ -460,6 +531,31 @@ mod opt_hex_sid {
     }
 }
 
+/// A time as seconds since the Unix epoch (a JSON number, possibly fractional), or `null`.
+mod opt_unix_time {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => {
+                let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                s.serialize_f64(secs.as_secs_f64())
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.and_then(|secs| {
+            // A time the clock cannot hold is as good as never.
+            let after = Duration::try_from_secs_f64(secs).ok()?;
+            UNIX_EPOCH.checked_add(after)
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -470,6 +566,7 @@ mod tests {
     }
 
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn round_trip(frame: Frame) {
         let bytes = frame.encode();
@@ -551,7 +648,7 @@ mod tests {
         fresh.reply = true;
         round_trip(Frame::Peer(PeerMsg::Sync(fresh)));
         round_trip(Frame::Peer(PeerMsg::Bye));
-        round_trip(Frame::Server(ServerMsg::Welcome(Welcome {
+        let welcome = Welcome {
             node: "8c61e0d2a4b9f713".into(),
             session: 17,
             r#gen: 3,
@@ -560,7 +657,26 @@ mod tests {
                 bytes: 1_048_576,
             },
             max_frame: 10_240,
+            token_exp: None,
+        };
+        round_trip(Frame::Server(ServerMsg::Welcome(welcome.clone())));
+        round_trip(Frame::Server(ServerMsg::Welcome(Welcome {
+            token_exp: Some(UNIX_EPOCH + Duration::from_secs(1_764_547_200)),
+            ..welcome
         })));
+        round_trip(Frame::Server(ServerMsg::Token(TokenAnswer {
+            ok: true,
+            exp: Some(UNIX_EPOCH + Duration::from_millis(1_764_547_200_500)),
+            reason: None,
+        })));
+        round_trip(Frame::Server(ServerMsg::Token(TokenAnswer {
+            ok: false,
+            exp: None,
+            reason: Some("token expired".into()),
+        })));
+        round_trip(Frame::Node(NodeMsg::Token {
+            token: "a.b.c".into(),
+        }));
         round_trip(Frame::Server(ServerMsg::Peer(PeerInfo {
             state: PeerState::Online,
             sid: Some(0x0a1b_2c3d_4e5f_6071),
@@ -621,7 +737,7 @@ mod tests {
         let cases: &[(&[u8], FrameError)] = &[
             (&[], FrameError::Empty),
             (&[0x00], FrameError::UnknownKind(0)),
-            (&[0x06, 1], FrameError::UnknownKind(6)),
+            (&[0x07, 1], FrameError::UnknownKind(7)),
             (&[0x01], FrameError::VarintTruncated),
             (&[0x02, 0x80], FrameError::VarintTruncated),
             (

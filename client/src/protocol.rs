@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::event::{Event, Presence};
 use crate::frame::{
-    Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TxPos, Window, data_header_len,
-    put_data,
+    Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TokenAnswer, TxPos, Window,
+    data_header_len, put_data,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -556,7 +556,14 @@ impl Protocol {
                 });
             }
             Frame::Server(ServerMsg::Peer(info)) => self.on_peer_info(info, now),
-            Frame::Server(ServerMsg::Goaway { .. }) | Frame::Server(ServerMsg::Unknown(_)) => {}
+            Frame::Server(ServerMsg::Token(answer)) => self.events.push_back(match answer {
+                TokenAnswer { ok: true, exp, .. } => Event::TokenRefreshed { expires: exp },
+                TokenAnswer { reason, .. } => Event::TokenRefused {
+                    reason: reason.unwrap_or_default(),
+                },
+            }),
+            // A node never sends a client's requests back.
+            Frame::Server(ServerMsg::Goaway { .. } | ServerMsg::Unknown(_)) | Frame::Node(_) => {}
         }
     }
 

@@ -20,6 +20,8 @@ export interface ConnectOptions {
   rawFallback?: boolean;
   /** The client's secret (32 lowercase hex digits); drawn at random by default. One per client. */
   key?: string;
+  /** The client token (the node's `auth.*`), sent as the `token` query parameter; see setToken(). */
+  token?: string;
   /** The first reconnect delay's upper bound, ms (default 100). */
   backoffMin?: number;
   /** The largest reconnect delay's upper bound, ms (default 5000). */
@@ -132,6 +134,16 @@ export interface CloseEvent extends WspairEvent {
   reason: string;
 }
 
+/** The node's answer to setToken(): taken (the session now closes at `expires`) or refused. */
+export interface TokenEvent extends WspairEvent {
+  readonly type: 'token';
+  ok: boolean;
+  /** The session's new expiry in seconds since the Unix epoch; null when it no longer expires. */
+  expires: number | null;
+  /** Why the token was refused ('' when taken). */
+  reason: string;
+}
+
 export interface WspairEventMap {
   message: MessageEvent;
   presence: PresenceEvent;
@@ -142,6 +154,7 @@ export interface WspairEventMap {
   refused: RefusedEvent;
   rawpeer: RawPeerEvent;
   close: CloseEvent;
+  token: TokenEvent;
 }
 
 export type AnyWspairEvent = WspairEventMap[keyof WspairEventMap];
@@ -179,6 +192,11 @@ export class WspairClient extends EventTarget {
   send(data: string | ArrayBuffer | ArrayBufferView): Promise<number>;
   /** Drops the socket and reconnects to the next URL; resolves once welcomed again. */
   reconnect(): Promise<void>;
+  /**
+   * Replaces the client token: later connections present it, and the open v1 connection hands
+   * it to its session, which answers with a `token` event.
+   */
+  setToken(token: string): void;
   /** Waits for the outbox (up to closeTimeout), says bye, closes with 1000. */
   close(): Promise<void>;
   stats(): ClientStats;

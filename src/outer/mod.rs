@@ -48,7 +48,6 @@ use yawc::{DeflatePool, Options, WebSocket};
 use self::handshake::HandshakeError;
 use self::head::{HeadError, Prefixed};
 use self::session::SessionContext;
-use crate::auth::Auth;
 use crate::config::{HEALTHZ_PATH, OuterConfig};
 use crate::hub;
 use crate::metrics::Metrics;
@@ -83,8 +82,6 @@ pub struct OuterContext {
     tls: Option<Arc<Tls>>,
     /// Bounds the 503 answers to connections over `outer.max-connections` written at a time.
     refusing: Arc<Semaphore>,
-    /// Client tokens (`auth.*`), when required.
-    auth: Option<Arc<Auth>>,
 }
 
 /// 503 answers to connections over `outer.max-connections` written at a time; more are closed
@@ -118,7 +115,6 @@ impl OuterContext {
         session: Arc<SessionContext>,
         tracker: TaskTracker,
         tls: Option<Arc<Tls>>,
-        auth: Option<Arc<Auth>>,
     ) -> OuterContext {
         let config = &session.config;
         OuterContext {
@@ -129,7 +125,6 @@ impl OuterContext {
             tracker,
             tls,
             refusing: Arc::new(Semaphore::new(FULL_REFUSALS)),
-            auth,
         }
     }
 
@@ -434,18 +429,11 @@ async fn upgrade(
     let pair = handshake::check(request, &ctx.config().path, ctx.session.v1.enabled)?;
     handshake::check_origin(request, &ctx.config().allowed_origins)?;
     // Before the claim: a client without a good token never disturbs the slot's session.
-    let token_expires = match &ctx.auth {
+    let token_expires = match &ctx.session.auth {
         Some(auth) => {
             let token = handshake::token_of(request);
-            let expiry = auth
-                .check(token.as_deref(), &pair.channel_id, pair.role)
-                .map_err(HandshakeError::Unauthorized)?;
-            // A token already past its expiry (by a hair) closes at once; one too far ahead
-            // for the clock never does.
-            expiry.and_then(|expiry| {
-                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
-                Instant::now().checked_add(left)
-            })
+            auth.check(token.as_deref(), &pair.channel_id, pair.role)
+                .map_err(HandshakeError::Unauthorized)?
         }
         None => None,
     };
@@ -541,7 +529,7 @@ fn upgrade_then_serve(
 struct Admission {
     remote_addr: SocketAddr,
     permit: Arc<ConnectionPermit>,
-    token_expires: Option<Instant>,
+    token_expires: Option<SystemTime>,
 }
 
 /// Claims the pair's role in a task of its own, so a client that goes away while the claim

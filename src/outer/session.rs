@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::{Sink, SinkExt};
 use tokio::sync::mpsc;
@@ -31,7 +31,8 @@ use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::CloseReason;
 use super::delivery::Delivery;
-use super::v1::{V1Session, outgoing_raw};
+use super::v1::{FromClient, V1Session, outgoing_raw};
+use crate::auth::{self, Auth};
 use crate::budget::QueueBudget;
 use crate::config::{CLOSE_TIMEOUT, OuterConfig, V1Config};
 use crate::hub::Claim;
@@ -64,6 +65,9 @@ pub struct SessionContext {
     /// Cancelled when the node starts draining (see `crate::drain`): upgrades are refused, and
     /// a session stopped from then on closes with 1001.
     pub draining: tokio_util::sync::CancellationToken,
+    /// Client tokens (`auth.*`), when required: checked at the upgrade, and again when a v1
+    /// client hands its session a fresh one.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl SessionContext {
@@ -161,7 +165,7 @@ pub fn run(
     outbound_rx: mpsc::Receiver<Message>,
     ctx: Arc<SessionContext>,
     remote_addr: SocketAddr,
-    expires_at: Option<Instant>,
+    token_expires: Option<SystemTime>,
 ) -> impl Future<Output = ()> + Send {
     let channel_id = claim.channel_id;
     let role = claim.role;
@@ -182,6 +186,7 @@ pub fn run(
                 ctx.router.me().id,
                 claim.handle.id,
                 ctx.config.max_frame_size,
+                token_expires.map(auth::unix_seconds),
             ))
         });
     let mut session = Session {
@@ -200,7 +205,9 @@ pub fn run(
         claim,
         ctx,
         ticker,
-        expiry: expires_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        expiry: token_expires
+            .and_then(auth::deadline)
+            .map(|at| Box::pin(tokio::time::sleep_until(at))),
         unflushed: false,
         ping_due: false,
         messages_read: 0,
@@ -454,7 +461,9 @@ impl Session {
         self.messages_read += 1;
         if let Some(v1) = &mut self.v1 {
             match v1.read(frame) {
-                Ok(message) => self.delivery.send(message),
+                Ok(FromClient::Relay(message)) => self.delivery.send(message),
+                Ok(FromClient::Token(token)) => self.refresh_token(&token),
+                Ok(FromClient::Ignored) => {}
                 Err(reason) => return Some(reason),
             }
             return None;
@@ -470,6 +479,36 @@ impl Session {
             origin: None,
         });
         None
+    }
+
+    /// Checks a fresh token a v1 client handed over and answers it. A good one replaces the
+    /// session's expiry; a refused one leaves the old expiry standing. Without `auth.*` every
+    /// token is accepted and the session never expires.
+    fn refresh_token(&mut self, token: &str) {
+        let Some(v1) = &mut self.v1 else { return };
+        let Some(auth) = &self.ctx.auth else {
+            return v1.answer_token(Ok(None));
+        };
+        let checked = if v1.may_check_token(Instant::now()) {
+            auth.check(Some(token), &self.claim.channel_id, self.claim.role)
+        } else {
+            Err("token refreshed less than 1 s ago; try again later".to_owned())
+        };
+        match checked {
+            Ok(expiry) => {
+                self.expiry = expiry
+                    .and_then(auth::deadline)
+                    .map(|at| Box::pin(tokio::time::sleep_until(at)));
+                Metrics::incr(&self.ctx.metrics.tokens_refreshed);
+                v1.answer_token(Ok(expiry.map(auth::unix_seconds)));
+            }
+            Err(reason) => {
+                Metrics::incr(&self.ctx.metrics.tokens_refused);
+                debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+                    reason, "token refresh refused");
+                v1.answer_token(Err(&reason));
+            }
+        }
     }
 
     /// Tells the ledger what was written of a remote sender's messages, and announces the

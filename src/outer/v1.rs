@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use yawc::Frame;
 
 use super::close::CloseReason;
@@ -19,7 +20,7 @@ use crate::hub::{Hub, Peer, PeerWatch};
 use crate::node::{Incarnation, NodeId};
 use crate::pair::{ChannelId, Message, MessageKind, Role};
 use crate::v1::ClientId;
-use crate::v1::frame::{self, ClientFrame, PeerView};
+use crate::v1::frame::{self, ClientFrame, NodeRequest, PeerView};
 use crate::v1::window::Window;
 
 /// A v1 session's own state. Boxed in the session, so a raw session pays one pointer.
@@ -32,6 +33,25 @@ pub struct V1Session {
     told: Option<(Option<Incarnation>, PeerView)>,
     /// Server frames to write before anything else.
     pending: VecDeque<Bytes>,
+    /// When the client's last `token` request was checked: checks are spaced by
+    /// [`TOKEN_CHECK_INTERVAL`].
+    token_checked_at: Option<Instant>,
+}
+
+/// The shortest time between two token checks of one session. A signature check costs tens of
+/// microseconds, a thousand times what relaying a message does: a client cannot make its node
+/// check tokens any faster than this.
+pub const TOKEN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a v1 client's frame asks of its session.
+#[derive(Debug)]
+pub enum FromClient {
+    /// A frame for the peer.
+    Relay(Message),
+    /// A fresh token for this session (`token`).
+    Token(String),
+    /// A request this node does not know: ignored.
+    Ignored,
 }
 
 impl V1Session {
@@ -43,6 +63,7 @@ impl V1Session {
         node: NodeId,
         session: u64,
         max_frame: usize,
+        token_exp: Option<f64>,
     ) -> V1Session {
         let welcome = frame::welcome(
             &node.to_string(),
@@ -50,6 +71,7 @@ impl V1Session {
             client,
             (config.window, config.window_bytes),
             max_frame,
+            token_exp,
         );
         V1Session {
             client,
@@ -57,6 +79,7 @@ impl V1Session {
             window: Window::new(config.window, config.window_bytes),
             told: None,
             pending: VecDeque::from([welcome]),
+            token_checked_at: None,
         }
     }
 
@@ -98,8 +121,26 @@ impl V1Session {
         self.pending.pop_front()
     }
 
-    /// Checks a message the client sent and returns it for the peer, or the reason to close.
-    pub fn read(&mut self, frame: Frame) -> Result<Message, CloseReason> {
+    /// Whether a `token` request may be checked now (see [`TOKEN_CHECK_INTERVAL`]); if so, the
+    /// next one may be checked only an interval later.
+    pub fn may_check_token(&mut self, now: Instant) -> bool {
+        if self
+            .token_checked_at
+            .is_some_and(|at| now < at + TOKEN_CHECK_INTERVAL)
+        {
+            return false;
+        }
+        self.token_checked_at = Some(now);
+        true
+    }
+
+    /// Queues the answer to a `token` request.
+    pub fn answer_token(&mut self, answer: Result<Option<f64>, &str>) {
+        self.pending.push_back(frame::token_answer(answer));
+    }
+
+    /// Checks a message the client sent and says what it asks for, or the reason to close.
+    pub fn read(&mut self, frame: Frame) -> Result<FromClient, CloseReason> {
         if frame.opcode() != yawc::OpCode::Binary {
             return Err(CloseReason::V1Malformed);
         }
@@ -116,12 +157,14 @@ impl V1Session {
                 .on_sync(positions)
                 .map_err(|_| CloseReason::V1Window)?,
             ClientFrame::Peer(None) | ClientFrame::Ack { .. } => {}
+            ClientFrame::Node(NodeRequest::Token(token)) => return Ok(FromClient::Token(token)),
+            ClientFrame::Node(NodeRequest::Unknown) => return Ok(FromClient::Ignored),
         }
-        Ok(Message {
+        Ok(FromClient::Relay(Message {
             kind: MessageKind::V1,
             payload,
             origin: None,
-        })
+        }))
     }
 
     /// The frame that writes `message` from the peer to this v1 client. An ACK of this

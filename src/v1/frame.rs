@@ -19,14 +19,16 @@ pub const DATA_TEXT: u8 = 0x02;
 pub const ACK: u8 = 0x03;
 /// PEER: a JSON object for the peer client (`sync`, `bye`).
 pub const PEER: u8 = 0x04;
-/// SERVER: a JSON object from the node to its client (`welcome`, `peer`, `goaway`).
+/// SERVER: a JSON object from the node to its client (`welcome`, `peer`, `goaway`, `token`).
 pub const SERVER: u8 = 0x05;
+/// NODE: a JSON object from a client to its node (`token`); never relayed.
+pub const NODE: u8 = 0x06;
 
 /// Longest LEB128 encoding of a `u64`.
 const MAX_VARINT: usize = 10;
 
 /// What a client sent, as far as a node cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// A message for the peer: its position (0 for unnumbered), whether it is text, and where
     /// its payload starts.
@@ -47,6 +49,17 @@ pub enum ClientFrame {
     },
     /// A control object for the peer; `Some` positions for a `sync`.
     Peer(Option<SyncPositions>),
+    /// A request to the node itself.
+    Node(NodeRequest),
+}
+
+/// What a client asks of its node in a NODE frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRequest {
+    /// `token`: a fresh client token for this session (PROTOCOL.md §2.5).
+    Token(String),
+    /// A type this node does not know: ignored, so later clients can ask more of later nodes.
+    Unknown,
 }
 
 /// The sender's positions a client states in its `sync`.
@@ -79,6 +92,9 @@ pub enum FrameError {
     /// A PEER frame that is not a JSON object with a type, or a `sync` without positions.
     #[error("malformed v1 PEER frame: {0}")]
     Peer(&'static str),
+    /// A NODE frame that is not a JSON object with a type, or a `token` without a string.
+    #[error("malformed v1 NODE frame: {0}")]
+    Node(&'static str),
 }
 
 impl ClientFrame {
@@ -110,6 +126,7 @@ impl ClientFrame {
                 })
             }
             PEER => parse_peer(rest).map(ClientFrame::Peer),
+            NODE => parse_node(rest).map(ClientFrame::Node),
             other => Err(FrameError::Kind(other)),
         }
     }
@@ -133,6 +150,22 @@ fn parse_peer(json: &[u8]) -> Result<Option<SyncPositions>, FrameError> {
         _ => Err(FrameError::Peer(
             "`sync` needs tx.base and tx.next, 1 <= base <= next",
         )),
+    }
+}
+
+fn parse_node(json: &[u8]) -> Result<NodeRequest, FrameError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|_| FrameError::Node("not JSON"))?;
+    let kind = value
+        .get("t")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(FrameError::Node("no string `t`"))?;
+    if kind != "token" {
+        return Ok(NodeRequest::Unknown);
+    }
+    match value.get("token").and_then(serde_json::Value::as_str) {
+        Some(token) => Ok(NodeRequest::Token(token.to_owned())),
+        None => Err(FrameError::Node("`token` needs a string `token`")),
     }
 }
 
@@ -222,19 +255,35 @@ fn server(body: &serde_json::Value) -> Bytes {
     frame.freeze()
 }
 
-/// The first frame on every v1 connection.
+/// The first frame on every v1 connection. `token_exp` is when the client's token expires,
+/// in seconds since the Unix epoch, when it has one (`auth.*`).
 pub fn welcome(
     node: &str,
     session: u64,
     client: ClientId,
     window: (u32, u64),
     max_frame: usize,
+    token_exp: Option<f64>,
 ) -> Bytes {
-    server(&serde_json::json!({
+    let mut welcome = serde_json::json!({
         "v": 1, "t": "welcome", "node": node, "session": session,
         "sid": format!("{:016x}", client.sid), "gen": client.generation,
         "window": {"msgs": window.0, "bytes": window.1}, "max_frame": max_frame,
-    }))
+    });
+    if let Some(exp) = token_exp {
+        welcome["token_exp"] = exp.into();
+    }
+    server(&welcome)
+}
+
+/// The answer to a `token` request: accepted, with the new expiry (seconds since the Unix
+/// epoch; `None` when the session no longer expires), or refused with the reason (the old
+/// token's expiry stands).
+pub fn token_answer(answer: Result<Option<f64>, &str>) -> Bytes {
+    server(&match answer {
+        Ok(exp) => serde_json::json!({"v": 1, "t": "token", "ok": true, "exp": exp}),
+        Err(reason) => serde_json::json!({"v": 1, "t": "token", "ok": false, "reason": reason}),
+    })
 }
 
 /// What the node knows of the peer's session.
@@ -375,6 +424,45 @@ mod tests {
         assert!(peer(r#"{"v":1,"t":"sync","tx":{"base":9,"next":3}}"#).is_err());
         assert!(peer("not json").is_err());
         assert!(peer(r#"{"v":1}"#).is_err());
+    }
+
+    #[test]
+    fn node_frames_carry_a_token_request_or_are_ignored() {
+        let node = |json: &str| {
+            let mut frame = vec![NODE];
+            frame.extend_from_slice(json.as_bytes());
+            ClientFrame::parse(&frame)
+        };
+        assert_eq!(
+            node(r#"{"v":1,"t":"token","token":"a.b.c"}"#),
+            Ok(ClientFrame::Node(NodeRequest::Token("a.b.c".into())))
+        );
+        assert_eq!(
+            node(r#"{"v":1,"t":"later"}"#),
+            Ok(ClientFrame::Node(NodeRequest::Unknown))
+        );
+        assert!(node(r#"{"v":1,"t":"token"}"#).is_err());
+        assert!(node(r#"{"v":1,"t":"token","token":7}"#).is_err());
+        assert!(node("[]").is_err());
+        assert!(node("").is_err());
+    }
+
+    #[test]
+    fn token_answers_say_whether_and_until_when() {
+        let json = |frame: Bytes| -> serde_json::Value {
+            assert_eq!(frame[0], SERVER);
+            serde_json::from_slice(&frame[1..]).unwrap()
+        };
+        let ok = json(token_answer(Ok(Some(1_764_547_200.5))));
+        assert_eq!(
+            (ok["t"].as_str(), ok["ok"].as_bool()),
+            (Some("token"), Some(true))
+        );
+        assert_eq!(ok["exp"], 1_764_547_200.5);
+        assert!(json(token_answer(Ok(None)))["exp"].is_null());
+        let refused = json(token_answer(Err("token expired")));
+        assert_eq!(refused["ok"], false);
+        assert_eq!(refused["reason"], "token expired");
     }
 
     #[test]

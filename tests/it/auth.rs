@@ -12,9 +12,9 @@ use wspair::auth::AuthConfig;
 use crate::harness::http::{UPGRADE_HEADERS, request};
 use crate::harness::{Client, TestNode, random_channel_id};
 
-const SECRET: &str = "a-test-secret-of-32-bytes-or-more!";
+pub(crate) const SECRET: &str = "a-test-secret-of-32-bytes-or-more!";
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -26,7 +26,7 @@ fn token(key: &EncodingKey, alg: Algorithm, channel: &str, role: &str, exp: u64)
     encode(&Header::new(alg), &claims, key).unwrap()
 }
 
-fn hs256(channel: &str, role: &str, exp: u64) -> String {
+pub(crate) fn hs256(channel: &str, role: &str, exp: u64) -> String {
     token(
         &EncodingKey::from_secret(SECRET.as_bytes()),
         Algorithm::HS256,
@@ -37,7 +37,7 @@ fn hs256(channel: &str, role: &str, exp: u64) -> String {
 }
 
 /// A node that requires HS256 tokens signed with [`SECRET`].
-async fn node_with_secret() -> TestNode {
+pub(crate) async fn node_with_secret() -> TestNode {
     TestNode::start(|config| {
         config.auth = AuthConfig {
             secret: SECRET.into(),

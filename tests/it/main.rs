@@ -17,6 +17,7 @@ mod protocol;
 mod relay;
 mod tidy;
 mod tls;
+mod token_refresh;
 mod v1;
 mod v1_churn;
 mod v1_faults;

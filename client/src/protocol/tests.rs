@@ -24,6 +24,7 @@ fn welcome(r#gen: u32, msgs: u64, bytes: u64) -> Frame {
         r#gen,
         window: Window { msgs, bytes },
         max_frame: 1 << 20,
+        token_exp: None,
     }))
 }
 
@@ -461,6 +462,7 @@ fn a_frame_above_max_frame_is_refused() {
             r#gen: 1,
             window: DEFAULT_WINDOW,
             max_frame: 10,
+            token_exp: None,
         })),
         now,
     );

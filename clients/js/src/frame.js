@@ -9,6 +9,7 @@
 //   { kind: 'ack', sid, hw }                       sid: 16 lowercase hex digits
 //   { kind: 'peer', v, t, ...fields }              the JSON object, unknown fields kept
 //   { kind: 'server', v, t, ...fields }
+//   { kind: 'node', v, t, ...fields }              a request to the node (0x06), never relayed
 // Positions (seq, hw) are numbers; one above Number.MAX_SAFE_INTEGER decodes as a bigint, and
 // encoding takes either.
 
@@ -17,6 +18,9 @@ export const KIND_DATA_TEXT = 0x02;
 export const KIND_ACK = 0x03;
 export const KIND_PEER = 0x04;
 export const KIND_SERVER = 0x05;
+export const KIND_NODE = 0x06;
+
+const JSON_KINDS = { peer: KIND_PEER, server: KIND_SERVER, node: KIND_NODE };
 
 /** The longest LEB128 varint the protocol allows, in bytes. */
 export const MAX_VARINT_LEN = 10;
@@ -136,11 +140,12 @@ export function encodeFrame(frame) {
       return out;
     }
     case 'peer':
-    case 'server': {
+    case 'server':
+    case 'node': {
       const { kind, v, t, ...fields } = frame;
       const json = utf8Encoder.encode(JSON.stringify({ v: 1, t, ...fields }));
       const out = new Uint8Array(1 + json.length);
-      out[0] = kind === 'peer' ? KIND_PEER : KIND_SERVER;
+      out[0] = JSON_KINDS[kind];
       out.set(json, 1);
       return out;
     }
@@ -184,6 +189,8 @@ export function decodeFrame(message) {
       return { kind: 'peer', ...checkPeer(parseJson(bytes)) };
     case KIND_SERVER:
       return { kind: 'server', ...checkServer(parseJson(bytes)) };
+    case KIND_NODE:
+      return { kind: 'node', ...checkNode(parseJson(bytes)) };
     default:
       throw new FrameError('unknown_kind', `unknown frame kind 0x${kind.toString(16).padStart(2, '0')}`);
   }
@@ -248,6 +255,12 @@ function checkServer(obj) {
       need(obj.window && isCount(obj.window.msgs) && isCount(obj.window.bytes), 'welcome window');
       need(isCount(obj.max_frame), 'welcome max_frame');
       if (obj.sid !== undefined) checkSid(obj, 'sid', true);
+      need(obj.token_exp === undefined || isTime(obj.token_exp), 'welcome token_exp');
+      break;
+    case 'token':
+      need(typeof obj.ok === 'boolean', 'token ok');
+      need(obj.exp === undefined || obj.exp === null || isTime(obj.exp), 'token exp');
+      need(obj.reason === undefined || typeof obj.reason === 'string', 'token reason');
       break;
     case 'peer':
       need(obj.state === 'online' || obj.state === 'away', 'peer state');
@@ -261,6 +274,16 @@ function checkServer(obj) {
     default:
       break;
   }
+  return obj;
+}
+
+/** Seconds since the Unix epoch, possibly fractional. */
+function isTime(v) {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0;
+}
+
+function checkNode(obj) {
+  if (obj.t === 'token') need(typeof obj.token === 'string', 'token token');
   return obj;
 }
 

@@ -235,6 +235,8 @@ export class Protocol {
           this.events.push({ type: 'connected', gen: frame.gen, node: frame.node });
         } else if (frame.t === 'peer') {
           this.onPeerInfo(frame, now);
+        } else if (frame.t === 'token') {
+          this.events.push({ type: 'token', ok: frame.ok, expires: frame.exp ?? null, reason: frame.reason ?? '' });
         }
         return;
       default:

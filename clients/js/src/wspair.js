@@ -10,7 +10,7 @@
 // iterator otherwise; an application that stops iterating stops acknowledging, and so its
 // peer (PROTOCOL.md §4, §7).
 
-import { decodeFrame, isKeyHex, randomKey, sidOfKey } from './frame.js';
+import { decodeFrame, encodeFrame, isKeyHex, randomKey, sidOfKey } from './frame.js';
 import { Protocol, TOO_LARGE, WINDOW_FULL } from './protocol.js';
 
 export {
@@ -69,7 +69,8 @@ export class WspairError extends Error {
  * An event of a client. Its fields depend on its type:
  * `message` (data, text, seq) · `presence` (state, left) · `acked` (hw) ·
  * `reset` (oldSid, deliveredHw) · `connected` (gen, node, raw) · `disconnected` (code, reason) ·
- * `refused` (status, reason) · `rawpeer` · `close` (code, reason).
+ * `refused` (status, reason) · `rawpeer` · `close` (code, reason) ·
+ * `token` (ok, expires, reason: the node's answer to setToken()).
  */
 export class WspairEvent extends Event {
   constructor(type, fields = {}) {
@@ -116,10 +117,11 @@ function encodeQueryValue(value) {
 }
 
 /** The URL of a connection (PROTOCOL.md §1); a raw one has no key and gen. */
-export function connectionUrl(base, channelId, role, v1, key, gen) {
+export function connectionUrl(base, channelId, role, v1, key, gen, token = null) {
   const sep = base.includes('?') ? '&' : '?';
   let url = `${base}${sep}type=${role}&channelId=${encodeQueryValue(channelId)}`;
   if (v1) url += `&key=${key}&gen=${gen}`;
+  if (token !== null && token !== undefined) url += `&token=${encodeQueryValue(token)}`;
   return url;
 }
 
@@ -482,6 +484,21 @@ export class WspairClient extends EventTarget {
   }
 
   /**
+   * Replaces the client token (the node's `auth.*`): every later connection presents it, and
+   * the open v1 connection hands it to its session (PROTOCOL.md §2.5), which then closes at the
+   * new token's expiry rather than the old one's. The node answers with a `token` event
+   * (`ok`, `expires` in seconds since the Unix epoch or null, `reason` when refused); while no
+   * v1 connection is open there is no answer, and the next connection's upgrade checks it.
+   *
+   * @param {string} token
+   */
+  setToken(token) {
+    if (typeof token !== 'string') throw new TypeError('setToken takes a string');
+    this.#cfg.token = token;
+    if (this.#link !== null && !this.#raw) this.#link.send(encodeFrame({ kind: 'node', t: 'token', token }));
+  }
+
+  /**
    * Leaves for good: waits up to `closeTimeout` for every message to be acknowledged, sends
    * `bye` (the peer reports `offline` at once) and closes with 1000. Rejects with
    * `close_timed_out` when messages were still unacknowledged. Events not yet handed over are
@@ -573,7 +590,7 @@ export class WspairClient extends EventTarget {
     if (v1) this.#gen += 1;
     this.#urlIndex += 1;
     const base = this.#cfg.urls[this.#urlIndex % this.#cfg.urls.length];
-    const url = connectionUrl(base, this.#cfg.channelId, this.#cfg.role, v1, this.#key, this.#gen);
+    const url = connectionUrl(base, this.#cfg.channelId, this.#cfg.role, v1, this.#key, this.#gen, this.#cfg.token);
     this.#attempt = new Link(
       this.#WS,
       url,
@@ -862,6 +879,9 @@ export class WspairClient extends EventTarget {
           break;
         case 'connected':
           this.#enqueue(new WspairEvent('connected', { gen: e.gen, node: e.node, raw: false }));
+          break;
+        case 'token':
+          this.#enqueue(new WspairEvent('token', { ok: e.ok, expires: e.expires, reason: e.reason }));
           break;
         default:
           break;
