@@ -264,6 +264,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "serve the demo page at `/` (and its files under `/demo/`); off by default: it lets any visitor relay messages through this node",
     },
     KeySpec {
+        key: "outer.backlog",
+        kind: Kind::Integer { min: 1, max: 65535 },
+        default: "1024",
+        help: "listen backlog of the client port: connections the kernel holds before they are accepted (capped by net.core.somaxconn)",
+    },
+    KeySpec {
         key: "inner.ip",
         kind: Kind::Ip,
         default: "0.0.0.0",
@@ -453,6 +459,8 @@ pub struct OuterConfig {
     pub max_connections: usize,
     /// `outer.demo`: serve the demo page at `/`.
     pub demo: bool,
+    /// `outer.backlog`: the client listener's backlog.
+    pub backlog: u32,
     /// `outer.max-connections-per-ip` (0: no limit).
     pub max_connections_per_ip: usize,
     /// `outer.connections-per-second-per-ip` (0: no limit).
@@ -687,6 +695,7 @@ impl Config {
             compression: checked_bool(get("outer.compression"))?,
             max_connections: int("outer.max-connections")? as usize,
             demo: checked_bool(get("outer.demo"))?,
+            backlog: int("outer.backlog")? as u32,
             max_connections_per_ip: int("outer.max-connections-per-ip")? as usize,
             connections_per_second_per_ip: int("outer.connections-per-second-per-ip")? as u32,
             allowed_origins: crate::origins::AllowedOrigins::parse(&checked_text(get(

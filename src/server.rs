@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -100,12 +100,26 @@ impl std::fmt::Debug for Server {
     }
 }
 
-async fn bind(
+/// The backlog of the inner listener: links are few, and dialed again when refused.
+const INNER_BACKLOG: u32 = 1024;
+
+/// Binds a listener with `backlog` (as `TcpListener::bind` does, `SO_REUSEADDR` on Unix so a
+/// restarted node can bind while old connections linger in `TIME_WAIT`).
+fn bind(
     what: &'static str,
     addr: SocketAddr,
+    backlog: u32,
 ) -> Result<(TcpListener, SocketAddr), ServerError> {
     let error = |source| ServerError::Bind { what, addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(error)?;
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    let listener = socket.listen(backlog).map_err(error)?;
     let local = listener.local_addr().map_err(error)?;
     Ok((listener, local))
 }
@@ -119,8 +133,11 @@ impl Server {
             Some(files) => Some(Arc::new(Tls::new(files.clone())?)),
             None => None,
         };
-        let (outer_listener, outer_addr) =
-            bind("outer", SocketAddr::new(config.outer.ip, config.outer.port)).await?;
+        let (outer_listener, outer_addr) = bind(
+            "outer",
+            SocketAddr::new(config.outer.ip, config.outer.port),
+            config.outer.backlog,
+        )?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(
@@ -146,8 +163,11 @@ impl Server {
         let (cluster, cluster_parts) = if config.registry.redis.is_empty() {
             (None, None)
         } else {
-            let (inner_listener, bound) =
-                bind("inner", SocketAddr::new(config.inner.ip, config.inner.port)).await?;
+            let (inner_listener, bound) = bind(
+                "inner",
+                SocketAddr::new(config.inner.ip, config.inner.port),
+                INNER_BACKLOG,
+            )?;
             inner_addr = Some(bound);
             if config.inner.advertise.is_empty() {
                 // With inner.port = 0 the port is known only now.
