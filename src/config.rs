@@ -597,6 +597,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
+    /// Every key's value after all layers, for showing (`wspair check-config`).
+    pub effective: Effective,
 }
 
 impl Default for Config {
@@ -842,6 +844,7 @@ impl Config {
             drain,
             auth,
             shutdown_timeout,
+            effective: Effective(values.clone()),
         })
     }
 }
@@ -1023,6 +1026,81 @@ fn checked_duration(entry: (&KeySpec, &toml::Value)) -> Result<Duration, ConfigE
     Ok(duration)
 }
 
+/// Keys whose values are secrets: shown as [`REDACTED`] when set.
+const SECRET_KEYS: &[&str] = &["inner.secret", "auth.secret"];
+
+/// What a secret is shown as.
+pub const REDACTED: &str = "<redacted>";
+
+/// Every key's value after all layers (defaults, file, environment, flags), as a node runs
+/// with them; shown with secrets redacted, so the output can be pasted into a ticket.
+#[derive(Debug, Clone)]
+pub struct Effective(Layer);
+
+impl Effective {
+    /// The values as a TOML document, one table per section (`[outer]`, `[inner]`, ...), with
+    /// secrets redacted: a file that `--config` would read back, but for the secrets.
+    pub fn to_toml(&self) -> String {
+        let mut root = toml::Table::new();
+        for (key, value) in self.redacted() {
+            match key.split_once('.') {
+                Some((section, name)) => {
+                    let table = root
+                        .entry(section)
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(table) = table {
+                        table.insert(name.to_owned(), value);
+                    }
+                }
+                None => {
+                    root.insert(key.to_owned(), value);
+                }
+            }
+        }
+        toml::to_string(&root).expect("a table of plain values serialises")
+    }
+
+    /// The values by dotted key, with secrets redacted.
+    pub fn redacted(&self) -> impl Iterator<Item = (&'static str, toml::Value)> + '_ {
+        self.0.iter().map(|(key, value)| {
+            let shown = match value.as_str() {
+                Some(text) if !text.is_empty() && SECRET_KEYS.contains(key) => {
+                    toml::Value::String(REDACTED.to_owned())
+                }
+                Some(text) if *key == "registry.redis" => toml::Value::String(
+                    text.split(',')
+                        .map(|url| redact_url_password(url.trim()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                _ => value.clone(),
+            };
+            (*key, shown)
+        })
+    }
+}
+
+/// `url` with the password of its user information (`redis://user:PASSWORD@host`) redacted.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let password = if userinfo.contains(':') {
+                format!(":{REDACTED}")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{user}{password}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Parses `<integer><unit>` with unit `ms`, `s` or `m`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -1069,6 +1147,49 @@ mod tests {
         assert_eq!(config.outer.port, 2000);
         assert_eq!(config.outer.max_frame_size, 65536);
         assert_eq!(config.outer.on_duplicate, DuplicatePolicy::Reject);
+    }
+
+    #[test]
+    fn the_effective_configuration_shows_every_key_and_hides_secrets() {
+        let config = from_file(
+            "[inner]\nsecret = \"0123456789abcdef0123\"\nadvertise = \"10.0.0.1:1025\"\n[registry]\nredis = \"redis://u:p4ss@r1:6379/0, rediss://:only@r2\"\n",
+        )
+        .unwrap();
+        let shown = config.effective.to_toml();
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        assert!(
+            !shown.contains("p4ss") && !shown.contains("only@"),
+            "{shown}"
+        );
+        assert!(shown.contains("secret = \"<redacted>\""), "{shown}");
+        assert!(
+            shown.contains("redis = \"redis://u:<redacted>@r1:6379/0,rediss://:<redacted>@r2\""),
+            "{shown}"
+        );
+        // Read back, it is the same configuration but for the secrets.
+        let again: toml::Table = shown.parse().unwrap();
+        assert_eq!(again["outer"]["port"].as_integer(), Some(1024));
+        assert_eq!(
+            again["shutdown-timeout"].as_str(),
+            Some(
+                KEYS.iter()
+                    .find(|k| k.key == "shutdown-timeout")
+                    .unwrap()
+                    .default
+            )
+        );
+        let shown_keys: usize = again
+            .values()
+            .map(|v| v.as_table().map_or(1, toml::Table::len))
+            .sum();
+        assert_eq!(shown_keys, KEYS.len());
+        // An empty secret is shown as it is: nothing to hide, and worth seeing.
+        assert!(
+            Config::default()
+                .effective
+                .to_toml()
+                .contains("secret = \"\"")
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `wspair` command: parses the command line, sets up logging, loads the configuration and
-//! runs a node until SIGINT or SIGTERM; `wspair client` is in `cli/client`. Nothing else lives
-//! here.
+//! runs a node until SIGINT or SIGTERM; the other subcommands (`client`, `check-config`,
+//! `completions`, `manpage`) are in `cli/`. Nothing else lives here.
 //!
 //! Exit codes of `serve`: 0 after a clean shutdown, 64 for bad usage or configuration (nothing
 //! was bound), 1 for a failure at run time (such as a port already in use). `client` has its
@@ -40,6 +40,20 @@ enum Commands {
     /// the messages that arrive, one per line
     #[command(long_about = cli::client::LONG_ABOUT)]
     Client(cli::client::ClientArgs),
+    /// Check a configuration file as `serve` would read it (with WSPAIR_* environment
+    /// variables) and print the effective configuration, secrets redacted; exit 64 with the
+    /// error naming the key otherwise. Binds and dials nothing
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of wspair and its subcommands
+    Manpage,
 }
 
 /// `serve`'s flags: `--config` plus one flag per configuration key, generated from `KEYS`.
@@ -108,22 +122,20 @@ fn main() -> ExitCode {
             };
         }
     };
-    // The client reports on stderr itself; the library's logs are there for RUST_LOG.
-    let default_level = match cli.command {
-        Commands::Serve(_) => "info",
-        Commands::Client(_) => "error",
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .init();
     let args = match cli.command {
         Commands::Serve(args) => args,
-        Commands::Client(args) => return cli::client::run(args).into(),
+        Commands::Client(args) => {
+            // The client reports on stderr itself; the library's logs are there for RUST_LOG.
+            init_logging("error");
+            return cli::client::run(args).into();
+        }
+        Commands::CheckConfig { file } => return cli::check_config::run(&file, EXIT_USAGE),
+        Commands::Completions { shell } => {
+            return written(cli::generate::completions::<Cli>(shell));
+        }
+        Commands::Manpage => return written(cli::generate::manpage::<Cli>()),
     };
+    init_logging("info");
     let overrides: Vec<(&str, String)> = args.overrides;
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -140,6 +152,28 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config))
+}
+
+/// Logs to stderr at `default_level`, or as `RUST_LOG` says.
+fn init_logging(default_level: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .init();
+}
+
+/// The exit code of a subcommand that writes to stdout.
+fn written(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wspair: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

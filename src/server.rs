@@ -125,6 +125,16 @@ fn bind(
 }
 
 impl Server {
+    /// Loads what [`Server::bind`] would load from files (the TLS certificate and key, the
+    /// token keys) and checks it, without binding or connecting: `wspair check-config`.
+    pub fn check(config: &Config) -> Result<(), ServerError> {
+        crate::auth::Auth::new(&config.auth)?;
+        if let Some(files) = &config.outer.tls {
+            Tls::new(files.clone())?;
+        }
+        Ok(())
+    }
+
     /// Binds the listeners and, in cluster mode, sets up the registry. Nothing is accepted
     /// until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {

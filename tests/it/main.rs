@@ -18,6 +18,7 @@ mod relay;
 mod tidy;
 mod tls;
 mod token_refresh;
+mod tools;
 mod v1;
 mod v1_churn;
 mod v1_faults;
