@@ -107,7 +107,8 @@ pub fn client_address(
 ) -> Result<SocketAddr, ForwardedError> {
     let mut client = peer;
     for value in values.iter().rev() {
-        for entry in split_list(value).rev() {
+        // Empty list elements are ignored (RFC 9110 §5.6.1): they name no one.
+        for entry in split_list(value).rev().filter(|entry| !entry.is_empty()) {
             let address = match header {
                 ForwardedHeader::XForwardedFor => parse_address(entry),
                 ForwardedHeader::Forwarded => for_parameter(entry).and_then(parse_address),
@@ -261,7 +262,10 @@ mod tests {
             err.to_string(),
             "X-Forwarded-For entry \"unknown\" names no client address (outer.trusted-proxies)"
         );
-        assert!(xff(&["203.0.113.7,"], &list).is_err());
+        assert_eq!(
+            xff(&["203.0.113.7, ,", ""], &list).unwrap(),
+            "203.0.113.7:0".parse().unwrap()
+        );
         let client = xff(&["\"6.6.6.6", "203.0.113.7"], &list).unwrap();
         assert_eq!(client, "203.0.113.7:0".parse().unwrap());
     }
