@@ -240,6 +240,24 @@ pub const KEYS: &[KeySpec] = &[
         help: "new connections per second from one client address (bursts of one second's worth; 0: no limit); more get 429",
     },
     KeySpec {
+        key: "outer.trusted-proxies",
+        kind: Kind::Text,
+        default: "",
+        help: "CIDR blocks of the proxies in front of this node (10.0.0.0/8, ::1/128; a bare address is one host), comma-separated or a TOML array; a connection from one of them is counted and logged under the client its outer.forwarded-header names, and with outer.proxy-protocol only they may connect",
+    },
+    KeySpec {
+        key: "outer.forwarded-header",
+        kind: Kind::Choice(&["x-forwarded-for", "forwarded"]),
+        default: "x-forwarded-for",
+        help: "the header outer.trusted-proxies name their clients in: `x-forwarded-for`, or `forwarded` (RFC 7239, its `for=`); the other one is never read",
+    },
+    KeySpec {
+        key: "outer.proxy-protocol",
+        kind: Kind::Bool,
+        default: "false",
+        help: "every connection opens with a PROXY protocol header (v1 or v2, as HAProxy and AWS NLB send it) naming the client; one without is closed. Only for a port that nothing but the proxy can reach",
+    },
+    KeySpec {
         key: "outer.allowed-origins",
         kind: Kind::Text,
         default: "",
@@ -469,6 +487,12 @@ pub struct OuterConfig {
     pub allowed_origins: crate::origins::AllowedOrigins,
     /// `outer.tls-cert` and `outer.tls-key`: TLS on the client listener, when both are set.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `outer.trusted-proxies`.
+    pub trusted_proxies: crate::outer::forwarded::TrustedProxies,
+    /// `outer.forwarded-header`.
+    pub forwarded_header: crate::outer::forwarded::ForwardedHeader,
+    /// `outer.proxy-protocol`.
+    pub proxy_protocol: bool,
 }
 
 /// Settings of the v1 client protocol (`v1.*`).
@@ -708,6 +732,17 @@ impl Config {
                 checked_text(get("outer.tls-cert"))?,
                 checked_text(get("outer.tls-key"))?,
             )?,
+            trusted_proxies: crate::outer::forwarded::TrustedProxies::parse(
+                checked_list(get("outer.trusted-proxies"))?
+                    .iter()
+                    .map(String::as_str),
+            )
+            .map_err(|problem| invalid("outer.trusted-proxies", problem))?,
+            forwarded_header: match checked_choice(get("outer.forwarded-header"))?.as_str() {
+                "forwarded" => crate::outer::forwarded::ForwardedHeader::Forwarded,
+                _ => crate::outer::forwarded::ForwardedHeader::XForwardedFor,
+            },
+            proxy_protocol: checked_bool(get("outer.proxy-protocol"))?,
         };
         if outer.demo && (outer.path == "/" || outer.path.starts_with(DEMO_PREFIX)) {
             return Err(invalid(
@@ -968,6 +1003,25 @@ fn checked_text((spec, value): (&KeySpec, &toml::Value)) -> Result<String, Confi
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| type_error(spec, "a string", value))
+}
+
+/// A list: comma-separated text (from the environment or a flag), or in the file a TOML array
+/// of strings.
+fn checked_list((spec, value): (&KeySpec, &toml::Value)) -> Result<Vec<String>, ConfigError> {
+    match value {
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| type_error(spec, "an array of strings", item))
+            })
+            .collect(),
+        text => Ok(checked_text((spec, text))?
+            .split(',')
+            .map(str::to_owned)
+            .collect()),
+    }
 }
 
 fn checked_ip(entry: (&KeySpec, &toml::Value)) -> Result<IpAddr, ConfigError> {
@@ -1337,6 +1391,46 @@ mod tests {
         .unwrap();
         assert!(config.registry.cluster);
         assert_eq!(config.registry.redis, ["redis://a:1", "redis://b:2"]);
+    }
+
+    #[test]
+    fn trusted_proxies_take_an_array_or_a_list_and_name_a_bad_block() {
+        let config =
+            from_file("[outer]\ntrusted-proxies = [\"10.0.0.0/8\", \"::1/128\"]\n").unwrap();
+        let trusted = &config.outer.trusted_proxies;
+        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("::1".parse().unwrap()));
+        assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
+        let config = Config::load(
+            None,
+            &[("outer.trusted-proxies", "192.0.2.1, 2001:db8::/32".into())],
+        )
+        .unwrap();
+        assert!(
+            config
+                .outer
+                .trusted_proxies
+                .contains("192.0.2.1".parse().unwrap())
+        );
+        assert!(Config::default().outer.trusted_proxies.is_empty());
+        let err = from_file("[outer]\ntrusted-proxies = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("outer.trusted-proxies: \"10.0.0.0/33\" is not a CIDR block"),
+            "{err}"
+        );
+        let err = from_file("[outer]\ntrusted-proxies = [10]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.trusted-proxies: expected an array of strings, got integer 10"
+        );
+        let err =
+            Config::load(None, &[("outer.forwarded-header", "x-real-ip".into())]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("outer.forwarded-header: expected one of"),
+            "{err}"
+        );
     }
 
     #[test]

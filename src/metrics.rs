@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Connections over `outer.max-connections-per-ip` or `outer.connections-per-second-per-ip`,
     /// answered with 429 (or closed) at once (also counted in `handshakes_refused`).
     pub connections_refused_per_ip: AtomicU64,
+    /// Connections closed with `outer.proxy-protocol` on because they did not open with a valid
+    /// PROXY header, or came from a peer not in `outer.trusted-proxies`.
+    pub connections_refused_proxy: AtomicU64,
     /// TLS handshakes that failed (`outer.tls-*` on): no common protocol, a client that
     /// distrusts the certificate, plaintext on a TLS port.
     pub tls_handshakes_failed: AtomicU64,
@@ -112,6 +115,10 @@ impl Metrics {
             (
                 "wspair_connections_refused_per_ip_total",
                 read(&self.connections_refused_per_ip),
+            ),
+            (
+                "wspair_connections_refused_proxy_total",
+                read(&self.connections_refused_proxy),
             ),
             (
                 "wspair_tls_handshakes_failed_total",

@@ -126,6 +126,9 @@ pub enum HandshakeError {
     /// A browser page whose origin is not in `outer.allowed-origins` (403).
     #[error("origin {0:?} is not allowed (outer.allowed-origins)")]
     Origin(String),
+    /// A trusted proxy's forwarded header names no address where the client should be (400).
+    #[error("{0}")]
+    Forwarded(#[from] super::forwarded::ForwardedError),
 }
 
 impl From<ClaimError> for HandshakeError {
@@ -153,7 +156,8 @@ impl HandshakeError {
             | HandshakeError::RepeatedHeader(_)
             | HandshakeError::KeyLength(_)
             | HandshakeError::KeyNotBase64
-            | HandshakeError::BadV1(_) => StatusCode::BAD_REQUEST,
+            | HandshakeError::BadV1(_)
+            | HandshakeError::Forwarded(_) => StatusCode::BAD_REQUEST,
             HandshakeError::Method(_) | HandshakeError::HealthzMethod(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }

@@ -4,8 +4,12 @@
 //!
 //! Checked as a connection is accepted, before anything is read from it, against the address
 //! the connection comes from: an IPv4 address (IPv4-mapped IPv6 included) on its own, an IPv6
-//! address by its /64 prefix, since one client commonly holds a whole /64. A connection refused here is answered at once (503 or 429) rather
-//! than left in the listen backlog.
+//! address by its /64 prefix, since one client commonly holds a whole /64. A connection refused
+//! here is answered at once (503 or 429) rather than left in the listen backlog. A connection
+//! through a proxy (`outer.proxy-protocol`, or a peer in `outer.trusted-proxies`) takes its
+//! place among `outer.max-connections` at accept, and is counted under its client's address
+//! once the PROXY header or the request head has named it (`attribute`), never under the
+//! proxy's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -75,32 +79,65 @@ impl ConnectionLimits {
     /// A place for a new connection from `ip`, or why there is none.
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionPermit, HandshakeError> {
         let ip = client_key(ip);
-        if let Some((rate, limiter)) = &self.per_ip_rate
-            && limiter.check_key(&ip).is_err()
-        {
-            return Err(HandshakeError::TooFastFromIp(describe(ip), *rate));
-        }
+        self.check_rate(ip)?;
+        let mut permit = self.admit_unattributed()?;
+        permit._ip = self.ip_slot(ip)?;
+        Ok(permit)
+    }
+
+    /// A place among `outer.max-connections` alone, for a connection from a trusted proxy whose
+    /// client is not known yet: counting it under the proxy's address would make the proxy
+    /// itself hit the per-address limits. [`ConnectionLimits::attribute`] counts it under its
+    /// client once known.
+    pub fn admit_unattributed(&self) -> Result<ConnectionPermit, HandshakeError> {
         let all = Arc::clone(&self.all)
             .try_acquire_owned()
             .map_err(|_| HandshakeError::Full(self.max))?;
-        let ip_slot = if self.per_ip_max == 0 {
-            None
-        } else {
-            let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = counts.entry(ip).or_insert(0);
-            if *n >= self.per_ip_max {
-                return Err(HandshakeError::TooManyFromIp(describe(ip), self.per_ip_max));
-            }
-            *n += 1;
-            Some(IpSlot {
-                ip,
-                counts: Arc::clone(&self.per_ip),
-            })
-        };
         Ok(ConnectionPermit {
             _all: all,
-            _ip: ip_slot,
+            _ip: None,
         })
+    }
+
+    /// Counts a connection admitted by [`ConnectionLimits::admit_unattributed`] under its
+    /// client's address `ip`, or says which per-address limit that breaks.
+    pub fn attribute(
+        &self,
+        permit: &mut ConnectionPermit,
+        ip: IpAddr,
+    ) -> Result<(), HandshakeError> {
+        let ip = client_key(ip);
+        self.check_rate(ip)?;
+        permit._ip = self.ip_slot(ip)?;
+        Ok(())
+    }
+
+    fn check_rate(&self, key: IpAddr) -> Result<(), HandshakeError> {
+        match &self.per_ip_rate {
+            Some((rate, limiter)) if limiter.check_key(&key).is_err() => {
+                Err(HandshakeError::TooFastFromIp(describe(key), *rate))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn ip_slot(&self, key: IpAddr) -> Result<Option<IpSlot>, HandshakeError> {
+        if self.per_ip_max == 0 {
+            return Ok(None);
+        }
+        let mut counts = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= self.per_ip_max {
+            return Err(HandshakeError::TooManyFromIp(
+                describe(key),
+                self.per_ip_max,
+            ));
+        }
+        *n += 1;
+        Ok(Some(IpSlot {
+            ip: key,
+            counts: Arc::clone(&self.per_ip),
+        }))
     }
 
     /// How many addresses have a rate bucket (for tests and sizing).

@@ -7,16 +7,21 @@
 //! than left in the listen backlog),
 //! `outer.handshake-timeout` (one deadline from accept to upgrade, whatever the connection is
 //! doing meanwhile), `outer.max-request-head` (read by `head` before hyper sees the request),
-//! one request per connection, and the WebSocket limits in [`ws_options`]. Besides the
+//! one request per connection, and the WebSocket limits in [`ws_options`]. Behind a proxy
+//! (`outer.proxy-protocol`, `outer.trusted-proxies`), `proxied` finds the client's address,
+//! which the per-address limits, the logs and the session then use. Besides the
 //! upgrade path, `GET /healthz` answers with a small JSON document, and with `outer.demo` on,
 //! `/` and `/demo/*` serve the demo page (`demo`).
 
 pub mod close;
 pub mod delivery;
 mod demo;
+pub mod forwarded;
 pub mod handshake;
 pub mod head;
 pub mod limits;
+mod proxied;
+pub mod proxy_protocol;
 pub mod session;
 pub mod v1;
 
@@ -54,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::pair::Message;
 use crate::tls::Tls;
 use limits::{ConnectionLimits, ConnectionPermit};
+use proxied::Route;
 
 /// Socket buffer capacity of each session, in each direction. Buffers grow for larger
 /// messages and shrink back after them; small ones keep idle sessions cheap.
@@ -185,7 +191,17 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
                 }
             },
         };
-        let permit = match ctx.limits.admit(remote_addr.ip()) {
+        let route = proxied::route(ctx.config(), remote_addr.ip());
+        let admitted = match route {
+            Route::Direct => ctx.limits.admit(remote_addr.ip()),
+            Route::Untrusted => {
+                proxied::refuse_untrusted(remote_addr, &ctx);
+                continue;
+            }
+            // Counted under the client's address once the header that names it is read.
+            Route::Forwarded | Route::ProxyHeader => ctx.limits.admit_unattributed(),
+        };
+        let permit = match admitted {
             Ok(permit) => permit,
             Err(err) => {
                 refuse_at_accept(stream, remote_addr, err, &ctx);
@@ -197,29 +213,64 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
         let _ = stream.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let tracker = ctx.tracker.clone();
-        match ctx.tls.as_ref().map(|tls| tls.acceptor()) {
-            None => tracker.spawn(serve_connection(stream, remote_addr, ctx, permit, deadline)),
-            Some(acceptor) => tracker.spawn(async move {
-                // The TLS handshake counts against the same deadline as the HTTP one.
-                let _handshaking = Handshaking::enter(&ctx.handshaking);
-                let shutdown = ctx.session.shutdown.clone();
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    accepted = timeout_at(deadline, acceptor.accept(stream)) => accepted,
-                };
-                match accepted {
-                    Ok(Ok(tls)) => {
-                        drop(_handshaking);
-                        serve_connection(tls, remote_addr, ctx, permit, deadline).await;
-                    }
-                    Ok(Err(err)) => {
-                        Metrics::incr(&ctx.session.metrics.tls_handshakes_failed);
-                        debug!(%remote_addr, error = %err, "TLS handshake failed");
-                    }
-                    Err(_) => timed_out(&ctx, remote_addr),
-                }
-            }),
+        let forwarded = route == Route::Forwarded;
+        let connection = Connection {
+            remote_addr,
+            permit,
+            deadline,
+            forwarded,
         };
+        if route == Route::ProxyHeader {
+            tracker.spawn(proxied::serve(stream, ctx, connection));
+            continue;
+        }
+        match ctx.tls.as_ref().map(|tls| tls.acceptor()) {
+            None => tracker.spawn(serve_connection(stream, ctx, connection)),
+            Some(acceptor) => tracker.spawn(serve_tls(acceptor, stream, ctx, connection)),
+        };
+    }
+}
+
+/// A connection on its way to an upgrade: who it is from, its place among the limits, and its
+/// deadline.
+struct Connection {
+    /// The client's address: the TCP peer, or the client a PROXY header named.
+    remote_addr: SocketAddr,
+    permit: ConnectionPermit,
+    /// `outer.handshake-timeout` after accept.
+    deadline: Instant,
+    /// `remote_addr` is a trusted proxy (`outer.trusted-proxies`) and the client is the one its
+    /// forwarded header names; the permit is not yet counted under any address.
+    forwarded: bool,
+}
+
+/// Runs the TLS handshake under the connection's deadline (the same one as the HTTP
+/// handshake's), then serves HTTP over it.
+async fn serve_tls<S>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: S,
+    ctx: Arc<OuterContext>,
+    connection: Connection,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _handshaking = Handshaking::enter(&ctx.handshaking);
+    let shutdown = ctx.session.shutdown.clone();
+    let remote_addr = connection.remote_addr;
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        accepted = timeout_at(connection.deadline, acceptor.accept(stream)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(tls)) => {
+            drop(_handshaking);
+            serve_connection(tls, ctx, connection).await;
+        }
+        Ok(Err(err)) => {
+            Metrics::incr(&ctx.session.metrics.tls_handshakes_failed);
+            debug!(%remote_addr, error = %err, "TLS handshake failed");
+        }
+        Err(_) => timed_out(&ctx, remote_addr),
     }
 }
 
@@ -255,17 +306,18 @@ fn refuse_at_accept(
     });
 }
 
-/// Serves HTTP on one connection until it upgrades, closes, passes `deadline`, or the node
+/// Serves HTTP on one connection until it upgrades, closes, passes its deadline, or the node
 /// shuts down.
-async fn serve_connection<S>(
-    mut stream: S,
-    remote_addr: SocketAddr,
-    ctx: Arc<OuterContext>,
-    permit: ConnectionPermit,
-    deadline: Instant,
-) where
+async fn serve_connection<S>(mut stream: S, ctx: Arc<OuterContext>, connection: Connection)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        mut remote_addr,
+        mut permit,
+        deadline,
+        forwarded,
+    } = connection;
     let _handshaking = Handshaking::enter(&ctx.handshaking);
     let shutdown = ctx.session.shutdown.clone();
     let limit = ctx.config().max_request_head;
@@ -287,6 +339,18 @@ async fn serve_connection<S>(
             Err(_) => return timed_out(&ctx, remote_addr),
         },
     };
+    if forwarded {
+        match proxied::forwarded_client(&head, remote_addr, &ctx, &mut permit) {
+            Ok(client) => remote_addr = client,
+            Err(err) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = refuse_head(&mut stream, &err, &ctx, remote_addr, deadline) => {}
+                }
+                return;
+            }
+        }
+    }
     let permit = Arc::new(permit);
     let service = {
         let ctx = Arc::clone(&ctx);
@@ -340,13 +404,17 @@ async fn refuse_head(
 ) {
     let metrics = &ctx.session.metrics;
     Metrics::incr(&metrics.handshakes_refused);
-    if matches!(
-        err,
+    match err {
         HandshakeError::HeadTooLarge(_)
-            | HandshakeError::RequestLineTooLong(_)
-            | HandshakeError::TooManyHeaderFields(_)
-    ) {
-        Metrics::incr(&metrics.request_heads_too_large);
+        | HandshakeError::RequestLineTooLong(_)
+        | HandshakeError::TooManyHeaderFields(_) => {
+            Metrics::incr(&metrics.request_heads_too_large);
+        }
+        // A client behind a trusted proxy, over a per-address limit.
+        HandshakeError::TooManyFromIp(..) | HandshakeError::TooFastFromIp(..) => {
+            Metrics::incr(&metrics.connections_refused_per_ip);
+        }
+        _ => {}
     }
     debug!(%remote_addr, status = err.status().as_u16(), reason = %err, "request head refused");
     match timeout_at(deadline, head::write_refusal(stream, err)).await {

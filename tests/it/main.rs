@@ -14,6 +14,7 @@ mod limits;
 mod memory;
 mod properties;
 mod protocol;
+mod proxies;
 mod relay;
 mod tidy;
 mod tls;
