@@ -35,7 +35,7 @@ class Node:
     def __init__(self, *args):
         env = dict(os.environ, RUST_LOG="error")
         self.proc = subprocess.Popen(
-            [BINARY, "serve", "--outer-ip", "127.0.0.1", "--outer-port", str(PORT), *args],
+            [BINARY, "serve", "--admin-port", "0", "--outer-ip", "127.0.0.1", "--outer-port", str(PORT), *args],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
             try:

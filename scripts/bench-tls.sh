@@ -17,8 +17,8 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/key
 printf 'subjectAltName=IP:127.0.0.1\n' >"$dir/ext.cnf"
 openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
     -out "$dir/cert.pem" -days 2 -extfile "$dir/ext.cnf" 2>/dev/null
-./target/release/wspair serve --outer-ip 127.0.0.1 --outer-port 32024 >/dev/null 2>&1 & PLAIN=$!
-./target/release/wspair serve --outer-ip 127.0.0.1 --outer-port 32124 \
+./target/release/wspair serve --admin-port 0 --outer-ip 127.0.0.1 --outer-port 32024 >/dev/null 2>&1 & PLAIN=$!
+./target/release/wspair serve --admin-port 0 --outer-ip 127.0.0.1 --outer-port 32124 \
     --outer-tls-cert "$dir/cert.pem" --outer-tls-key "$dir/key.pem" >/dev/null 2>&1 & TLS=$!
 sleep 1
 target() {

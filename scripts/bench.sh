@@ -45,9 +45,9 @@ done
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 wait_port $REDIS_PORT
 "$BIN/wspair-baseline" 127.0.0.1:1124 2>/dev/null & PIDS+=($!); BASELINE=$!
-RUST_LOG=warn "$BIN/wspair" serve --outer-ip 127.0.0.1 --outer-port 1024 & PIDS+=($!); SINGLE=$!
+RUST_LOG=warn "$BIN/wspair" serve --admin-port 0 --outer-ip 127.0.0.1 --outer-port 1024 & PIDS+=($!); SINGLE=$!
 cluster_node() {
-    RUST_LOG=warn "$BIN/wspair" serve --outer-ip 127.0.0.1 --outer-port "$1" \
+    RUST_LOG=warn "$BIN/wspair" serve --admin-port 0 --outer-ip 127.0.0.1 --outer-port "$1" \
         --inner-ip 127.0.0.1 --inner-port "$2" --inner-secret $SECRET \
         --registry-redis redis://127.0.0.1:$REDIS_PORT & PIDS+=($!)
 }

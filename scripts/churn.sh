@@ -53,7 +53,7 @@ start_cluster() {
     wait_port $REDIS_PORT
     NODE=()
     for i in $(seq "$1"); do
-        RUST_LOG=wspair=info "$BIN/wspair" serve --outer-ip 127.0.0.1 --outer-port "2${i}024" \
+        RUST_LOG=wspair=info "$BIN/wspair" serve --admin-port 0 --outer-ip 127.0.0.1 --outer-port "2${i}024" \
             --inner-ip 127.0.0.1 --inner-port "2${i}025" --inner-secret $SECRET \
             --registry-redis redis://127.0.0.1:$REDIS_PORT --registry-node-ttl "$NODE_TTL" \
             >"$OUT/$2-node$i.log" 2>&1 & PIDS+=($!); NODE[i]=$!

@@ -9,12 +9,14 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-# Debian packages the tests use: redis-server (cluster tests) and the C toolchain some
-# crates build with.
+# Debian packages the tests use: redis-server (cluster tests), promtool (the Prometheus
+# format) and the C toolchain some crates build with.
 source scripts/lib/require.sh
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cc >/dev/null || missing+=(gcc)
+# promtool checks the /metrics format (tests/it/admin.rs).
+command -v promtool >/dev/null || missing+=(prometheus)
 require scripts/test.sh "${missing[@]}"
 
 cargo test --locked -p wspair -p wspair-client

@@ -423,6 +423,36 @@ pub const KEYS: &[KeySpec] = &[
         help: "v1 clients that have not moved this long after SIGINT or SIGTERM are closed with 1001; at least drain.spread",
     },
     KeySpec {
+        key: "drain.raw",
+        kind: Kind::Choice(&["close", "wait"]),
+        default: "close",
+        help: "what a drain does with raw clients (they cannot resume elsewhere): `close` them with 1001 at once, or `wait` for them to leave on their own until drain.timeout, then close them with 1001",
+    },
+    KeySpec {
+        key: "admin.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        help: "serve the admin listener: /metrics (Prometheus), /healthz, /readyz and the admin API under /admin/",
+    },
+    KeySpec {
+        key: "admin.ip",
+        kind: Kind::Ip,
+        default: "127.0.0.1",
+        help: "address the admin listener binds; any but a loopback address needs admin.token",
+    },
+    KeySpec {
+        key: "admin.port",
+        kind: Kind::Integer { min: 0, max: 65535 },
+        default: "1026",
+        help: "port of the admin listener (0 picks a free port)",
+    },
+    KeySpec {
+        key: "admin.token",
+        kind: Kind::Text,
+        default: "",
+        help: "bearer token /metrics and /admin/ require (`Authorization: Bearer TOKEN`); 16 bytes or more; empty: none (loopback only)",
+    },
+    KeySpec {
         key: "shutdown-timeout",
         kind: Kind::Duration,
         default: "10s",
@@ -513,7 +543,25 @@ pub struct DrainConfig {
     pub spread: Duration,
     /// `drain.timeout`.
     pub timeout: Duration,
+    /// `drain.raw = "wait"`: raw sessions are left to end on their own until the timeout.
+    pub wait_for_raw: bool,
 }
+
+/// The admin listener (`admin.*`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `admin.enabled`.
+    pub enabled: bool,
+    /// `admin.ip`.
+    pub ip: IpAddr,
+    /// `admin.port`.
+    pub port: u16,
+    /// `admin.token`; empty when none is required.
+    pub token: String,
+}
+
+/// Shortest `admin.token` accepted, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// Settings of the node-to-node side (`inner.*`), used in cluster mode.
 #[derive(Debug, Clone)]
@@ -619,6 +667,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// Client tokens (`auth.*`).
     pub auth: crate::auth::AuthConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
     /// Every key's value after all layers, for showing (`wspair check-config`).
@@ -815,6 +865,29 @@ impl Config {
                 ),
             ));
         }
+        let admin = AdminConfig {
+            enabled: checked_bool(get("admin.enabled"))?,
+            ip: ip("admin.ip")?,
+            port: int("admin.port")? as u16,
+            token: checked_text(get("admin.token"))?,
+        };
+        if !admin.token.is_empty() && admin.token.len() < MIN_ADMIN_TOKEN_BYTES {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "must be {MIN_ADMIN_TOKEN_BYTES} bytes or more (a guessable token guards nothing)"
+                ),
+            ));
+        }
+        if admin.enabled && admin.token.is_empty() && !admin.ip.is_loopback() {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "is needed to serve the admin API on {}, which is not a loopback address",
+                    admin.ip
+                ),
+            ));
+        }
         let shutdown_timeout = duration("shutdown-timeout")?;
         // A closing session may take CLOSE_TIMEOUT for its close handshake, then releases its
         // route in the registry; a shorter shutdown would fail whenever one client is silent.
@@ -854,6 +927,7 @@ impl Config {
         let drain = DrainConfig {
             spread: duration("drain.spread")?,
             timeout: duration("drain.timeout")?,
+            wait_for_raw: checked_choice(get("drain.raw"))? == "wait",
         };
         if drain.timeout < drain.spread {
             return Err(invalid(
@@ -878,6 +952,7 @@ impl Config {
             v1,
             drain,
             auth,
+            admin,
             shutdown_timeout,
             effective: Effective(values.clone()),
         })
@@ -1081,7 +1156,7 @@ fn checked_duration(entry: (&KeySpec, &toml::Value)) -> Result<Duration, ConfigE
 }
 
 /// Keys whose values are secrets: shown as [`REDACTED`] when set.
-const SECRET_KEYS: &[&str] = &["inner.secret", "auth.secret"];
+const SECRET_KEYS: &[&str] = &["inner.secret", "auth.secret", "admin.token"];
 
 /// What a secret is shown as.
 pub const REDACTED: &str = "<redacted>";

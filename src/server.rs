@@ -15,12 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminContext};
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::hub::Hub;
 use crate::inner::link::LinkContext;
 use crate::inner::listener;
 use crate::metrics::Metrics;
 use crate::node::{NodeId, NodeInfo};
+use crate::outer::close::PendingCloses;
 use crate::outer::session::SessionContext;
 use crate::outer::{self, OuterContext};
 use crate::registry::{RedisRegistry, RegistryError};
@@ -62,6 +65,8 @@ pub struct LocalAddrs {
     pub outer: SocketAddr,
     /// The node-to-node listener, in cluster mode.
     pub inner: Option<SocketAddr>,
+    /// The admin listener, unless `admin.enabled = false`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How shutdown went.
@@ -83,6 +88,7 @@ struct ClusterRuntime {
 pub struct Server {
     config: Config,
     outer_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     local_addrs: LocalAddrs,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
@@ -102,6 +108,8 @@ impl std::fmt::Debug for Server {
 
 /// The backlog of the inner listener: links are few, and dialed again when refused.
 const INNER_BACKLOG: u32 = 1024;
+/// The backlog of the admin listener: probes and scrapes.
+const ADMIN_BACKLOG: u32 = 128;
 
 /// Binds a listener with `backlog` (as `TcpListener::bind` does, `SO_REUSEADDR` on Unix so a
 /// restarted node can bind while old connections linger in `TIME_WAIT`).
@@ -148,6 +156,16 @@ impl Server {
             SocketAddr::new(config.outer.ip, config.outer.port),
             config.outer.backlog,
         )?;
+        let (admin_listener, admin_addr) = if config.admin.enabled {
+            let (listener, bound) = bind(
+                "admin",
+                SocketAddr::new(config.admin.ip, config.admin.port),
+                ADMIN_BACKLOG,
+            )?;
+            (Some(listener), Some(bound))
+        } else {
+            (None, None)
+        };
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let hub = Arc::new(Hub::new(
@@ -216,9 +234,11 @@ impl Server {
         Ok(Server {
             config,
             outer_listener,
+            admin_listener,
             local_addrs: LocalAddrs {
                 outer: outer_addr,
                 inner: inner_addr,
+                admin: admin_addr,
             },
             router,
             metrics,
@@ -253,16 +273,28 @@ impl Server {
     /// Serves until `stop` is cancelled, then shuts down in order (see the module docs).
     pub async fn run(self, stop: CancellationToken) -> ShutdownOutcome {
         let tracker = TaskTracker::new();
+        let drain = Arc::new(Drain::new(self.config.drain));
         let session_ctx = Arc::new(SessionContext {
             config: self.config.outer.clone(),
             router: Arc::clone(&self.router),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
             v1: self.config.v1,
-            draining: CancellationToken::new(),
+            draining: drain.draining.clone(),
             auth: self.auth.clone(),
+            closes: PendingCloses::default(),
         });
-        let draining = session_ctx.draining.clone();
+        let admin_stop = CancellationToken::new();
+        if let Some(listener) = self.admin_listener {
+            let admin_ctx = Arc::new(AdminContext::new(
+                Arc::clone(&session_ctx),
+                Arc::clone(&drain),
+                self.config.effective.clone(),
+                self.config.admin.token.clone(),
+            ));
+            info!(admin = ?self.local_addrs.admin, "admin listener: /metrics, /healthz, /readyz, /admin/");
+            tokio::spawn(admin::accept_loop(listener, admin_ctx, admin_stop.clone()));
+        }
         let outer_ctx = Arc::new(OuterContext::new(
             session_ctx,
             tracker.clone(),
@@ -300,7 +332,7 @@ impl Server {
         tracker.spawn(outer::accept_loop(self.outer_listener, outer_ctx));
 
         stop.cancelled().await;
-        crate::drain::drain(&self.router.hub, self.config.drain, &draining).await;
+        drain.finish(Arc::clone(&self.router.hub)).await;
         let (connections, _) = self.router.hub.counts();
         info!(connections, "shutting down: closing sessions with 1001");
         self.shutdown.cancel();
@@ -321,6 +353,7 @@ impl Server {
             links_tracker.close();
             let _ = tokio::time::timeout(LINK_DRAIN, links_tracker.wait()).await;
         }
+        admin_stop.cancel();
         info!(drained, "shutdown complete");
         ShutdownOutcome { drained }
     }

@@ -14,10 +14,13 @@
 //! | 4001 | a newer client of the same role and channel id replaced this one |
 //! | 4002 | the client sent nothing, not even a pong, for `outer.idle-timeout` |
 //! | 4003 | the client's token expired (`auth.*`) |
+//! | 4004 | an operator closed the channel (`POST /admin/channels/ID/close`); the reason is the operator's |
 //! | 4007 | a wspair.v1 client sent a malformed frame (PROTOCOL.md §2) |
 //! | 4008 | a wspair.v1 client exceeded its window, skipped a position, or sent numbered data before `sync` |
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use yawc::WebSocketError;
 
@@ -54,7 +57,13 @@ pub enum CloseReason {
     V1Window,
     /// The client's token expired (`auth.*`).
     TokenExpired,
+    /// An operator closed the channel through the admin API, with this reason.
+    Operator(String),
 }
+
+/// The longest close reason a close frame holds (RFC 6455 §5.5: 125 bytes of payload, two of
+/// them the code).
+pub const MAX_REASON_BYTES: usize = 123;
 
 impl CloseReason {
     /// Every reason the server closes a session for with a code of its own (all but the
@@ -71,6 +80,7 @@ impl CloseReason {
         CloseReason::Replaced,
         CloseReason::Idle,
         CloseReason::TokenExpired,
+        CloseReason::Operator(String::new()),
         CloseReason::V1Malformed,
         CloseReason::V1Window,
     ];
@@ -90,13 +100,14 @@ impl CloseReason {
             CloseReason::Replaced => Some(4001),
             CloseReason::Idle => Some(4002),
             CloseReason::TokenExpired => Some(4003),
+            CloseReason::Operator(_) => Some(4004),
             CloseReason::V1Malformed => Some(4007),
             CloseReason::V1Window => Some(4008),
         }
     }
 
     /// The reason text sent in the close frame.
-    pub fn text(&self) -> &'static str {
+    pub fn text(&self) -> &str {
         match self {
             CloseReason::ClientClosed(_) => "client closed",
             CloseReason::ConnectionLost => "connection lost",
@@ -113,6 +124,7 @@ impl CloseReason {
             CloseReason::V1Malformed => "malformed wspair.v1 frame",
             CloseReason::V1Window => "wspair.v1 window exceeded",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::Operator(reason) => reason,
         }
     }
 
@@ -151,5 +163,35 @@ impl fmt::Display for CloseReason {
             Some(code) => write!(f, "{code} {}", self.text()),
             None => f.write_str(self.text()),
         }
+    }
+}
+
+/// Reasons for sessions stopped from outside (an operator, through the admin API), by session
+/// id, until each session takes its own when it stops. A session stopped without one was
+/// replaced (or the node shuts down).
+#[derive(Debug, Default)]
+pub struct PendingCloses(Mutex<HashMap<u64, CloseReason>>);
+
+impl PendingCloses {
+    /// Records why session `session` is about to be stopped; the reason is cut to what a close
+    /// frame holds, at a character boundary.
+    pub fn put(&self, session: u64, reason: &str) {
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = CloseReason::Operator(reason[..end].to_owned());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session, reason);
+    }
+
+    /// The reason recorded for `session`, if one was (and forgets it).
+    pub fn take(&self, session: u64) -> Option<CloseReason> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session)
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{debug, info};
 use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
-use super::close::CloseReason;
+use super::close::{CloseReason, PendingCloses};
 use super::delivery::Delivery;
 use super::v1::{FromClient, V1Session, outgoing_raw};
 use crate::auth::{self, Auth};
@@ -68,6 +68,8 @@ pub struct SessionContext {
     /// Client tokens (`auth.*`), when required: checked at the upgrade, and again when a v1
     /// client hands its session a fresh one.
     pub auth: Option<Arc<Auth>>,
+    /// Why sessions stopped from outside were stopped (the admin API closing a channel).
+    pub closes: PendingCloses,
 }
 
 impl SessionContext {
@@ -302,15 +304,7 @@ impl Session {
                         error = %err, "write to client failed");
                     return CloseReason::ConnectionLost;
                 }
-                // A draining node stops its raw sessions; a v1 session stopped while it drains
-                // was replaced by its client's next connection.
-                Event::Stop
-                    if self.ctx.shutdown.is_cancelled()
-                        || (self.ctx.draining.is_cancelled() && self.v1.is_none()) =>
-                {
-                    return CloseReason::Shutdown;
-                }
-                Event::Stop => return CloseReason::Replaced,
+                Event::Stop => return self.why_stopped(),
                 Event::TokenExpired => return CloseReason::TokenExpired,
                 Event::Tick => {
                     if let Some(reason) = self.on_tick() {
@@ -319,6 +313,21 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Why the session's stop token fired: an operator closed it, the node shuts down (a
+    /// draining node stops its raw sessions), or, otherwise, a newer session took its slot (a
+    /// v1 session stopped while the node drains was replaced by its client's next connection).
+    fn why_stopped(&self) -> CloseReason {
+        if let Some(operator) = self.ctx.closes.take(self.claim.handle.id) {
+            return operator;
+        }
+        if self.ctx.shutdown.is_cancelled()
+            || (self.ctx.draining.is_cancelled() && self.v1.is_none())
+        {
+            return CloseReason::Shutdown;
+        }
+        CloseReason::Replaced
     }
 
     /// Polls every source in a fixed order: stop, writes, reads, ticker.

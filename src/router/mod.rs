@@ -26,6 +26,9 @@
 
 mod inbound;
 mod links;
+mod locate;
+
+pub use locate::Location;
 mod membership;
 mod upkeep;
 
@@ -90,6 +93,9 @@ struct Cluster {
     /// link to their node comes back: one sent while that node was paused is dropped with its
     /// link's queue, and the node, not timed out, would keep the displaced session running.
     evictions: Mutex<Vec<Eviction>>,
+    /// Whether the last heartbeat reached Redis (false until the first does): what readiness
+    /// reports.
+    registry_ok: std::sync::atomic::AtomicBool,
 }
 
 /// An `Evict` sent to `node`, and when.
@@ -186,6 +192,7 @@ impl Router {
                     pending_acks: Mutex::default(),
                     ack_timeout,
                     evictions: Mutex::default(),
+                    registry_ok: std::sync::atomic::AtomicBool::new(false),
                 }
             });
             Router {

@@ -94,10 +94,12 @@ impl Router {
             Ok(beat) => beat,
             Err(err) => {
                 warn!(error = %err, "registry heartbeat failed; established pairs keep relaying");
+                cluster.registry_ok.store(false, Ordering::Release);
                 cluster.membership.blind(started);
                 return false;
             }
         };
+        cluster.registry_ok.store(true, Ordering::Release);
         let was_missing = beat.was_missing;
         let dead = self.update_directory(cluster, beat, started, true);
         cluster.membership.prune_heard();

@@ -150,7 +150,7 @@ export async function startNode({ redisUrl = null, args = [], port: fixedPort = 
   // A fixed port lets a node started after a kill take the dead one's address.
   const port = fixedPort ?? (await freePort());
   const innerPort = await freePort();
-  const all = ['serve', '--outer-ip', '127.0.0.1', '--outer-port', String(port), '--inner-port', String(innerPort)];
+  const all = ['serve', '--outer-ip', '127.0.0.1', '--outer-port', String(port), '--inner-port', String(innerPort), '--admin-port', '0'];
   if (redisUrl) {
     all.push(
       '--registry-redis', redisUrl,

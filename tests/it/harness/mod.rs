@@ -31,6 +31,8 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestNode {
     pub addr: SocketAddr,
     pub inner_addr: Option<SocketAddr>,
+    /// The admin listener (on a free loopback port).
+    pub admin_addr: Option<SocketAddr>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub router: Arc<Router>,
@@ -45,6 +47,8 @@ impl TestNode {
         let mut config = Config::default();
         config.outer.ip = "127.0.0.1".parse().unwrap();
         config.outer.port = 0;
+        // Many nodes run at once: each admin listener on a free port.
+        config.admin.port = 0;
         config.shutdown_timeout = Duration::from_secs(5);
         // v1 clients of tests seldom move when told to: a node stops soon after asking.
         config.drain.spread = Duration::from_millis(100);
@@ -53,6 +57,7 @@ impl TestNode {
         let server = Server::bind(config.clone()).await.expect("test node binds");
         let addr = server.local_addrs().outer;
         let inner_addr = server.local_addrs().inner;
+        let admin_addr = server.local_addrs().admin;
         let metrics = server.metrics();
         let router = server.router();
         let stop = CancellationToken::new();
@@ -60,6 +65,7 @@ impl TestNode {
         TestNode {
             addr,
             inner_addr,
+            admin_addr,
             config,
             metrics,
             router,

@@ -25,6 +25,7 @@ impl ProcessNode {
         let port = port.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wspair"))
             .args(["serve", "--outer-ip", "127.0.0.1", "--outer-port", &port])
+            .args(["--admin-port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

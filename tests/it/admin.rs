@@ -1,0 +1,268 @@
+//! The admin listener through real HTTP: the probes, `/metrics` (checked with `promtool`), the
+//! token, and the admin API (sessions, channels, closing a channel, drain, configuration).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wspair::Role;
+
+use crate::harness::client::Ending;
+use crate::harness::http::{RawResponse, request};
+use crate::harness::redis::RedisServer;
+use crate::harness::v1flow::{self, base_url};
+use crate::harness::{TestNode, random_channel_id, wait_until};
+
+const TOKEN: &str = "an-admin-token-for-tests";
+
+async fn node_with_token() -> TestNode {
+    TestNode::start(|config| config.admin.token = TOKEN.into()).await
+}
+
+fn admin(node: &TestNode) -> SocketAddr {
+    node.admin_addr.expect("the admin listener is on")
+}
+
+/// `method target` on the admin listener, with the token.
+async fn call(node: &TestNode, method: &str, target: &str) -> RawResponse {
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    request(admin(node), method, target, &auth).await
+}
+
+fn body(response: &RawResponse) -> serde_json::Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+#[tokio::test]
+async fn probes_are_open_and_everything_else_needs_the_token() {
+    let node = node_with_token().await;
+    let healthz = request(admin(&node), "GET", "/healthz", "").await;
+    assert_eq!(healthz.status, 200);
+    let readyz = request(admin(&node), "GET", "/readyz", "").await;
+    assert_eq!(
+        (readyz.status, body(&readyz)["ready"].as_bool()),
+        (200, Some(true))
+    );
+    for target in ["/metrics", "/admin/sessions", "/admin/config"] {
+        let refused = request(admin(&node), "GET", target, "").await;
+        assert_eq!(refused.status, 401, "{target}");
+        assert_eq!(refused.header("WWW-Authenticate"), Some("Bearer"));
+        let wrong = request(
+            admin(&node),
+            "GET",
+            target,
+            "Authorization: Bearer wrong-token-of-length\r\n",
+        )
+        .await;
+        assert_eq!(wrong.status, 401, "{target}");
+    }
+    let config = call(&node, "GET", "/admin/config").await;
+    assert_eq!(config.status, 200);
+    let config = body(&config);
+    // Secrets are redacted (tests set the token after loading; `tools::` checks the redaction).
+    assert!(config["admin.token"].is_string());
+    assert_eq!(config["outer.path"], "/channel");
+    assert_eq!(call(&node, "GET", "/admin/nothing").await.status, 404);
+    assert_eq!(call(&node, "DELETE", "/admin/sessions").await.status, 405);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_pass_promtool() {
+    let node = node_with_token().await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    app.send_text("nobody here yet").await;
+    let mut web = node.connect(Role::Web, &id).await;
+    app.send_text("hello").await;
+    assert_eq!(web.recv_text().await, "hello");
+    let refused = request(node.addr, "GET", "/channel?type=app", "").await;
+    assert_eq!(refused.status, 400);
+    wait_until("the drop is counted", || {
+        crate::harness::read(&node.metrics.messages_dropped_no_peer) == 1
+    })
+    .await;
+
+    let scrape = call(&node, "GET", "/metrics").await;
+    assert_eq!(scrape.status, 200);
+    let text = scrape.body;
+    for line in [
+        "wspair_sessions_opened_total 2",
+        "wspair_messages_relayed_total 1",
+        "wspair_messages_dropped_total{reason=\"no_peer\"} 1",
+        "wspair_handshakes_refused_total 1",
+        "wspair_connections 2",
+        "wspair_pairs 1",
+        "wspair_ready 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+    assert!(text.contains("wspair_build_info{version=\""), "{text}");
+
+    // The format check operators run: promtool (Debian package `prometheus`).
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs: install the Debian package `prometheus` (scripts/test.sh does)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    drop((app, web));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_are_listed_in_pages_and_a_channel_is_closed_with_4004() {
+    let node = node_with_token().await;
+    let mut pairs = Vec::new();
+    for _ in 0..3 {
+        let id = random_channel_id();
+        let app = node.connect(Role::App, &id).await;
+        let web = node.connect(Role::Web, &id).await;
+        pairs.push((id, app, web));
+    }
+    pairs.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let first = body(&call(&node, "GET", "/admin/sessions?limit=4").await);
+    assert_eq!(first["total"], 6);
+    let listed: Vec<(String, String)> = first["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let field = |name: &str| s[name].as_str().unwrap().to_owned();
+            (field("channel_id"), field("role"))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = pairs[..2]
+        .iter()
+        .flat_map(|(id, _, _)| {
+            [
+                (id.to_string(), "app".into()),
+                (id.to_string(), "web".into()),
+            ]
+        })
+        .collect();
+    assert_eq!(listed, expected, "ordered by channel id, then role");
+    let rest = body(&call(&node, "GET", "/admin/sessions?offset=4&limit=4").await);
+    assert_eq!(rest["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        call(&node, "GET", "/admin/sessions?limit=x").await.status,
+        400
+    );
+
+    let located = body(&call(&node, "GET", &format!("/admin/channels/{}", pairs[1].0)).await);
+    assert_eq!(located["app"]["here"], true);
+    assert_eq!(located["web"]["v1"], serde_json::Value::Null);
+    let nobody = call(
+        &node,
+        "GET",
+        &format!("/admin/channels/{}", random_channel_id()),
+    )
+    .await;
+    let nobody = body(&nobody);
+    assert!(nobody["app"].is_null() && nobody["web"].is_null());
+    assert_eq!(
+        call(&node, "GET", "/admin/channels/short").await.status,
+        400
+    );
+
+    // Closing the first channel closes its two sessions with the operator's reason, no other.
+    let (closed_id, mut app, mut web) = pairs.remove(0);
+    let target = format!("/admin/channels/{closed_id}/close?reason=moving%20to%20maintenance");
+    let closed = call(&node, "POST", &target).await;
+    assert_eq!(body(&closed)["closed"], serde_json::json!(["app", "web"]));
+    for client in [&mut app, &mut web] {
+        match client.ending().await {
+            Ending::Close(code, reason) => {
+                assert_eq!((code, reason.as_str()), (4004, "moving to maintenance"));
+            }
+            Ending::NoCloseFrame => panic!("closed without a close frame"),
+        }
+    }
+    let (_, other_app, other_web) = &mut pairs[0];
+    other_app.send_text("still here").await;
+    assert_eq!(other_web.recv_text().await, "still here");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_from_the_admin_api_moves_v1_clients_under_load_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let a = TestNode::start_in_cluster(vec![redis.url()], |config| {
+        config.admin.token = TOKEN.into();
+        config.drain.spread = Duration::from_millis(300);
+        config.drain.timeout = Duration::from_secs(20);
+    })
+    .await;
+    let b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    // Each client tries node A first, then B.
+    let urls = [base_url(a.addr), base_url(b.addr)];
+    let app = v1flow::connect(&urls, id.as_str(), wspair_client::Role::App).await;
+    let web = v1flow::connect(&urls, id.as_str(), wspair_client::Role::Web).await;
+    let raw_id = random_channel_id();
+    let mut raw = a.connect(Role::App, &raw_id).await;
+    let flow = v1flow::start_paced(app, web, 3000, 1000);
+    flow.wait_for(300, Duration::from_secs(10)).await;
+
+    let started = call(&a, "POST", "/admin/drain").await;
+    assert_eq!(started.status, 202);
+    assert_eq!(body(&started)["started_now"], true);
+    let again = body(&call(&a, "POST", "/admin/drain").await);
+    assert_eq!(again["started_now"], false, "a drain starts once");
+    // Raw clients keep today's 1001 (drain.raw = "close"), and the node is not ready.
+    assert!(matches!(raw.ending().await, Ending::Close(1001, _)));
+    let readyz = request(a.admin_addr.unwrap(), "GET", "/readyz", "").await;
+    assert_eq!(readyz.status, 503);
+    assert_eq!(body(&readyz)["reasons"], serde_json::json!(["draining"]));
+    let refused = request(
+        a.addr,
+        "GET",
+        &format!("/channel?type=app&channelId={}", random_channel_id()),
+        crate::harness::http::UPGRADE_HEADERS,
+    )
+    .await;
+    assert_eq!(refused.status, 503);
+
+    let mut progress = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        progress = body(&call(&a, "GET", "/admin/drain").await);
+        if progress["done"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(progress["done"], true, "{progress}");
+    assert_eq!(progress["v1_left"], 0, "{progress}");
+    assert_eq!(progress["goaway_sent"], 2, "{progress}");
+    // The node still runs after its drain: its admin API answers, and it has no session.
+    assert_eq!(body(&call(&a, "GET", "/admin/sessions").await)["total"], 0);
+
+    // Every message arrived exactly once and in order, each way, and every one was acked.
+    let outcome = flow.finish().await;
+    assert_eq!(outcome.app.stats().reconnects, 1);
+    assert_eq!(outcome.web.stats().reconnects, 1);
+    wait_until("the node stays up after the drain", || {
+        a.admin_addr.is_some()
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
