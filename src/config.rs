@@ -333,13 +333,31 @@ pub const KEYS: &[KeySpec] = &[
         key: "registry.redis",
         kind: Kind::Text,
         default: "",
-        help: "Redis URL (redis://[user:password@]host:port/db), or comma-separated Redis Cluster seed URLs; empty runs a single node",
+        help: "Redis URL (redis://[user:password@]host:port/db; rediss:// for TLS), or comma-separated Redis Cluster seed URLs; empty runs a single node",
     },
     KeySpec {
         key: "registry.cluster",
         kind: Kind::Bool,
         default: "false",
         help: "treat registry.redis as Redis Cluster seeds (implied by more than one URL)",
+    },
+    KeySpec {
+        key: "registry.tls-ca",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the CA certificates that sign Redis's certificate (rediss:// URLs); empty trusts the system's roots",
+    },
+    KeySpec {
+        key: "registry.tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the client certificate chain this node shows a Redis that requires one (tls-auth-clients); with registry.tls-key",
+    },
+    KeySpec {
+        key: "registry.tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the private key of registry.tls-cert (PKCS#8, PKCS#1 or SEC1)",
     },
     KeySpec {
         key: "registry.node-ttl",
@@ -519,6 +537,8 @@ pub struct RegistryConfig {
     pub node_ttl: Duration,
     /// `registry.timeout`.
     pub timeout: Duration,
+    /// `registry.tls-ca`, `registry.tls-cert`, `registry.tls-key`: used with `rediss://`.
+    pub tls: crate::tls::registry::RegistryTls,
 }
 
 /// How long a closing session may take to send its close frame and see the client's reply
@@ -564,6 +584,64 @@ fn tls_files(cert: String, key: String) -> Result<Option<crate::tls::TlsFiles>, 
             Ok(Some(files))
         }
     }
+}
+
+/// `registry.tls-*`: the client certificate and key both or neither, only with `rediss://` URLs
+/// (TLS files for a plaintext Redis are a mistake, not something to ignore), and every file
+/// usable.
+fn registry_tls(
+    redis: &[String],
+    ca: String,
+    cert: String,
+    key: String,
+) -> Result<crate::tls::registry::RegistryTls, ConfigError> {
+    let client = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) => {
+            return Err(invalid(
+                "registry.tls-key",
+                "must be set with registry.tls-cert".to_owned(),
+            ));
+        }
+        (true, false) => {
+            return Err(invalid(
+                "registry.tls-cert",
+                "must be set with registry.tls-key".to_owned(),
+            ));
+        }
+        (false, false) => Some(crate::tls::TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+    };
+    let tls = crate::tls::registry::RegistryTls {
+        ca: (!ca.is_empty()).then(|| ca.into()),
+        client,
+    };
+    let secure = redis
+        .iter()
+        .filter(|url| url.starts_with("rediss://"))
+        .count();
+    if secure != 0 && secure != redis.len() {
+        return Err(invalid(
+            "registry.redis",
+            "mixes rediss:// and redis:// URLs; use one scheme for every seed".to_owned(),
+        ));
+    }
+    if tls.is_set() && secure == 0 {
+        let key = if tls.ca.is_some() {
+            "registry.tls-ca"
+        } else {
+            "registry.tls-cert"
+        };
+        return Err(invalid(
+            key,
+            "is set, but registry.redis has no rediss:// URL: the registry would not use TLS"
+                .to_owned(),
+        ));
+    }
+    tls.check().map_err(|e| invalid(e.key, e.problem))?;
+    Ok(tls)
 }
 
 /// Where the demo page's files are served from when `outer.demo` is on (the page itself is `/`).
@@ -751,8 +829,15 @@ impl Config {
             .filter(|url| !url.is_empty())
             .map(str::to_owned)
             .collect();
+        let tls = registry_tls(
+            &redis,
+            checked_text(get("registry.tls-ca"))?,
+            checked_text(get("registry.tls-cert"))?,
+            checked_text(get("registry.tls-key"))?,
+        )?;
         let registry = RegistryConfig {
             cluster: checked_bool(get("registry.cluster"))? || redis.len() > 1,
+            tls,
             redis,
             node_ttl: duration("registry.node-ttl")?,
             timeout: duration("registry.timeout")?,
