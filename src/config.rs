@@ -288,6 +288,24 @@ pub const KEYS: &[KeySpec] = &[
         help: "shared secret that authenticates node-to-node links (HMAC-SHA256); required in cluster mode, 16 bytes or more",
     },
     KeySpec {
+        key: "inner.tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with this node's certificate chain for TLS on node-to-node links (both directions, mutual); with inner.tls-key and inner.tls-ca. Reloaded on SIGHUP",
+    },
+    KeySpec {
+        key: "inner.tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the private key of inner.tls-cert (PKCS#8, PKCS#1 or SEC1)",
+    },
+    KeySpec {
+        key: "inner.tls-ca",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the cluster's CA certificates: a link's other end must show a certificate chained to one of them (the only roots trusted there)",
+    },
+    KeySpec {
         key: "inner.queue",
         kind: Kind::Integer {
             min: 1,
@@ -524,6 +542,8 @@ pub struct InnerConfig {
     pub link_timeout: Duration,
     /// `inner.connect-timeout`.
     pub connect_timeout: Duration,
+    /// `inner.tls-cert`, `inner.tls-key`, `inner.tls-ca`: mutual TLS on links, when set.
+    pub tls: Option<crate::tls::inner::InnerTlsFiles>,
 }
 
 /// Settings of the registry (`registry.*`); cluster mode when `redis` is set.
@@ -584,6 +604,42 @@ fn tls_files(cert: String, key: String) -> Result<Option<crate::tls::TlsFiles>, 
             Ok(Some(files))
         }
     }
+}
+
+/// `inner.tls-*`: all three or none (naming one that is missing), and the files usable.
+fn inner_tls(
+    cert: String,
+    key: String,
+    ca: String,
+) -> Result<Option<crate::tls::inner::InnerTlsFiles>, ConfigError> {
+    let keys = [
+        ("inner.tls-cert", &cert),
+        ("inner.tls-key", &key),
+        ("inner.tls-ca", &ca),
+    ];
+    let set: Vec<_> = keys.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if set.is_empty() {
+        return Ok(None);
+    }
+    if let Some((missing, _)) = keys.iter().find(|(_, v)| v.is_empty()) {
+        return Err(invalid(
+            missing,
+            format!(
+                "must be set with {}: inner TLS needs inner.tls-cert, inner.tls-key and inner.tls-ca",
+                set.iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    let files = crate::tls::inner::InnerTlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        ca: ca.into(),
+    };
+    files.check().map_err(|e| invalid(e.key, e.problem))?;
+    Ok(Some(files))
 }
 
 /// `registry.tls-*`: the client certificate and key both or neither, only with `rediss://` URLs
@@ -822,6 +878,11 @@ impl Config {
             heartbeat_interval: duration("inner.heartbeat-interval")?,
             link_timeout: duration("inner.link-timeout")?,
             connect_timeout: duration("inner.connect-timeout")?,
+            tls: inner_tls(
+                checked_text(get("inner.tls-cert"))?,
+                checked_text(get("inner.tls-key"))?,
+                checked_text(get("inner.tls-ca"))?,
+            )?,
         };
         let redis: Vec<String> = checked_text(get("registry.redis"))?
             .split(',')

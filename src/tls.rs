@@ -1,12 +1,13 @@
 //! TLS for the client listener (`outer.tls-cert`, `outer.tls-key`): loading a certificate chain
 //! and its key from PEM files, and reloading them (SIGHUP) without touching open sessions.
-//! Beside it, `pem` reads the files of every TLS setting, and `registry` the files of TLS to
-//! Redis (`registry.tls-*`).
+//! Beside it, `pem` reads the files of every TLS setting, `inner` builds the inner links' mutual
+//! TLS (`inner.tls-*`), and `registry` reads the files of TLS to Redis (`registry.tls-*`).
 //!
 //! rustls with the `ring` provider: no OpenSSL, and nothing to build but Rust and a little C.
 //! A reload swaps the configuration that later handshakes use; connections already up keep the
 //! one they started with. A reload that fails keeps the old configuration and says why.
 
+pub mod inner;
 pub mod pem;
 pub mod registry;
 

@@ -9,6 +9,7 @@ mod cluster;
 mod demo;
 mod handshake;
 mod http_front;
+mod inner_tls;
 mod lifecycle;
 mod limits;
 mod memory;

@@ -54,8 +54,14 @@ impl TestCa {
 
     /// As [`TestCa::issue`], into `{prefix}cert.pem` and `{prefix}key.pem`.
     pub fn issue_as(&self, dir: &Path, prefix: &str) -> TlsFiles {
+        self.issue_for(dir, prefix, &["127.0.0.1", "localhost"])
+    }
+
+    /// As [`TestCa::issue_as`], for `names` (DNS names or IP addresses).
+    pub fn issue_for(&self, dir: &Path, prefix: &str, names: &[&str]) -> TlsFiles {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let params = CertificateParams::new(names).unwrap();
         let leaf = params.signed_by(&key, &self.intermediate).unwrap();
         let files = TlsFiles {
             cert: dir.join(format!("{prefix}cert.pem")),
