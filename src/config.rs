@@ -312,6 +312,24 @@ pub const KEYS: &[KeySpec] = &[
         help: "shared secret that authenticates node-to-node links (HMAC-SHA256); required in cluster mode, 16 bytes or more",
     },
     KeySpec {
+        key: "inner.tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with this node's certificate chain for TLS on node-to-node links (both directions, mutual); with inner.tls-key and inner.tls-ca. Reloaded on SIGHUP",
+    },
+    KeySpec {
+        key: "inner.tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the private key of inner.tls-cert (PKCS#8, PKCS#1 or SEC1)",
+    },
+    KeySpec {
+        key: "inner.tls-ca",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the cluster's CA certificates: a link's other end must show a certificate chained to one of them (the only roots trusted there)",
+    },
+    KeySpec {
         key: "inner.queue",
         kind: Kind::Integer {
             min: 1,
@@ -357,13 +375,31 @@ pub const KEYS: &[KeySpec] = &[
         key: "registry.redis",
         kind: Kind::Text,
         default: "",
-        help: "Redis URL (redis://[user:password@]host:port/db), or comma-separated Redis Cluster seed URLs; empty runs a single node",
+        help: "Redis URL (redis://[user:password@]host:port/db; rediss:// for TLS), or comma-separated Redis Cluster seed URLs; empty runs a single node",
     },
     KeySpec {
         key: "registry.cluster",
         kind: Kind::Bool,
         default: "false",
         help: "treat registry.redis as Redis Cluster seeds (implied by more than one URL)",
+    },
+    KeySpec {
+        key: "registry.tls-ca",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the CA certificates that sign Redis's certificate (rediss:// URLs); empty trusts the system's roots",
+    },
+    KeySpec {
+        key: "registry.tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the client certificate chain this node shows a Redis that requires one (tls-auth-clients); with registry.tls-key",
+    },
+    KeySpec {
+        key: "registry.tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "PEM file with the private key of registry.tls-cert (PKCS#8, PKCS#1 or SEC1)",
     },
     KeySpec {
         key: "registry.node-ttl",
@@ -586,6 +622,8 @@ pub struct InnerConfig {
     pub link_timeout: Duration,
     /// `inner.connect-timeout`.
     pub connect_timeout: Duration,
+    /// `inner.tls-cert`, `inner.tls-key`, `inner.tls-ca`: mutual TLS on links, when set.
+    pub tls: Option<crate::tls::inner::InnerTlsFiles>,
 }
 
 /// Settings of the registry (`registry.*`); cluster mode when `redis` is set.
@@ -599,6 +637,8 @@ pub struct RegistryConfig {
     pub node_ttl: Duration,
     /// `registry.timeout`.
     pub timeout: Duration,
+    /// `registry.tls-ca`, `registry.tls-cert`, `registry.tls-key`: used with `rediss://`.
+    pub tls: crate::tls::registry::RegistryTls,
 }
 
 /// How long a closing session may take to send its close frame and see the client's reply
@@ -644,6 +684,100 @@ fn tls_files(cert: String, key: String) -> Result<Option<crate::tls::TlsFiles>, 
             Ok(Some(files))
         }
     }
+}
+
+/// `inner.tls-*`: all three or none (naming one that is missing), and the files usable.
+fn inner_tls(
+    cert: String,
+    key: String,
+    ca: String,
+) -> Result<Option<crate::tls::inner::InnerTlsFiles>, ConfigError> {
+    let keys = [
+        ("inner.tls-cert", &cert),
+        ("inner.tls-key", &key),
+        ("inner.tls-ca", &ca),
+    ];
+    let set: Vec<_> = keys.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if set.is_empty() {
+        return Ok(None);
+    }
+    if let Some((missing, _)) = keys.iter().find(|(_, v)| v.is_empty()) {
+        return Err(invalid(
+            missing,
+            format!(
+                "must be set with {}: inner TLS needs inner.tls-cert, inner.tls-key and inner.tls-ca",
+                set.iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    let files = crate::tls::inner::InnerTlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        ca: ca.into(),
+    };
+    files.check().map_err(|e| invalid(e.key, e.problem))?;
+    Ok(Some(files))
+}
+
+/// `registry.tls-*`: the client certificate and key both or neither, only with `rediss://` URLs
+/// (TLS files for a plaintext Redis are a mistake, not something to ignore), and every file
+/// usable.
+fn registry_tls(
+    redis: &[String],
+    ca: String,
+    cert: String,
+    key: String,
+) -> Result<crate::tls::registry::RegistryTls, ConfigError> {
+    let client = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) => {
+            return Err(invalid(
+                "registry.tls-key",
+                "must be set with registry.tls-cert".to_owned(),
+            ));
+        }
+        (true, false) => {
+            return Err(invalid(
+                "registry.tls-cert",
+                "must be set with registry.tls-key".to_owned(),
+            ));
+        }
+        (false, false) => Some(crate::tls::TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+    };
+    let tls = crate::tls::registry::RegistryTls {
+        ca: (!ca.is_empty()).then(|| ca.into()),
+        client,
+    };
+    let secure = redis
+        .iter()
+        .filter(|url| url.starts_with("rediss://"))
+        .count();
+    if secure != 0 && secure != redis.len() {
+        return Err(invalid(
+            "registry.redis",
+            "mixes rediss:// and redis:// URLs; use one scheme for every seed".to_owned(),
+        ));
+    }
+    if tls.is_set() && secure == 0 {
+        let key = if tls.ca.is_some() {
+            "registry.tls-ca"
+        } else {
+            "registry.tls-cert"
+        };
+        return Err(invalid(
+            key,
+            "is set, but registry.redis has no rediss:// URL: the registry would not use TLS"
+                .to_owned(),
+        ));
+    }
+    tls.check().map_err(|e| invalid(e.key, e.problem))?;
+    Ok(tls)
 }
 
 /// Where the demo page's files are served from when `outer.demo` is on (the page itself is `/`).
@@ -840,6 +974,11 @@ impl Config {
             heartbeat_interval: duration("inner.heartbeat-interval")?,
             link_timeout: duration("inner.link-timeout")?,
             connect_timeout: duration("inner.connect-timeout")?,
+            tls: inner_tls(
+                checked_text(get("inner.tls-cert"))?,
+                checked_text(get("inner.tls-key"))?,
+                checked_text(get("inner.tls-ca"))?,
+            )?,
         };
         let redis: Vec<String> = checked_text(get("registry.redis"))?
             .split(',')
@@ -847,8 +986,15 @@ impl Config {
             .filter(|url| !url.is_empty())
             .map(str::to_owned)
             .collect();
+        let tls = registry_tls(
+            &redis,
+            checked_text(get("registry.tls-ca"))?,
+            checked_text(get("registry.tls-cert"))?,
+            checked_text(get("registry.tls-key"))?,
+        )?;
         let registry = RegistryConfig {
             cluster: checked_bool(get("registry.cluster"))? || redis.len() > 1,
+            tls,
             redis,
             node_ttl: duration("registry.node-ttl")?,
             timeout: duration("registry.timeout")?,
@@ -1281,7 +1427,7 @@ mod tests {
     #[test]
     fn the_effective_configuration_shows_every_key_and_hides_secrets() {
         let config = from_file(
-            "[inner]\nsecret = \"0123456789abcdef0123\"\nadvertise = \"10.0.0.1:1025\"\n[registry]\nredis = \"redis://u:p4ss@r1:6379/0, rediss://:only@r2\"\n",
+            "[inner]\nsecret = \"0123456789abcdef0123\"\nadvertise = \"10.0.0.1:1025\"\n[registry]\nredis = \"redis://u:p4ss@r1:6379/0, redis://:only@r2\"\n",
         )
         .unwrap();
         let shown = config.effective.to_toml();
@@ -1292,7 +1438,7 @@ mod tests {
         );
         assert!(shown.contains("secret = \"<redacted>\""), "{shown}");
         assert!(
-            shown.contains("redis = \"redis://u:<redacted>@r1:6379/0,rediss://:<redacted>@r2\""),
+            shown.contains("redis = \"redis://u:<redacted>@r1:6379/0,redis://:<redacted>@r2\""),
             "{shown}"
         );
         // Read back, it is the same configuration but for the secrets.

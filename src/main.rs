@@ -186,7 +186,9 @@ async fn serve(config: Config) -> ExitCode {
     };
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
-    let reloads = server.tls().map(|tls| tokio::spawn(reload_on_sighup(tls)));
+    let (outer_tls, inner_tls) = (server.tls(), server.inner_tls());
+    let reloads = (outer_tls.is_some() || inner_tls.is_some())
+        .then(|| tokio::spawn(reload_on_sighup(outer_tls, inner_tls)));
     let outcome = server.run(stop).await;
     signals.abort();
     if let Some(reloads) = reloads {
@@ -199,15 +201,29 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Loads the TLS certificate and key again on every SIGHUP; a failed reload keeps the old ones.
-async fn reload_on_sighup(tls: std::sync::Arc<wspair::tls::Tls>) {
+/// Loads the TLS certificates and keys again on every SIGHUP (the client listener's and the
+/// inner links'); a failed reload keeps the old ones.
+async fn reload_on_sighup(
+    outer: Option<std::sync::Arc<wspair::tls::Tls>>,
+    inner: Option<std::sync::Arc<wspair::tls::inner::InnerTls>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs once");
     while hangup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(err) => {
-                tracing::warn!(error = %err, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+        if let Some(tls) = &outer {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+                }
+            }
+        }
+        if let Some(tls) = &inner {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: inner TLS certificate reloaded"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "SIGHUP: inner TLS certificate not reloaded; keeping the old one")
+                }
             }
         }
     }

@@ -58,8 +58,9 @@ pub struct Metrics {
     pub sessions_message_limits: AtomicU64,
     /// Sessions closed with 1009: a message over `outer.max-frame-size`.
     pub sessions_too_big: AtomicU64,
-    /// Inner connections cut because the handshake failed (wrong secret, version, timeout, a
-    /// frame over the handshake limit) or too many were handshaking at once.
+    /// Inner connections cut because the handshake failed (TLS with `inner.tls-*`: no
+    /// certificate of the cluster's CA, or no TLS at all; wrong secret, version, timeout, a frame
+    /// over the handshake limit) or too many were handshaking at once.
     pub links_refused: AtomicU64,
     /// Inner links closed because the remote node sent a malformed or oversized frame.
     pub links_malformed: AtomicU64,

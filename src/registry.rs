@@ -22,7 +22,10 @@
 //! or [`ROUTE_TTL`] passes; nobody treats them as live.
 //!
 //! Every call has the deadline `registry.timeout`. Redis Cluster is used through the client's
-//! cluster connection, which follows slot moves.
+//! cluster connection, which follows slot moves. With `rediss://` URLs every connection is TLS
+//! (rustls), trusting `registry.tls-ca` (or the system's roots) and showing `registry.tls-cert`
+//! when set; a certificate Redis's name does not match, or one signed by another CA, fails
+//! like an unreachable Redis, with the TLS error as the reason.
 
 use std::time::Duration;
 
@@ -53,6 +56,9 @@ pub enum RegistryError {
     /// Redis did not answer within `registry.timeout`.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A `registry.tls-*` file could not be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where a role of a channel is held: the session incarnation (node and session id) that a
@@ -252,19 +258,33 @@ impl RedisRegistry {
         config: &RegistryConfig,
         me: NodeInfo,
     ) -> Result<RedisRegistry, RegistryError> {
+        // The config allows no mix of schemes: the first URL tells.
+        let tls = if config.redis[0].starts_with("rediss://") {
+            crate::tls::install_default_provider();
+            Some(config.tls.certificates()?)
+        } else {
+            None
+        };
         let connection = if config.cluster {
-            let client = redis::cluster::ClusterClient::builder(config.redis.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(config.redis.clone())
                 .connection_timeout(config.timeout)
                 .response_timeout(config.timeout)
-                .retries(2)
-                .build()?;
+                .retries(2);
+            if let Some(certificates) = tls {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build()?;
             let connection =
                 tokio::time::timeout(config.timeout * 5, client.get_async_connection())
                     .await
                     .map_err(|_| RegistryError::Timeout(config.timeout * 5))??;
             Connection::Cluster(connection)
         } else {
-            let client = redis::Client::open(config.redis[0].as_str())?;
+            let url = config.redis[0].as_str();
+            let client = match tls {
+                Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+                None => redis::Client::open(url)?,
+            };
             let manager_config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
                 .set_response_timeout(Some(config.timeout))

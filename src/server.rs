@@ -29,6 +29,7 @@ use crate::outer::{self, OuterContext};
 use crate::registry::{RedisRegistry, RegistryError};
 use crate::router::{ClusterParts, Router};
 use crate::tls::Tls;
+use crate::tls::inner::InnerTls;
 
 /// How long links get to finish after the sessions drained.
 const LINK_DRAIN: Duration = Duration::from_secs(1);
@@ -95,6 +96,7 @@ pub struct Server {
     shutdown: CancellationToken,
     cluster: Option<ClusterRuntime>,
     tls: Option<Arc<Tls>>,
+    inner_tls: Option<Arc<InnerTls>>,
     auth: Option<Arc<crate::auth::Auth>>,
 }
 
@@ -188,6 +190,7 @@ impl Server {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let mut inner_addr = None;
+        let mut inner_tls = None;
         let (cluster, cluster_parts) = if config.registry.redis.is_empty() {
             (None, None)
         } else {
@@ -202,11 +205,16 @@ impl Server {
                 me.advertise = bound.to_string();
             }
             let registry = RedisRegistry::connect(&config.registry, me.clone()).await?;
+            inner_tls = match &config.inner.tls {
+                Some(files) => Some(Arc::new(InnerTls::new(files.clone())?)),
+                None => None,
+            };
             let link_ctx = Arc::new(LinkContext {
                 me: me.clone(),
                 config: config.inner.clone(),
                 max_message: config.outer.max_frame_size,
                 metrics: Arc::clone(&metrics),
+                tls: inner_tls.clone(),
             });
             let links_tracker = TaskTracker::new();
             let links_cancel = CancellationToken::new();
@@ -245,6 +253,7 @@ impl Server {
             shutdown,
             cluster,
             tls,
+            inner_tls,
             auth,
         })
     }
@@ -253,6 +262,12 @@ impl Server {
     /// `wspair` command calls it on SIGHUP).
     pub fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.clone()
+    }
+
+    /// The inner links' TLS, in cluster mode with `inner.tls-*`: [`InnerTls::reload`] takes
+    /// new files (the `wspair` command calls it on SIGHUP).
+    pub fn inner_tls(&self) -> Option<Arc<InnerTls>> {
+        self.inner_tls.clone()
     }
 
     /// Where the listeners are bound.

@@ -1,32 +1,49 @@
 //! TLS for the client listener (`outer.tls-cert`, `outer.tls-key`): loading a certificate chain
 //! and its key from PEM files, and reloading them (SIGHUP) without touching open sessions.
+//! Beside it, `pem` reads the files of every TLS setting, `inner` builds the inner links' mutual
+//! TLS (`inner.tls-*`), and `registry` reads the files of TLS to Redis (`registry.tls-*`).
 //!
 //! rustls with the `ring` provider: no OpenSSL, and nothing to build but Rust and a little C.
 //! A reload swaps the configuration that later handshakes use; connections already up keep the
 //! one they started with. A reload that fails keeps the old configuration and says why.
 
-use std::path::{Path, PathBuf};
+pub mod inner;
+pub mod pem;
+pub mod registry;
+
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::crypto::CryptoProvider;
 
 /// Why a certificate or key could not be used, naming the setting it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {problem}")]
 pub struct TlsError {
-    /// `outer.tls-cert` or `outer.tls-key`.
+    /// The key the file came from: `outer.tls-cert`, `registry.tls-ca`, ...
     pub key: &'static str,
     pub problem: String,
 }
 
-fn error(key: &'static str, problem: impl Into<String>) -> TlsError {
+pub(crate) fn error(key: &'static str, problem: impl Into<String>) -> TlsError {
     TlsError {
         key,
         problem: problem.into(),
     }
+}
+
+/// The one crypto provider of every TLS configuration wspair builds: `ring`.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process's default provider, for configurations wspair does not build itself
+/// (the Redis client's): without it rustls would pick the provider from its crate features, and
+/// refuse to choose if a dependency ever enabled a second one. Idempotent.
+pub fn install_default_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Where the certificate chain and its key are.
@@ -41,52 +58,23 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Reads and checks both files: a server configuration for them, or what is wrong.
     pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let chain = read_chain(&self.cert)?;
-        let key = read_key(&self.key)?;
-        let mut config = ServerConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| error("outer.tls-cert", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            error(
-                "outer.tls-key",
-                format!("does not fit the certificate: {e}"),
-            )
-        })?;
+        let chain = pem::certificates("outer.tls-cert", &self.cert)?;
+        let key = pem::private_key("outer.tls-key", &self.key)?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error("outer.tls-cert", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                error(
+                    "outer.tls-key",
+                    format!("does not fit the certificate: {e}"),
+                )
+            })?;
         // WebSocket upgrades are HTTP/1.1.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
-}
-
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let key = "outer.tls-cert";
-    let pem = std::fs::read(path).map_err(|e| error(key, format!("{}: {e}", path.display())))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            error(
-                key,
-                format!("{}: not PEM certificates: {e}", path.display()),
-            )
-        })?;
-    if chain.is_empty() {
-        return Err(error(
-            key,
-            format!("{}: no certificate in it", path.display()),
-        ));
-    }
-    Ok(chain)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let key = "outer.tls-key";
-    let pem = std::fs::read(path).map_err(|e| error(key, format!("{}: {e}", path.display())))?;
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| error(key, format!("{}: no PEM private key: {e}", path.display())))
 }
 
 /// The client listener's TLS: the configuration handshakes use now, and where it came from.

@@ -8,19 +8,27 @@
 //! covers a nonce the other just drew, so a recorded handshake cannot be replayed, and the
 //! labels differ, so one side's tag cannot be reflected back as the other's. Tags are compared
 //! in constant time. A failure here closes the connection; callers log and count it.
+//!
+//! With `inner.tls-*` the handshake runs inside TLS, unchanged: TLS proves each end holds a
+//! certificate of the cluster's CA, this proves it holds the secret and names its node id.
 
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use super::codec::{CodecError, InnerCodec};
 use super::frame::{InnerFrame, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION};
+use super::stream::InnerStream;
 use crate::node::{NodeId, NodeInfo};
 
 /// A link whose handshake is under way or done.
-pub type LinkStream = Framed<TcpStream, InnerCodec>;
+pub type LinkStream = Framed<InnerStream, InnerCodec>;
+
+/// What the handshake runs over: a link's stream, or any other (tests speak it over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +79,7 @@ fn tag(
     mac
 }
 
-async fn next(stream: &mut LinkStream) -> Result<InnerFrame, AuthError> {
+async fn next(stream: &mut Framed<impl Io, InnerCodec>) -> Result<InnerFrame, AuthError> {
     stream
         .next()
         .await
@@ -90,7 +98,9 @@ fn hello(me: &NodeInfo, nonce: [u8; NONCE_BYTES]) -> InnerFrame {
     }
 }
 
-async fn expect_hello(stream: &mut LinkStream) -> Result<(NodeInfo, [u8; NONCE_BYTES]), AuthError> {
+async fn expect_hello(
+    stream: &mut Framed<impl Io, InnerCodec>,
+) -> Result<(NodeInfo, [u8; NONCE_BYTES]), AuthError> {
     match next(stream).await? {
         InnerFrame::Hello { version, .. } if version != PROTOCOL_VERSION => {
             Err(AuthError::Version(version))
@@ -117,7 +127,9 @@ async fn expect_hello(stream: &mut LinkStream) -> Result<(NodeInfo, [u8; NONCE_B
     }
 }
 
-async fn expect_auth(stream: &mut LinkStream) -> Result<[u8; MAC_BYTES], AuthError> {
+async fn expect_auth(
+    stream: &mut Framed<impl Io, InnerCodec>,
+) -> Result<[u8; MAC_BYTES], AuthError> {
     match next(stream).await? {
         InnerFrame::Auth { mac } => Ok(mac),
         other => Err(AuthError::Unexpected {
@@ -129,7 +141,7 @@ async fn expect_auth(stream: &mut LinkStream) -> Result<[u8; MAC_BYTES], AuthErr
 
 /// Runs the dialer's side; returns what the acceptor said about itself.
 pub async fn dial(
-    stream: &mut LinkStream,
+    stream: &mut Framed<impl Io, InnerCodec>,
     me: &NodeInfo,
     secret: &[u8],
 ) -> Result<NodeInfo, AuthError> {
@@ -167,7 +179,7 @@ pub async fn dial(
 
 /// Runs the acceptor's side; returns what the dialer said about itself.
 pub async fn accept(
-    stream: &mut LinkStream,
+    stream: &mut Framed<impl Io, InnerCodec>,
     me: &NodeInfo,
     secret: &[u8],
 ) -> Result<NodeInfo, AuthError> {

@@ -7,7 +7,8 @@
 //! full) and control (credits, announcements, evictions), which is written first. Frames still queued after the link has been down for
 //! `inner.connect-timeout` are dropped and counted. The link pings every
 //! `inner.heartbeat-interval` and is redialled when the remote node stays silent for
-//! `inner.link-timeout`. This module never talks to the registry.
+//! `inner.link-timeout`. With `inner.tls-*` the dial runs TLS (under the same
+//! `inner.connect-timeout`) before the handshake. This module never talks to the registry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::auth;
 use super::codec::InnerCodec;
 use super::frame::InnerFrame;
+use super::stream::InnerStream;
 use crate::budget::{BudgetWaiter, ByteBudget};
 use crate::config::InnerConfig;
 use crate::metrics::Metrics;
@@ -113,6 +115,8 @@ pub struct LinkContext {
     pub max_message: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// `inner.tls-*`: TLS under every link, both ways, when set.
+    pub tls: Option<Arc<crate::tls::inner::InnerTls>>,
 }
 
 /// The task that owns one link.
@@ -217,6 +221,22 @@ impl Link {
                 text: format!("connect {}: {err}", self.target.advertise),
             })?;
         let _ = stream.set_nodelay(true);
+        let stream = match &self.ctx.tls {
+            None => InnerStream::Plain(stream),
+            Some(tls) => {
+                let name = crate::tls::inner::server_name(&self.target.advertise);
+                let tls = tls
+                    .connector()
+                    .connect(name, stream)
+                    .await
+                    .map_err(|err| DialError {
+                        // Someone listens there; the certificates or the settings differ.
+                        gone: false,
+                        text: format!("TLS with {}: {err}", self.target.advertise),
+                    })?;
+                InnerStream::Dialed(Box::new(tls))
+            }
+        };
         let mut framed = Framed::new(stream, InnerCodec::for_handshake());
         let acceptor = auth::dial(&mut framed, &self.ctx.me, self.ctx.config.secret.as_bytes())
             .await
@@ -256,7 +276,7 @@ impl Link {
     /// Writes queued frames and reads pongs until the link fails; returns why.
     async fn pump(&mut self, framed: auth::LinkStream) -> String {
         let parts = framed.into_parts();
-        let (read_half, write_half) = parts.io.into_split();
+        let (read_half, write_half) = parts.io.split();
         let mut reader = FramedRead::new(read_half, InnerCodec::new(self.ctx.max_message));
         *reader.read_buffer_mut() = parts.read_buf;
         let mut writer = FramedWrite::new(write_half, InnerCodec::new(self.ctx.max_message));

@@ -1,7 +1,8 @@
 //! Accepts links from other nodes, authenticates them, and hands their frames to the router.
 //!
-//! A connection that fails the handshake within `inner.connect-timeout` is cut, logged and
-//! counted. Before it authenticates, a connection may send frames of at most
+//! A connection that fails the handshake within `inner.connect-timeout` (TLS first when
+//! `inner.tls-*` is set: a dialer without a certificate of the cluster's CA, or speaking
+//! plaintext, fails there) is cut, logged and counted. Before it authenticates, a connection may send frames of at most
 //! `HANDSHAKE_FRAME_LIMIT` bytes, and at most `inner.max-handshakes` connections may be
 //! handshaking at once (more are cut on accept). Logs name frames by kind, never contents. After it, a malformed or oversized frame, or silence for `inner.link-timeout`,
 //! closes that link and nothing else; the dialing node redials. Frames are handed over
@@ -23,6 +24,7 @@ use super::auth;
 use super::codec::InnerCodec;
 use super::frame::InnerFrame;
 use super::link::LinkContext;
+use super::stream::InnerStream;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
 
@@ -79,11 +81,30 @@ async fn serve_link(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, InnerCodec::for_handshake());
-    let secret = ctx.config.secret.as_bytes();
-    let handshake = auth::accept(&mut framed, &ctx.me, secret);
-    let dialer = match tokio::time::timeout(ctx.config.connect_timeout, handshake).await {
-        Ok(Ok(dialer)) => dialer,
+    // TLS (when on) and the HMAC handshake share one deadline.
+    let handshake = async {
+        let stream = match &ctx.tls {
+            None => InnerStream::Plain(stream),
+            Some(tls) => {
+                let tls = tls
+                    .acceptor()
+                    .accept(stream)
+                    .await
+                    .map_err(|err| format!("TLS: {err}"))?;
+                InnerStream::Accepted(Box::new(tls))
+            }
+        };
+        let mut framed = Framed::new(stream, InnerCodec::for_handshake());
+        let secret = ctx.config.secret.as_bytes();
+        match auth::accept(&mut framed, &ctx.me, secret).await {
+            Ok(dialer) => Ok((framed, dialer)),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    let (mut framed, dialer) = match tokio::time::timeout(ctx.config.connect_timeout, handshake)
+        .await
+    {
+        Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             Metrics::incr(&ctx.metrics.links_refused);
             warn!(%remote_addr, error = %err, "inner link refused");

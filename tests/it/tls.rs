@@ -1,89 +1,25 @@
 //! TLS on the client listener (`outer.tls-cert`, `outer.tls-key`): wss:// clients that trust a
-//! test CA made here (root, intermediate, leaf: the certificate file holds a chain), plaintext
+//! test CA (`harness::ca`: root, intermediate, leaf: the certificate file holds a chain), plaintext
 //! refused at the TLS layer without harm to the node, SIGHUP reloading the certificate under
 //! open sessions (and keeping the old one when the new file is broken), and bad files at start
 //! named by key.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::KeyPair;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use wspair::Config;
-use wspair::tls::TlsFiles;
 
+use crate::harness::ca::{TestCa, scratch_dir};
 use crate::harness::process::ProcessNode;
 use crate::harness::{EVENT_TIMEOUT, TestNode, random_channel_id, wait_until};
-
-/// A certificate authority of the test: a root, and an intermediate that signs leaves.
-struct TestCa {
-    root: CertificateDer<'static>,
-    intermediate: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root =
-            CertifiedIssuer::self_signed(params.clone(), KeyPair::generate().unwrap()).unwrap();
-        let intermediate =
-            CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &root).unwrap();
-        TestCa {
-            root: root.der().clone(),
-            intermediate,
-        }
-    }
-
-    /// Writes a leaf for 127.0.0.1 and localhost into `dir`: `cert.pem` (leaf, then the
-    /// intermediate) and `key.pem`.
-    fn issue(&self, dir: &Path) -> TlsFiles {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-        let leaf = params.signed_by(&key, &self.intermediate).unwrap();
-        let files = TlsFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        };
-        std::fs::write(
-            &files.cert,
-            format!("{}{}", leaf.pem(), self.intermediate.pem()),
-        )
-        .unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        files
-    }
-
-    /// A client configuration that trusts this CA's root only.
-    fn client(&self) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root.clone()).unwrap();
-        let config = ClientConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-/// A fresh directory for one test's files.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wspair-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
 

@@ -2,6 +2,7 @@
 //! real sockets and a real WebSocket client (tokio-tungstenite, an implementation independent
 //! of the server's).
 
+pub mod ca;
 pub mod client;
 pub mod http;
 pub mod process;

@@ -1,17 +1,65 @@
-//! Real `redis-server` processes on free loopback ports, stopped on drop.
+//! Real `redis-server` processes on free loopback ports, stopped on drop; plaintext, or TLS only
+//! (`--port 0 --tls-port P`, Debian's redis-server has TLS built in) with certificates from a
+//! test CA.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use wspair::tls::TlsFiles;
+
+use crate::harness::ca::TestCa;
 
 const INSTALL_HINT: &str = "redis-server not found or not starting: install it (Debian: apt-get install redis-server), or run `bash scripts/test.sh`, which does";
 
 /// One `redis-server` process.
 pub struct RedisServer {
+    /// Its port: the TLS port of a TLS server, which has no plaintext one.
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
     dir: std::path::PathBuf,
+    tls: Option<RedisTls>,
+}
+
+/// The files of a TLS Redis, all issued by one test CA.
+#[derive(Clone)]
+pub struct RedisTls {
+    /// The CA's root: what Redis trusts for client certificates, and clients for Redis's.
+    pub ca: PathBuf,
+    /// Redis's own certificate (for 127.0.0.1) and key.
+    pub server: TlsFiles,
+    /// A client certificate of the same CA; `redis-cli` shows it.
+    pub client: TlsFiles,
+    /// `--tls-auth-clients yes`: a client without a certificate is refused.
+    pub require_client_certificates: bool,
+}
+
+impl RedisTls {
+    /// Issues Redis's and a client's certificates from `ca` into `dir`.
+    pub fn issue(ca: &TestCa, dir: &Path, require_client_certificates: bool) -> RedisTls {
+        RedisTls {
+            ca: ca.write_root(dir, "redis-"),
+            server: ca.issue_as(dir, "redis-server-"),
+            client: ca.issue_as(dir, "redis-client-"),
+            require_client_certificates,
+        }
+    }
+
+    /// `redis-cli`'s arguments for this server.
+    fn cli_args(&self) -> Vec<String> {
+        let path = |path: &Path| path.display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path(&self.ca),
+            "--cert".into(),
+            path(&self.client.cert),
+            "--key".into(),
+            path(&self.client.key),
+        ]
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -31,37 +79,100 @@ impl RedisServer {
 
     /// Starts Redis with `extra_args`, retrying on another port if the first one was taken.
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_tls_with(None, extra_args)
+    }
+
+    /// Starts a Redis that speaks only TLS, with `tls`'s files.
+    pub fn start_tls(tls: RedisTls) -> RedisServer {
+        RedisServer::start_tls_with(Some(tls), &[])
+    }
+
+    /// Starts Redis with `extra_args`, over TLS only when `tls` is given; fails loudly if it
+    /// cannot, never skips.
+    pub fn start_tls_with(tls: Option<RedisTls>, extra_args: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "wspair-redis-{}",
             crate::harness::random_channel_id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut last_log = String::new();
         for _ in 0..5 {
+            // A failed attempt's drop removed it.
+            std::fs::create_dir_all(&dir).unwrap();
             let mut server = RedisServer {
                 port: free_port(),
                 child: None,
                 extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
                 dir: dir.clone(),
+                tls: tls.clone(),
             };
             if server.spawn() {
                 return server;
             }
+            last_log = std::fs::read_to_string(server.log()).unwrap_or_default();
         }
-        panic!("{INSTALL_HINT}");
+        panic!("{INSTALL_HINT}; its last log:\n{last_log}");
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the server logs (what it says when it does not start).
+    fn log(&self) -> PathBuf {
+        self.dir.join(format!("redis-{}.log", self.port))
+    }
+
+    /// The server's TLS files, if it speaks TLS.
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.tls.as_ref()
+    }
+
+    /// The listening arguments: the port, or the TLS port and its files.
+    fn listen_args(&self) -> Vec<String> {
+        let port = self.port.to_string();
+        let Some(tls) = &self.tls else {
+            return vec!["--port".into(), port];
+        };
+        let path = |path: &Path| path.display().to_string();
+        let auth_clients = if tls.require_client_certificates {
+            "yes"
+        } else {
+            "no"
+        };
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &path(&tls.server.cert),
+            "--tls-key-file",
+            &path(&tls.server.key),
+            "--tls-ca-cert-file",
+            &path(&tls.ca),
+            "--tls-auth-clients",
+            auth_clients,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(self.listen_args())
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra_args)
+            .args(["--logfile", &self.log().display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -91,6 +202,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.tls.iter().flat_map(RedisTls::cli_args))
             .args(args)
             .output()
             .ok()?;
@@ -156,15 +268,18 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_tls(None)
+    }
+
+    /// Three masters that speak TLS only (to clients and on the cluster bus) when `tls` is
+    /// given.
+    pub fn start_tls(tls: Option<RedisTls>) -> RedisCluster {
+        let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+        if tls.is_some() {
+            args.extend(["--tls-cluster", "yes"]);
+        }
         let masters: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
+            .map(|_| RedisServer::start_tls_with(tls.clone(), &args))
             .collect();
         let addrs: Vec<String> = masters
             .iter()
@@ -175,6 +290,7 @@ impl RedisCluster {
             .arg("create")
             .args(&addrs)
             .arg("--cluster-yes")
+            .args(tls.iter().flat_map(RedisTls::cli_args))
             .output()
             .expect("redis-cli runs");
         assert!(
