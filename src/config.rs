@@ -489,6 +489,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "bearer token /metrics and /admin/ require (`Authorization: Bearer TOKEN`); 16 bytes or more; empty: none (loopback only)",
     },
     KeySpec {
+        key: "log.format",
+        kind: Kind::Choice(&["text", "json"]),
+        default: "text",
+        help: "log lines on stderr as text, or as one JSON object per line (for log collectors); the level comes from RUST_LOG",
+    },
+    KeySpec {
         key: "shutdown-timeout",
         kind: Kind::Duration,
         default: "10s",
@@ -803,6 +809,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// `log.format = "json"`: one JSON object per log line.
+    pub log_json: bool,
     /// `shutdown-timeout`.
     pub shutdown_timeout: Duration,
     /// Every key's value after all layers, for showing (`wspair check-config`).
@@ -1099,6 +1107,7 @@ impl Config {
             drain,
             auth,
             admin,
+            log_json: checked_choice(get("log.format"))? == "json",
             shutdown_timeout,
             effective: Effective(values.clone()),
         })

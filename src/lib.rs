@@ -26,6 +26,7 @@ pub mod drain;
 pub mod hub;
 pub mod inner;
 pub mod liveness;
+pub mod log_throttle;
 pub mod metrics;
 pub mod node;
 pub mod origins;

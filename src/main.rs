@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         Commands::Serve(args) => args,
         Commands::Client(args) => {
             // The client reports on stderr itself; the library's logs are there for RUST_LOG.
-            init_logging("error");
+            init_logging("error", false);
             return cli::client::run(args).into();
         }
         Commands::CheckConfig { file } => return cli::check_config::run(&file, EXIT_USAGE),
@@ -135,7 +135,6 @@ fn main() -> ExitCode {
         }
         Commands::Manpage => return written(cli::generate::manpage::<Cli>()),
     };
-    init_logging("info");
     let overrides: Vec<(&str, String)> = args.overrides;
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -144,6 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    init_logging("info", config.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -154,15 +154,20 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
-/// Logs to stderr at `default_level`, or as `RUST_LOG` says.
-fn init_logging(default_level: &str) {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `default_level`, or as `RUST_LOG` says; as text, or one JSON object per
+/// line (`log.format = "json"`).
+fn init_logging(default_level: &str, json: bool) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .init();
+        .with_env_filter(filter);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// The exit code of a subcommand that writes to stdout.

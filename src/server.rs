@@ -307,7 +307,9 @@ impl Server {
                 self.config.effective.clone(),
                 self.config.admin.token.clone(),
             ));
-            info!(admin = ?self.local_addrs.admin, "admin listener: /metrics, /healthz, /readyz, /admin/");
+            if let Some(admin) = self.local_addrs.admin {
+                info!(%admin, "admin listener: /metrics, /healthz, /readyz, /admin/");
+            }
             tokio::spawn(admin::accept_loop(listener, admin_ctx, admin_stop.clone()));
         }
         let outer_ctx = Arc::new(OuterContext::new(
@@ -343,7 +345,8 @@ impl Server {
             ));
             (cluster.links_tracker, cluster.links_cancel)
         });
-        info!(outer = %self.local_addrs.outer, path = %self.config.outer.path, "wspair listening");
+        info!(outer = %self.local_addrs.outer, path = %self.config.outer.path,
+            node = %self.router.me().id, "wspair listening");
         tracker.spawn(outer::accept_loop(self.outer_listener, outer_ctx));
 
         stop.cancelled().await;

@@ -89,7 +89,7 @@ impl LinkHandle {
     pub fn send_control(&self, frame: InnerFrame) {
         if let Err(err) = self.control_tx.try_send(frame) {
             Metrics::incr(&self.metrics.link_frames_dropped);
-            warn!(node = %self.node, error = %err, "control frame dropped: link queue full or closed");
+            crate::warn_throttled!(node = %self.node, error = %err, "control frame dropped: link queue full or closed");
         }
     }
 
@@ -186,7 +186,7 @@ impl Link {
                     if self.cancel.is_cancelled() {
                         return;
                     }
-                    warn!(%node, %reason, "link down; redialling");
+                    crate::warn_throttled!(%node, %reason, "link down; redialling");
                     down_since = Instant::now();
                 }
                 Ok(Err(err)) => {

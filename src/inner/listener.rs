@@ -48,7 +48,7 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    warn!(error = %err, "inner accept failed");
+                    crate::warn_throttled!(error = %err, "inner accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -107,12 +107,12 @@ async fn serve_link(
         Ok(Ok(done)) => done,
         Ok(Err(err)) => {
             Metrics::incr(&ctx.metrics.links_refused);
-            warn!(%remote_addr, error = %err, "inner link refused");
+            crate::warn_throttled!(%remote_addr, error = %err, "inner link refused");
             return;
         }
         Err(_) => {
             Metrics::incr(&ctx.metrics.links_refused);
-            warn!(%remote_addr, "inner link refused: no handshake within inner.connect-timeout");
+            crate::warn_throttled!(%remote_addr, "inner link refused: no handshake within inner.connect-timeout");
             return;
         }
     };

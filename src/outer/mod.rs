@@ -47,7 +47,7 @@ use tokio::sync::mpsc::Receiver;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 use yawc::{DeflatePool, Options, WebSocket};
 
 use self::handshake::HandshakeError;
@@ -185,7 +185,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
                 Err(err) => {
                     // Running out of file descriptors is the usual cause; pausing lets
                     // closing sessions free some instead of spinning.
-                    warn!(error = %err, "accept failed");
+                    crate::warn_throttled!(error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

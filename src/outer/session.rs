@@ -123,6 +123,8 @@ struct Session {
     ping_due: bool,
     /// Counts data messages read; a change between ticks means a message was completed.
     messages_read: u64,
+    /// What the session carried, for its closing log line.
+    traffic: Traffic,
     /// Counts messages dequeued and flushes done; compared at each tick to detect a stall.
     write_progress: u64,
     seen: TickMarks,
@@ -132,6 +134,16 @@ struct Session {
     library_closed: bool,
     /// The state of a wspair.v1 session; `None` for a raw one.
     v1: Option<Box<V1Session>>,
+}
+
+/// What a session carried, and since when: its closing log line says it.
+struct Traffic {
+    opened: Instant,
+    /// Payload bytes of the data messages read from the client.
+    bytes_read: u64,
+    /// Messages written to the client, and their payload bytes.
+    messages_written: u64,
+    bytes_written: u64,
 }
 
 /// What one burst of writes took from the queue.
@@ -172,7 +184,9 @@ pub fn run(
     let channel_id = claim.channel_id;
     let role = claim.role;
     Metrics::incr(&ctx.metrics.sessions_opened);
-    info!(%channel_id, %role, %remote_addr, "session opened");
+    let node = ctx.router.me().id;
+    let v1 = claim.handle.client.is_some();
+    info!(%channel_id, %role, %node, %remote_addr, v1, "session opened");
     let now = Instant::now();
     let mut ticker = tokio::time::interval_at(now + ctx.tick_period(), ctx.tick_period());
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -213,6 +227,12 @@ pub fn run(
         unflushed: false,
         ping_due: false,
         messages_read: 0,
+        traffic: Traffic {
+            opened: now,
+            bytes_read: 0,
+            messages_written: 0,
+            bytes_written: 0,
+        },
         write_progress: 0,
         seen: TickMarks {
             frames_read: 0,
@@ -266,8 +286,13 @@ impl Session {
         // Boxed: closing needs as much state again as relaying, and only for a moment at
         // the end; unboxed, every idle session's task would carry room for it.
         Box::pin(self.finish(&reason)).await;
-        info!(channel_id = %self.claim.channel_id, role = %self.claim.role, %remote_addr,
-            close = %reason, "session closed");
+        let traffic = &self.traffic;
+        info!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+            node = %self.ctx.router.me().id, %remote_addr,
+            duration_ms = u64::try_from(traffic.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            messages_in = self.messages_read, bytes_in = traffic.bytes_read,
+            messages_out = traffic.messages_written, bytes_out = traffic.bytes_written,
+            code = reason.code(), close = %reason, "session closed");
     }
 
     /// Relays until something ends the session, and says what.
@@ -416,6 +441,8 @@ impl Session {
             match self.outbound_rx.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
                     written.messages += 1;
+                    self.traffic.messages_written += 1;
+                    self.traffic.bytes_written += message.payload.len() as u64;
                     match message.origin {
                         None => {
                             written.local += 1;
@@ -468,6 +495,7 @@ impl Session {
             _ => return None,
         };
         self.messages_read += 1;
+        self.traffic.bytes_read += frame.payload().len() as u64;
         if let Some(v1) = &mut self.v1 {
             match v1.read(frame) {
                 Ok(FromClient::Relay(message)) => self.delivery.send(message),

@@ -4,7 +4,7 @@
 //! names an incarnation this node no longer holds is dropped and counted, never applied to a
 //! successor.
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Router, lock};
 use crate::credit::CreditDue;
@@ -81,7 +81,7 @@ impl Router {
                     Ok(0) => {}
                     Ok(lost) => {
                         Metrics::add(&self.metrics.messages_lost_between_nodes, lost);
-                        warn!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
+                        crate::warn_throttled!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
                     }
                     // The receiving incarnation is gone: the sender's grant for it is void, so
                     // nothing is given back; the sender finds the successor and its grant.
@@ -98,7 +98,7 @@ impl Router {
                     }
                     Err(Undelivered::QueueFull) => {
                         Metrics::incr(&self.metrics.messages_dropped_remote);
-                        warn!(%channel_id, %role, node = %from, "message from a remote node dropped: it came without credit and the session's queue is full");
+                        crate::warn_throttled!(%channel_id, %role, node = %from, "message from a remote node dropped: it came without credit and the session's queue is full");
                     }
                 }
             }
@@ -305,7 +305,7 @@ impl Router {
         };
         if lost > 0 {
             Metrics::add(&self.metrics.messages_lost_between_nodes, lost);
-            warn!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
+            crate::warn_throttled!(%channel_id, %role, node = %from, lost, "messages from a remote node lost on the way");
         }
         if let Some(due) = due {
             self.send_credit(channel_id, role, receiver, due);

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use self::links::Links;
 use self::membership::Membership;
@@ -321,7 +321,7 @@ impl Router {
         {
             Ok(restored) => restored,
             Err(err) => {
-                warn!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
+                crate::warn_throttled!(%channel_id, %role, error = %err, "route not given back after a failed upgrade; releasing it at the next heartbeat");
                 cluster.upkeep.release_later(channel_id, role, mine);
                 false
             }
@@ -500,7 +500,7 @@ impl Router {
                 .is_err()
             {
                 lock(&cluster.pending_acks).remove(&key);
-                warn!(%channel_id, %role, node = %peer.node, "peer's node did not acknowledge the bind in time; refusing the client");
+                crate::warn_throttled!(%channel_id, %role, node = %peer.node, "peer's node did not acknowledge the bind in time; refusing the client");
                 return Err(ClaimError::PeerNodeSilent(cluster.ack_timeout));
             }
         }
@@ -592,7 +592,7 @@ impl Router {
             session: claim.handle.id,
         };
         if let Err(err) = cluster.registry.release(&channel_id, role, mine).await {
-            warn!(%channel_id, %role, error = %err, "route release failed; retrying at the next heartbeat");
+            crate::warn_throttled!(%channel_id, %role, error = %err, "route release failed; retrying at the next heartbeat");
             cluster.upkeep.release_later(channel_id, role, mine);
         }
     }

@@ -93,7 +93,7 @@ impl Router {
         let beat = match cluster.registry.heartbeat().await {
             Ok(beat) => beat,
             Err(err) => {
-                warn!(error = %err, "registry heartbeat failed; established pairs keep relaying");
+                crate::warn_throttled!(error = %err, "registry heartbeat failed; established pairs keep relaying");
                 cluster.registry_ok.store(false, Ordering::Release);
                 cluster.membership.blind(started);
                 return false;
@@ -441,7 +441,7 @@ impl Upkeep {
     fn fence(&self, channel_id: ChannelId, role: Role, session: u64) -> bool {
         match self.hub.local(&channel_id, role) {
             Some(handle) if handle.id == session => {
-                warn!(%channel_id, %role, "another session holds this session's route; closing it as replaced");
+                crate::warn_throttled!(%channel_id, %role, "another session holds this session's route; closing it as replaced");
                 Metrics::incr(&self.metrics.sessions_fenced);
                 handle.stop.cancel();
                 true

@@ -13,6 +13,7 @@ mod http_front;
 mod inner_tls;
 mod lifecycle;
 mod limits;
+mod logs;
 mod memory;
 mod properties;
 mod protocol;

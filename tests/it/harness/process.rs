@@ -4,13 +4,27 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
+
+/// Log lines a process keeps for its test, at most: a test that logs more looks at the first.
+const MAX_LOG_LINES: usize = 100_000;
 
 /// A running `wspair serve` process.
 pub struct ProcessNode {
     pub addr: SocketAddr,
     child: Child,
+    /// Its stderr, line by line.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The client address in the node's `wspair listening` line, as text or JSON logs write it.
+fn listening_address(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("wspair listening outer=").nth(1) {
+        return rest.split_whitespace().next().map(str::to_owned);
+    }
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    (json["message"] == "wspair listening").then(|| json["outer"].as_str().map(str::to_owned))?
 }
 
 impl ProcessNode {
@@ -34,19 +48,22 @@ impl ProcessNode {
             .expect("the wspair binary starts");
         let stderr = child.stderr.take().unwrap();
         let (found_tx, found_rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
         // Reads the log for the listening address, then keeps draining it so the process
         // never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut found_tx = Some(found_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("wspair listening outer=").nth(1)
+                {
+                    let mut kept = kept.lock().unwrap();
+                    if kept.len() < MAX_LOG_LINES {
+                        kept.push(line.clone());
+                    }
+                }
+                if let Some(addr) = listening_address(&line)
                     && let Some(tx) = found_tx.take()
                 {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
                     let _ = tx.send(addr);
                 }
             }
@@ -56,7 +73,16 @@ impl ProcessNode {
             .expect("the node logs its listening address")
             .parse()
             .expect("a socket address");
-        ProcessNode { addr, child }
+        ProcessNode { addr, child, log }
+    }
+
+    /// The log lines written so far that contain `fragment`.
+    pub fn log_lines(&self, fragment: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|line| line.contains(fragment))
+            .cloned()
+            .collect()
     }
 
     /// The process's resident set size in KiB, from `/proc/PID/status`.
