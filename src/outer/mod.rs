@@ -17,6 +17,7 @@ mod demo;
 pub mod handshake;
 pub mod head;
 pub mod limits;
+pub mod rate;
 pub mod session;
 pub mod v1;
 

@@ -14,6 +14,7 @@ mod limits;
 mod memory;
 mod properties;
 mod protocol;
+mod ratelimit;
 mod relay;
 mod tidy;
 mod tls;
