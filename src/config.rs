@@ -258,6 +258,36 @@ pub const KEYS: &[KeySpec] = &[
         help: "every connection opens with a PROXY protocol header (v1 or v2, as HAProxy and AWS NLB send it) naming the client; one without is closed. Only for a port that nothing but the proxy can reach",
     },
     KeySpec {
+        key: "outer.max-messages-per-second",
+        kind: Kind::Integer {
+            min: 0,
+            max: MAX_U32,
+        },
+        default: "0",
+        help: "data messages one session may send per second, on average (0: no limit); see outer.rate-burst and outer.rate-limit-action",
+    },
+    KeySpec {
+        key: "outer.max-bytes-per-second",
+        kind: Kind::Integer {
+            min: 0,
+            max: MAX_U32,
+        },
+        default: "0",
+        help: "payload bytes of data messages one session may send per second, on average, counted after decompression (0: no limit); a message larger than the burst still passes, and the session then waits out its excess",
+    },
+    KeySpec {
+        key: "outer.rate-burst",
+        kind: Kind::Duration,
+        default: "1s",
+        help: "how far ahead of its rate a session may run: after a quiet spell it may send this long's worth of outer.max-messages-per-second and outer.max-bytes-per-second at once",
+    },
+    KeySpec {
+        key: "outer.rate-limit-action",
+        kind: Kind::Choice(&["throttle", "close"]),
+        default: "throttle",
+        help: "a session over its rate: `throttle` stops reading it until the rate allows the message (nothing is lost), `close` closes it with 1008",
+    },
+    KeySpec {
         key: "outer.allowed-origins",
         kind: Kind::Text,
         default: "",
@@ -511,6 +541,36 @@ pub enum DuplicatePolicy {
     Reject,
 }
 
+/// What a session does with a message over its rate (`outer.rate-limit-action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateAction {
+    /// Hold the message, and stop reading the client, until the rate allows it.
+    Throttle,
+    /// Close the session with 1008; the message is not delivered.
+    Close,
+}
+
+/// A session's rate limits (`outer.max-messages-per-second`, `outer.max-bytes-per-second`,
+/// `outer.rate-burst`, `outer.rate-limit-action`); see `outer::rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Data messages per second; 0: no limit.
+    pub messages_per_second: u32,
+    /// Payload bytes per second; 0: no limit.
+    pub bytes_per_second: u32,
+    /// How far ahead of its rate a session may run.
+    pub burst: Duration,
+    /// What happens to a message over the rate.
+    pub action: RateAction,
+}
+
+impl RateLimits {
+    /// True when neither rate is limited: sessions then keep no limiter at all.
+    pub fn is_off(&self) -> bool {
+        self.messages_per_second == 0 && self.bytes_per_second == 0
+    }
+}
+
 /// Settings of the WebSocket side (`outer.*`).
 #[derive(Debug, Clone)]
 pub struct OuterConfig {
@@ -565,6 +625,8 @@ pub struct OuterConfig {
     pub forwarded_header: crate::outer::forwarded::ForwardedHeader,
     /// `outer.proxy-protocol`.
     pub proxy_protocol: bool,
+    /// Per-session message and byte rates (`outer.max-*-per-second`, `outer.rate-*`).
+    pub rate: RateLimits,
 }
 
 /// Settings of the v1 client protocol (`v1.*`).
@@ -935,6 +997,15 @@ impl Config {
                 _ => crate::outer::forwarded::ForwardedHeader::XForwardedFor,
             },
             proxy_protocol: checked_bool(get("outer.proxy-protocol"))?,
+            rate: RateLimits {
+                messages_per_second: int("outer.max-messages-per-second")? as u32,
+                bytes_per_second: int("outer.max-bytes-per-second")? as u32,
+                burst: duration("outer.rate-burst")?,
+                action: match checked_choice(get("outer.rate-limit-action"))?.as_str() {
+                    "close" => RateAction::Close,
+                    _ => RateAction::Throttle,
+                },
+            },
         };
         if outer.demo && (outer.path == "/" || outer.path.starts_with(DEMO_PREFIX)) {
             return Err(invalid(
@@ -1660,6 +1731,42 @@ mod tests {
             err.to_string()
                 .starts_with("outer.forwarded-header: expected one of"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_off_by_default_and_named_in_errors() {
+        let config = Config::default();
+        assert!(config.outer.rate.is_off());
+        assert_eq!(config.outer.rate.burst, Duration::from_secs(1));
+        assert_eq!(config.outer.rate.action, RateAction::Throttle);
+        let config = from_file(
+            "[outer]\nmax-messages-per-second = 200\nmax-bytes-per-second = 65536\nrate-burst = \"250ms\"\nrate-limit-action = \"close\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.outer.rate,
+            RateLimits {
+                messages_per_second: 200,
+                bytes_per_second: 65536,
+                burst: Duration::from_millis(250),
+                action: RateAction::Close,
+            }
+        );
+        let err = from_file("[outer]\nrate-limit-action = \"drop\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.rate-limit-action: expected one of throttle, close, got \"drop\""
+        );
+        let err = from_file("[outer]\nmax-bytes-per-second = -1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.max-bytes-per-second: -1 is out of range 0..=4294967295"
+        );
+        let err = from_file("[outer]\nrate-burst = \"0s\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outer.rate-burst: must be longer than zero"
         );
     }
 

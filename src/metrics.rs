@@ -58,6 +58,12 @@ pub struct Metrics {
     pub sessions_message_limits: AtomicU64,
     /// Sessions closed with 1009: a message over `outer.max-frame-size`.
     pub sessions_too_big: AtomicU64,
+    /// Sessions closed with 1008 for sending faster than `outer.max-messages-per-second` or
+    /// `outer.max-bytes-per-second` (`outer.rate-limit-action = close`).
+    pub sessions_rate_limited: AtomicU64,
+    /// Times a session held a message over its rate and stopped reading its client until the
+    /// rate allowed it (`outer.rate-limit-action = throttle`).
+    pub rate_limit_pauses: AtomicU64,
     /// Inner connections cut because the handshake failed (TLS with `inner.tls-*`: no
     /// certificate of the cluster's CA, or no TLS at all; wrong secret, version, timeout, a frame
     /// over the handshake limit) or too many were handshaking at once.
@@ -167,6 +173,14 @@ impl Metrics {
             (
                 "wspair_sessions_too_big_total",
                 read(&self.sessions_too_big),
+            ),
+            (
+                "wspair_sessions_rate_limited_total",
+                read(&self.sessions_rate_limited),
+            ),
+            (
+                "wspair_rate_limit_pauses_total",
+                read(&self.rate_limit_pauses),
             ),
             ("wspair_links_refused_total", read(&self.links_refused)),
             ("wspair_links_malformed_total", read(&self.links_malformed)),

@@ -128,7 +128,16 @@ const FAMILIES: &[Family] = &[
                 Some(("cause", "message_limits")),
             ),
             ("wspair_sessions_too_big_total", Some(("cause", "too_big"))),
+            (
+                "wspair_sessions_rate_limited_total",
+                Some(("cause", "rate_limited")),
+            ),
         ],
+    },
+    Family {
+        family: "wspair_rate_limit_pauses",
+        help: "Times a session held a message over its rate and stopped reading its client",
+        counters: &[("wspair_rate_limit_pauses_total", None)],
     },
     Family {
         family: "wspair_links_refused",

@@ -7,7 +7,7 @@
 //! | 1001 | the server is shutting down |
 //! | 1002 | the client broke the WebSocket protocol |
 //! | 1007 | a text message was not valid UTF-8 |
-//! | 1008 | a message took longer than `outer.message-timeout`, or more than `outer.max-fragments` frames |
+//! | 1008 | a message took longer than `outer.message-timeout`, or more than `outer.max-fragments` frames; or the client sent faster than `outer.max-messages-per-second` or `outer.max-bytes-per-second` with `outer.rate-limit-action = close` |
 //! | 1009 | a message exceeded `outer.max-frame-size` |
 //! | 1011 | an internal error |
 //! | 1013 | the client accepted nothing for `outer.stall-timeout` while messages waited |
@@ -47,6 +47,12 @@ pub enum CloseReason {
     MessageTimeout,
     /// A message came in more frames than `outer.max-fragments`.
     TooManyFragments,
+    /// The client sent messages faster than `outer.max-messages-per-second` allows
+    /// (`outer.rate-limit-action = close`).
+    MessageRate,
+    /// The client sent bytes faster than `outer.max-bytes-per-second` allows
+    /// (`outer.rate-limit-action = close`).
+    ByteRate,
     /// The client broke the WebSocket protocol.
     Protocol,
     /// Something failed inside the server.
@@ -74,6 +80,8 @@ impl CloseReason {
         CloseReason::InvalidUtf8,
         CloseReason::MessageTimeout,
         CloseReason::TooManyFragments,
+        CloseReason::MessageRate,
+        CloseReason::ByteRate,
         CloseReason::TooBig,
         CloseReason::Internal,
         CloseReason::Stalled,
@@ -93,7 +101,10 @@ impl CloseReason {
             CloseReason::Shutdown => Some(1001),
             CloseReason::Protocol => Some(1002),
             CloseReason::InvalidUtf8 => Some(1007),
-            CloseReason::MessageTimeout | CloseReason::TooManyFragments => Some(1008),
+            CloseReason::MessageTimeout
+            | CloseReason::TooManyFragments
+            | CloseReason::MessageRate
+            | CloseReason::ByteRate => Some(1008),
             CloseReason::TooBig => Some(1009),
             CloseReason::Internal => Some(1011),
             CloseReason::Stalled => Some(1013),
@@ -119,6 +130,8 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid utf-8 in text message",
             CloseReason::MessageTimeout => "message not complete within outer.message-timeout",
             CloseReason::TooManyFragments => "message in more frames than outer.max-fragments",
+            CloseReason::MessageRate => "message rate over outer.max-messages-per-second",
+            CloseReason::ByteRate => "byte rate over outer.max-bytes-per-second",
             CloseReason::Protocol => "protocol error",
             CloseReason::Internal => "internal error",
             CloseReason::V1Malformed => "malformed wspair.v1 frame",

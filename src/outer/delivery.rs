@@ -8,6 +8,10 @@
 //! until [`Delivery::poll_unblock`] says it went through; that is the whole backpressure.
 //! A peer that ends while a message is parked gets looked up again, so a reconnected peer
 //! receives it; with no peer at all, the message is dropped and counted.
+//!
+//! A message over the session's rate limit (`outer::rate`, in `throttle` mode) is parked the
+//! same way, until its moment comes ([`Delivery::hold_until`]): the session then reads
+//! nothing, with no check of its own on the way to its socket.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +48,11 @@ const RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A parked message and what it waits for.
 enum Blocked {
+    /// The moment the session's rate limit lets it go (`outer::rate`), before any peer.
+    Rate {
+        message: Message,
+        until: Pin<Box<Sleep>>,
+    },
     /// Room in a local peer's queue.
     Local {
         message: Message,
@@ -121,6 +130,24 @@ impl Delivery {
     /// True while a message waits; the session must not read its client meanwhile.
     pub fn is_blocked(&self) -> bool {
         self.blocked.is_some()
+    }
+
+    /// True while a message waits for the session's rate limit (not for its peer).
+    pub fn is_held_by_rate(&self) -> bool {
+        matches!(self.blocked.as_deref(), Some(Blocked::Rate { .. }))
+    }
+
+    /// Parks `message` until `at`, when the session's rate limit lets it go; it is then sent
+    /// as [`Delivery::send`] would. Only while nothing is parked, as for every read message.
+    pub fn hold_until(&mut self, message: Message, at: tokio::time::Instant) {
+        debug_assert!(
+            self.blocked.is_none(),
+            "a message read while one was parked"
+        );
+        self.blocked = Some(Box::new(Blocked::Rate {
+            message,
+            until: Box::pin(tokio::time::sleep_until(at)),
+        }));
     }
 
     /// Messages this session sent to the remote session `remote`, for its `Unbound`.
@@ -241,6 +268,15 @@ impl Delivery {
                 return Poll::Ready(());
             };
             match &mut **blocked {
+                Blocked::Rate { until, .. } => {
+                    if until.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let Some(Blocked::Rate { message, .. }) = self.take_blocked() else {
+                        unreachable!("matched Rate above");
+                    };
+                    self.send(message);
+                }
                 Blocked::Local { message, room, .. } => {
                     let reserved = match room.poll_take(cx, message.payload.len()) {
                         Poll::Pending => return Poll::Pending,
@@ -410,7 +446,7 @@ impl Delivery {
                         }
                         grant.untake();
                     }
-                    Blocked::Credit { .. } => {}
+                    Blocked::Credit { .. } | Blocked::Rate { .. } => {}
                 }
                 1
             }

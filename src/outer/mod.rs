@@ -22,6 +22,7 @@ pub mod head;
 pub mod limits;
 mod proxied;
 pub mod proxy_protocol;
+pub mod rate;
 pub mod session;
 pub mod v1;
 

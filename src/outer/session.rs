@@ -14,6 +14,10 @@
 //!
 //! The peer's handle is cached: relaying a message touches the hub's lock only when the cached
 //! peer is gone (closed or replaced), never in steady state.
+//!
+//! Rate limits (`outer::rate`), when set, apply to what the client sends: a message over them is
+//! held like a message for a full queue (reads stop until its moment), or closes the session
+//! with 1008. Time spent held is not idle time. Without limits a message costs one branch more.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -31,10 +35,11 @@ use yawc::{Frame, HttpWebSocket, OpCode, WebSocketError};
 
 use super::close::{CloseReason, PendingCloses};
 use super::delivery::Delivery;
+use super::rate::RateLimiter;
 use super::v1::{FromClient, V1Session, outgoing_raw};
 use crate::auth::{self, Auth};
 use crate::budget::QueueBudget;
-use crate::config::{CLOSE_TIMEOUT, OuterConfig, V1Config};
+use crate::config::{CLOSE_TIMEOUT, OuterConfig, RateAction, V1Config};
 use crate::hub::Claim;
 use crate::metrics::Metrics;
 use crate::node::Incarnation;
@@ -134,6 +139,9 @@ struct Session {
     library_closed: bool,
     /// The state of a wspair.v1 session; `None` for a raw one.
     v1: Option<Box<V1Session>>,
+    /// The client's rate limits (`outer.max-*-per-second`); `None`, a null pointer, when none
+    /// is set.
+    rate: Option<Box<RateLimiter>>,
 }
 
 /// What a session carried, and since when: its closing log line says it.
@@ -205,6 +213,7 @@ pub fn run(
                 token_expires.map(auth::unix_seconds),
             ))
         });
+    let rate = RateLimiter::new(&ctx.config.rate, now);
     let mut session = Session {
         ws,
         outbound_rx,
@@ -246,6 +255,7 @@ pub fn run(
         client_close_code: None,
         library_closed: false,
         v1,
+        rate,
     };
     // The block only borrows the session: moving it into an `async fn` would store it twice.
     async move { session.serve(remote_addr).await }
@@ -281,6 +291,9 @@ impl Session {
                 Metrics::incr(&metrics.sessions_message_limits);
             }
             CloseReason::TooBig => Metrics::incr(&metrics.sessions_too_big),
+            CloseReason::MessageRate | CloseReason::ByteRate => {
+                Metrics::incr(&metrics.sessions_rate_limited);
+            }
             _ => {}
         }
         // Boxed: closing needs as much state again as relaying, and only for a moment at
@@ -496,25 +509,62 @@ impl Session {
         };
         self.messages_read += 1;
         self.traffic.bytes_read += frame.payload().len() as u64;
-        if let Some(v1) = &mut self.v1 {
-            match v1.read(frame) {
-                Ok(FromClient::Relay(message)) => self.delivery.send(message),
-                Ok(FromClient::Token(token)) => self.refresh_token(&token),
-                Ok(FromClient::Ignored) => {}
+        let message = match &mut self.v1 {
+            Some(v1) => match v1.read(frame) {
+                Ok(FromClient::Relay(message)) => message,
+                Ok(FromClient::Token(token)) => {
+                    self.refresh_token(&token);
+                    return None;
+                }
+                Ok(FromClient::Ignored) => return None,
                 Err(reason) => return Some(reason),
+            },
+            None => {
+                let (_, _, payload) = frame.into_parts();
+                // Checked here rather than in the library, which would close without a close
+                // frame.
+                if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
+                    return Some(CloseReason::InvalidUtf8);
+                }
+                Message {
+                    kind,
+                    payload,
+                    origin: None,
+                }
             }
-            return None;
+        };
+        if self.rate.is_some() {
+            return self.send_within_rate(message);
         }
-        let (_, _, payload) = frame.into_parts();
-        // Checked here rather than in the library, which would close without a close frame.
-        if kind == MessageKind::Text && std::str::from_utf8(&payload).is_err() {
-            return Some(CloseReason::InvalidUtf8);
+        self.delivery.send(message);
+        None
+    }
+
+    /// Sends a message the client sent under its rate limits: now, once they allow it (the
+    /// session reads nothing more meanwhile), or not at all, closing the session.
+    ///
+    /// Cold: limits are off by default, and this keeps their code out of the relay path's.
+    #[cold]
+    fn send_within_rate(&mut self, message: Message) -> Option<CloseReason> {
+        let rate = self.rate.as_mut().expect("called with a limiter");
+        let counts = self.v1.is_none() || rate.counts_v1(&message.payload, self.write_progress);
+        let over = if counts {
+            rate.take(message.payload.len(), Instant::now())
+        } else {
+            None
+        };
+        match over {
+            None => self.delivery.send(message),
+            Some((_, limit)) if rate.action() == RateAction::Close => {
+                debug!(channel_id = %self.claim.channel_id, role = %self.claim.role,
+                    ?limit, "message over the session's rate limit: closing");
+                return Some(limit.close_reason());
+            }
+            Some((at, _)) => {
+                Metrics::incr(&self.ctx.metrics.rate_limit_pauses);
+                self.delivery.hold_until(message, at);
+            }
         }
-        self.delivery.send(Message {
-            kind,
-            payload,
-            origin: None,
-        });
         None
     }
 
@@ -583,7 +633,9 @@ impl Session {
         let config = &self.ctx.config;
         let seen = &mut self.seen;
         let frames_read = self.ws.frames_received();
-        if frames_read != seen.frames_read {
+        // A session held by its rate limit reads nothing, so its client's pongs wait unread:
+        // that time is the node's doing, not the client's silence.
+        if frames_read != seen.frames_read || self.delivery.is_held_by_rate() {
             seen.frames_read = frames_read;
             seen.read_at = now;
         }

@@ -18,6 +18,7 @@ mod memory;
 mod properties;
 mod protocol;
 mod proxies;
+mod ratelimit;
 mod redis_tls;
 mod relay;
 mod tidy;
