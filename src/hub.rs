@@ -66,6 +66,9 @@ pub struct Hub {
 struct Slots {
     app: Option<Peer>,
     web: Option<Peer>,
+    /// Since when a session of this node has waited for its peer: set when a session claims a
+    /// role whose peer is absent, taken when the peer becomes known (`wspair_pairing_wait_seconds`).
+    waiting_since: Option<std::time::Instant>,
 }
 
 impl Slots {
@@ -87,6 +90,20 @@ impl Slots {
         [&self.app, &self.web]
             .into_iter()
             .any(|slot| matches!(slot, Some(Peer::Local(_))))
+    }
+
+    /// `role` now holds a live session, here or on another node: the session of this node that
+    /// waited for it, if one did, has its wait observed in `histogram`.
+    fn peer_arrived(
+        &mut self,
+        role: Role,
+        histogram: &prometheus_client::metrics::histogram::Histogram,
+    ) {
+        if matches!(self.slot_ref(role.peer()), Some(Peer::Local(_)))
+            && let Some(since) = self.waiting_since.take()
+        {
+            histogram.observe(since.elapsed().as_secs_f64());
+        }
     }
 
     /// Wakes the v1 session of the other role, if this node holds one: what it knows of
@@ -421,6 +438,14 @@ impl Hub {
         let slot = slots.slot(role);
         *slot = Some(Peer::Local(handle.clone()));
         slots.notify_peer_of(role);
+        if slots
+            .slot_ref(role.peer())
+            .is_some_and(|peer| !peer.is_gone())
+        {
+            slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
+        } else {
+            slots.waiting_since = Some(std::time::Instant::now());
+        }
         drop(sessions);
         let claim = Claim {
             hub: Arc::clone(self),
@@ -591,6 +616,7 @@ impl Hub {
         }
         *slot = Some(Peer::Remote(remote));
         slots.notify_peer_of(role);
+        slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
         Recorded::Peer
     }
 
@@ -613,6 +639,7 @@ impl Hub {
         }
         *slots.slot(role) = Some(Peer::Remote(remote));
         slots.notify_peer_of(role);
+        slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
         true
     }
 
@@ -707,20 +734,34 @@ impl Hub {
 
     /// Sessions held, and channel ids with both roles connected on this node.
     pub fn counts(&self) -> (usize, usize) {
+        self.sum_over_channels(|slots| {
+            let local = |slot: &Option<Peer>| usize::from(matches!(slot, Some(Peer::Local(_))));
+            let n = local(&slots.app) + local(&slots.web);
+            (n, usize::from(n == 2))
+        })
+    }
+
+    /// Channels with one role on this node and the other on another node (known to this one).
+    pub fn cross_node_pairs(&self) -> usize {
+        let (pairs, _) = self.sum_over_channels(|slots| {
+            let cross = matches!(
+                (&slots.app, &slots.web),
+                (Some(Peer::Local(_)), Some(Peer::Remote(_)))
+                    | (Some(Peer::Remote(_)), Some(Peer::Local(_)))
+            );
+            (usize::from(cross), 0)
+        });
+        pairs
+    }
+
+    /// Two sums over every channel this node knows, one shard's lock at a time.
+    fn sum_over_channels(&self, per_channel: impl Fn(&Slots) -> (usize, usize)) -> (usize, usize) {
         crate::credit::assert_no_ledger_held();
+        let add = |(a, b): (usize, usize), (c, d): (usize, usize)| (a + c, b + d);
         self.shards
             .iter()
-            .map(|shard| {
-                lock(shard)
-                    .values()
-                    .fold((0, 0), |(n_sessions, n_pairs), slots| {
-                        let local =
-                            |slot: &Option<Peer>| usize::from(matches!(slot, Some(Peer::Local(_))));
-                        let n = local(&slots.app) + local(&slots.web);
-                        (n_sessions + n, n_pairs + usize::from(n == 2))
-                    })
-            })
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+            .map(|shard| lock(shard).values().map(&per_channel).fold((0, 0), add))
+            .fold((0, 0), add)
     }
 
     /// Empties the slot of session `session_id`, or gives it back to the session it displaced

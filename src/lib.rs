@@ -23,6 +23,7 @@ pub mod budget;
 pub mod config;
 pub mod credit;
 pub mod drain;
+pub mod histograms;
 pub mod hub;
 pub mod inner;
 pub mod liveness;

@@ -47,6 +47,9 @@ enum Commands {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Ask a node to drain through its admin API (POST /admin/drain): it stops taking clients
+    /// and its wspair.v1 clients move to other nodes; with --wait, return once it has drained
+    Drain(cli::drain::DrainArgs),
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell.
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
             return cli::client::run(args).into();
         }
         Commands::CheckConfig { file } => return cli::check_config::run(&file, EXIT_USAGE),
+        Commands::Drain(args) => return cli::drain::run(args),
         Commands::Completions { shell } => {
             return written(cli::generate::completions::<Cli>(shell));
         }

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The node's counters. One instance per server, shared by reference.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The distributions `/metrics` shows (not in `/healthz`).
+    pub histograms: crate::histograms::Histograms,
     /// Sessions that completed the upgrade.
     pub sessions_opened: AtomicU64,
     /// Requests refused with an HTTP error before the upgrade (400, 404, 405, 409, 414, 426,

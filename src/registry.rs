@@ -236,6 +236,8 @@ pub struct RedisRegistry {
     compare_and_delete: Script,
     refresh: Script,
     heartbeat: Script,
+    /// Where each call's duration is observed (`wspair_registry_call_duration_seconds`).
+    call_time: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl std::fmt::Debug for RedisRegistry {
@@ -302,7 +304,17 @@ impl RedisRegistry {
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
             refresh: Script::new(REFRESH),
             heartbeat: Script::new(HEARTBEAT),
+            call_time: prometheus_client::metrics::histogram::Histogram::new([]),
         })
+    }
+
+    /// Observes every call's duration in `histogram` from now on.
+    pub fn observe_calls_in(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> RedisRegistry {
+        self.call_time = histogram;
+        self
     }
 
     /// This node's entry.
@@ -324,7 +336,10 @@ impl RedisRegistry {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RegistryError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        self.call_time.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(result) => Ok(result?),
             Err(_) => Err(RegistryError::Timeout(self.timeout)),
         }

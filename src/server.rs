@@ -204,7 +204,9 @@ impl Server {
                 // With inner.port = 0 the port is known only now.
                 me.advertise = bound.to_string();
             }
-            let registry = RedisRegistry::connect(&config.registry, me.clone()).await?;
+            let registry = RedisRegistry::connect(&config.registry, me.clone())
+                .await?
+                .observe_calls_in(metrics.histograms.registry_call.clone());
             inner_tls = match &config.inner.tls {
                 Some(files) => Some(Arc::new(InnerTls::new(files.clone())?)),
                 None => None,

@@ -210,9 +210,20 @@ impl Collector for NodeCollector {
                 }
             }
         }
+        let (sum, count, buckets) = self.ctx.metrics.histograms.message_size.snapshot();
+        let mut sizes = encoder.encode_descriptor(
+            "wspair_message_size_bytes",
+            "Sizes of the data messages clients sent (payload bytes, after decompression)",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        sizes.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            sum, count, &buckets, None,
+        )?;
         let router = &self.ctx.router;
         let (connections, pairs) = router.hub.counts();
-        let gauges: [(&str, &str, i64); 4] = [
+        let (link_bytes, pending_releases) = router.backlog();
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "wspair_connections",
                 "Client sessions this node holds",
@@ -224,9 +235,24 @@ impl Collector for NodeCollector {
                 to_i64(pairs),
             ),
             (
+                "wspair_cross_node_pairs",
+                "Channels with one role on this node and the other on another node",
+                to_i64(router.hub.cross_node_pairs()),
+            ),
+            (
                 "wspair_links",
                 "Inner links to other nodes",
                 to_i64(router.n_links()),
+            ),
+            (
+                "wspair_link_queued_bytes",
+                "Payload bytes waiting in the links to other nodes",
+                to_i64(link_bytes),
+            ),
+            (
+                "wspair_pending_releases",
+                "Route releases that failed and wait for their retry (Redis was unreachable)",
+                to_i64(pending_releases),
             ),
             (
                 "wspair_ready",
@@ -251,6 +277,31 @@ fn to_i64(n: usize) -> i64 {
 /// label of a gauge that is always 1 (the Prometheus convention for build information).
 pub fn registry(ctx: Arc<SessionContext>) -> Registry {
     let mut registry = Registry::default();
+    let histograms = &ctx.metrics.histograms;
+    for (name, help, histogram) in [
+        (
+            "wspair_pairing_wait_seconds",
+            "From a client's upgrade with no peer until its peer's session was known",
+            &histograms.pairing_wait,
+        ),
+        (
+            "wspair_session_duration_seconds",
+            "From a session's upgrade to its close",
+            &histograms.session_duration,
+        ),
+        (
+            "wspair_registry_call_duration_seconds",
+            "Each Redis call, answered or timed out",
+            &histograms.registry_call,
+        ),
+        (
+            "wspair_link_round_trip_seconds",
+            "An inner link's ping to its pong",
+            &histograms.link_round_trip,
+        ),
+    ] {
+        registry.register(name, help, histogram.clone());
+    }
     registry.register_collector(Box::new(NodeCollector { ctx }));
     let build = LabelledFamily::<[(&'static str, &'static str); 1], Gauge>::default();
     build

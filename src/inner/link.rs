@@ -283,6 +283,8 @@ impl Link {
         let config = &self.ctx.config;
         let mut ticker = tokio::time::interval(config.heartbeat_interval);
         let mut last_heard = Instant::now();
+        // The oldest `Ping` not answered yet: its `Pong` measures the round trip.
+        let mut ping_sent: Option<Instant> = None;
         let mut control = Vec::new();
         let mut data = Vec::new();
         // Made once: a fresh `cancelled()` per loop would lock the token's mutex per message.
@@ -303,7 +305,13 @@ impl Link {
                     }
                 }
                 frame = reader.next() => match frame {
-                    Some(Ok(InnerFrame::Pong)) => last_heard = Instant::now(),
+                    Some(Ok(InnerFrame::Pong)) => {
+                        last_heard = Instant::now();
+                        if let Some(sent) = ping_sent.take() {
+                            self.ctx.metrics.histograms.link_round_trip
+                                .observe(last_heard.duration_since(sent).as_secs_f64());
+                        }
+                    }
                     Some(Ok(other)) => return format!("unexpected frame from the acceptor: {other:?}"),
                     Some(Err(err)) => return err.to_string(),
                     None => return "closed by the remote node".into(),
@@ -313,6 +321,7 @@ impl Link {
                         return format!("no pong within inner.link-timeout {:?}", config.link_timeout);
                     }
                     control.push(InnerFrame::Ping);
+                    ping_sent.get_or_insert_with(Instant::now);
                 }
             }
             if control.is_empty() && data.is_empty() {

@@ -40,6 +40,7 @@ use super::v1::{FromClient, V1Session, outgoing_raw};
 use crate::auth::{self, Auth};
 use crate::budget::QueueBudget;
 use crate::config::{CLOSE_TIMEOUT, OuterConfig, RateAction, V1Config};
+use crate::histograms::LocalSizes;
 use crate::hub::Claim;
 use crate::metrics::Metrics;
 use crate::node::Incarnation;
@@ -147,6 +148,8 @@ struct Session {
 /// What a session carried, and since when: its closing log line says it.
 struct Traffic {
     opened: Instant,
+    /// Sizes of the messages read since they were last added to the node's histogram.
+    sizes: LocalSizes,
     /// Payload bytes of the data messages read from the client.
     bytes_read: u64,
     /// Messages written to the client, and their payload bytes.
@@ -238,6 +241,7 @@ pub fn run(
         messages_read: 0,
         traffic: Traffic {
             opened: now,
+            sizes: LocalSizes::default(),
             bytes_read: 0,
             messages_written: 0,
             bytes_written: 0,
@@ -299,7 +303,12 @@ impl Session {
         // Boxed: closing needs as much state again as relaying, and only for a moment at
         // the end; unboxed, every idle session's task would carry room for it.
         Box::pin(self.finish(&reason)).await;
+        let histograms = &self.ctx.metrics.histograms;
+        histograms.message_size.add(&mut self.traffic.sizes);
         let traffic = &self.traffic;
+        histograms
+            .session_duration
+            .observe(traffic.opened.elapsed().as_secs_f64());
         info!(channel_id = %self.claim.channel_id, role = %self.claim.role,
             node = %self.ctx.router.me().id, %remote_addr,
             duration_ms = u64::try_from(traffic.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -508,7 +517,9 @@ impl Session {
             _ => return None,
         };
         self.messages_read += 1;
-        self.traffic.bytes_read += frame.payload().len() as u64;
+        let len = frame.payload().len();
+        self.traffic.bytes_read += len as u64;
+        self.traffic.sizes.observe(len);
         let message = match &mut self.v1 {
             Some(v1) => match v1.read(frame) {
                 Ok(FromClient::Relay(message)) => message,
@@ -621,6 +632,11 @@ impl Session {
 
     /// Checks the idle and stall timeouts and schedules a ping.
     fn on_tick(&mut self) -> Option<CloseReason> {
+        self.ctx
+            .metrics
+            .histograms
+            .message_size
+            .add(&mut self.traffic.sizes);
         self.delivery.recheck();
         let (lost, due) = self.claim.handle.credit.ledger().sweep();
         if lost > 0 {

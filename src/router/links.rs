@@ -106,6 +106,14 @@ impl Links {
             .map(|(link, _)| link.queued_bytes())
     }
 
+    /// Payload bytes waiting in every link.
+    pub(super) fn all_queued_bytes(&self) -> usize {
+        lock(&self.table)
+            .values()
+            .map(|(link, _)| link.queued_bytes())
+            .sum()
+    }
+
     /// Links open or connecting.
     pub(super) fn count(&self) -> usize {
         lock(&self.table)

@@ -76,6 +76,17 @@ impl Router {
             .is_none_or(|cluster| cluster.registry_ok.load(Ordering::Acquire))
     }
 
+    /// Payload bytes waiting in the links to other nodes, and route releases waiting for
+    /// their retry (0 and 0 on a single node): for `/metrics`.
+    pub fn backlog(&self) -> (usize, usize) {
+        self.cluster.as_ref().map_or((0, 0), |cluster| {
+            (
+                cluster.links.all_queued_bytes(),
+                cluster.upkeep.pending_releases(),
+            )
+        })
+    }
+
     /// Whether this node runs in cluster mode.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()

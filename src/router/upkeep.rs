@@ -258,6 +258,11 @@ impl Upkeep {
         lock(&self.pending_releases).push((channel_id, role, route));
     }
 
+    /// Releases that failed and wait for their retry.
+    pub(super) fn pending_releases(&self) -> usize {
+        lock(&self.pending_releases).len()
+    }
+
     /// Keeps this node's routes in Redis, woken by every heartbeat that reached it: retries
     /// failed releases, and writes every session's route again when the heartbeat found this
     /// node's entry missing, and every [`ROUTE_TTL`] / 2 so live routes never expire. Work left

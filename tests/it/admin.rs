@@ -82,6 +82,10 @@ async fn metrics_count_what_happened_and_pass_promtool() {
     })
     .await;
 
+    // The app leaves: its session's message sizes and duration are in the histograms.
+    app.close().await;
+    wait_until("the app's session ends", || node.router.hub.counts().0 == 1).await;
+
     let scrape = call(&node, "GET", "/metrics").await;
     assert_eq!(scrape.status, 200);
     let text = scrape.body;
@@ -90,9 +94,16 @@ async fn metrics_count_what_happened_and_pass_promtool() {
         "wspair_messages_relayed_total 1",
         "wspair_messages_dropped_total{reason=\"no_peer\"} 1",
         "wspair_handshakes_refused_total 1",
-        "wspair_connections 2",
-        "wspair_pairs 1",
+        "wspair_connections 1",
+        "wspair_pairs 0",
+        "wspair_cross_node_pairs 0",
         "wspair_ready 1",
+        "wspair_pairing_wait_seconds_count 1",
+        "wspair_session_duration_seconds_count 1",
+        "wspair_message_size_bytes_count 2",
+        "wspair_message_size_bytes_sum 20.0",
+        "wspair_message_size_bytes_bucket{le=\"64\"} 2",
+        "wspair_message_size_bytes_bucket{le=\"+Inf\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -123,7 +134,7 @@ async fn metrics_count_what_happened_and_pass_promtool() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    drop((app, web));
+    drop(web);
     node.shutdown().await;
 }
 
@@ -263,6 +274,147 @@ async fn a_drain_from_the_admin_api_moves_v1_clients_under_load_and_loses_nothin
         a.admin_addr.is_some()
     })
     .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The metric names in a scrape's samples (`name{labels} value` or `name value`).
+fn exported_names(scrape: &str) -> std::collections::HashSet<String> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alert_rules_use_metrics_a_node_exports() {
+    let node = node_with_token().await;
+    let exported = exported_names(&call(&node, "GET", "/metrics").await.body);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = root.join("deploy/prometheus/wspair-alerts.yml");
+    for file in [root.join("deploy/grafana/wspair.json"), rules.clone()] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut named = 0;
+        for (at, _) in text.match_indices("wspair_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            named += 1;
+            assert!(
+                exported.contains(&name),
+                "{} uses {name}, which no node exports",
+                file.display()
+            );
+        }
+        assert!(named >= 6, "{} names few metrics", file.display());
+    }
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool runs: install the Debian package `prometheus` (scripts/test.sh does)");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn wspair_drain_asks_the_node_and_waits_until_it_has_drained() {
+    let node = node_with_token().await;
+    let mut raw = node.connect(Role::App, &random_channel_id()).await;
+    let admin = admin(&node).to_string();
+    let drain = |token: &str, wait: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wspair"));
+        command.args(["drain", "--admin", &admin, "--token", token]);
+        if wait {
+            command.arg("--wait");
+        }
+        command.output()
+    };
+    let refused = drain("not-the-admin-token", true).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let drained = tokio::time::timeout(Duration::from_secs(10), drain(TOKEN, true))
+        .await
+        .expect("the drain ends within drain.timeout")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&drained.stdout);
+    assert_eq!(
+        drained.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["done"].as_bool(), last["raw_left"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert!(matches!(raw.ending().await, Ending::Close(1001, _)));
+    node.shutdown().await;
+}
+
+/// The value of the sample `name` (exactly, labels included) in a scrape.
+fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn cluster_metrics_show_the_cross_node_pair_its_link_and_redis() {
+    let redis = RedisServer::start();
+    let a = TestNode::start_in_cluster(vec![redis.url()], |config| {
+        config.admin.token = TOKEN.into();
+    })
+    .await;
+    let b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    // The app waits on A for its web, which connects to B.
+    let mut app = a.connect(Role::App, &id).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut web = b.connect(Role::Web, &id).await;
+    app.send_text("across").await;
+    assert_eq!(web.recv_text().await, "across");
+    // A link ping goes every inner.heartbeat-interval.
+    let mut scrape = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        scrape = call(&a, "GET", "/metrics").await.body;
+        if sample(&scrape, "wspair_link_round_trip_seconds_count").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(&scrape, "wspair_cross_node_pairs"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(sample(&scrape, "wspair_links"), Some(1.0), "{scrape}");
+    assert_eq!(
+        sample(&scrape, "wspair_pairing_wait_seconds_count"),
+        Some(1.0),
+        "{scrape}"
+    );
+    let waited = sample(&scrape, "wspair_pairing_wait_seconds_sum").unwrap();
+    assert!(waited >= 0.05, "the app waited at least 50 ms: {waited}");
+    assert!(
+        sample(&scrape, "wspair_link_round_trip_seconds_count").unwrap() >= 1.0,
+        "{scrape}"
+    );
+    assert!(
+        sample(&scrape, "wspair_registry_call_duration_seconds_count").unwrap() >= 2.0,
+        "{scrape}"
+    );
+    assert_eq!(sample(&scrape, "wspair_ready"), Some(1.0));
+    drop((app, web));
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -1,0 +1,133 @@
+//! `wspair drain`: asks a node's admin API to drain (`POST /admin/drain`) and, with `--wait`,
+//! follows its progress until no session is left or `drain.timeout` has passed. What a
+//! Kubernetes `preStop` hook or a deploy script runs before stopping a node: the node stops
+//! taking clients, its v1 clients move, and the hook returns when they have.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// How often `--wait` asks for progress.
+const POLL: Duration = Duration::from_millis(250);
+/// How long one admin call may take.
+const CALL_TIME: Duration = Duration::from_secs(10);
+
+/// `wspair drain`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The node's admin listener.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1026")]
+    admin: SocketAddr,
+    /// The node's `admin.token`, if it has one.
+    #[arg(long, env = "WSPAIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Return only once the drain is over (no session left, or drain.timeout passed).
+    #[arg(long)]
+    wait: bool,
+}
+
+/// One admin call: the status and the JSON body.
+async fn call(
+    args: &DrainArgs,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, serde_json::Value), String> {
+    let stream = tokio::net::TcpStream::connect(args.admin)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", args.admin))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, args.admin.to_string());
+    if let Some(token) = &args.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json = serde_json::from_slice(&body).map_err(|e| {
+        format!("the admin API answered {status} with something other than JSON: {e}")
+    })?;
+    Ok((status, json))
+}
+
+async fn drain(args: &DrainArgs) -> Result<(), String> {
+    let (status, body) = tokio::time::timeout(CALL_TIME, call(args, Method::POST, "/admin/drain"))
+        .await
+        .map_err(|_| "the admin API did not answer in time".to_owned())??;
+    if status != StatusCode::ACCEPTED {
+        return Err(format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("")
+        ));
+    }
+    println!("{body}");
+    if !args.wait {
+        return Ok(());
+    }
+    let mut last = body;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let (status, progress) =
+            tokio::time::timeout(CALL_TIME, call(args, Method::GET, "/admin/drain"))
+                .await
+                .map_err(|_| "the admin API did not answer in time".to_owned())??;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "{status}: {}",
+                progress["error"].as_str().unwrap_or("")
+            ));
+        }
+        let changed = ["v1_left", "raw_left", "goaway_sent", "done"]
+            .iter()
+            .any(|field| progress[field] != last[field]);
+        if changed {
+            println!("{progress}");
+        }
+        if progress["done"] == true {
+            return Ok(());
+        }
+        last = progress;
+    }
+}
+
+/// Runs `wspair drain`: exit 0 once asked (or, with `--wait`, drained), 1 otherwise.
+pub fn run(args: DrainArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wspair drain: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(drain(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wspair drain: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
