@@ -11,7 +11,37 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// One label and its value.
+pub type Label = [(&'static str, String); 1];
+
+/// Counters by a label whose values are not known in advance (`/metrics` only): refusals by
+/// HTTP status, closes by close code.
+#[derive(Debug, Default)]
+pub struct ByLabel {
+    /// `wspair_handshakes_refused_by_status_total{status}`.
+    pub refusals: Family<Label, Counter>,
+    /// `wspair_sessions_closed_total{code}`: `none` for a connection lost without a close frame.
+    pub closes: Family<Label, Counter>,
+}
+
+impl ByLabel {
+    /// Counts a refusal answered with `status`.
+    pub fn refused(&self, status: u16) {
+        self.refusals
+            .get_or_create(&[("status", status.to_string())])
+            .inc();
+    }
+
+    /// Counts a session closed with `code`.
+    pub fn closed(&self, code: Option<u16>) {
+        let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
+        self.closes.get_or_create(&[("code", code)]).inc();
+    }
+}
 
 /// Upper bounds of the message size buckets, in bytes; one more bucket takes the rest.
 pub const SIZE_BOUNDS: [u64; 8] = [64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576];
@@ -32,6 +62,8 @@ pub struct Histograms {
     pub link_round_trip: Histogram,
     /// `wspair_message_size_bytes`: data messages clients send.
     pub message_size: MessageSizes,
+    /// Refusals and closes by their status and code.
+    pub by_label: ByLabel,
 }
 
 impl Default for Histograms {
@@ -45,6 +77,7 @@ impl Default for Histograms {
             registry_call: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             link_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             message_size: MessageSizes::default(),
+            by_label: ByLabel::default(),
         }
     }
 }

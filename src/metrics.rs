@@ -94,6 +94,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a connection refused before its upgrade, answered with `status` (or closed:
+    /// the status it would have got).
+    pub fn refused(&self, status: u16) {
+        Metrics::incr(&self.handshakes_refused);
+        self.histograms.by_label.refused(status);
+    }
+
     /// Adds one to `counter`.
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

@@ -302,6 +302,17 @@ pub fn registry(ctx: Arc<SessionContext>) -> Registry {
     ] {
         registry.register(name, help, histogram.clone());
     }
+    let by_label = &histograms.by_label;
+    registry.register(
+        "wspair_handshakes_refused_by_status",
+        "Connections refused before the upgrade, by the HTTP status they were (or would have been) answered with",
+        by_label.refusals.clone(),
+    );
+    registry.register(
+        "wspair_sessions_closed",
+        "Sessions closed, by close code (none: the connection was lost without a close frame)",
+        by_label.closes.clone(),
+    );
     registry.register_collector(Box::new(NodeCollector { ctx }));
     let build = LabelledFamily::<[(&'static str, &'static str); 1], Gauge>::default();
     build

@@ -288,7 +288,7 @@ fn refuse_at_accept(
     ctx: &Arc<OuterContext>,
 ) {
     let metrics = &ctx.session.metrics;
-    Metrics::incr(&metrics.handshakes_refused);
+    metrics.refused(err.status().as_u16());
     Metrics::incr(match err {
         HandshakeError::Full(_) => &metrics.connections_refused_full,
         _ => &metrics.connections_refused_per_ip,
@@ -404,7 +404,7 @@ async fn refuse_head(
     deadline: Instant,
 ) {
     let metrics = &ctx.session.metrics;
-    Metrics::incr(&metrics.handshakes_refused);
+    metrics.refused(err.status().as_u16());
     match err {
         HandshakeError::HeadTooLarge(_)
         | HandshakeError::RequestLineTooLong(_)
@@ -476,7 +476,7 @@ fn refuse(
     ctx: &OuterContext,
     remote_addr: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    Metrics::incr(&ctx.session.metrics.handshakes_refused);
+    ctx.session.metrics.refused(err.status().as_u16());
     if let HandshakeError::Unavailable(_) = err {
         Metrics::incr(&ctx.session.metrics.registry_unavailable);
     }

@@ -107,7 +107,7 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: Arc<OuterContext>, connect
     let mut stream = Prefixed::new(header.rest, stream);
     if !forwarded && let Err(err) = ctx.limits.attribute(&mut connection.permit, client.ip()) {
         let metrics = &ctx.session.metrics;
-        Metrics::incr(&metrics.handshakes_refused);
+        metrics.refused(err.status().as_u16());
         Metrics::incr(&metrics.connections_refused_per_ip);
         debug!(remote_addr = %client, proxy = %peer, reason = %err,
             "connection refused after its PROXY header");

@@ -305,6 +305,7 @@ impl Session {
         Box::pin(self.finish(&reason)).await;
         let histograms = &self.ctx.metrics.histograms;
         histograms.message_size.add(&mut self.traffic.sizes);
+        histograms.by_label.closed(reason.code());
         let traffic = &self.traffic;
         histograms
             .session_duration

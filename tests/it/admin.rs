@@ -94,6 +94,8 @@ async fn metrics_count_what_happened_and_pass_promtool() {
         "wspair_messages_relayed_total 1",
         "wspair_messages_dropped_total{reason=\"no_peer\"} 1",
         "wspair_handshakes_refused_total 1",
+        "wspair_handshakes_refused_by_status_total{status=\"400\"} 1",
+        "wspair_sessions_closed_total{code=\"1000\"} 1",
         "wspair_connections 1",
         "wspair_pairs 0",
         "wspair_cross_node_pairs 0",
