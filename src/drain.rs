@@ -78,6 +78,12 @@ impl Drain {
     /// Starts the drain in a task of its own unless it has started already; returns whether
     /// this call started it.
     pub fn start(self: &Arc<Self>, hub: Arc<Hub>) -> bool {
+        self.start_with(hub, self.config.wait_for_raw)
+    }
+
+    /// As [`Drain::start`], waiting for raw sessions or closing them as `wait_for_raw` says
+    /// rather than as `drain.raw` does (`POST /admin/drain?raw=wait`).
+    pub fn start_with(self: &Arc<Self>, hub: Arc<Hub>, wait_for_raw: bool) -> bool {
         {
             let mut started = self.started_at.lock().unwrap_or_else(|p| p.into_inner());
             if started.is_some() {
@@ -88,7 +94,7 @@ impl Drain {
         self.draining.cancel();
         let drain = Arc::clone(self);
         tokio::spawn(async move {
-            drain.run(&hub).await;
+            drain.run(&hub, wait_for_raw).await;
             drain.done.store(true, Ordering::Release);
             drain.finished.notify_waiters();
         });
@@ -121,7 +127,7 @@ impl Drain {
 
     /// Drains `hub` (see the module docs); returns once no session is left or
     /// `drain.timeout` has passed.
-    async fn run(&self, hub: &Hub) {
+    async fn run(&self, hub: &Hub, wait_for_raw: bool) {
         let config = self.config;
         let start = Instant::now();
         let deadline = start + config.timeout;
@@ -130,7 +136,7 @@ impl Drain {
         let spread_ms = u64::try_from(config.spread.as_millis()).unwrap_or(u64::MAX);
         let mut first = true;
         loop {
-            let (v1, raw) = sessions(hub, !config.wait_for_raw);
+            let (v1, raw) = sessions(hub, !wait_for_raw);
             self.v1_left.store(v1.len() as u64, Ordering::Relaxed);
             self.raw_left.store(raw, Ordering::Relaxed);
             if first {

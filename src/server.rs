@@ -308,6 +308,7 @@ impl Server {
                 Arc::clone(&drain),
                 self.config.effective.clone(),
                 self.config.admin.token.clone(),
+                self.config.drain.wait_for_raw,
             ));
             if let Some(admin) = self.local_addrs.admin {
                 info!(%admin, "admin listener: /metrics, /healthz, /readyz, /admin/");

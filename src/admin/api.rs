@@ -38,9 +38,16 @@ pub async fn respond(
         },
         (&Method::GET, ["drain"]) => drain_progress(ctx),
         (&Method::POST, ["drain"]) => {
-            let started = ctx
-                .drain
-                .start(std::sync::Arc::clone(&ctx.session.router.hub));
+            let wait_for_raw = match query_param(query, "raw").as_deref() {
+                None => ctx.drain_waits_for_raw,
+                Some("wait") => true,
+                Some("close") => false,
+                Some(_) => {
+                    return error(StatusCode::BAD_REQUEST, "`raw` is `wait` or `close`");
+                }
+            };
+            let hub = std::sync::Arc::clone(&ctx.session.router.hub);
+            let started = ctx.drain.start_with(hub, wait_for_raw);
             let mut body = progress(ctx);
             body["started_now"] = started.into();
             json(StatusCode::ACCEPTED, &body)

@@ -52,6 +52,8 @@ pub struct AdminContext {
     pub effective: Effective,
     /// `admin.token`; empty when none is required.
     pub token: String,
+    /// `drain.raw = "wait"`: what `POST /admin/drain` does with raw clients unless told.
+    pub drain_waits_for_raw: bool,
     /// What `/metrics` encodes.
     registry: prometheus_client::registry::Registry,
 }
@@ -63,6 +65,7 @@ impl AdminContext {
         drain: Arc<Drain>,
         effective: Effective,
         token: String,
+        drain_waits_for_raw: bool,
     ) -> AdminContext {
         AdminContext {
             registry: prometheus::registry(Arc::clone(&session)),
@@ -70,6 +73,7 @@ impl AdminContext {
             drain,
             effective,
             token,
+            drain_waits_for_raw,
         }
     }
 }

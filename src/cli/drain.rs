@@ -29,6 +29,10 @@ pub struct DrainArgs {
     /// Return only once the drain is over (no session left, or drain.timeout passed).
     #[arg(long)]
     wait: bool,
+    /// What the drain does with raw clients: close them with 1001 now, or wait for them to
+    /// leave until drain.timeout (default: as the node's drain.raw says).
+    #[arg(long, value_parser = ["close", "wait"])]
+    raw: Option<String>,
 }
 
 /// One admin call: the status and the JSON body.
@@ -72,7 +76,11 @@ async fn call(
 }
 
 async fn drain(args: &DrainArgs) -> Result<(), String> {
-    let (status, body) = tokio::time::timeout(CALL_TIME, call(args, Method::POST, "/admin/drain"))
+    let path = match &args.raw {
+        Some(raw) => format!("/admin/drain?raw={raw}"),
+        None => "/admin/drain".to_owned(),
+    };
+    let (status, body) = tokio::time::timeout(CALL_TIME, call(args, Method::POST, &path))
         .await
         .map_err(|_| "the admin API did not answer in time".to_owned())??;
     if status != StatusCode::ACCEPTED {

@@ -420,3 +420,56 @@ async fn cluster_metrics_show_the_cross_node_pair_its_link_and_redis() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_drain_that_waits_for_raw_clients_ends_when_they_leave() {
+    let node = TestNode::start(|config| {
+        config.admin.token = TOKEN.into();
+        config.drain.timeout = Duration::from_secs(20);
+    })
+    .await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    assert_eq!(
+        call(&node, "POST", "/admin/drain?raw=maybe").await.status,
+        400
+    );
+    assert_eq!(
+        call(&node, "POST", "/admin/drain?raw=wait").await.status,
+        202
+    );
+    // The pair is left alone and keeps relaying; the node takes no one new.
+    app.send_text("still relaying").await;
+    assert_eq!(web.recv_text().await, "still relaying");
+    let refused = request(
+        node.addr,
+        "GET",
+        &format!("/channel?type=app&channelId={}", random_channel_id()),
+        crate::harness::http::UPGRADE_HEADERS,
+    )
+    .await;
+    assert_eq!(refused.status, 503);
+    let progress = body(&call(&node, "GET", "/admin/drain").await);
+    assert_eq!(
+        (progress["raw_left"].as_u64(), progress["done"].as_bool()),
+        (Some(2), Some(false))
+    );
+    app.close().await;
+    web.close().await;
+    wait_until("the drain ends once the raw clients left", || {
+        node.router.hub.counts().0 == 0
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let progress = body(&call(&node, "GET", "/admin/drain").await);
+        if progress["done"] == true {
+            assert_eq!(progress["raw_left"], 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{progress}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+}
