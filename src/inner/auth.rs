@@ -9,8 +9,13 @@
 //! labels differ, so one side's tag cannot be reflected back as the other's. Tags are compared
 //! in constant time. A failure here closes the connection; callers log and count it.
 //!
-//! With `inner.tls-*` the handshake runs inside TLS, unchanged: TLS proves each end holds a
-//! certificate of the cluster's CA, this proves it holds the secret and names its node id.
+//! With `inner.tls-*` the handshake runs inside TLS, and both tags also cover a value both ends
+//! of that TLS session derive from it (an exporter, RFC 5705/8446 §7.5, `binding`): TLS proves
+//! each end holds a certificate of the cluster's CA, this proves the end of *this* TLS session
+//! holds the secret and names its node id. Without the binding, a party holding a certificate
+//! but not the secret, and able to redirect a dial, could relay two TLS sessions and pass the
+//! handshake through, reading everything after it. On plain TCP `binding` is empty: the
+//! handshake proves who is at each end, not that nobody relays between them (SECURITY.md).
 
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, KeyInit, Mac};
@@ -68,10 +73,12 @@ fn tag(
     other: &[u8; NONCE_BYTES],
     dialer: NodeId,
     acceptor: NodeId,
+    binding: &[u8],
 ) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(label);
+    mac.update(binding);
     mac.update(challenge);
     mac.update(other);
     mac.update(&dialer.get().to_be_bytes());
@@ -144,6 +151,7 @@ pub async fn dial(
     stream: &mut Framed<impl Io, InnerCodec>,
     me: &NodeInfo,
     secret: &[u8],
+    binding: &[u8],
 ) -> Result<NodeInfo, AuthError> {
     let my_nonce = nonce();
     stream.send(hello(me, my_nonce)).await?;
@@ -157,6 +165,7 @@ pub async fn dial(
         &their_nonce,
         me,
         acceptor,
+        binding,
     )
     .verify_slice(&their_mac)
     .map_err(|_| AuthError::BadMac)?;
@@ -167,6 +176,7 @@ pub async fn dial(
         &my_nonce,
         me,
         acceptor,
+        binding,
     )
     .finalize();
     stream
@@ -182,6 +192,7 @@ pub async fn accept(
     stream: &mut Framed<impl Io, InnerCodec>,
     me: &NodeInfo,
     secret: &[u8],
+    binding: &[u8],
 ) -> Result<NodeInfo, AuthError> {
     let (dialer_info, their_nonce) = expect_hello(stream).await?;
     let my_nonce = nonce();
@@ -193,6 +204,7 @@ pub async fn accept(
         &my_nonce,
         dialer,
         acceptor,
+        binding,
     )
     .finalize();
     stream.feed(hello(me, my_nonce)).await?;
@@ -209,6 +221,7 @@ pub async fn accept(
         &their_nonce,
         dialer,
         acceptor,
+        binding,
     )
     .verify_slice(&their_mac)
     .map_err(|_| AuthError::BadMac)?;

@@ -238,13 +238,19 @@ impl Link {
             }
         };
         let mut framed = Framed::new(stream, InnerCodec::for_handshake());
-        let acceptor = auth::dial(&mut framed, &self.ctx.me, self.ctx.config.secret.as_bytes())
-            .await
-            .map_err(|err| DialError {
-                gone: false,
-                text: err.to_string(),
-            })?
-            .id;
+        let binding = framed.get_ref().channel_binding();
+        let acceptor = auth::dial(
+            &mut framed,
+            &self.ctx.me,
+            self.ctx.config.secret.as_bytes(),
+            &binding,
+        )
+        .await
+        .map_err(|err| DialError {
+            gone: false,
+            text: err.to_string(),
+        })?
+        .id;
         if acceptor != self.target.id {
             return Err(DialError {
                 gone: true,

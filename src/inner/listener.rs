@@ -96,7 +96,8 @@ async fn serve_link(
         };
         let mut framed = Framed::new(stream, InnerCodec::for_handshake());
         let secret = ctx.config.secret.as_bytes();
-        match auth::accept(&mut framed, &ctx.me, secret).await {
+        let binding = framed.get_ref().channel_binding();
+        match auth::accept(&mut framed, &ctx.me, secret, &binding).await {
             Ok(dialer) => Ok((framed, dialer)),
             Err(err) => Err(err.to_string()),
         }

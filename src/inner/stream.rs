@@ -24,7 +24,32 @@ pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half of a split [`InnerStream`].
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// The label of the value both ends of a link's TLS session derive for the handshake.
+const BINDING_LABEL: &[u8] = b"EXPORTER-wspair-inner-link";
+
 impl InnerStream {
+    /// What ties the link handshake to this connection: 32 bytes both ends of its TLS session
+    /// derive from it (an exporter), or nothing on plain TCP. See `auth`.
+    pub fn channel_binding(&self) -> Vec<u8> {
+        let exported = match self {
+            InnerStream::Plain(_) => return Vec::new(),
+            InnerStream::Dialed(tls) => {
+                tls.get_ref()
+                    .1
+                    .export_keying_material([0u8; 32], BINDING_LABEL, None)
+            }
+            InnerStream::Accepted(tls) => {
+                tls.get_ref()
+                    .1
+                    .export_keying_material([0u8; 32], BINDING_LABEL, None)
+            }
+        };
+        // Only a handshake that has not finished cannot export; a link's has.
+        exported
+            .expect("a completed TLS handshake exports keying material")
+            .to_vec()
+    }
+
     /// Splits it into halves for one reader and one writer: TCP's own halves, or TLS's
     /// through a lock (a TLS session has one state for both directions).
     pub fn split(self) -> (ReadHalf, WriteHalf) {

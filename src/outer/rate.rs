@@ -150,8 +150,9 @@ impl RateLimiter {
         held_by.map(|limit| (at, limit))
     }
 
-    /// Whether a frame a wspair.v1 client sent counts against its limits, `written` being
-    /// the session's write progress (frames and flushes written to the client so far).
+    /// Whether a frame a wspair.v1 client sent counts against its limits, `written` being the
+    /// messages of its peer written to it so far (not server frames, not flushes: a client
+    /// must not buy free frames with requests the node answers).
     ///
     /// DATA counts. ACK and PEER frames answer what the client receives (a library
     /// acknowledges what it delivered, and sends `sync` when its peer appears or syncs), so

@@ -525,6 +525,11 @@ impl Session {
             Some(v1) => match v1.read(frame) {
                 Ok(FromClient::Relay(message)) => message,
                 Ok(FromClient::Token(token)) => {
+                    if self.rate.is_some()
+                        && let Some(reason) = self.charge_rate(len)
+                    {
+                        return Some(reason);
+                    }
                     self.refresh_token(&token);
                     return None;
                 }
@@ -559,7 +564,8 @@ impl Session {
     #[cold]
     fn send_within_rate(&mut self, message: Message) -> Option<CloseReason> {
         let rate = self.rate.as_mut().expect("called with a limiter");
-        let counts = self.v1.is_none() || rate.counts_v1(&message.payload, self.write_progress);
+        let answered = self.traffic.messages_written;
+        let counts = self.v1.is_none() || rate.counts_v1(&message.payload, answered);
         let over = if counts {
             rate.take(message.payload.len(), Instant::now())
         } else {
@@ -578,6 +584,16 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Takes a frame that is not relayed (a NODE request) from the session's rate limits: its
+    /// cost makes the client's next messages wait, or, over the limit with `close`, ends the
+    /// session. Without this a client could send such frames, each answered, at any rate.
+    #[cold]
+    fn charge_rate(&mut self, len: usize) -> Option<CloseReason> {
+        let rate = self.rate.as_mut()?;
+        let (_, limit) = rate.take(len, Instant::now())?;
+        (rate.action() == RateAction::Close).then(|| limit.close_reason())
     }
 
     /// Checks a fresh token a v1 client handed over and answers it. A good one replaces the

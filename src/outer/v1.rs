@@ -33,6 +33,9 @@ pub struct V1Session {
     told: Option<(Option<Incarnation>, PeerView)>,
     /// Server frames to write before anything else.
     pending: VecDeque<Bytes>,
+    /// The answer to the client's last `token` request, not written yet: one at most, however
+    /// many requests a client sends without reading.
+    token_answer: Option<Bytes>,
     /// When the client's last `token` request was checked: checks are spaced by
     /// [`TOKEN_CHECK_INTERVAL`].
     token_checked_at: Option<Instant>,
@@ -79,6 +82,7 @@ impl V1Session {
             window: Window::new(config.window, config.window_bytes),
             told: None,
             pending: VecDeque::from([welcome]),
+            token_answer: None,
             token_checked_at: None,
         }
     }
@@ -118,7 +122,9 @@ impl V1Session {
 
     /// The next server frame to write (`welcome` first), before anything the peer sent.
     pub fn next_server_frame(&mut self) -> Option<Bytes> {
-        self.pending.pop_front()
+        self.pending
+            .pop_front()
+            .or_else(|| self.token_answer.take())
     }
 
     /// Whether a `token` request may be checked now (see [`TOKEN_CHECK_INTERVAL`]); if so, the
@@ -134,9 +140,11 @@ impl V1Session {
         true
     }
 
-    /// Queues the answer to a `token` request.
+    /// Queues the answer to a `token` request, in place of an earlier one not written yet:
+    /// only the last answer matters to the client, and a client that sends requests without
+    /// reading must not make its session hold one answer per request.
     pub fn answer_token(&mut self, answer: Result<Option<f64>, &str>) {
-        self.pending.push_back(frame::token_answer(answer));
+        self.token_answer = Some(frame::token_answer(answer));
     }
 
     /// Checks a message the client sent and says what it asks for, or the reason to close.

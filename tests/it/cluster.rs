@@ -437,7 +437,7 @@ async fn a_link_with_the_wrong_secret_is_refused_and_counted() {
         window: 16,
         version: "0".into(),
     };
-    let result = auth::dial(&mut framed, &impostor, b"not-the-secret-at-all").await;
+    let result = auth::dial(&mut framed, &impostor, b"not-the-secret-at-all", &[]).await;
     assert!(matches!(result, Err(auth::AuthError::BadMac)), "{result:?}");
     drop(framed);
     let metrics = node.metrics.clone();
@@ -555,9 +555,14 @@ async fn garbage_and_an_oversized_frame_close_only_that_link() {
         window: 16,
         version: "0".into(),
     };
-    auth::dial(&mut framed, &insider, crate::harness::SECRET.as_bytes())
-        .await
-        .unwrap();
+    auth::dial(
+        &mut framed,
+        &insider,
+        crate::harness::SECRET.as_bytes(),
+        &[],
+    )
+    .await
+    .unwrap();
     framed.flush().await.unwrap();
     let mut stream = framed.into_inner();
     stream

@@ -95,9 +95,12 @@ async fn two_nodes_with_inner_tls_relay_both_ways() {
         version: "0".into(),
     };
     let secret = crate::harness::SECRET.as_bytes();
-    let result = tokio::time::timeout(EVENT_TIMEOUT, auth::dial(&mut framed, &impostor, secret))
-        .await
-        .expect("the node cuts it");
+    let result = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        auth::dial(&mut framed, &impostor, secret, &[]),
+    )
+    .await
+    .expect("the node cuts it");
     assert!(result.is_err(), "{result:?}");
     let metrics = node_a.metrics.clone();
     wait_until("the plaintext dial to be refused", || {
@@ -276,4 +279,122 @@ fn bad_inner_tls_settings_name_the_key() {
     mismatched[1].1 = path(&ca.issue_as(&dir, "other-").key);
     let err = load(&mismatched).unwrap_err();
     assert!(err.starts_with("inner.tls-key: does not fit"), "{err}");
+}
+
+/// A TLS relay for `relay_addr`, holding `leaf` (a certificate of the cluster's CA) but not
+/// `inner.secret`: it accepts the dialer's TLS, dials the node behind it with its own, and copies
+/// bytes both ways, keeping what the dialer sent in plaintext.
+async fn certificate_relay(
+    relay: tokio::net::TcpListener,
+    leaf: &wspair::tls::TlsFiles,
+    ca: &Path,
+    behind: std::net::SocketAddr,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = || PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let provider = || Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let acceptor = TlsAcceptor::from(Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key())
+            .unwrap(),
+    ));
+    let mut roots = RootCertStore::empty();
+    for root in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let connector = TlsConnector::from(Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key())
+            .unwrap(),
+    ));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let captured = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = relay.accept().await {
+            let (acceptor, connector, captured) =
+                (acceptor.clone(), connector.clone(), Arc::clone(&captured));
+            tokio::spawn(async move {
+                let Ok(from_dialer) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(to_node) = tokio::net::TcpStream::connect(behind).await else {
+                    return;
+                };
+                let name = ServerName::try_from("nodes.wspair.test").unwrap();
+                let Ok(to_node) = connector.connect(name, to_node).await else {
+                    return;
+                };
+                let (mut dialer_read, mut dialer_write) = tokio::io::split(from_dialer);
+                let (mut node_read, mut node_write) = tokio::io::split(to_node);
+                let upstream = async {
+                    let mut buf = vec![0; 16 * 1024];
+                    while let Ok(n @ 1..) = dialer_read.read(&mut buf).await {
+                        captured.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if node_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let downstream = tokio::io::copy(&mut node_read, &mut dialer_write);
+                tokio::select! { _ = upstream => {}, _ = downstream => {} }
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn a_certificate_without_the_secret_cannot_relay_a_link() {
+    let dir = scratch_dir("inner-relay");
+    let ca = TestCa::new();
+    let files = cluster_files(&ca, &dir, "node-");
+    // Another leaf of the same CA (a decommissioned node's), held by someone without the secret.
+    let theirs = ca.issue_for(&dir, "relay-", &["relay.example"]);
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let redis = RedisServer::start();
+    let a = node(&redis, Some(files.clone())).await;
+    // B is said (in Redis) to be where the relay listens.
+    let b = TestNode::start_in_cluster(vec![redis.url()], |config| {
+        config.inner.tls = Some(files.clone());
+        config.inner.advertise = relay_addr.to_string();
+    })
+    .await;
+    let seen = certificate_relay(relay, &theirs, &files.ca, b.inner_addr.unwrap()).await;
+    let id = random_channel_id();
+    let _web = b.connect(Role::Web, &id).await;
+    // A's link to B goes through the relay: its handshake is bound to A's TLS session with
+    // the relay, which B's is not, so B refuses it and A never links.
+    let target = format!("/channel?type=app&channelId={id}");
+    let refused = request(a.addr, "GET", &target, UPGRADE_HEADERS).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    wait_until("B refused the relayed handshake", || {
+        read(&b.metrics.links_refused) >= 1
+    })
+    .await;
+    let plaintext = seen.lock().unwrap().clone();
+    assert!(
+        !plaintext
+            .windows(id.as_str().len())
+            .any(|w| w == id.as_str().as_bytes()),
+        "the relay read a frame naming the channel"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }
