@@ -26,12 +26,26 @@ use crate::pair::{ChannelId, Role};
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "wspair.token.";
 
 /// The settings, as configured; [`Auth::new`] turns them into keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     /// `auth.secret`: the HS256 secret; empty when unset.
     pub secret: String,
     /// `auth.public-key`: a PEM file with an EC (P-256) or RSA public key.
     pub public_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.secret.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("AuthConfig")
+            .field("secret", &secret)
+            .field("public_key", &self.public_key)
+            .finish()
+    }
 }
 
 impl AuthConfig {

@@ -652,7 +652,7 @@ pub struct DrainConfig {
 }
 
 /// The admin listener (`admin.*`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminConfig {
     /// `admin.enabled`.
     pub enabled: bool,
@@ -668,7 +668,7 @@ pub struct AdminConfig {
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// Settings of the node-to-node side (`inner.*`), used in cluster mode.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InnerConfig {
     /// `inner.ip`.
     pub ip: IpAddr,
@@ -695,7 +695,7 @@ pub struct InnerConfig {
 }
 
 /// Settings of the registry (`registry.*`); cluster mode when `redis` is set.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryConfig {
     /// `registry.redis`, split at commas; empty for a single node.
     pub redis: Vec<String>,
@@ -707,6 +707,58 @@ pub struct RegistryConfig {
     pub timeout: Duration,
     /// `registry.tls-ca`, `registry.tls-cert`, `registry.tls-key`: used with `rediss://`.
     pub tls: crate::tls::registry::RegistryTls,
+}
+
+/// What a secret setting is shown as in `Debug` output: nothing when unset, never its value (a
+/// `?config` in a log line or a panic message must not print it).
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { REDACTED }
+}
+
+impl std::fmt::Debug for InnerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InnerConfig")
+            .field("ip", &self.ip)
+            .field("port", &self.port)
+            .field("advertise", &self.advertise)
+            .field("secret", &redacted(&self.secret))
+            .field("queue", &self.queue)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("link_timeout", &self.link_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redis: Vec<String> = self
+            .redis
+            .iter()
+            .map(|url| redact_url_passwords(url))
+            .collect();
+        f.debug_struct("RegistryConfig")
+            .field("redis", &redis)
+            .field("cluster", &self.cluster)
+            .field("node_ttl", &self.node_ttl)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("ip", &self.ip)
+            .field("port", &self.port)
+            .field("token", &redacted(&self.token))
+            .finish()
+    }
 }
 
 /// How long a closing session may take to send its close frame and see the client's reply
@@ -1245,11 +1297,26 @@ fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         .parse()
         .map_err(|err: toml::de::Error| ConfigError::Syntax {
             path: path.to_owned(),
-            message: err.to_string().trim_end().to_owned(),
+            message: syntax_message(text, &err),
         })?;
     let mut layer = Layer::new();
     flatten("", &table, &mut layer)?;
     Ok(layer)
+}
+
+/// The parser's description of a syntax error with its line and column, without the quote of
+/// the line it would otherwise show: that line may hold a secret.
+fn syntax_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
 }
 
 fn flatten(prefix: &str, table: &toml::Table, layer: &mut Layer) -> Result<(), ConfigError> {
@@ -1293,9 +1360,15 @@ fn parse_text(spec: &KeySpec, text: &str) -> Result<toml::Value, ConfigError> {
 }
 
 fn type_error(spec: &KeySpec, expected: &str, value: &toml::Value) -> ConfigError {
+    // An error message is logged and shown: a secret's value is not quoted in it.
+    let shown = if SECRET_KEYS.contains(&spec.key) || spec.key == "registry.redis" {
+        REDACTED.to_owned()
+    } else {
+        value.to_string()
+    };
     invalid(
         spec.key,
-        format!("expected {expected}, got {} {value}", value.type_str()),
+        format!("expected {expected}, got {} {shown}", value.type_str()),
     )
 }
 
@@ -1389,8 +1462,14 @@ pub const REDACTED: &str = "<redacted>";
 
 /// Every key's value after all layers (defaults, file, environment, flags), as a node runs
 /// with them; shown with secrets redacted, so the output can be pasted into a ticket.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Effective(Layer);
+
+impl std::fmt::Debug for Effective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
 
 impl Effective {
     /// The values as a TOML document, one table per section (`[outer]`, `[inner]`, ...), with
@@ -1422,12 +1501,9 @@ impl Effective {
                 Some(text) if !text.is_empty() && SECRET_KEYS.contains(key) => {
                     toml::Value::String(REDACTED.to_owned())
                 }
-                Some(text) if *key == "registry.redis" => toml::Value::String(
-                    text.split(',')
-                        .map(|url| redact_url_password(url.trim()))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
+                Some(text) if *key == "registry.redis" => {
+                    toml::Value::String(redact_url_passwords(text))
+                }
                 _ => value.clone(),
             };
             (*key, shown)
@@ -1435,25 +1511,62 @@ impl Effective {
     }
 }
 
-/// `url` with the password of its user information (`redis://user:PASSWORD@host`) redacted.
-fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let password = if userinfo.contains(':') {
-                format!(":{REDACTED}")
-            } else {
-                String::new()
-            };
-            format!("{scheme}://{user}{password}@{host}{path}")
+/// `urls` (one URL or a comma-separated list) with every password redacted: the one in user
+/// information (`redis://user:PASSWORD@host`) and `pass=`/`password=` query parameters
+/// (`redis+unix:///run/redis.sock?pass=PASSWORD`). Not split at commas or slashes first, since
+/// a password may hold either: each user information runs from a `://` to the last `@` before
+/// the next `://`.
+fn redact_url_passwords(urls: &str) -> String {
+    let mut shown = String::with_capacity(urls.len());
+    let mut rest = urls;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        shown.push_str(head);
+        let region_end = tail.find("://").unwrap_or(tail.len());
+        let (region, next) = tail.split_at(region_end);
+        match region.rfind('@') {
+            Some(end) => {
+                let userinfo = &region[..end];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        shown.push_str(user);
+                        shown.push(':');
+                        shown.push_str(REDACTED);
+                    }
+                    None => shown.push_str(userinfo),
+                }
+                shown.push_str(&redact_query_passwords(&region[end..]));
+            }
+            None => shown.push_str(&redact_query_passwords(region)),
         }
-        None => url.to_owned(),
+        rest = next;
     }
+    shown.push_str(rest);
+    shown
+}
+
+/// `text` with the values of `pass=` and `password=` parameters redacted.
+fn redact_query_passwords(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = ["pass=", "password="]
+        .iter()
+        .filter_map(|name| {
+            let at = rest.find(name)?;
+            let starts_parameter = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&');
+            starts_parameter.then_some(at + name.len())
+        })
+        .min()
+    {
+        shown.push_str(&rest[..at]);
+        shown.push_str(REDACTED);
+        let value_end = rest[at..]
+            .find(['&', ','])
+            .map_or(rest.len(), |end| at + end);
+        rest = &rest[value_end..];
+    }
+    shown.push_str(rest);
+    shown
 }
 
 /// Parses `<integer><unit>` with unit `ms`, `s` or `m`.
@@ -1518,7 +1631,7 @@ mod tests {
         );
         assert!(shown.contains("secret = \"<redacted>\""), "{shown}");
         assert!(
-            shown.contains("redis = \"redis://u:<redacted>@r1:6379/0,redis://:<redacted>@r2\""),
+            shown.contains("redis = \"redis://u:<redacted>@r1:6379/0, redis://:<redacted>@r2\""),
             "{shown}"
         );
         // Read back, it is the same configuration but for the secrets.
@@ -1545,6 +1658,47 @@ mod tests {
                 .to_toml()
                 .contains("secret = \"\"")
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_every_url_form_and_never_quoted_in_errors() {
+        for (urls, shown) in [
+            (
+                "redis://:COMMA,PASS@10.0.0.9:6379",
+                "redis://:<redacted>@10.0.0.9:6379",
+            ),
+            ("redis://:SLASH/PASS@h:1/0", "redis://:<redacted>@h:1/0"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=UNIXPASS",
+                "redis+unix:///run/redis.sock?db=1&pass=<redacted>",
+            ),
+            (
+                "rediss://u:a@b@h1:1, rediss://v:c@h2:2?password=d",
+                "rediss://u:<redacted>@h1:1, rediss://v:<redacted>@h2:2?password=<redacted>",
+            ),
+            ("redis://user@h:1", "redis://user@h:1"),
+            ("redis://h:1?bypass=no", "redis://h:1?bypass=no"),
+        ] {
+            assert_eq!(redact_url_passwords(urls), shown, "{urls}");
+        }
+        let err = from_file("[admin]\ntoken = 98765432109876543\n").unwrap_err();
+        assert!(!err.to_string().contains("98765"), "{err}");
+        let err = from_file("[inner]\nsecret = \"INNER-SECRET-abcdef0123\n").unwrap_err();
+        assert!(!err.to_string().contains("INNER-SECRET"), "{err}");
+        assert!(err.to_string().contains("line 2, column "), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let config = from_file(
+            "[inner]\nsecret = \"INNER-SECRET-0123\"\nadvertise = \"10.0.0.1:1025\"\n[admin]\ntoken = \"ADMIN-TOKEN-0123456\"\n[auth]\nsecret = \"AUTH-SECRET-0123456789abcdef0123456\"\n[registry]\nredis = \"redis://u:REDISPASS@h:1\"\n",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["INNER-SECRET", "ADMIN-TOKEN", "AUTH-SECRET", "REDISPASS"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

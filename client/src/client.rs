@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::{Backoff, random_key};
 use crate::config::Config;
-use crate::connection::{Conn, OpenError, Target, Ws, open, raw_message};
+use crate::connection::{Conn, OpenError, Target, Ws, loggable, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
 use crate::frame::{Frame, NodeMsg, ServerMsg, sid_of_key};
@@ -218,7 +218,7 @@ impl Client {
             match open(&t).await {
                 Ok(conn) => break conn,
                 Err(e) if e.retryable() => {
-                    tracing::debug!(url = %t.base_url, error = ?e, "first connection failed; retrying");
+                    tracing::debug!(url = %loggable(&t.base_url), error = ?e, "first connection failed; retrying");
                     url_idx += 1;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -820,7 +820,7 @@ impl Task {
         self.url_idx += 1;
         let t = target(&self.cfg, self.url_idx, self.r#gen);
         let r#gen = self.r#gen;
-        tracing::debug!(url = %t.base_url, r#gen, "connecting");
+        tracing::debug!(url = %loggable(&t.base_url), r#gen, "connecting");
         self.attempt = Some(Box::pin(async move { (r#gen, open(&t).await) }));
     }
 

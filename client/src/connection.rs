@@ -88,6 +88,12 @@ pub(crate) struct Target {
     pub token: Option<String>,
 }
 
+/// `url` without its query, for logs and errors: the query holds the client's secret key and
+/// its token.
+pub(crate) fn loggable(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
+
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
 fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -125,7 +131,7 @@ pub(crate) fn connection_url(t: &Target, v1: bool) -> String {
 pub(crate) async fn open(t: &Target) -> Result<Conn, OpenError> {
     match open_v1(t).await {
         Err(OpenError::NoSubprotocol) if t.raw_fallback => {
-            tracing::info!(url = %t.base_url, "wspair.v1 not accepted: connecting raw");
+            tracing::info!(url = %loggable(&t.base_url), "wspair.v1 not accepted: connecting raw");
             let ws = handshake(&connection_url(t, false), false).await?;
             Ok(Conn { ws, welcome: None })
         }
@@ -148,7 +154,7 @@ async fn open_v1(t: &Target) -> Result<Conn, OpenError> {
 async fn handshake(url: &str, v1: bool) -> Result<Ws, OpenError> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| OpenError::Protocol(format!("bad URL {url}: {e}")))?;
+        .map_err(|e| OpenError::Protocol(format!("bad URL {}: {e}", loggable(url))))?;
     if v1 {
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",

@@ -10,7 +10,9 @@
 //! `/metrics` and `/admin/` need `Authorization: Bearer <admin.token>` when a token is set (a
 //! node refuses to start without one on a non-loopback address); the probes never do, since
 //! orchestrators call them without credentials. Each connection is bounded: at most
-//! [`MAX_CONNECTIONS`] at a time, each closed after [`CONNECTION_TIME`], one request each.
+//! [`MAX_CONNECTIONS`] at a time (one more is accepted and closed at once, so that idle
+//! connections cannot leave probes waiting in the backlog), its request head within
+//! [`HEAD_TIME`], the whole exchange within [`CONNECTION_TIME`], one request each.
 
 mod api;
 mod prometheus;
@@ -26,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,13 +38,14 @@ use crate::config::Effective;
 use crate::drain::Drain;
 use crate::outer::session::SessionContext;
 
-/// Admin connections served at a time; more wait in the backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Admin connections served at a time; more are closed as soon as they are accepted.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a connection may take to send its request head.
+const HEAD_TIME: Duration = Duration::from_secs(5);
 /// How long one admin connection may take, request and answer.
 const CONNECTION_TIME: Duration = Duration::from_secs(30);
 
 /// What the admin listener needs of the node.
-#[derive(Debug)]
 pub struct AdminContext {
     /// The sessions' shared state: the router (and its hub), metrics, pending closes.
     pub session: Arc<SessionContext>,
@@ -56,6 +59,15 @@ pub struct AdminContext {
     pub drain_waits_for_raw: bool,
     /// What `/metrics` encodes.
     registry: prometheus_client::registry::Registry,
+}
+
+impl std::fmt::Debug for AdminContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminContext")
+            .field("drain", &self.drain.progress())
+            .field("token_set", &!self.token.is_empty())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdminContext {
@@ -86,11 +98,6 @@ pub async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&permits).acquire_owned() => permit,
-        };
-        let Ok(permit) = permit else { return };
         let (stream, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -102,6 +109,10 @@ pub async fn accept_loop(
                 }
             },
         };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            debug!(%remote_addr, "admin connection closed: {MAX_CONNECTIONS} are open");
+            continue;
+        };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let _permit = permit;
@@ -111,6 +122,8 @@ pub async fn accept_loop(
             });
             let connection = http1::Builder::new()
                 .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIME)
                 .serve_connection(TokioIo::new(stream), service);
             if let Ok(Err(err)) = tokio::time::timeout(CONNECTION_TIME, connection).await {
                 debug!(%remote_addr, error = %err, "admin connection ended with an error");

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use yawc::WebSocketError;
 
@@ -183,7 +184,12 @@ impl fmt::Display for CloseReason {
 /// id, until each session takes its own when it stops. A session stopped without one was
 /// replaced (or the node shuts down).
 #[derive(Debug, Default)]
-pub struct PendingCloses(Mutex<HashMap<u64, CloseReason>>);
+pub struct PendingCloses {
+    reasons: Mutex<HashMap<u64, CloseReason>>,
+    /// Whether `reasons` may hold anything: a session that ends looks at the map (to forget
+    /// its entry) only then, so the common end takes no lock.
+    any: AtomicBool,
+}
 
 impl PendingCloses {
     /// Records why session `session` is about to be stopped; the reason is cut to what a close
@@ -194,17 +200,22 @@ impl PendingCloses {
             end -= 1;
         }
         let reason = CloseReason::Operator(reason[..end].to_owned());
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session, reason);
+        let mut reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        reasons.insert(session, reason);
+        self.any.store(true, Ordering::Release);
     }
 
-    /// The reason recorded for `session`, if one was (and forgets it).
+    /// The reason recorded for `session`, if one was (and forgets it). Every session calls it
+    /// as it ends, whatever ended it, so no entry outlives its session.
     pub fn take(&self, session: u64) -> Option<CloseReason> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&session)
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut reasons = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = reasons.remove(&session);
+        if reasons.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        reason
     }
 }

@@ -632,6 +632,7 @@ async fn claim(
 async fn abandon(claim: hub::Claim, mut outbound_rx: Receiver<Message>, ctx: &SessionContext) {
     Metrics::incr(&ctx.metrics.upgrades_failed);
     let (channel_id, role) = (claim.channel_id, claim.role);
+    ctx.closes.take(claim.handle.id);
     let queue = claim.handle.queue.clone();
     ctx.router.abandon(claim).await;
     let undelivered = session::close_queue(&mut outbound_rx, &queue);

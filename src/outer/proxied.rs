@@ -105,7 +105,10 @@ pub(super) async fn serve(mut stream: TcpStream, ctx: Arc<OuterContext>, connect
         ..connection
     };
     let mut stream = Prefixed::new(header.rest, stream);
-    if !forwarded && let Err(err) = ctx.limits.attribute(&mut connection.permit, client.ip()) {
+    // `PROXY UNKNOWN` and v2 `LOCAL` name no client (the balancer's own health checks): they
+    // stay unattributed, so the balancer's address is never counted against a per-address limit.
+    let attributed = header.source.is_some() && !forwarded;
+    if attributed && let Err(err) = ctx.limits.attribute(&mut connection.permit, client.ip()) {
         let metrics = &ctx.session.metrics;
         metrics.refused(err.status().as_u16());
         Metrics::incr(&metrics.connections_refused_per_ip);

@@ -303,6 +303,8 @@ impl Session {
         // Boxed: closing needs as much state again as relaying, and only for a moment at
         // the end; unboxed, every idle session's task would carry room for it.
         Box::pin(self.finish(&reason)).await;
+        // An operator's close that came after the session had stopped for another reason.
+        self.ctx.closes.take(self.claim.handle.id);
         let histograms = &self.ctx.metrics.histograms;
         histograms.message_size.add(&mut self.traffic.sizes);
         histograms.by_label.closed(reason.code());

@@ -204,3 +204,45 @@ pub fn outgoing_raw(message: Message) -> Option<Frame> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_holds_one_token_answer_however_many_requests_came() {
+        let config = V1Config {
+            enabled: true,
+            window: 16,
+            window_bytes: 1 << 16,
+        };
+        let client = ClientId {
+            sid: 7,
+            generation: 1,
+        };
+        let mut session = V1Session::new(
+            client,
+            Arc::new(PeerWatch::default()),
+            &config,
+            NodeId::generate(),
+            1,
+            1024,
+            None,
+        );
+        for n in 0..10_000 {
+            session.answer_token(if n % 2 == 0 {
+                Ok(None)
+            } else {
+                Err("too soon")
+            });
+        }
+        let welcome = session.next_server_frame().expect("the welcome");
+        assert!(welcome.windows(9).any(|w| w == b"\"welcome\""));
+        let answer = session.next_server_frame().expect("the last answer");
+        assert!(
+            answer.windows(10).any(|w| w == b"\"too soon\""),
+            "the last one"
+        );
+        assert_eq!(session.next_server_frame(), None);
+    }
+}

@@ -473,3 +473,34 @@ async fn a_drain_that_waits_for_raw_clients_ends_when_they_leave() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_admin_connections_neither_hold_the_probes_up_nor_stay_open() {
+    let node = node_with_token().await;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(admin(&node)).await.unwrap());
+    }
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        request(admin(&node), "GET", "/readyz", ""),
+    )
+    .await
+    .expect("the probe is answered while 100 connections sit idle");
+    assert_eq!(probe.status, 200);
+    // A connection that sends no request head is closed after 5 s.
+    use tokio::io::AsyncReadExt;
+    let mut first = idle.remove(0);
+    let mut answer = Vec::new();
+    // Closed (after a 408, if the server says why): reading to the end finishes.
+    tokio::time::timeout(Duration::from_secs(8), first.read_to_end(&mut answer))
+        .await
+        .expect("the node closes an idle admin connection")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    node.shutdown().await;
+}

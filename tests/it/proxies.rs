@@ -177,8 +177,15 @@ async fn per_address_limits_count_the_address_the_proxy_header_names() {
     assert_eq!(v6_again.status, 429);
     assert!(v6_again.body.contains("2001:db8::/64"), "{}", v6_again.body);
     assert_eq!(read(&node.metrics.connections_refused_per_ip), 2);
+    // Health checks (`PROXY UNKNOWN`, v2 `LOCAL`) name no client: several at once are not
+    // counted under the balancer's address, however low the limit.
+    let (check, held4) = raw_upgrade(with_header(&node, b"PROXY UNKNOWN\r\n").await, "").await;
+    assert_eq!(check.status, 101);
+    let (check2, held5) = raw_upgrade(with_header(&node, &v2(None)).await, "").await;
+    assert_eq!(check2.status, 101, "{}", check2.body);
+    assert_eq!(read(&node.metrics.connections_refused_per_ip), 2);
     // Closed before the node stops, which would otherwise wait for their close replies.
-    drop((held, held2, held3));
+    drop((held, held2, held3, held4, held5));
     node.shutdown().await;
 }
 

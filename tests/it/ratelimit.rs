@@ -342,3 +342,51 @@ async fn a_throttled_client_whose_peer_is_on_another_node_loses_nothing() {
     node_a.shutdown().await;
     node_b.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_requests_count_against_the_rate_and_buy_no_free_peer_frames() {
+    use wspair::config::RateLimits;
+
+    use crate::harness::v1wire;
+
+    let node = TestNode::start(|config| {
+        config.outer.rate = RateLimits {
+            messages_per_second: 0,
+            bytes_per_second: 1000,
+            burst: Duration::from_secs(1),
+            action: RateAction::Throttle,
+        };
+        config.outer.max_frame_size = 4096;
+    })
+    .await;
+    // PEER frames of a type the receiving library ignores, 2000 bytes each, each after a token
+    // request (which the node answers).
+    let mut peer = vec![0x04];
+    let pad = "x".repeat(1970);
+    peer.extend_from_slice(format!(r#"{{"v":1,"t":"zz","pad":"{pad}"}}"#).as_bytes());
+    let mut token = vec![0x06];
+    token.extend_from_slice(br#"{"v":1,"t":"token","token":""}"#);
+    let id = random_channel_id();
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
+    const N: usize = 200;
+    for _ in 0..N {
+        app.send(token.clone()).await;
+        app.send(peer.clone()).await;
+    }
+    // Past the free control frames (64, and one per message of the peer written to the app:
+    // none here), 1000 bytes a second let about one more through in 3 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut relayed = 0;
+    while relayed < N {
+        match tokio::time::timeout_at(deadline, web.recv()).await {
+            Ok(frame) if frame[0] == 0x04 => relayed += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        relayed < 80,
+        "{relayed} PEER frames of 2000 bytes passed 1000 bytes/s in 3 s"
+    );
+    node.shutdown().await;
+}
