@@ -72,6 +72,11 @@ fn check_config_names_the_key_at_fault_and_exits_64() {
             "outer.tls-cert: /nonexistent/cert.pem",
         ),
         ("auth.toml", "[auth]\nsecret = \"short\"\n", "auth.secret"),
+        (
+            "admin.toml",
+            "[admin]\nip = \"0.0.0.0\"\n",
+            "admin.token: is needed to serve the admin API on 0.0.0.0",
+        ),
     ];
     for (name, contents, expected) in cases {
         let path = file(name, contents);
