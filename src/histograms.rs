@@ -18,14 +18,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 /// One label and its value.
 pub type Label = [(&'static str, String); 1];
 
+/// Who closed a session, and with which code.
+pub type CloseLabels = [(&'static str, String); 2];
+
 /// Counters by a label whose values are not known in advance (`/metrics` only): refusals by
 /// HTTP status, closes by close code.
 #[derive(Debug, Default)]
 pub struct ByLabel {
     /// `wspair_handshakes_refused_by_status_total{status}`.
     pub refusals: Family<Label, Counter>,
-    /// `wspair_sessions_closed_total{code}`: `none` for a connection lost without a close frame.
-    pub closes: Family<Label, Counter>,
+    /// `wspair_sessions_closed_total{by, code}`: see [`ByLabel::closed`].
+    pub closes: Family<CloseLabels, Counter>,
 }
 
 impl ByLabel {
@@ -36,10 +39,19 @@ impl ByLabel {
             .inc();
     }
 
-    /// Counts a session closed with `code`.
-    pub fn closed(&self, code: Option<u16>) {
-        let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
-        self.closes.get_or_create(&[("code", code)]).inc();
+    /// Counts a session that ended: `by` the client (with the code it sent), the server
+    /// (with the code it sent), or neither (`lost`: no close frame). A client's code outside
+    /// the ones RFC 6455 defines (1000 to 1015) is counted as `application`, so clients cannot
+    /// make a series per code they choose, nor pass as the server's own codes.
+    pub fn closed(&self, by: &'static str, code: Option<u16>) {
+        let code = match (by, code) {
+            (_, None) => "none".to_owned(),
+            ("client", Some(code)) if !(1000..=1015).contains(&code) => "application".to_owned(),
+            (_, Some(code)) => code.to_string(),
+        };
+        self.closes
+            .get_or_create(&[("by", by.to_owned()), ("code", code)])
+            .inc();
     }
 }
 

@@ -67,7 +67,8 @@ struct Slots {
     app: Option<Peer>,
     web: Option<Peer>,
     /// Since when a session of this node has waited for its peer: set when a session claims a
-    /// role whose peer is absent, taken when the peer becomes known (`wspair_pairing_wait_seconds`).
+    /// role whose peer is absent and when its peer leaves, taken when a peer becomes known
+    /// (`wspair_pairing_wait_seconds`).
     waiting_since: Option<std::time::Instant>,
 }
 
@@ -92,17 +93,22 @@ impl Slots {
             .any(|slot| matches!(slot, Some(Peer::Local(_))))
     }
 
-    /// `role` now holds a live session, here or on another node: the session of this node that
-    /// waited for it, if one did, has its wait observed in `histogram`.
-    fn peer_arrived(
-        &mut self,
-        role: Role,
-        histogram: &prometheus_client::metrics::histogram::Histogram,
-    ) {
-        if matches!(self.slot_ref(role.peer()), Some(Peer::Local(_)))
-            && let Some(since) = self.waiting_since.take()
+    /// `role` now holds a live session, here or on another node: how long the session of this
+    /// node waited for it, if one did (observed by the caller once the shard's lock is let go).
+    fn peer_arrived(&mut self, role: Role) -> Option<f64> {
+        if !matches!(self.slot_ref(role.peer()), Some(Peer::Local(_))) {
+            return None;
+        }
+        Some(self.waiting_since.take()?.elapsed().as_secs_f64())
+    }
+
+    /// `role`'s session left: the session of this node of the other role, if there is one,
+    /// waits for its peer from now.
+    fn peer_left(&mut self, role: Role) {
+        if self.slot_ref(role).is_none()
+            && matches!(self.slot_ref(role.peer()), Some(Peer::Local(_)))
         {
-            histogram.observe(since.elapsed().as_secs_f64());
+            self.waiting_since = Some(std::time::Instant::now());
         }
     }
 
@@ -438,15 +444,17 @@ impl Hub {
         let slot = slots.slot(role);
         *slot = Some(Peer::Local(handle.clone()));
         slots.notify_peer_of(role);
-        if slots
+        let waited = if slots
             .slot_ref(role.peer())
             .is_some_and(|peer| !peer.is_gone())
         {
-            slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
+            slots.peer_arrived(role)
         } else {
             slots.waiting_since = Some(std::time::Instant::now());
-        }
+            None
+        };
         drop(sessions);
+        self.observe_wait(waited);
         let claim = Claim {
             hub: Arc::clone(self),
             channel_id,
@@ -591,7 +599,17 @@ impl Hub {
     /// itself, or has recorded a newer session of the same node (session ids only grow, so an
     /// announcement that arrives late never overwrites its successor's). The record already
     /// there is kept when it names the same session, so what senders cached stays valid.
-    pub fn set_remote(&self, channel_id: &ChannelId, role: Role, remote: RemotePeer) -> Recorded {
+    ///
+    /// `arrived`: the peer's session is new to the session of this node, which waited for it
+    /// (an announcement), rather than found by that session's own claim (which waited for
+    /// nothing): the wait is observed only then.
+    pub fn set_remote(
+        &self,
+        channel_id: &ChannelId,
+        role: Role,
+        remote: RemotePeer,
+        arrived: bool,
+    ) -> Recorded {
         let mut sessions = self.lock(channel_id);
         let Some(slots) = sessions.get_mut(channel_id) else {
             return Recorded::Ignored;
@@ -616,7 +634,9 @@ impl Hub {
         }
         *slot = Some(Peer::Remote(remote));
         slots.notify_peer_of(role);
-        slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
+        let waited = slots.peer_arrived(role);
+        drop(sessions);
+        self.observe_wait(waited.filter(|_| arrived));
         Recorded::Peer
     }
 
@@ -639,7 +659,9 @@ impl Hub {
         }
         *slots.slot(role) = Some(Peer::Remote(remote));
         slots.notify_peer_of(role);
-        slots.peer_arrived(role, &self.metrics.histograms.pairing_wait);
+        let waited = slots.peer_arrived(role);
+        drop(sessions);
+        self.observe_wait(waited);
         true
     }
 
@@ -682,6 +704,7 @@ impl Hub {
                 remote.mark_gone();
                 *slot = None;
                 slots.notify_peer_of(role);
+                slots.peer_left(role);
                 return true;
             }
         }
@@ -702,6 +725,7 @@ impl Hub {
                         remote.mark_gone();
                         *slot = None;
                         slots.notify_peer_of(role);
+                        slots.peer_left(role);
                     }
                 }
             }
@@ -739,6 +763,13 @@ impl Hub {
             let n = local(&slots.app) + local(&slots.web);
             (n, usize::from(n == 2))
         })
+    }
+
+    /// Observes a wait for a peer, outside any shard's lock.
+    fn observe_wait(&self, waited: Option<f64>) {
+        if let Some(seconds) = waited {
+            self.metrics.histograms.pairing_wait.observe(seconds);
+        }
     }
 
     /// Channels with one role on this node and the other on another node (known to this one).
@@ -781,6 +812,7 @@ impl Hub {
             if matches!(slot, Some(Peer::Local(handle)) if handle.id == session_id) {
                 *slot = displaced.filter(|old| !old.is_gone()).map(Peer::Local);
                 slots.notify_peer_of(role);
+                slots.peer_left(role);
             } else if let Some(old) = displaced {
                 self.evict(&old);
             }

@@ -48,7 +48,9 @@ enum Commands {
         file: PathBuf,
     },
     /// Ask a node to drain through its admin API (POST /admin/drain): it stops taking clients
-    /// and its wspair.v1 clients move to other nodes; with --wait, return once it has drained
+    /// and its wspair.v1 clients move to other nodes; with --wait, return once it has drained.
+    /// Exit codes: 0 done (with --wait: no session left), 3 drain.timeout passed with sessions
+    /// left, 1 any failure (including the node no longer draining: it restarted)
     Drain(cli::drain::DrainArgs),
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {

@@ -33,7 +33,7 @@ pub async fn respond(
             Err(_) => bad_channel_id(),
         },
         (&Method::POST, ["channels", id, "close"]) => match ChannelId::from_str(id) {
-            Ok(id) => close(&id, query, ctx),
+            Ok(id) => close(&id, query, ctx).await,
             Err(_) => bad_channel_id(),
         },
         (&Method::GET, ["drain"]) => drain_progress(ctx),
@@ -106,10 +106,16 @@ fn sessions(query: Option<&str>, ctx: &AdminContext) -> Response<Full<Bytes>> {
         .for_each_local(|channel_id, role, handle| {
             all.push((*channel_id, role, handle.id, handle.client));
         });
-    all.sort_unstable_by(|a, b| {
-        (a.0.as_str(), a.1.to_string()).cmp(&(b.0.as_str(), b.1.to_string()))
-    });
     let total = all.len();
+    // Only the sessions up to the end of the page are put in order: selecting them is linear,
+    // sorting them takes what the page's size and offset take.
+    let key = |s: &(ChannelId, Role, u64, Option<ClientId>)| (*s.0.as_bytes(), s.1 == Role::Web);
+    let end = offset.saturating_add(limit).min(total);
+    if end > 0 && end < total {
+        all.select_nth_unstable_by_key(end - 1, key);
+        all.truncate(end);
+    }
+    all.sort_unstable_by_key(key);
     let page: Vec<Value> = all
         .into_iter()
         .skip(offset)
@@ -166,27 +172,45 @@ async fn channel(channel_id: &ChannelId, ctx: &AdminContext) -> Response<Full<By
 }
 
 /// `POST /admin/channels/ID/close?reason=TEXT`: closes this node's sessions of the channel
-/// with 4004 and the reason; names the nodes holding the others, whose admin API closes them.
-fn close(channel_id: &ChannelId, query: Option<&str>, ctx: &AdminContext) -> Response<Full<Bytes>> {
+/// with 4004 and the reason; names the nodes holding the others (from the routes in Redis),
+/// whose admin API closes them.
+async fn close(
+    channel_id: &ChannelId,
+    query: Option<&str>,
+    ctx: &AdminContext,
+) -> Response<Full<Bytes>> {
     let reason = query_param(query, "reason").unwrap_or_else(|| "closed by an operator".into());
-    let hub = &ctx.session.router.hub;
+    let router = &ctx.session.router;
+    let here = router.me().id;
     let mut closed = Vec::new();
+    let mut elsewhere = Vec::new();
     for role in [Role::App, Role::Web] {
-        if let Some(handle) = hub.local(channel_id, role) {
+        if let Some(handle) = router.hub.local(channel_id, role) {
             ctx.session.closes.put(handle.id, &reason);
             handle.stop.cancel();
+            // A session that had already ended took its reason before it was put.
+            if handle.outbound_tx.is_closed() {
+                ctx.session.closes.take(handle.id);
+            }
             closed.push(role.to_string());
+            continue;
+        }
+        match router.locate(channel_id, role).await {
+            Ok(Some(location)) if location.node != here && location.live => {
+                elsewhere.push(json!({
+                    "role": role.to_string(), "node": location.node.to_string(),
+                    "advertise": location.advertise,
+                }));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("closed {closed:?} here; the registry did not answer: {err}"),
+                );
+            }
         }
     }
-    let elsewhere: Vec<Value> = [Role::App, Role::Web]
-        .into_iter()
-        .filter_map(|role| match hub.peer(channel_id, role) {
-            Some(crate::hub::Peer::Remote(remote)) => {
-                Some(json!({"role": role.to_string(), "node": remote.node.to_string()}))
-            }
-            _ => None,
-        })
-        .collect();
     tracing::info!(%channel_id, reason, closed = ?closed, "channel closed by an operator");
     json(
         StatusCode::OK,

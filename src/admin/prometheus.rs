@@ -310,7 +310,7 @@ pub fn registry(ctx: Arc<SessionContext>) -> Registry {
     );
     registry.register(
         "wspair_sessions_closed",
-        "Sessions closed, by close code (none: the connection was lost without a close frame)",
+        "Sessions closed, by who closed them (server, client, lost: no close frame) and the close code",
         by_label.closes.clone(),
     );
     registry.register_collector(Box::new(NodeCollector { ctx }));

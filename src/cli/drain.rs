@@ -3,7 +3,6 @@
 //! Kubernetes `preStop` hook or a deploy script runs before stopping a node: the node stops
 //! taking clients, its v1 clients move, and the hook returns when they have.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ const CALL_TIME: Duration = Duration::from_secs(10);
 pub struct DrainArgs {
     /// The node's admin listener.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1026")]
-    admin: SocketAddr,
+    admin: String,
     /// The node's `admin.token`, if it has one.
     #[arg(long, env = "WSPAIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -41,7 +40,7 @@ async fn call(
     method: Method,
     path: &str,
 ) -> Result<(StatusCode, serde_json::Value), String> {
-    let stream = tokio::net::TcpStream::connect(args.admin)
+    let stream = tokio::net::TcpStream::connect(args.admin.as_str())
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.admin))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -51,7 +50,7 @@ async fn call(
     let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, args.admin.to_string());
+        .header(hyper::header::HOST, args.admin.as_str());
     if let Some(token) = &args.token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -75,7 +74,15 @@ async fn call(
     Ok((status, json))
 }
 
-async fn drain(args: &DrainArgs) -> Result<(), String> {
+/// How a drain ended, for the exit code.
+enum Drained {
+    /// Asked (without `--wait`), or over with no session left.
+    Done,
+    /// Over at `drain.timeout` with sessions still on the node.
+    SessionsLeft(u64),
+}
+
+async fn drain(args: &DrainArgs) -> Result<Drained, String> {
     let path = match &args.raw {
         Some(raw) => format!("/admin/drain?raw={raw}"),
         None => "/admin/drain".to_owned(),
@@ -91,7 +98,7 @@ async fn drain(args: &DrainArgs) -> Result<(), String> {
     }
     println!("{body}");
     if !args.wait {
-        return Ok(());
+        return Ok(Drained::Done);
     }
     let mut last = body;
     loop {
@@ -112,14 +119,29 @@ async fn drain(args: &DrainArgs) -> Result<(), String> {
         if changed {
             println!("{progress}");
         }
+        if progress["draining"] != true {
+            // Another process answers there now (the node restarted): its drain is not ours.
+            return Err(
+                "the node is no longer draining: it restarted, or another one answers".into(),
+            );
+        }
         if progress["done"] == true {
-            return Ok(());
+            let left = ["v1_left", "raw_left"]
+                .iter()
+                .filter_map(|field| progress[field].as_u64())
+                .sum();
+            return Ok(if left == 0 {
+                Drained::Done
+            } else {
+                Drained::SessionsLeft(left)
+            });
         }
         last = progress;
     }
 }
 
-/// Runs `wspair drain`: exit 0 once asked (or, with `--wait`, drained), 1 otherwise.
+/// Runs `wspair drain`: exit 0 once asked (or, with `--wait`, drained with no session left), 3
+/// when `drain.timeout` passed with sessions left, 1 on any failure.
 pub fn run(args: DrainArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,7 +154,11 @@ pub fn run(args: DrainArgs) -> ExitCode {
         }
     };
     match runtime.block_on(drain(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Drained::Done) => ExitCode::SUCCESS,
+        Ok(Drained::SessionsLeft(left)) => {
+            eprintln!("wspair drain: drain.timeout passed with {left} sessions left on the node");
+            ExitCode::from(3)
+        }
         Err(err) => {
             eprintln!("wspair drain: {err}");
             ExitCode::FAILURE

@@ -307,7 +307,12 @@ impl Session {
         self.ctx.closes.take(self.claim.handle.id);
         let histograms = &self.ctx.metrics.histograms;
         histograms.message_size.add(&mut self.traffic.sizes);
-        histograms.by_label.closed(reason.code());
+        let by = match reason {
+            CloseReason::ClientClosed(_) => "client",
+            CloseReason::ConnectionLost => "lost",
+            _ => "server",
+        };
+        histograms.by_label.closed(by, reason.code());
         let traffic = &self.traffic;
         histograms
             .session_duration

@@ -35,7 +35,7 @@ impl Router {
     /// of a session here, opens its credit account there and announces the grant.
     pub(super) fn adopt_remote(&self, channel_id: ChannelId, role: Role, remote: RemotePeer) {
         let incarnation = remote.incarnation();
-        if self.hub.set_remote(&channel_id, role, remote) == Recorded::Ignored {
+        if self.hub.set_remote(&channel_id, role, remote, true) == Recorded::Ignored {
             Metrics::incr(&self.metrics.inner_frames_stale);
             return;
         }

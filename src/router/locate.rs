@@ -50,7 +50,9 @@ impl Router {
         let Some((route, client)) = cluster.registry.route(channel_id, role).await? else {
             return Ok(None);
         };
-        let live = route.node == me.id || cluster.membership.is_live(route.node);
+        // This node holds no such session (the hub was asked first): a route naming it is left
+        // from one that ended, whose release is still to be retried.
+        let live = route.node != me.id && cluster.membership.is_live(route.node);
         let advertise = if route.node == me.id {
             Some(me.advertise.clone())
         } else {

@@ -474,7 +474,8 @@ impl Router {
             && let Some(remote) = self.remote_peer(peer, peer_client)
         {
             let incarnation = remote.incarnation();
-            self.hub.set_remote(&channel_id, role.peer(), remote);
+            // Found by this claim: the client waited for nothing.
+            self.hub.set_remote(&channel_id, role.peer(), remote, false);
             // The client is answered only once the peer's node knows of it, so a message the
             // peer sends after this client is connected is never dropped for want of a route.
             let key = (channel_id, role, claim.handle.id);

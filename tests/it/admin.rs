@@ -95,7 +95,7 @@ async fn metrics_count_what_happened_and_pass_promtool() {
         "wspair_messages_dropped_total{reason=\"no_peer\"} 1",
         "wspair_handshakes_refused_total 1",
         "wspair_handshakes_refused_by_status_total{status=\"400\"} 1",
-        "wspair_sessions_closed_total{code=\"1000\"} 1",
+        "wspair_sessions_closed_total{by=\"client\",code=\"1000\"} 1",
         "wspair_connections 1",
         "wspair_pairs 0",
         "wspair_cross_node_pairs 0",
@@ -503,4 +503,138 @@ async fn idle_admin_connections_neither_hold_the_probes_up_nor_stay_open() {
         "{answer}"
     );
     node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cross_node_pairing_is_one_wait_observed_by_the_node_that_waited() {
+    let redis = RedisServer::start();
+    let a = TestNode::start_in_cluster(vec![redis.url()], |c| c.admin.token = TOKEN.into()).await;
+    let b = TestNode::start_in_cluster(vec![redis.url()], |c| c.admin.token = TOKEN.into()).await;
+    let id = random_channel_id();
+    let mut app = a.connect(Role::App, &id).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut web = b.connect(Role::Web, &id).await;
+    app.send_text("across").await;
+    assert_eq!(web.recv_text().await, "across");
+    let count = |s: &str| sample(s, "wspair_pairing_wait_seconds_count").unwrap();
+    let on_a = count(&call(&a, "GET", "/metrics").await.body);
+    let scrape_b = call(&b, "GET", "/metrics").await.body;
+    let on_b = count(&scrape_b);
+    let sum_b = sample(&scrape_b, "wspair_pairing_wait_seconds_sum").unwrap();
+    drop((app, web));
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(on_a + on_b, 1.0, "one pairing, one client that waited");
+}
+
+#[tokio::test]
+async fn closing_a_channel_held_elsewhere_names_the_nodes_holding_it() {
+    let redis = RedisServer::start();
+    let a = TestNode::start_in_cluster(vec![redis.url()], |c| c.admin.token = TOKEN.into()).await;
+    let b = TestNode::start_in_cluster(vec![redis.url()], |_| {}).await;
+    let id = random_channel_id();
+    let mut app = b.connect(Role::App, &id).await;
+    let mut web = b.connect(Role::Web, &id).await;
+    app.send_text("x").await;
+    assert_eq!(web.recv_text().await, "x");
+    let located: serde_json::Value =
+        serde_json::from_str(&call(&a, "GET", &format!("/admin/channels/{id}")).await.body)
+            .unwrap();
+    let closed = call(&a, "POST", &format!("/admin/channels/{id}/close")).await;
+    let closed: serde_json::Value = serde_json::from_str(&closed.body).unwrap();
+    drop((app, web));
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(
+        closed["elsewhere"].as_array().map(Vec::len),
+        Some(2),
+        "both roles are held by node B"
+    );
+}
+
+#[tokio::test]
+async fn closes_are_counted_by_who_closed_and_clients_cannot_choose_series() {
+    let node = TestNode::start(|c| c.admin.token = TOKEN.into()).await;
+    for code in [1001u16, 4004, 4999, 3123] {
+        let id = random_channel_id();
+        let mut app = node.connect(Role::App, &id).await;
+        use futures::SinkExt;
+        app.ws
+            .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+                tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: code.into(),
+                    reason: "bye".into(),
+                },
+            )))
+            .await
+            .unwrap();
+        let _ = app.ending().await;
+    }
+    wait_until("sessions end", || node.router.hub.counts().0 == 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let scrape = call(&node, "GET", "/metrics").await.body;
+    let lines: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("wspair_sessions_closed_total{"))
+        .collect();
+    node.shutdown().await;
+    for (code, series) in [
+        (1001, "by=\"client\",code=\"1001\""),
+        (4004, "by=\"client\",code=\"application\""),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(series)),
+            "{code}: {lines:#?}"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("by=\"server\"")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == "wspair_sessions_closed_total{by=\"client\",code=\"application\"} 3"),
+        "4004, 4999 and 3123 share one series: {lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_left_by_an_ended_session_of_this_node_is_not_shown_live() {
+    let redis = RedisServer::start();
+    let a = TestNode::start_in_cluster(vec![redis.url()], |c| c.admin.token = TOKEN.into()).await;
+    let id = random_channel_id();
+    let node: serde_json::Value =
+        serde_json::from_str(&call(&a, "GET", "/admin/sessions").await.body).unwrap();
+    let node = node["node"].as_str().unwrap().to_owned();
+    // Session 7 of this node held the app and ended while Redis was unreachable.
+    redis
+        .cli(&["SET", &format!("wspair:{{{id}}}:app"), &format!("{node}:7")])
+        .expect("redis-cli");
+    let located = call(&a, "GET", &format!("/admin/channels/{id}")).await;
+    let located: serde_json::Value = serde_json::from_str(&located.body).unwrap();
+    a.shutdown().await;
+    assert!(
+        located["app"].is_null() || located["app"]["live"] == false,
+        "this node holds no app: {located}"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_for_a_peer_that_comes_back_is_observed() {
+    let node = TestNode::start(|c| c.admin.token = TOKEN.into()).await;
+    let id = random_channel_id();
+    let mut app = node.connect(Role::App, &id).await;
+    let web = node.connect(Role::Web, &id).await;
+    web.close().await;
+    wait_until("the web's session ends", || node.router.hub.counts().0 == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut web = node.connect(Role::Web, &id).await;
+    app.send_text("back").await;
+    assert_eq!(web.recv_text().await, "back");
+    let scrape = call(&node, "GET", "/metrics").await.body;
+    let count = sample(&scrape, "wspair_pairing_wait_seconds_count").unwrap();
+    let sum = sample(&scrape, "wspair_pairing_wait_seconds_sum").unwrap();
+    node.shutdown().await;
+    assert!(sum >= 0.3, "the app waited 300 ms for its web to come back");
 }
