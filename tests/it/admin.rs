@@ -280,19 +280,25 @@ async fn a_drain_from_the_admin_api_moves_v1_clients_under_load_and_loses_nothin
     b.shutdown().await;
 }
 
-/// The metric names in a scrape's samples (`name{labels} value` or `name value`).
+/// The metric names in a scrape: its samples' (`name{labels} value` or `name value`), and
+/// those of families declared with no sample yet (`# TYPE name counter`: a labelled family
+/// nothing has counted in).
 fn exported_names(scrape: &str) -> std::collections::HashSet<String> {
-    scrape
+    let samples = scrape
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
+        .filter_map(|line| line.split(['{', ' ']).next());
+    let declared = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next());
+    samples.chain(declared).map(str::to_owned).collect()
 }
 
 #[tokio::test]
 async fn the_dashboard_and_the_alert_rules_use_metrics_a_node_exports() {
     let node = node_with_token().await;
+    // A labelled family shows once it has counted something: one refusal.
+    assert_eq!(request(node.addr, "GET", "/channel?type=app", "").await.status, 400);
     let exported = exported_names(&call(&node, "GET", "/metrics").await.body);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = root.join("deploy/prometheus/wspair-alerts.yml");
@@ -520,7 +526,6 @@ async fn a_cross_node_pairing_is_one_wait_observed_by_the_node_that_waited() {
     let on_a = count(&call(&a, "GET", "/metrics").await.body);
     let scrape_b = call(&b, "GET", "/metrics").await.body;
     let on_b = count(&scrape_b);
-    let sum_b = sample(&scrape_b, "wspair_pairing_wait_seconds_sum").unwrap();
     drop((app, web));
     a.shutdown().await;
     b.shutdown().await;
@@ -540,6 +545,7 @@ async fn closing_a_channel_held_elsewhere_names_the_nodes_holding_it() {
     let located: serde_json::Value =
         serde_json::from_str(&call(&a, "GET", &format!("/admin/channels/{id}")).await.body)
             .unwrap();
+    assert_eq!(located["app"]["here"], false, "{located}");
     let closed = call(&a, "POST", &format!("/admin/channels/{id}/close")).await;
     let closed: serde_json::Value = serde_json::from_str(&closed.body).unwrap();
     drop((app, web));
@@ -592,9 +598,7 @@ async fn closes_are_counted_by_who_closed_and_clients_cannot_choose_series() {
         "{lines:#?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| *l == "wspair_sessions_closed_total{by=\"client\",code=\"application\"} 3"),
+        lines.contains(&"wspair_sessions_closed_total{by=\"client\",code=\"application\"} 3"),
         "4004, 4999 and 3123 share one series: {lines:#?}"
     );
 }
@@ -634,6 +638,10 @@ async fn a_wait_for_a_peer_that_comes_back_is_observed() {
     assert_eq!(web.recv_text().await, "back");
     let scrape = call(&node, "GET", "/metrics").await.body;
     let count = sample(&scrape, "wspair_pairing_wait_seconds_count").unwrap();
+    assert_eq!(
+        count, 2.0,
+        "the first wait, and the wait for the web coming back"
+    );
     let sum = sample(&scrape, "wspair_pairing_wait_seconds_sum").unwrap();
     node.shutdown().await;
     assert!(sum >= 0.3, "the app waited 300 ms for its web to come back");
