@@ -1,4 +1,4 @@
-//! The async client: a small handle, and one background task that owns the WebSocket.
+//! The async client: a small handle, and one background task that keeps the connection.
 //!
 //! The state machine ([`Protocol`]) and the queue of events for the application live in one
 //! [`Core`] behind a mutex, shared by the handles and the task. Why not a channel of commands,
@@ -12,7 +12,15 @@
 //! so may be acknowledged) only when `next_event` hands it out, so an application that stops
 //! reading stops its peer (PROTOCOL.md §4, §7).
 //!
-//! The lock is held for bookkeeping only, never across an `.await` or a socket operation.
+//! The socket's writing half sits behind a second, async lock ([`Writer`]) that the handles may
+//! take too: [`Handle::feed_binary`] queues a message without waking anyone and
+//! [`Handle::flush`] writes what is queued from the caller's task, so a burst leaves in one
+//! write with no hand-off, as from a raw client. The task's timer also lives in the core, so a
+//! handle that starts a deadline (the delayed ACK of a message taken, the retransmission timer
+//! of a message fed) sets it there instead of waking the task to set it.
+//!
+//! The core's lock is held for bookkeeping only, never across an `.await` or a socket
+//! operation; the writer's lock is taken before the core's, never the other way round.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -49,6 +58,9 @@ const ENCODE_CHUNK: usize = 8 * 1024;
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
 const CODE_DISPLACED: u16 = 4001;
+/// Where the task's timer waits while no deadline stands: far enough never to matter, and
+/// armed all the same, so that whoever sets a deadline only moves it (see [`Core::arm`]).
+const IDLE_TIMER: Duration = Duration::from_secs(24 * 3600);
 
 /// Counters and positions of a client, for monitoring and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,6 +122,18 @@ struct Core {
     conn_gen: u32,
     /// Connections opened after the first.
     reconnects: u64,
+    /// Why a write on the current connection failed, for the task to end the connection; set
+    /// by whoever wrote (the task or a handle's [`Handle::flush`]).
+    write_error: Option<String>,
+    /// The task's timer. It lives here rather than in the task so that a handle that sets an
+    /// earlier deadline (the delayed ACK of a message taken, the retransmission timer of a
+    /// message fed) moves it itself: the task used to be woken for that alone, once per
+    /// burst of messages taken. The task always waits on it, so it keeps the task's waker.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Where `timer` is set; `None` while it idles (see [`IDLE_TIMER`]).
+    timer_at: Option<Instant>,
+    /// The task's own deadline (reconnect, close), which `timer` also serves.
+    task_at: Option<Instant>,
 }
 
 impl Core {
@@ -123,6 +147,25 @@ impl Core {
             };
             self.push(Delivery { stream, event });
         }
+    }
+
+    /// Sets the task's timer to the earliest deadline of the state machine and the task. Moving
+    /// it later costs little (tokio only records the new instant); earlier, it is re-inserted
+    /// into the timer wheel, still without waking the task.
+    fn arm(&mut self) {
+        let at = [
+            self.proto.poll_timeout().map(Instant::from_std),
+            self.task_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if at == self.timer_at {
+            return;
+        }
+        self.timer_at = at;
+        let at = at.unwrap_or_else(|| Instant::now() + IDLE_TIMER);
+        self.timer.as_mut().reset(at);
     }
 
     fn push(&mut self, delivery: Delivery) {
@@ -146,9 +189,88 @@ impl Core {
     }
 }
 
+/// The writing half of a connection's WebSocket.
+type Sink = SplitSink<Ws, Message>;
+/// The reading half, which only the task reads.
+type Source = SplitStream<Ws>;
+
+/// The writing half of the current connection, with the buffers a write reuses.
+///
+/// Shared, behind [`Shared::writer`], by the task and the handles, so that an application that
+/// sends a burst writes it itself with one flush ([`Handle::flush`]) instead of waking the task,
+/// which cut the burst wherever it happened to run. Whoever holds it takes the state machine's
+/// frames and writes them, so frames leave in the order they were queued. The task swaps the
+/// sink and tells the state machine of the new connection under this one lock: frames taken for
+/// a connection are never written on the next.
+struct Writer {
+    sink: Option<Sink>,
+    /// The buffer frames are copied into, one slice per frame: each slice is dropped once
+    /// tungstenite has copied it into its write buffer, within the same write, and the
+    /// allocation is reused by the next batch.
+    encoded: BytesMut,
+    /// Messages taken from the core to write, kept to reuse its allocation.
+    out: Vec<Message>,
+}
+
+impl Writer {
+    /// Writes every frame the state machine has queued (with the ACK due, if any), then
+    /// `plain`, and flushes once. A failed write drops the sink and leaves its error in the core
+    /// for the task, which ends the connection; the messages stay in the outbox. Returns
+    /// whether a write failed.
+    async fn write(&mut self, shared: &Shared, plain: Option<&mut VecDeque<Message>>) -> bool {
+        {
+            let mut core = lock(&shared.core);
+            if self.sink.is_none() {
+                while core.proto.poll_frame().is_some() {}
+                if let Some(plain) = plain {
+                    plain.clear();
+                }
+                return false;
+            }
+            if core.proto.piggyback_ack() {
+                // The delayed ACK's deadline is gone: the task's timer need not wake it.
+                core.arm();
+            }
+            while core.proto.poll_frame_into(&mut self.encoded) {
+                self.out
+                    .push(Message::Binary(self.encoded.split().freeze()));
+            }
+        }
+        if let Some(plain) = plain {
+            self.out.extend(plain.drain(..));
+        }
+        if self.out.is_empty() {
+            return false;
+        }
+        let sink = self.sink.as_mut().expect("checked above");
+        let mut failed = None;
+        for msg in self.out.drain(..) {
+            if failed.is_none()
+                && let Err(e) = sink.feed(msg).await
+            {
+                failed = Some(e);
+            }
+        }
+        if failed.is_none()
+            && let Err(e) = sink.flush().await
+        {
+            failed = Some(e);
+        }
+        let Some(e) = failed else {
+            return false;
+        };
+        self.sink = None;
+        lock(&shared.core).write_error = Some(e.to_string());
+        shared.task_wake.notify_one();
+        true
+    }
+}
+
 /// What the handles and the task share.
 struct Shared {
     core: Mutex<Core>,
+    /// The current connection's writing half (see [`Writer`]).
+    writer: tokio::sync::Mutex<Writer>,
     /// Wakes the task: frames to write, a message taken, a blocked send, the client dropped.
     task_wake: Notify,
 
@@ -245,6 +367,15 @@ impl Client {
                 stopped: false,
                 conn_gen: r#gen,
                 reconnects: 0,
+                write_error: None,
+                timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
+                timer_at: None,
+                task_at: None,
+            }),
+            writer: tokio::sync::Mutex::new(Writer {
+                sink: None,
+                encoded: BytesMut::with_capacity(ENCODE_CHUNK),
+                out: Vec::new(),
             }),
             task_wake: Notify::new(),
             events_ready: Notify::new(),
@@ -253,7 +384,8 @@ impl Client {
         let mut task = Task {
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             cfg: config,
-            ws: None,
+            stream: None,
+            sink_open: false,
             r#gen,
             url_idx,
             attempt: None,
@@ -261,17 +393,13 @@ impl Client {
             goaway: false,
             closing: None,
             plain_out: VecDeque::new(),
-            out: Vec::new(),
-            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
             batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
             shared: shared.clone(),
             stop: Stop::No,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timer_at: None,
         };
-        task.adopt(conn, r#gen, true);
+        task.adopt(conn, r#gen, true).await;
         tokio::spawn(task.run());
         Ok(Client {
             cmd: cmd_tx,
@@ -289,6 +417,21 @@ impl Client {
     /// peer is raw).
     pub async fn send_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
         self.handle().send_binary(payload).await
+    }
+
+    /// As [`Handle::feed_text`].
+    pub async fn feed_text(&self, text: impl Into<String>) -> Result<u64, Error> {
+        self.handle().feed_text(text).await
+    }
+
+    /// As [`Handle::feed_binary`].
+    pub async fn feed_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.handle().feed_binary(payload).await
+    }
+
+    /// As [`Handle::flush`].
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.handle().flush().await
     }
 
     /// A cloneable handle that sends, reconnects and reads the counters while another task
@@ -312,10 +455,15 @@ impl Client {
                     if let (Some(stream), Event::Message { seq, .. }) =
                         (delivery.stream, &delivery.event)
                         && *seq > 0
+                        && core.proto.take(stream, *seq, std_now)
                     {
-                        // The task writes the ACK this made, or arms its timer for the delayed
-                        // one; for every other message nothing changed for it.
-                        wake |= core.proto.take(stream, *seq, std_now);
+                        // The task writes the ACK this made; the delayed one only needs the
+                        // task's timer, set here. For every other message nothing changed.
+                        if core.proto.has_frames() {
+                            wake = true;
+                        } else {
+                            core.arm();
+                        }
                     }
                     drop(core);
                     if wake {
@@ -379,15 +527,49 @@ impl std::fmt::Debug for Handle {
 impl Handle {
     /// As [`Client::send_text`].
     pub async fn send_text(&self, text: impl Into<String>) -> Result<u64, Error> {
-        self.send(true, Bytes::from(text.into())).await
+        self.send(true, Bytes::from(text.into()), true).await
     }
 
     /// As [`Client::send_binary`].
     pub async fn send_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
-        self.send(false, payload.into()).await
+        self.send(false, payload.into(), true).await
     }
 
-    async fn send(&self, text: bool, payload: Bytes) -> Result<u64, Error> {
+    /// Queues a text message for [`Handle::flush`], as `send_text` does for the client's task:
+    /// same order, seq, window and guarantees, but nothing is written until this handle (or
+    /// any other) flushes, or the client writes for its own reasons (an ACK, a resend).
+    ///
+    /// A sender of bursts feeds each message and flushes once at the end of the burst: the
+    /// burst then leaves in one write from the sender's own task, as a raw client writing its
+    /// socket would, where `send_text` wakes the client's task, which writes whatever was queued
+    /// when it runs (on a busy runtime, often part of a burst).
+    pub async fn feed_text(&self, text: impl Into<String>) -> Result<u64, Error> {
+        self.send(true, Bytes::from(text.into()), false).await
+    }
+
+    /// As [`Handle::feed_text`], for a binary message.
+    pub async fn feed_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.send(false, payload.into(), false).await
+    }
+
+    /// Writes every frame queued so far (fed messages, and an ACK due) on the current
+    /// connection, from the caller's task, with one flush; returns once they are written.
+    /// While another flush or the client's task is writing, waits for it, then writes what it
+    /// left. Without a connection there is nothing to write: the messages wait in the outbox
+    /// and are sent on the next connection. A failed write ends the connection (the client
+    /// reconnects), and is not an error here; [`Error::Closed`] once the client stopped.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut writer = self.shared.writer.lock().await;
+        if lock(&self.shared.core).stopped {
+            return Err(Error::Closed);
+        }
+        writer.write(&self.shared, None).await;
+        Ok(())
+    }
+
+    /// Offers a message; `wake`: the client's task writes it (`send_*`), else it waits for a
+    /// flush (`feed_*`).
+    async fn send(&self, text: bool, payload: Bytes, wake: bool) -> Result<u64, Error> {
         let rx = {
             let mut core = lock(&self.shared.core);
             if core.stopped {
@@ -396,11 +578,21 @@ impl Handle {
             // The fast path: nothing queued before this message and room in the window.
             let mut payload = payload;
             if core.blocked.is_empty() && !core.raw {
-                match core.proto.offer(text, payload, std_now) {
+                // The clock is read only when the message starts the retransmission timer,
+                // which the task's timer must then serve.
+                let mut timer_started = false;
+                let clock = || {
+                    timer_started = true;
+                    std_now()
+                };
+                match core.proto.offer(text, payload, clock) {
                     Ok(seq) => {
-                        let write = core.proto.has_frames();
+                        if timer_started {
+                            core.arm();
+                        }
+                        let wake = wake && core.proto.has_frames();
                         drop(core);
-                        if write {
+                        if wake {
                             self.shared.task_wake.notify_one();
                         }
                         return Ok(seq);
@@ -496,7 +688,11 @@ fn raw_delivery(text: bool, payload: Bytes) -> Delivery {
 /// The background task of one client.
 struct Task {
     cfg: Config,
-    ws: Option<Ws>,
+    /// The reading half of the current connection.
+    stream: Option<Source>,
+    /// Whether [`Writer::sink`] may still hold the writing half of a connection that is gone
+    /// (the task releases it, so the socket closes).
+    sink_open: bool,
     /// The last generation used for a connection attempt.
     r#gen: u32,
     url_idx: usize,
@@ -508,31 +704,21 @@ struct Task {
     /// Messages written as they are, after the state machine's frames: a raw connection's
     /// messages, and requests to the node.
     plain_out: VecDeque<Message>,
-    /// Messages taken from the core to write, kept to reuse its allocation.
-    out: Vec<Message>,
-    /// The buffer frames are copied into, one slice per frame (see [`Task::write_frames`]).
-    encoded: BytesMut,
     /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
     batch: Vec<Option<Result<Message, tungstenite::Error>>>,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     stop: Stop,
-    /// The timer of [`Task::wait`], kept across waits and moved only when the deadline does:
-    /// a new timer per wait registered and removed an entry in tokio's timer wheel per burst of
-    /// frames, since the retransmission deadline stands whenever messages are unacknowledged.
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// Where `timer` is set.
-    timer_at: Option<Instant>,
 }
 
 fn std_now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tungstenite::Error>> {
-    match ws {
-        Some(ws) => ws.next().await,
+async fn next_message(stream: &mut Option<Source>) -> Option<Result<Message, tungstenite::Error>> {
+    match stream {
+        Some(stream) => stream.next().await,
         None => std::future::pending().await,
     }
 }
@@ -551,6 +737,7 @@ impl Task {
 
     async fn run(mut self) {
         loop {
+            self.check_connection().await;
             self.retry_blocked();
             self.write_frames().await;
             if self.stop != Stop::No || self.finish_close().await {
@@ -576,8 +763,27 @@ impl Task {
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        if let Some(mut ws) = self.ws.take() {
-            let _ = ws.close(None).await;
+        if self.stream.take().is_some() {
+            let sink = self.shared.writer.lock().await.sink.take();
+            self.sink_open = false;
+            if let Some(mut sink) = sink {
+                let _ = sink.send(Message::Close(None)).await;
+            }
+        }
+    }
+
+    /// Ends the connection when a write on it failed, and releases the writing half of a
+    /// connection that ended, so its socket closes.
+    async fn check_connection(&mut self) {
+        let failed = self.core().write_error.take();
+        if let Some(reason) = failed
+            && self.stream.take().is_some()
+        {
+            self.disconnected(None, reason);
+        }
+        if self.stream.is_none() && self.sink_open {
+            self.shared.writer.lock().await.sink = None;
+            self.sink_open = false;
         }
     }
 
@@ -595,44 +801,36 @@ impl Task {
 
     /// Publishes new events (as [`Task::publish`]) and waits for something to do.
     async fn wait(&mut self) -> Wake {
-        let (proto_deadline, queued, fresh) = {
+        let task_at = [self.retry_at, self.closing.as_ref().map(|c| c.deadline)]
+            .into_iter()
+            .flatten()
+            .min();
+        let (queued, fresh) = {
             let mut core = self.core();
             core.collect();
+            core.task_at = task_at;
+            core.arm();
             let fresh = std::mem::take(&mut core.fresh);
-            (core.proto.poll_timeout(), core.events.len(), fresh)
+            (core.events.len(), fresh)
         };
         if fresh {
             self.shared.events_ready.notify_one();
         }
-        let deadline = [
-            proto_deadline.map(Instant::from_std),
-            self.retry_at,
-            self.closing.as_ref().map(|c| c.deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
         let can_read = self.closing.is_some() || queued < MAX_EVENTS;
-        if let Some(at) = deadline
-            && self.timer_at != Some(at)
-        {
-            self.timer.as_mut().reset(at);
-            self.timer_at = Some(at);
-        }
         let Task {
             cmd_rx,
-            ws,
+            stream,
             attempt,
             shared,
-            timer,
             ..
         } = self;
+        let timer = std::future::poll_fn(|cx| lock(&shared.core).timer.as_mut().poll(cx));
         tokio::select! {
             cmd = cmd_rx.recv() => Wake::Command(cmd),
-            msg = next_message(ws), if can_read => Wake::Ws(msg),
+            msg = next_message(stream), if can_read => Wake::Ws(msg),
             (r#gen, result) = next_attempt(attempt) => Wake::Attempt(r#gen, result.map(Box::new)),
             () = shared.task_wake.notified() => Wake::Progress,
-            () = timer.as_mut(), if deadline.is_some() => Wake::Timer,
+            () = timer => Wake::Timer,
         }
     }
 
@@ -642,7 +840,7 @@ impl Task {
             Wake::Command(None) => self.stop = Stop::HandleGone,
             Wake::Command(Some(Command::Reconnect { done })) => {
                 self.reconnect_waiters.push(done);
-                if self.ws.take().is_some() {
+                if self.stream.take().is_some() {
                     self.disconnected(None, "reconnect requested".into());
                     self.retry_at = None;
                     if self.attempt.is_none() {
@@ -652,7 +850,7 @@ impl Task {
             }
             Wake::Command(Some(Command::SetToken(token))) => {
                 let raw = self.core().raw;
-                if self.ws.is_some() && !raw {
+                if self.stream.is_some() && !raw {
                     let request = Frame::Node(NodeMsg::Token {
                         token: token.clone(),
                     });
@@ -670,7 +868,7 @@ impl Task {
             Wake::Attempt(r#gen, result) => {
                 self.attempt = None;
                 match result {
-                    Ok(conn) => self.adopt(*conn, r#gen, false),
+                    Ok(conn) => self.adopt(*conn, r#gen, false).await,
                     Err(e) => self.attempt_failed(e),
                 }
             }
@@ -682,7 +880,7 @@ impl Task {
                 }
                 if self.retry_at.is_some_and(|t| t <= now) {
                     self.retry_at = None;
-                    if self.attempt.is_none() && (self.ws.is_none() || self.goaway) {
+                    if self.attempt.is_none() && (self.stream.is_none() || self.goaway) {
                         self.start_attempt();
                     }
                 }
@@ -712,7 +910,11 @@ impl Task {
         let mut more = matches!(first, Some(Ok(ref m)) if !m.is_close());
         batch.push(first);
         while more && batch.len() < limit {
-            let Some(msg) = self.ws.as_mut().and_then(|ws| ws.next().now_or_never()) else {
+            let Some(msg) = self
+                .stream
+                .as_mut()
+                .and_then(|stream| stream.next().now_or_never())
+            else {
                 break;
             };
             more = matches!(msg, Some(Ok(ref m)) if !m.is_close());
@@ -749,19 +951,19 @@ impl Task {
                     let reason = frame
                         .as_ref()
                         .map_or_else(|| "no close frame".into(), |f| f.reason.to_string());
-                    self.ws = None;
+                    self.stream = None;
                     self.disconnected(code, reason);
                     continue;
                 }
                 Some(Err(e)) => {
                     core = None;
-                    self.ws = None;
+                    self.stream = None;
                     self.disconnected(None, e.to_string());
                     continue;
                 }
                 None => {
                     core = None;
-                    self.ws = None;
+                    self.stream = None;
                     self.disconnected(None, "connection closed".into());
                     continue;
                 }
@@ -788,7 +990,8 @@ impl Task {
         self.batch = batch;
     }
 
-    /// The current connection is gone (`self.ws` already taken): tell, and plan the next.
+    /// The current connection is gone (`self.stream` already taken; the task releases the
+    /// writing half before it next writes): tell, and plan the next.
     fn disconnected(&mut self, code: Option<u16>, reason: String) {
         tracing::info!(?code, reason, "disconnected");
         {
@@ -835,20 +1038,28 @@ impl Task {
                 },
             });
         }
-        if self.ws.is_none() || self.goaway {
+        if self.stream.is_none() || self.goaway {
             self.retry_at = Some(Instant::now() + self.backoff.next_delay());
         }
     }
 
     /// A welcomed connection becomes the current one; an old one (after `goaway`) is dropped.
-    fn adopt(&mut self, conn: Conn, r#gen: u32, first: bool) {
+    async fn adopt(&mut self, conn: Conn, r#gen: u32, first: bool) {
+        let (sink, stream) = conn.ws.split();
+        // The sink changes and the state machine learns of the connection under the writer's
+        // lock: no writer takes frames of the old connection and writes them on this one.
+        let mut writer = self.shared.writer.lock().await;
+        writer.sink = Some(sink);
+        self.stream = Some(stream);
+        self.sink_open = true;
         let now = std_now();
-        self.ws = Some(conn.ws);
         self.goaway = false;
         self.retry_at = None;
         self.backoff.reset();
         {
             let mut core = self.core();
+            // A failed write of the old connection no longer matters.
+            core.write_error = None;
             core.conn_gen = r#gen;
             if !first {
                 core.reconnects += 1;
@@ -875,6 +1086,7 @@ impl Task {
             }
             core.collect();
         }
+        drop(writer);
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -892,7 +1104,7 @@ impl Task {
                     continue;
                 }
                 if core.raw {
-                    if self.ws.is_none() {
+                    if self.stream.is_none() {
                         break;
                     }
                     let send = core.blocked.pop_front().expect("front exists");
@@ -920,45 +1132,15 @@ impl Task {
         }
     }
 
-    /// Writes every frame queued since the last write, then flushes once.
+    /// Writes every frame queued since the last write, then the task's own messages, and
+    /// flushes once.
     async fn write_frames(&mut self) {
-        {
-            let mut core = lock(&self.shared.core);
-            if self.ws.is_none() {
-                while core.proto.poll_frame().is_some() {}
-                self.plain_out.clear();
-                return;
-            }
-            // One buffer for the whole batch: each frame is a slice of it, dropped once
-            // tungstenite has copied it into its write buffer (on this thread, so the shared
-            // count never leaves this CPU), and the allocation is reused by the next batch.
-            core.proto.piggyback_ack();
-            while core.proto.poll_frame_into(&mut self.encoded) {
-                self.out
-                    .push(Message::Binary(self.encoded.split().freeze()));
-            }
-        }
-        self.out.extend(self.plain_out.drain(..));
-        if self.out.is_empty() {
-            return;
-        }
-        let ws = self.ws.as_mut().expect("checked above");
-        let mut failed = None;
-        for msg in self.out.drain(..) {
-            if failed.is_none()
-                && let Err(e) = ws.feed(msg).await
-            {
-                failed = Some(e);
-            }
-        }
-        if failed.is_none()
-            && let Err(e) = ws.flush().await
-        {
-            failed = Some(e);
-        }
-        if let Some(e) = failed {
-            self.ws = None;
-            self.disconnected(None, e.to_string());
+        let failed = {
+            let mut writer = self.shared.writer.lock().await;
+            writer.write(&self.shared, Some(&mut self.plain_out)).await
+        };
+        if failed {
+            self.check_connection().await;
         }
     }
 
@@ -975,18 +1157,22 @@ impl Task {
         if unacknowledged > 0 && Instant::now() < closing.deadline {
             return false;
         }
-        if self.ws.is_some() && !raw {
+        if self.stream.is_some() && !raw {
             self.core().proto.bye();
             self.write_frames().await;
         }
-        if let Some(mut ws) = self.ws.take() {
+        if let Some(mut stream) = self.stream.take() {
             let frame = CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
             };
-            if ws.close(Some(frame)).await.is_ok() {
+            let sink = self.shared.writer.lock().await.sink.take();
+            self.sink_open = false;
+            if let Some(mut sink) = sink
+                && sink.send(Message::Close(Some(frame))).await.is_ok()
+            {
                 let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(_)) = stream.next().await {}
                 })
                 .await;
             }
