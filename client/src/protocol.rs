@@ -317,6 +317,12 @@ impl Protocol {
         !self.frames.is_empty()
     }
 
+    /// How many frames wait to be written (some may be skipped when their turn comes): a
+    /// caller that handed frames in can tell whether they queued answers.
+    pub fn queued_frames(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Called before a batch of frames is written: when frames wait and messages taken by the
     /// application are not acknowledged yet, their ACK joins the batch. It then costs no write
     /// and no wake-up of its own, where a delayed ACK would (in a pair sending both ways, most

@@ -393,3 +393,33 @@ async fn messages_taken_are_acknowledged_on_the_ack_timer() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reader_that_gives_up_waiting_misses_nothing() {
+    within(async {
+        let relay = Relay::start(1).await;
+        relay.set_window(8, 1 << 20);
+        let (mut a, mut b) = pair(&relay).await;
+        let sender = a.handle();
+        let sending = tokio::spawn(async move {
+            for i in 1..=300u64 {
+                sender.send_text(format!("m{i}")).await.unwrap();
+            }
+        });
+        // a takes its events (the ACKs) on its own.
+        let a_events = tokio::spawn(async move { while a.next_event().await.is_some() {} });
+        let mut got = Vec::new();
+        while got.len() < 300 {
+            // Waits cut short, often mid-burst: what b was woken for and did not read goes to
+            // its client's task, and the next wait finds it.
+            let wait = tokio::time::timeout(Duration::from_micros(100), b.next_event()).await;
+            if let Ok(Some(Event::Message { payload, seq, .. })) = wait {
+                got.push((String::from_utf8(payload.to_vec()).unwrap(), seq));
+            }
+        }
+        assert_eq!(got, numbered(1..301));
+        sending.await.unwrap();
+        a_events.abort();
+    })
+    .await;
+}
