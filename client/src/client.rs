@@ -846,39 +846,12 @@ impl Handle {
 
 /// [`Client::next_event`]: the next event waiting, else what the socket holds.
 fn poll_event(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-    shared.events_waker.register(cx.waker());
     loop {
-        {
-            let mut core = lock(&shared.core);
-            // This reader looks at the queue now: nothing pushed so far needs to wake it.
-            core.fresh = false;
-            if let Some(delivery) = core.events.pop_front() {
-                // The task stopped reading at a full queue: there is room again.
-                let mut wake = core.events.len() + 1 == MAX_EVENTS;
-                if let (Some(stream), Event::Message { seq, .. }) =
-                    (delivery.stream, &delivery.event)
-                    && *seq > 0
-                    && core.proto.take(stream, *seq, std_now)
-                {
-                    // The task writes the ACK this made; the delayed one only needs the
-                    // task's timer, set here. For every other message nothing changed.
-                    if core.proto.has_frames() {
-                        wake = true;
-                    } else {
-                        core.arm();
-                    }
-                }
-                drop(core);
-                if wake {
-                    shared.task_wake.notify_one();
-                }
-                return Poll::Ready(Some(delivery.event));
-            }
-            if core.stopped {
-                return Poll::Ready(None);
-            }
+        if let Some(next) = take_event(shared) {
+            return Poll::Ready(next);
         }
         // Nothing waits: read the socket here rather than wait for the task to read it.
+        shared.events_waker.register(cx.waker());
         shared.read_wake.app.register(cx.waker());
         shared.read_wake.app_reads();
         let pumped = pump(shared, &mut lock(&shared.reader), READ_BATCH);
@@ -889,9 +862,43 @@ fn poll_event(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Event>> {
             shared.read_wake.app_left_unread();
         }
         if !pumped.handled {
-            return Poll::Pending;
+            // Events the task pushed before the wakers above were registered woke nobody.
+            return match take_event(shared) {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            };
         }
     }
+}
+
+/// The next event of the queue (`Some(None)` once the client stopped), taken by the
+/// application: a message may be acknowledged from now on. `None` when the queue is empty.
+fn take_event(shared: &Shared) -> Option<Option<Event>> {
+    let mut core = lock(&shared.core);
+    // This reader looks at the queue now: nothing pushed so far needs to wake it.
+    core.fresh = false;
+    let Some(delivery) = core.events.pop_front() else {
+        return core.stopped.then_some(None);
+    };
+    // The task stopped reading at a full queue: there is room again.
+    let mut wake = core.events.len() + 1 == MAX_EVENTS;
+    if let (Some(stream), Event::Message { seq, .. }) = (delivery.stream, &delivery.event)
+        && *seq > 0
+        && core.proto.take(stream, *seq, std_now)
+    {
+        // The task writes the ACK this made; the delayed one only needs the task's timer,
+        // set here. For every other message nothing changed.
+        if core.proto.has_frames() {
+            wake = true;
+        } else {
+            core.arm();
+        }
+    }
+    drop(core);
+    if wake {
+        shared.task_wake.notify_one();
+    }
+    Some(Some(delivery.event))
 }
 
 type Attempt = Pin<Box<dyn Future<Output = (u32, Result<Conn, OpenError>)> + Send>>;
