@@ -5,8 +5,8 @@
 //! hide the delay it caused (coordinated omission); it also includes the load generator's own
 //! lateness. The plain histogram measures from the moment of sending. Both are reported.
 //! Messages are sent by the [`pacer`](crate::pacer) thread and received here, one task per
-//! direction. With `--v1`, both go through `wspair-client` clients: the pacer calls
-//! `send_binary` on a handle, and each receiving task takes messages with `next_event`.
+//! direction. With `--v1`, both go through `wspair-client` clients: the pacer feeds each
+//! message to a handle and flushes it, and each receiving task takes messages with `next_event`.
 
 use std::time::{Duration, Instant};
 

@@ -10,10 +10,10 @@
 //!   two-vCPU machine shared with the servers is CPU the relay under test no longer has.
 //!   Writing from this thread costs one `write` per message and wakes nothing.
 //!
-//! With `--v1` the thread calls the `wspair-client` library's `send_binary` instead
-//! ([`V1Sender`]), which with room in the window queues the frame for the client's task and
-//! returns without waiting, so the thread keeps its schedule and the library's own cost shows
-//! in the latency.
+//! With `--v1` the thread hands each message to the `wspair-client` library instead
+//! ([`V1Sender`]): `feed_binary` queues its frame (with room in the window it returns at once)
+//! and `flush` writes it on the socket from this thread, as the raw sender writes its own, so
+//! the thread keeps its schedule and the library's own cost shows in the latency.
 //!
 //! The reading half stays with tokio-tungstenite (see `latency.rs`). The two share the socket
 //! through a duplicated descriptor; the reader writes only pongs (the server pings every
@@ -117,9 +117,13 @@ impl V1Sender {
         let mut body = payload(self.seq, scheduled_ns, size.max(LATENCY_HEADER_BYTES));
         body[16..24].copy_from_slice(&sent_ns.to_be_bytes());
         // Returns at once with room in the window; waits (and delays the schedule, which the
-        // latency from the schedule shows) only when it is full.
-        futures::executor::block_on(self.handle.send_binary(body))
-            .map_err(|err| format!("send: {err}"))?;
+        // latency from the schedule shows) only when it is full. The flush writes from this
+        // thread: `send_binary` would wake the client's task on the runtime to write instead.
+        futures::executor::block_on(async {
+            self.handle.feed_binary(body).await?;
+            self.handle.flush().await
+        })
+        .map_err(|err| format!("send: {err}"))?;
         self.seq += 1;
         Ok(())
     }

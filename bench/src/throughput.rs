@@ -2,9 +2,12 @@
 //! for a fixed time; reports messages and bytes delivered per second.
 //!
 //! With `--v1`, every client is a `wspair-client` library instance speaking `wspair.v1`: the
-//! sender calls `send_binary` on the client's handle and the receiver takes messages with
+//! sender queues each message with `feed_binary` on the client's handle and flushes once the
+//! window is used up, as the raw sender flushes its sink, and the receiver takes messages with
 //! `next_event`, under the same window of messages in flight per direction as the raw mode, so
 //! the two figures compare the cost of the library and the protocol on the same load.
+//! `--v1-send` sends each message with `send_binary` instead, which leaves the writing to the
+//! client's own task: what an application that never flushes gets.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +38,10 @@ pub struct ThroughputArgs {
     /// mode's own I/O loop (see `sansio.rs`).
     #[arg(long, conflicts_with = "v1")]
     v1_sans_io: bool,
+    /// With `--v1`: send each message with `send_binary` (the client's task writes) instead of
+    /// `feed_binary` and a `flush` once the window is used up.
+    #[arg(long, requires = "v1")]
+    v1_send: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -68,7 +75,12 @@ pub async fn run(args: ThroughputArgs) -> Result<(), String> {
         for (app, web) in pairs {
             let (app_handle, web_handle) = (app.handle(), web.handle());
             for (handle, receiver) in [(app_handle, web), (web_handle, app)] {
-                tasks.push(tokio::spawn(direction_v1(handle, receiver, flow())));
+                tasks.push(tokio::spawn(direction_v1(
+                    handle,
+                    receiver,
+                    flow(),
+                    args.v1_send,
+                )));
             }
         }
     } else {
@@ -193,23 +205,34 @@ async fn direction(mut sink: Sink, stream: Stream, flow: Flow) -> Result<Directi
 }
 
 /// One direction of a v1 pair: `handle` sends (its client is the sender), `receiver` takes the
-/// messages; the semaphore keeps `--window` messages in flight, as in the raw mode.
+/// messages; the semaphore keeps `--window` messages in flight, as in the raw mode. `send`:
+/// `send_binary` rather than `feed_binary` and `flush`.
 async fn direction_v1(
     handle: wspair_client::Handle,
     mut receiver: wspair_client::Client,
     flow: Flow,
+    send: bool,
 ) -> Result<DirectionResult, String> {
     let (sent_tx, sent_rx) = tokio::sync::watch::channel(None::<u64>);
     let sending = flow.clone();
     let sender = tokio::spawn(async move {
         let mut seq = 0;
-        while let Some((bytes, _)) = sending.next_message(seq).await {
-            handle
-                .send_binary(Bytes::from(bytes))
-                .await
-                .map_err(|err| err.to_string())?;
+        while let Some((bytes, window_used_up)) = sending.next_message(seq).await {
+            let payload = Bytes::from(bytes);
+            if send {
+                handle.send_binary(payload).await
+            } else {
+                // As the raw sender: queue each message, write the burst once the window is
+                // used up.
+                handle.feed_binary(payload).await
+            }
+            .map_err(|err| err.to_string())?;
+            if window_used_up && !send {
+                handle.flush().await.map_err(|err| err.to_string())?;
+            }
             seq += 1;
         }
+        handle.flush().await.map_err(|err| err.to_string())?;
         let _ = sent_tx.send(Some(seq));
         Ok::<_, String>(handle)
     });

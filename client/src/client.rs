@@ -1,4 +1,4 @@
-//! The async client: a small handle, and one background task that owns the WebSocket.
+//! The async client: a small handle, and one background task that keeps the connection.
 //!
 //! The state machine ([`Protocol`]) and the queue of events for the application live in one
 //! [`Core`] behind a mutex, shared by the handles and the task. Why not a channel of commands,
@@ -7,27 +7,46 @@
 //! with room in the window puts the frame into the state machine itself, under the lock, and
 //! returns its seq at once; it only wakes the task, which writes every frame queued since its
 //! last write and flushes once. Only a `send` that meets a full window waits, on a reply from
-//! the task, which retries it as acknowledgements come in. Likewise the task pushes events into
-//! the core's queue and [`Client::next_event`] takes them there; a message counts as taken (and
-//! so may be acknowledged) only when `next_event` hands it out, so an application that stops
-//! reading stops its peer (PROTOCOL.md §4, §7).
+//! the task, which retries it as acknowledgements come in. Events go into the core's queue and
+//! [`Client::next_event`] takes them there; a message counts as taken (and so may be
+//! acknowledged) only when `next_event` hands it out, so an application that stops reading
+//! stops its peer (PROTOCOL.md §4, §7).
 //!
-//! The lock is held for bookkeeping only, never across an `.await` or a socket operation.
+//! The application's own tasks do the I/O they wait for, where they can, since every hand-off
+//! between tasks was a wake-up that a raw client does not pay, and on a busy runtime it cut
+//! bursts into smaller writes:
+//! - The socket's writing half sits behind a second, async lock ([`Writer`]) that the handles
+//!   take too: [`Handle::feed_binary`] queues a message without waking anyone and
+//!   [`Handle::flush`] writes what is queued from the caller's task, a burst in one write.
+//! - The reading half sits behind a third lock ([`Reader`]): `next_event` with no event waiting
+//!   reads the socket itself, and the socket wakes it rather than the task while it waits
+//!   ([`ReadWake`]). The task reads whenever the application is not waiting, so ACKs and the
+//!   peer's news are handled all the same.
+//! - The task's timer lives in the core, so whoever starts a deadline (the delayed ACK of a
+//!   message taken, the retransmission timer of a message fed) sets it there instead of waking
+//!   the task to set it.
+//!
+//! The task still connects, reconnects, closes, runs the timers and writes what nobody flushes.
+//! The core's lock is held for bookkeeping only, never across an `.await` or a socket
+//! operation; the writer's and the reader's locks are taken before the core's, never after.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::stream::{SplitSink, SplitStream};
+use futures::task::AtomicWaker;
+use futures::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::backoff::{Backoff, random_key};
 use crate::config::Config;
@@ -39,8 +58,8 @@ use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
 /// Events the core holds for the application before the task stops reading the socket.
 const MAX_EVENTS: usize = 512;
-/// Messages the task reads from the socket in a row, when they are already buffered, before
-/// it writes what they caused (ACKs, resends) and looks at its other inputs again.
+/// Messages read from the socket in a row, when they are already buffered, before what they
+/// caused (ACKs, resends) is written and the reader looks at its other inputs again.
 const READ_BATCH: usize = 256;
 /// The smallest allocation frames are copied into for writing: a new one is made only when
 /// a batch outgrows it while its frames are still being written.
@@ -49,6 +68,9 @@ const ENCODE_CHUNK: usize = 8 * 1024;
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
 const CODE_DISPLACED: u16 = 4001;
+/// Where the task's timer waits while no deadline stands: far enough never to matter, and
+/// armed all the same, so that whoever sets a deadline only moves it (see [`Core::arm`]).
+const IDLE_TIMER: Duration = Duration::from_secs(24 * 3600);
 
 /// Counters and positions of a client, for monitoring and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,6 +132,18 @@ struct Core {
     conn_gen: u32,
     /// Connections opened after the first.
     reconnects: u64,
+    /// Why a write on the current connection failed, for the task to end the connection; set
+    /// by whoever wrote (the task or a handle's [`Handle::flush`]).
+    write_error: Option<String>,
+    /// The task's timer. It lives here rather than in the task so that a handle that sets an
+    /// earlier deadline (the delayed ACK of a message taken, the retransmission timer of a
+    /// message fed) moves it itself: the task used to be woken for that alone, once per
+    /// burst of messages taken. The task always waits on it, so it keeps the task's waker.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Where `timer` is set; `None` while it idles (see [`IDLE_TIMER`]).
+    timer_at: Option<Instant>,
+    /// The task's own deadline (reconnect, close), which `timer` also serves.
+    task_at: Option<Instant>,
 }
 
 impl Core {
@@ -123,6 +157,25 @@ impl Core {
             };
             self.push(Delivery { stream, event });
         }
+    }
+
+    /// Sets the task's timer to the earliest deadline of the state machine and the task. Moving
+    /// it later costs little (tokio only records the new instant); earlier, it is re-inserted
+    /// into the timer wheel, still without waking the task.
+    fn arm(&mut self) {
+        let at = [
+            self.proto.poll_timeout().map(Instant::from_std),
+            self.task_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if at == self.timer_at {
+            return;
+        }
+        self.timer_at = at;
+        let at = at.unwrap_or_else(|| Instant::now() + IDLE_TIMER);
+        self.timer.as_mut().reset(at);
     }
 
     fn push(&mut self, delivery: Delivery) {
@@ -146,14 +199,300 @@ impl Core {
     }
 }
 
+/// The writing half of a connection's WebSocket.
+type Sink = SplitSink<Ws, Message>;
+/// The reading half, which only the task reads.
+type Source = SplitStream<Ws>;
+
+/// The writing half of the current connection, with the buffers a write reuses.
+///
+/// Shared, behind [`Shared::writer`], by the task and the handles, so that an application that
+/// sends a burst writes it itself with one flush ([`Handle::flush`]) instead of waking the task,
+/// which cut the burst wherever it happened to run. Whoever holds it takes the state machine's
+/// frames and writes them, so frames leave in the order they were queued. The task swaps the
+/// sink and tells the state machine of the new connection under this one lock: frames taken for
+/// a connection are never written on the next.
+struct Writer {
+    sink: Option<Sink>,
+    /// The buffer frames are copied into, one slice per frame: each slice is dropped once
+    /// tungstenite has copied it into its write buffer, within the same write, and the
+    /// allocation is reused by the next batch.
+    encoded: BytesMut,
+    /// Messages taken from the core to write, kept to reuse its allocation.
+    out: Vec<Message>,
+}
+
+impl Writer {
+    /// Writes every frame the state machine has queued (with the ACK due, if any), then
+    /// `plain`, and flushes once. A failed write drops the sink and leaves its error in the core
+    /// for the task, which ends the connection; the messages stay in the outbox. Returns
+    /// whether a write failed.
+    async fn write(&mut self, shared: &Shared, plain: Option<&mut VecDeque<Message>>) -> bool {
+        {
+            let mut core = lock(&shared.core);
+            if self.sink.is_none() {
+                while core.proto.poll_frame().is_some() {}
+                if let Some(plain) = plain {
+                    plain.clear();
+                }
+                return false;
+            }
+            if core.proto.piggyback_ack() {
+                // The delayed ACK's deadline is gone: the task's timer need not wake it.
+                core.arm();
+            }
+            while core.proto.poll_frame_into(&mut self.encoded) {
+                self.out
+                    .push(Message::Binary(self.encoded.split().freeze()));
+            }
+        }
+        if let Some(plain) = plain {
+            self.out.extend(plain.drain(..));
+        }
+        if self.out.is_empty() {
+            return false;
+        }
+        let sink = self.sink.as_mut().expect("checked above");
+        let mut failed = None;
+        for msg in self.out.drain(..) {
+            if failed.is_none()
+                && let Err(e) = sink.feed(msg).await
+            {
+                failed = Some(e);
+            }
+        }
+        if failed.is_none()
+            && let Err(e) = sink.flush().await
+        {
+            failed = Some(e);
+        }
+        let Some(e) = failed else {
+            return false;
+        };
+        self.sink = None;
+        lock(&shared.core).write_error = Some(e.to_string());
+        shared.task_wake.notify_one();
+        true
+    }
+}
+
+/// The reading half of the current connection, read by whoever gets to it: the application's
+/// task in [`Client::next_event`] when it finds no event waiting, the background task when
+/// the application is not waiting (see [`ReadWake`]). Whoever reads holds this lock until the
+/// frames read are handled, so they are handled in the order they arrived.
+struct Reader {
+    stream: Option<Source>,
+    /// The end of the connection (close frame, error, end of the stream), for the task, which
+    /// alone handles it; nothing is read after it.
+    end: Option<(Option<u16>, String)>,
+    /// A goaway read, for the task.
+    goaway: Option<String>,
+    /// Messages read in one burst, kept to reuse the allocation (see [`pump`]).
+    batch: Vec<Message>,
+}
+
+/// [`ReadWake::state`]: the application's task waits in `next_event` and reads the socket.
+const APP_READING: u8 = 1;
+/// [`ReadWake::state`]: the socket became readable (or was left unread) since the application
+/// last read it.
+const APP_WOKEN: u8 = 2;
+
+/// The waker the socket is read with, whoever reads it. While the application's task waits in
+/// [`Client::next_event`] it reads the socket itself, so the socket wakes it and not the
+/// background task: a burst of messages then costs one wake-up, of the task that takes them,
+/// where the background task was woken to read them and then woke the application's. When
+/// the application's task stops waiting, a readiness it was told of and did not read goes to
+/// the background task, so nothing waits unread (ACKs included) while the application does
+/// something else.
+struct ReadWake {
+    state: AtomicU8,
+    app: AtomicWaker,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & APP_READING == 0 {
+                self.task.wake();
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | APP_WOKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.app.wake();
+                    return;
+                }
+                Err(current) => state = current,
+            }
+        }
+    }
+}
+
+impl ReadWake {
+    /// The application's task is about to read the socket, and to wait on it if it is dry.
+    fn app_reads(&self) {
+        self.state.store(APP_READING, Ordering::Release);
+    }
+
+    /// The application's task stopped reading before the socket ran dry.
+    fn app_left_unread(&self) {
+        self.state.fetch_or(APP_WOKEN, Ordering::AcqRel);
+    }
+
+    /// The application's task no longer waits: what it was woken for and did not read is the
+    /// background task's to read.
+    fn app_leaves(&self) {
+        if self.state.swap(0, Ordering::AcqRel) & APP_WOKEN != 0 {
+            self.task.wake();
+        }
+    }
+
+    fn app_reading(&self) -> bool {
+        self.state.load(Ordering::Acquire) & APP_READING != 0
+    }
+}
+
+/// Ends the application's reading when [`Client::next_event`] returns or is dropped.
+struct Leave<'a>(&'a ReadWake);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.app_leaves();
+    }
+}
+
+/// What one [`pump`] did.
+struct Pumped {
+    /// Messages went to the state machine (or a raw connection's to the event queue).
+    handled: bool,
+    /// The socket had nothing more to read: its next data wakes a reader.
+    dry: bool,
+    /// The task has work from it: frames to write, blocked sends to retry, the end of the
+    /// connection or a goaway.
+    for_task: bool,
+}
+
+/// Reads what the socket already holds, up to `limit` messages, and hands it to the state
+/// machine under one lock of the core and one reading of the clock: one wake-up and one write
+/// for a burst of frames rather than one per frame. The burst is read before the core is
+/// locked (no socket operation under that lock).
+fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
+    let Reader {
+        stream,
+        end,
+        goaway,
+        batch,
+    } = reader;
+    let mut pumped = Pumped {
+        handled: false,
+        dry: true,
+        for_task: end.is_some() || goaway.is_some(),
+    };
+    let Some(source) = stream.as_mut() else {
+        return pumped;
+    };
+    if end.is_some() {
+        return pumped;
+    }
+    let mut cx = Context::from_waker(&shared.read_waker);
+    pumped.dry = false;
+    while batch.len() < limit {
+        let msg = match source.poll_next_unpin(&mut cx) {
+            Poll::Pending => {
+                pumped.dry = true;
+                break;
+            }
+            Poll::Ready(msg) => msg,
+        };
+        match msg {
+            Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => batch.push(msg),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.as_ref().map(|f| u16::from(f.code));
+                // The code is in `code`; the reason is the frame's text alone.
+                let reason = frame
+                    .as_ref()
+                    .map_or_else(|| "no close frame".into(), |f| f.reason.to_string());
+                *end = Some((code, reason));
+            }
+            Some(Err(e)) => *end = Some((None, e.to_string())),
+            None => *end = Some((None, "connection closed".into())),
+        }
+        if end.is_some() {
+            pumped.dry = true;
+            pumped.for_task = true;
+            break;
+        }
+    }
+    if batch.is_empty() {
+        return pumped;
+    }
+    pumped.handled = true;
+    let now = std_now();
+    let mut core = lock(&shared.core);
+    let frames_before = core.proto.queued_frames();
+    for msg in batch.drain(..) {
+        let frame = match msg {
+            Message::Binary(bytes) if core.raw => {
+                core.push(raw_delivery(false, bytes));
+                continue;
+            }
+            Message::Text(text) if core.raw => {
+                core.push(raw_delivery(true, text.into()));
+                continue;
+            }
+            Message::Binary(bytes) => Frame::decode(bytes),
+            _ => {
+                tracing::warn!("ignoring a text message on v1");
+                continue;
+            }
+        };
+        match frame {
+            Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
+                *goaway = Some(reason);
+                pumped.for_task = true;
+            }
+            Ok(frame) => {
+                core.proto.on_frame(frame, now);
+                core.collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
+        }
+    }
+    // Answers to write (syncs, ACKs), or sends that wait for the window the ACKs read opened.
+    pumped.for_task |= core.proto.queued_frames() > frames_before || !core.blocked.is_empty();
+    // Deadlines the frames moved (presence, retransmission).
+    core.arm();
+    pumped
+}
+
 /// What the handles and the task share.
 struct Shared {
     core: Mutex<Core>,
-    /// Wakes the task: frames to write, a message taken, a blocked send, the client dropped.
+    /// The current connection's writing half (see [`Writer`]).
+    writer: tokio::sync::Mutex<Writer>,
+    /// The current connection's reading half (see [`Reader`]).
+    reader: Mutex<Reader>,
+    /// Who the socket wakes (see [`ReadWake`]).
+    read_wake: Arc<ReadWake>,
+    /// `read_wake` as the waker every read of the socket registers.
+    read_waker: Waker,
+    /// Wakes the task: frames to write, an ACK due, a blocked send, news from the reader, the
+    /// client dropped.
     task_wake: Notify,
-
-    /// Wakes the reader in [`Client::next_event`]: events were pushed, or the task ended.
-    events_ready: Notify,
+    /// Wakes the application's task in [`Client::next_event`]: events were pushed, or the task
+    /// ended.
+    events_waker: AtomicWaker,
     /// The [`Client`] was dropped: nobody takes events any more, so the task ends.
     client_gone: AtomicBool,
 }
@@ -235,6 +574,11 @@ impl Client {
             },
         );
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let read_wake = Arc::new(ReadWake {
+            state: AtomicU8::new(0),
+            app: AtomicWaker::new(),
+            task: AtomicWaker::new(),
+        });
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 proto,
@@ -245,15 +589,33 @@ impl Client {
                 stopped: false,
                 conn_gen: r#gen,
                 reconnects: 0,
+                write_error: None,
+                timer: Box::pin(tokio::time::sleep(IDLE_TIMER)),
+                timer_at: None,
+                task_at: None,
             }),
+            writer: tokio::sync::Mutex::new(Writer {
+                sink: None,
+                encoded: BytesMut::with_capacity(ENCODE_CHUNK),
+                out: Vec::new(),
+            }),
+            reader: Mutex::new(Reader {
+                stream: None,
+                end: None,
+                goaway: None,
+                batch: Vec::new(),
+            }),
+            read_waker: Waker::from(Arc::clone(&read_wake)),
+            read_wake,
             task_wake: Notify::new(),
-            events_ready: Notify::new(),
+            events_waker: AtomicWaker::new(),
             client_gone: AtomicBool::new(false),
         });
         let mut task = Task {
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             cfg: config,
-            ws: None,
+            live: false,
+            sink_open: false,
             r#gen,
             url_idx,
             attempt: None,
@@ -261,17 +623,12 @@ impl Client {
             goaway: false,
             closing: None,
             plain_out: VecDeque::new(),
-            out: Vec::new(),
-            encoded: BytesMut::with_capacity(ENCODE_CHUNK),
-            batch: Vec::new(),
             reconnect_waiters: Vec::new(),
             cmd_rx,
             shared: shared.clone(),
             stop: Stop::No,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timer_at: None,
         };
-        task.adopt(conn, r#gen, true);
+        task.adopt(conn, r#gen, true).await;
         tokio::spawn(task.run());
         Ok(Client {
             cmd: cmd_tx,
@@ -291,6 +648,21 @@ impl Client {
         self.handle().send_binary(payload).await
     }
 
+    /// As [`Handle::feed_text`].
+    pub async fn feed_text(&self, text: impl Into<String>) -> Result<u64, Error> {
+        self.handle().feed_text(text).await
+    }
+
+    /// As [`Handle::feed_binary`].
+    pub async fn feed_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.handle().feed_binary(payload).await
+    }
+
+    /// As [`Handle::flush`].
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.handle().flush().await
+    }
+
     /// A cloneable handle that sends, reconnects and reads the counters while another task
     /// takes events from this client.
     pub fn handle(&self) -> Handle {
@@ -302,34 +674,13 @@ impl Client {
 
     /// The next event, or `None` once the client has stopped. A message handed out here counts
     /// as taken by the application and will be acknowledged.
+    ///
+    /// With no event waiting, it reads the socket itself rather than wait for the client's
+    /// task to: a burst of messages then costs one wake-up, of the task that takes them.
     pub async fn next_event(&mut self) -> Option<Event> {
-        loop {
-            {
-                let mut core = lock(&self.shared.core);
-                if let Some(delivery) = core.events.pop_front() {
-                    // The task stopped reading at a full queue: there is room again.
-                    let mut wake = core.events.len() + 1 == MAX_EVENTS;
-                    if let (Some(stream), Event::Message { seq, .. }) =
-                        (delivery.stream, &delivery.event)
-                        && *seq > 0
-                    {
-                        // The task writes the ACK this made, or arms its timer for the delayed
-                        // one; for every other message nothing changed for it.
-                        wake |= core.proto.take(stream, *seq, std_now);
-                    }
-                    drop(core);
-                    if wake {
-                        self.shared.task_wake.notify_one();
-                    }
-                    return Some(delivery.event);
-                }
-                if core.stopped {
-                    return None;
-                }
-            }
-            // A notification sent after the check above is kept for this wait.
-            self.shared.events_ready.notified().await;
-        }
+        let shared = &*self.shared;
+        let _leave = Leave(&shared.read_wake);
+        std::future::poll_fn(|cx| poll_event(shared, cx)).await
     }
 
     /// A snapshot of the client's counters.
@@ -379,15 +730,49 @@ impl std::fmt::Debug for Handle {
 impl Handle {
     /// As [`Client::send_text`].
     pub async fn send_text(&self, text: impl Into<String>) -> Result<u64, Error> {
-        self.send(true, Bytes::from(text.into())).await
+        self.send(true, Bytes::from(text.into()), true).await
     }
 
     /// As [`Client::send_binary`].
     pub async fn send_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
-        self.send(false, payload.into()).await
+        self.send(false, payload.into(), true).await
     }
 
-    async fn send(&self, text: bool, payload: Bytes) -> Result<u64, Error> {
+    /// Queues a text message for [`Handle::flush`], as `send_text` does for the client's task:
+    /// same order, seq, window and guarantees, but nothing is written until this handle (or
+    /// any other) flushes, or the client writes for its own reasons (an ACK, a resend).
+    ///
+    /// A sender of bursts feeds each message and flushes once at the end of the burst: the
+    /// burst then leaves in one write from the sender's own task, as a raw client writing its
+    /// socket would, where `send_text` wakes the client's task, which writes whatever was queued
+    /// when it runs (on a busy runtime, often part of a burst).
+    pub async fn feed_text(&self, text: impl Into<String>) -> Result<u64, Error> {
+        self.send(true, Bytes::from(text.into()), false).await
+    }
+
+    /// As [`Handle::feed_text`], for a binary message.
+    pub async fn feed_binary(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.send(false, payload.into(), false).await
+    }
+
+    /// Writes every frame queued so far (fed messages, and an ACK due) on the current
+    /// connection, from the caller's task, with one flush; returns once they are written.
+    /// While another flush or the client's task is writing, waits for it, then writes what it
+    /// left. Without a connection there is nothing to write: the messages wait in the outbox
+    /// and are sent on the next connection. A failed write ends the connection (the client
+    /// reconnects), and is not an error here; [`Error::Closed`] once the client stopped.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut writer = self.shared.writer.lock().await;
+        if lock(&self.shared.core).stopped {
+            return Err(Error::Closed);
+        }
+        writer.write(&self.shared, None).await;
+        Ok(())
+    }
+
+    /// Offers a message; `wake`: the client's task writes it (`send_*`), else it waits for a
+    /// flush (`feed_*`).
+    async fn send(&self, text: bool, payload: Bytes, wake: bool) -> Result<u64, Error> {
         let rx = {
             let mut core = lock(&self.shared.core);
             if core.stopped {
@@ -396,11 +781,21 @@ impl Handle {
             // The fast path: nothing queued before this message and room in the window.
             let mut payload = payload;
             if core.blocked.is_empty() && !core.raw {
-                match core.proto.offer(text, payload, std_now) {
+                // The clock is read only when the message starts the retransmission timer,
+                // which the task's timer must then serve.
+                let mut timer_started = false;
+                let clock = || {
+                    timer_started = true;
+                    std_now()
+                };
+                match core.proto.offer(text, payload, clock) {
                     Ok(seq) => {
-                        let write = core.proto.has_frames();
+                        if timer_started {
+                            core.arm();
+                        }
+                        let wake = wake && core.proto.has_frames();
                         drop(core);
-                        if write {
+                        if wake {
                             self.shared.task_wake.notify_one();
                         }
                         return Ok(seq);
@@ -449,6 +844,63 @@ impl Handle {
     }
 }
 
+/// [`Client::next_event`]: the next event waiting, else what the socket holds.
+fn poll_event(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+    loop {
+        if let Some(next) = take_event(shared) {
+            return Poll::Ready(next);
+        }
+        // Nothing waits: read the socket here rather than wait for the task to read it.
+        shared.events_waker.register(cx.waker());
+        shared.read_wake.app.register(cx.waker());
+        shared.read_wake.app_reads();
+        let pumped = pump(shared, &mut lock(&shared.reader), READ_BATCH);
+        if pumped.for_task {
+            shared.task_wake.notify_one();
+        }
+        if !pumped.dry {
+            shared.read_wake.app_left_unread();
+        }
+        if !pumped.handled {
+            // Events the task pushed before the wakers above were registered woke nobody.
+            return match take_event(shared) {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            };
+        }
+    }
+}
+
+/// The next event of the queue (`Some(None)` once the client stopped), taken by the
+/// application: a message may be acknowledged from now on. `None` when the queue is empty.
+fn take_event(shared: &Shared) -> Option<Option<Event>> {
+    let mut core = lock(&shared.core);
+    // This reader looks at the queue now: nothing pushed so far needs to wake it.
+    core.fresh = false;
+    let Some(delivery) = core.events.pop_front() else {
+        return core.stopped.then_some(None);
+    };
+    // The task stopped reading at a full queue: there is room again.
+    let mut wake = core.events.len() + 1 == MAX_EVENTS;
+    if let (Some(stream), Event::Message { seq, .. }) = (delivery.stream, &delivery.event)
+        && *seq > 0
+        && core.proto.take(stream, *seq, std_now)
+    {
+        // The task writes the ACK this made; the delayed one only needs the task's timer,
+        // set here. For every other message nothing changed.
+        if core.proto.has_frames() {
+            wake = true;
+        } else {
+            core.arm();
+        }
+    }
+    drop(core);
+    if wake {
+        shared.task_wake.notify_one();
+    }
+    Some(Some(delivery.event))
+}
+
 type Attempt = Pin<Box<dyn Future<Output = (u32, Result<Conn, OpenError>)> + Send>>;
 
 struct PendingSend {
@@ -475,7 +927,8 @@ enum Stop {
 /// What woke the task.
 enum Wake {
     Command(Option<Command>),
-    Ws(Option<Result<Message, tungstenite::Error>>),
+    /// The task read the socket, or found what the application's task read for it.
+    Read,
     Attempt(u32, Result<Box<Conn>, OpenError>),
     Timer,
     Progress,
@@ -496,7 +949,12 @@ fn raw_delivery(text: bool, payload: Bytes) -> Delivery {
 /// The background task of one client.
 struct Task {
     cfg: Config,
-    ws: Option<Ws>,
+    /// Whether a connection is current (its halves in [`Shared::reader`] and
+    /// [`Shared::writer`]).
+    live: bool,
+    /// Whether [`Writer::sink`] may still hold the writing half of a connection that is gone
+    /// (the task releases it, so the socket closes).
+    sink_open: bool,
     /// The last generation used for a connection attempt.
     r#gen: u32,
     url_idx: usize,
@@ -508,32 +966,32 @@ struct Task {
     /// Messages written as they are, after the state machine's frames: a raw connection's
     /// messages, and requests to the node.
     plain_out: VecDeque<Message>,
-    /// Messages taken from the core to write, kept to reuse its allocation.
-    out: Vec<Message>,
-    /// The buffer frames are copied into, one slice per frame (see [`Task::write_frames`]).
-    encoded: BytesMut,
-    /// Messages read in one burst, kept to reuse the allocation (see [`Task::on_messages`]).
-    batch: Vec<Option<Result<Message, tungstenite::Error>>>,
     reconnect_waiters: Vec<oneshot::Sender<()>>,
     cmd_rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     stop: Stop,
-    /// The timer of [`Task::wait`], kept across waits and moved only when the deadline does:
-    /// a new timer per wait registered and removed an entry in tokio's timer wheel per burst of
-    /// frames, since the retransmission deadline stands whenever messages are unacknowledged.
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// Where `timer` is set.
-    timer_at: Option<Instant>,
 }
 
 fn std_now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tungstenite::Error>> {
-    match ws {
-        Some(ws) => ws.next().await,
-        None => std::future::pending().await,
+/// The task's read of the socket: ready when it handled frames or has news from the reader.
+/// While the application's task waits in `next_event`, that one reads instead.
+fn poll_read(shared: &Shared, limit: usize, cx: &mut Context<'_>) -> Poll<()> {
+    shared.read_wake.task.register(cx.waker());
+    let mut reader = lock(&shared.reader);
+    if reader.end.is_some() || reader.goaway.is_some() {
+        return Poll::Ready(());
+    }
+    if shared.read_wake.app_reading() {
+        return Poll::Pending;
+    }
+    let pumped = pump(shared, &mut reader, limit);
+    if pumped.handled || pumped.for_task {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
@@ -551,6 +1009,7 @@ impl Task {
 
     async fn run(mut self) {
         loop {
+            self.check_connection().await;
             self.retry_blocked();
             self.write_frames().await;
             if self.stop != Stop::No || self.finish_close().await {
@@ -576,8 +1035,36 @@ impl Task {
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        if let Some(mut ws) = self.ws.take() {
-            let _ = ws.close(None).await;
+        if self.end_stream() {
+            let sink = self.shared.writer.lock().await.sink.take();
+            self.sink_open = false;
+            if let Some(mut sink) = sink {
+                let _ = sink.send(Message::Close(None)).await;
+            }
+        }
+    }
+
+    /// Drops the current connection's reading half; returns whether there was one.
+    fn end_stream(&mut self) -> bool {
+        let mut reader = lock(&self.shared.reader);
+        reader.stream = None;
+        reader.end = None;
+        reader.goaway = None;
+        std::mem::take(&mut self.live)
+    }
+
+    /// Ends the connection when a write on it failed, and releases the writing half of a
+    /// connection that ended, so its socket closes.
+    async fn check_connection(&mut self) {
+        let failed = self.core().write_error.take();
+        if let Some(reason) = failed
+            && self.end_stream()
+        {
+            self.disconnected(None, reason);
+        }
+        if !self.live && self.sink_open {
+            self.shared.writer.lock().await.sink = None;
+            self.sink_open = false;
         }
     }
 
@@ -589,50 +1076,49 @@ impl Task {
             std::mem::take(&mut core.fresh)
         };
         if fresh {
-            self.shared.events_ready.notify_one();
+            self.shared.events_waker.wake();
         }
     }
 
     /// Publishes new events (as [`Task::publish`]) and waits for something to do.
     async fn wait(&mut self) -> Wake {
-        let (proto_deadline, queued, fresh) = {
+        let task_at = [self.retry_at, self.closing.as_ref().map(|c| c.deadline)]
+            .into_iter()
+            .flatten()
+            .min();
+        let (queued, fresh) = {
             let mut core = self.core();
             core.collect();
+            core.task_at = task_at;
+            core.arm();
             let fresh = std::mem::take(&mut core.fresh);
-            (core.proto.poll_timeout(), core.events.len(), fresh)
+            (core.events.len(), fresh)
         };
         if fresh {
-            self.shared.events_ready.notify_one();
+            self.shared.events_waker.wake();
         }
-        let deadline = [
-            proto_deadline.map(Instant::from_std),
-            self.retry_at,
-            self.closing.as_ref().map(|c| c.deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
         let can_read = self.closing.is_some() || queued < MAX_EVENTS;
-        if let Some(at) = deadline
-            && self.timer_at != Some(at)
-        {
-            self.timer.as_mut().reset(at);
-            self.timer_at = Some(at);
-        }
+        // About what the event queue has room for (most frames make one event at most), so
+        // an application that stops reading stops this client's reads.
+        let limit = if self.closing.is_some() {
+            READ_BATCH
+        } else {
+            MAX_EVENTS.saturating_sub(queued).clamp(1, READ_BATCH)
+        };
         let Task {
             cmd_rx,
-            ws,
             attempt,
             shared,
-            timer,
             ..
         } = self;
+        let read = std::future::poll_fn(|cx| poll_read(shared, limit, cx));
+        let timer = std::future::poll_fn(|cx| lock(&shared.core).timer.as_mut().poll(cx));
         tokio::select! {
             cmd = cmd_rx.recv() => Wake::Command(cmd),
-            msg = next_message(ws), if can_read => Wake::Ws(msg),
+            () = read, if can_read => Wake::Read,
             (r#gen, result) = next_attempt(attempt) => Wake::Attempt(r#gen, result.map(Box::new)),
             () = shared.task_wake.notified() => Wake::Progress,
-            () = timer.as_mut(), if deadline.is_some() => Wake::Timer,
+            () = timer => Wake::Timer,
         }
     }
 
@@ -642,7 +1128,7 @@ impl Task {
             Wake::Command(None) => self.stop = Stop::HandleGone,
             Wake::Command(Some(Command::Reconnect { done })) => {
                 self.reconnect_waiters.push(done);
-                if self.ws.take().is_some() {
+                if self.end_stream() {
                     self.disconnected(None, "reconnect requested".into());
                     self.retry_at = None;
                     if self.attempt.is_none() {
@@ -652,7 +1138,7 @@ impl Task {
             }
             Wake::Command(Some(Command::SetToken(token))) => {
                 let raw = self.core().raw;
-                if self.ws.is_some() && !raw {
+                if self.live && !raw {
                     let request = Frame::Node(NodeMsg::Token {
                         token: token.clone(),
                     });
@@ -666,11 +1152,11 @@ impl Task {
                     deadline: now + self.cfg.close_timeout,
                 });
             }
-            Wake::Ws(msg) => self.on_messages(msg),
+            Wake::Read => self.reader_news(),
             Wake::Attempt(r#gen, result) => {
                 self.attempt = None;
                 match result {
-                    Ok(conn) => self.adopt(*conn, r#gen, false),
+                    Ok(conn) => self.adopt(*conn, r#gen, false).await,
                     Err(e) => self.attempt_failed(e),
                 }
             }
@@ -682,7 +1168,7 @@ impl Task {
                 }
                 if self.retry_at.is_some_and(|t| t <= now) {
                     self.retry_at = None;
-                    if self.attempt.is_none() && (self.ws.is_none() || self.goaway) {
+                    if self.attempt.is_none() && (!self.live || self.goaway) {
                         self.start_attempt();
                     }
                 }
@@ -691,104 +1177,34 @@ impl Task {
                 if self.shared.client_gone.load(Ordering::Acquire) {
                     self.stop = Stop::HandleGone;
                 }
+                self.reader_news();
             }
         }
     }
 
-    /// Handles `first` and whatever else the socket already holds, without waiting: one
-    /// wake-up and one write for a burst of frames rather than one per frame. The burst is read
-    /// before the core is locked (no socket operation under the lock), then handled under one
-    /// lock and one reading of the clock, which were one each per frame.
-    fn on_messages(&mut self, first: Option<Result<Message, tungstenite::Error>>) {
-        let mut batch = std::mem::take(&mut self.batch);
-        // About what the event queue has room for (most frames make one event at most), so
-        // an application that stops reading stops this client's reads.
-        let limit = if self.closing.is_some() {
-            READ_BATCH
-        } else {
-            let queued = self.core().events.len();
-            MAX_EVENTS.saturating_sub(queued).clamp(1, READ_BATCH)
+    /// Acts on what a read of the socket left for the task: a goaway, the end of the connection.
+    fn reader_news(&mut self) {
+        let (goaway, end) = {
+            let mut reader = lock(&self.shared.reader);
+            (reader.goaway.take(), reader.end.take())
         };
-        let mut more = matches!(first, Some(Ok(ref m)) if !m.is_close());
-        batch.push(first);
-        while more && batch.len() < limit {
-            let Some(msg) = self.ws.as_mut().and_then(|ws| ws.next().now_or_never()) else {
-                break;
-            };
-            more = matches!(msg, Some(Ok(ref m)) if !m.is_close());
-            batch.push(msg);
-        }
-        let now = std_now();
-        let shared = Arc::clone(&self.shared);
-        let mut core = Some(lock(&shared.core));
-        for msg in batch.drain(..) {
-            let frame = match msg {
-                Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
-                    let c = core.get_or_insert_with(|| lock(&shared.core));
-                    match msg {
-                        Message::Binary(bytes) if c.raw => {
-                            c.push(raw_delivery(false, bytes));
-                            continue;
-                        }
-                        Message::Text(text) if c.raw => {
-                            c.push(raw_delivery(true, text.into()));
-                            continue;
-                        }
-                        Message::Binary(bytes) => Frame::decode(bytes),
-                        _ => {
-                            tracing::warn!("ignoring a text message on v1");
-                            continue;
-                        }
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(frame))) => {
-                    core = None;
-                    let code = frame.as_ref().map(|f| u16::from(f.code));
-                    // The code is in `code`; the reason is the frame's text alone.
-                    let reason = frame
-                        .as_ref()
-                        .map_or_else(|| "no close frame".into(), |f| f.reason.to_string());
-                    self.ws = None;
-                    self.disconnected(code, reason);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    core = None;
-                    self.ws = None;
-                    self.disconnected(None, e.to_string());
-                    continue;
-                }
-                None => {
-                    core = None;
-                    self.ws = None;
-                    self.disconnected(None, "connection closed".into());
-                    continue;
-                }
-            };
-            match frame {
-                Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
-                    core = None;
-                    tracing::info!(reason, "goaway: moving to another node");
-                    self.goaway = true;
-                    self.retry_at = None;
-                    if self.attempt.is_none() {
-                        self.start_attempt();
-                    }
-                }
-                Ok(frame) => {
-                    let c = core.get_or_insert_with(|| lock(&shared.core));
-                    c.proto.on_frame(frame, now);
-                    c.collect();
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
+        if let Some(reason) = goaway {
+            tracing::info!(reason, "goaway: moving to another node");
+            self.goaway = true;
+            self.retry_at = None;
+            if self.attempt.is_none() {
+                self.start_attempt();
             }
         }
-        drop(core);
-        self.batch = batch;
+        if let Some((code, reason)) = end
+            && self.end_stream()
+        {
+            self.disconnected(code, reason);
+        }
     }
 
-    /// The current connection is gone (`self.ws` already taken): tell, and plan the next.
+    /// The current connection is gone (its reading half dropped; the task releases the writing
+    /// half before it next writes): tell, and plan the next.
     fn disconnected(&mut self, code: Option<u16>, reason: String) {
         tracing::info!(?code, reason, "disconnected");
         {
@@ -835,20 +1251,34 @@ impl Task {
                 },
             });
         }
-        if self.ws.is_none() || self.goaway {
+        if !self.live || self.goaway {
             self.retry_at = Some(Instant::now() + self.backoff.next_delay());
         }
     }
 
     /// A welcomed connection becomes the current one; an old one (after `goaway`) is dropped.
-    fn adopt(&mut self, conn: Conn, r#gen: u32, first: bool) {
+    async fn adopt(&mut self, conn: Conn, r#gen: u32, first: bool) {
+        let (sink, stream) = conn.ws.split();
+        // The sink changes and the state machine learns of the connection under the writer's
+        // lock: no writer takes frames of the old connection and writes them on this one.
+        let mut writer = self.shared.writer.lock().await;
+        writer.sink = Some(sink);
+        {
+            let mut reader = lock(&self.shared.reader);
+            reader.stream = Some(stream);
+            reader.end = None;
+            reader.goaway = None;
+        }
+        self.live = true;
+        self.sink_open = true;
         let now = std_now();
-        self.ws = Some(conn.ws);
         self.goaway = false;
         self.retry_at = None;
         self.backoff.reset();
         {
             let mut core = self.core();
+            // A failed write of the old connection no longer matters.
+            core.write_error = None;
             core.conn_gen = r#gen;
             if !first {
                 core.reconnects += 1;
@@ -875,6 +1305,9 @@ impl Task {
             }
             core.collect();
         }
+        drop(writer);
+        // Whoever reads (the application's task, if it waits) starts on the new socket.
+        self.shared.read_waker.wake_by_ref();
         for waiter in self.reconnect_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -892,7 +1325,7 @@ impl Task {
                     continue;
                 }
                 if core.raw {
-                    if self.ws.is_none() {
+                    if !self.live {
                         break;
                     }
                     let send = core.blocked.pop_front().expect("front exists");
@@ -920,45 +1353,15 @@ impl Task {
         }
     }
 
-    /// Writes every frame queued since the last write, then flushes once.
+    /// Writes every frame queued since the last write, then the task's own messages, and
+    /// flushes once.
     async fn write_frames(&mut self) {
-        {
-            let mut core = lock(&self.shared.core);
-            if self.ws.is_none() {
-                while core.proto.poll_frame().is_some() {}
-                self.plain_out.clear();
-                return;
-            }
-            // One buffer for the whole batch: each frame is a slice of it, dropped once
-            // tungstenite has copied it into its write buffer (on this thread, so the shared
-            // count never leaves this CPU), and the allocation is reused by the next batch.
-            core.proto.piggyback_ack();
-            while core.proto.poll_frame_into(&mut self.encoded) {
-                self.out
-                    .push(Message::Binary(self.encoded.split().freeze()));
-            }
-        }
-        self.out.extend(self.plain_out.drain(..));
-        if self.out.is_empty() {
-            return;
-        }
-        let ws = self.ws.as_mut().expect("checked above");
-        let mut failed = None;
-        for msg in self.out.drain(..) {
-            if failed.is_none()
-                && let Err(e) = ws.feed(msg).await
-            {
-                failed = Some(e);
-            }
-        }
-        if failed.is_none()
-            && let Err(e) = ws.flush().await
-        {
-            failed = Some(e);
-        }
-        if let Some(e) = failed {
-            self.ws = None;
-            self.disconnected(None, e.to_string());
+        let failed = {
+            let mut writer = self.shared.writer.lock().await;
+            writer.write(&self.shared, Some(&mut self.plain_out)).await
+        };
+        if failed {
+            self.check_connection().await;
         }
     }
 
@@ -975,18 +1378,24 @@ impl Task {
         if unacknowledged > 0 && Instant::now() < closing.deadline {
             return false;
         }
-        if self.ws.is_some() && !raw {
+        if self.live && !raw {
             self.core().proto.bye();
             self.write_frames().await;
         }
-        if let Some(mut ws) = self.ws.take() {
+        let stream = lock(&self.shared.reader).stream.take();
+        self.end_stream();
+        if let Some(mut stream) = stream {
             let frame = CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
             };
-            if ws.close(Some(frame)).await.is_ok() {
+            let sink = self.shared.writer.lock().await.sink.take();
+            self.sink_open = false;
+            if let Some(mut sink) = sink
+                && sink.send(Message::Close(Some(frame))).await.is_ok()
+            {
                 let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(_)) = stream.next().await {}
                 })
                 .await;
             }

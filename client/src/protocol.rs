@@ -317,14 +317,23 @@ impl Protocol {
         !self.frames.is_empty()
     }
 
+    /// How many frames wait to be written (some may be skipped when their turn comes): a
+    /// caller that handed frames in can tell whether they queued answers.
+    pub fn queued_frames(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Called before a batch of frames is written: when frames wait and messages taken by the
     /// application are not acknowledged yet, their ACK joins the batch. It then costs no write
     /// and no wake-up of its own, where a delayed ACK would (in a pair sending both ways, most
-    /// ACKs travel this way instead of on their timer).
-    pub fn piggyback_ack(&mut self) {
+    /// ACKs travel this way instead of on their timer). Returns whether an ACK joined, so the
+    /// caller's timer can move past its deadline.
+    pub fn piggyback_ack(&mut self) -> bool {
         if !self.frames.is_empty() && self.consumed_hw > self.ack_sent_hw {
             self.send_ack();
+            return true;
         }
+        false
     }
 
     /// The next frame to write on the current connection.

@@ -327,3 +327,99 @@ async fn a_refused_reconnect_is_reported_and_retried() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn fed_messages_go_out_on_flush_in_order_and_across_a_reconnect() {
+    within(async {
+        let relay = Relay::start(2).await;
+        relay.set_window(8, 1 << 20);
+        let (mut a, mut b) = pair(&relay).await;
+        let sender = a.handle();
+        for i in 1..=5u64 {
+            assert_eq!(sender.feed_text(format!("m{i}")).await.unwrap(), i);
+        }
+        // A send after fed messages keeps its place behind them.
+        assert_eq!(sender.send_text("m6").await.unwrap(), 6);
+        sender.flush().await.unwrap();
+        assert_eq!(messages(&mut b, 6).await, numbered(1..7));
+        // Fed on one connection, flushed on the next: sent again after the sync, once.
+        sender.feed_text("m7").await.unwrap();
+        a.reconnect().await;
+        sender.feed_text("m8").await.unwrap();
+        sender.flush().await.unwrap();
+        assert_eq!(messages(&mut b, 2).await, numbered(7..9));
+        until(&mut a, |e| *e == Event::Acked { hw: 8 }).await;
+        // A fed message waits for the window like a sent one.
+        for i in 9..=16u64 {
+            sender.feed_text(format!("m{i}")).await.unwrap();
+        }
+        let full = sender.feed_text("m17");
+        tokio::pin!(full);
+        sender.flush().await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut full)
+                .await
+                .is_err(),
+            "8 messages wait for b's ACK"
+        );
+        assert_eq!(messages(&mut b, 8).await, numbered(9..17));
+        assert_eq!(full.await.unwrap(), 17);
+        sender.flush().await.unwrap();
+        assert_eq!(messages(&mut b, 1).await, numbered(17..18));
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while sender.flush().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a flush errs once the client stopped");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn messages_taken_are_acknowledged_on_the_ack_timer() {
+    within(async {
+        let relay = Relay::start(1).await;
+        let (a, mut b) = pair(&relay).await;
+        for i in 1..=5u64 {
+            a.send_text(format!("m{i}")).await.unwrap();
+        }
+        // b writes nothing an ACK could ride along with: its delayed ACK (20 ms) goes alone.
+        assert_eq!(messages(&mut b, 5).await, numbered(1..6));
+        let (e, _) = until(&mut { a }, |e| *e == Event::Acked { hw: 5 }).await;
+        assert_eq!(e, Event::Acked { hw: 5 });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reader_that_gives_up_waiting_misses_nothing() {
+    within(async {
+        let relay = Relay::start(1).await;
+        relay.set_window(8, 1 << 20);
+        let (mut a, mut b) = pair(&relay).await;
+        let sender = a.handle();
+        let sending = tokio::spawn(async move {
+            for i in 1..=300u64 {
+                sender.send_text(format!("m{i}")).await.unwrap();
+            }
+        });
+        // a takes its events (the ACKs) on its own.
+        let a_events = tokio::spawn(async move { while a.next_event().await.is_some() {} });
+        let mut got = Vec::new();
+        while got.len() < 300 {
+            // Waits cut short, often mid-burst: what b was woken for and did not read goes to
+            // its client's task, and the next wait finds it.
+            let wait = tokio::time::timeout(Duration::from_micros(100), b.next_event()).await;
+            if let Ok(Some(Event::Message { payload, seq, .. })) = wait {
+                got.push((String::from_utf8(payload.to_vec()).unwrap(), seq));
+            }
+        }
+        assert_eq!(got, numbered(1..301));
+        sending.await.unwrap();
+        a_events.abort();
+    })
+    .await;
+}
