@@ -68,6 +68,8 @@ const ENCODE_CHUNK: usize = 8 * 1024;
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 /// The close code of a session displaced by another one.
 const CODE_DISPLACED: u16 = 4001;
+/// The close code of a session an operator closed (the node's admin API): the client stops.
+const CODE_OPERATOR: u16 = 4004;
 /// Where the task's timer waits while no deadline stands: far enough never to matter, and
 /// armed all the same, so that whoever sets a deadline only moves it (see [`Core::arm`]).
 const IDLE_TIMER: Duration = Duration::from_secs(24 * 3600);
@@ -1221,8 +1223,9 @@ impl Task {
                 event: Event::Disconnected { code, reason },
             });
         }
-        if code == Some(CODE_DISPLACED) {
-            // Another client took the role: coming back would displace it in turn.
+        if code == Some(CODE_DISPLACED) || code == Some(CODE_OPERATOR) {
+            // Another client took the role: coming back would displace it in turn. Or an
+            // operator closed the channel: coming back would undo that.
             self.stop = Stop::Displaced;
             return;
         }

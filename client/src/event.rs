@@ -54,7 +54,8 @@ pub enum Event {
         /// The node's id.
         node: String,
     },
-    /// The current connection ended; the client reconnects unless it was closed.
+    /// The current connection ended; the client reconnects unless it was closed, another client
+    /// took its role (4001), or an operator closed the channel (4004): then it stops.
     Disconnected {
         /// The close code the node sent, if any.
         code: Option<u16>,

@@ -298,7 +298,12 @@ fn exported_names(scrape: &str) -> std::collections::HashSet<String> {
 async fn the_dashboard_and_the_alert_rules_use_metrics_a_node_exports() {
     let node = node_with_token().await;
     // A labelled family shows once it has counted something: one refusal.
-    assert_eq!(request(node.addr, "GET", "/channel?type=app", "").await.status, 400);
+    assert_eq!(
+        request(node.addr, "GET", "/channel?type=app", "")
+            .await
+            .status,
+        400
+    );
     let exported = exported_names(&call(&node, "GET", "/metrics").await.body);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = root.join("deploy/prometheus/wspair-alerts.yml");
@@ -645,4 +650,31 @@ async fn a_wait_for_a_peer_that_comes_back_is_observed() {
     let sum = sample(&scrape, "wspair_pairing_wait_seconds_sum").unwrap();
     node.shutdown().await;
     assert!(sum >= 0.3, "the app waited 300 ms for its web to come back");
+}
+
+#[tokio::test]
+async fn a_v1_client_whose_channel_an_operator_closed_stops_instead_of_reconnecting() {
+    let node = node_with_token().await;
+    let id = random_channel_id();
+    let urls = [base_url(node.addr)];
+    let mut app = v1flow::connect(&urls, id.as_str(), wspair_client::Role::App).await;
+    let target = format!("/admin/channels/{id}/close?reason=maintenance");
+    assert_eq!(call(&node, "POST", &target).await.status, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut code = None;
+        while let Some(event) = app.next_event().await {
+            if let wspair_client::Event::Disconnected { code: c, .. } = event {
+                code = c;
+            }
+        }
+        code
+    })
+    .await
+    .expect("the client stops");
+    assert_eq!(ended, Some(4004));
+    assert_eq!(app.stats().reconnects, 0);
+    wait_until("the closed session is released", || node.router.hub.counts().0 == 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.router.hub.counts().0, 0, "it did not come back");
+    node.shutdown().await;
 }

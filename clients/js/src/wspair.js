@@ -30,6 +30,8 @@ export const SUBPROTOCOL = 'wspair.v1';
 
 /** The close code of a session displaced by a newer one. */
 const CODE_DISPLACED = 4001;
+/** The close code of a session an operator closed (the node's admin API): the client stops. */
+const CODE_OPERATOR = 4004;
 /** How long a node has to send `welcome` after the upgrade. */
 const WELCOME_TIMEOUT = 10000;
 /** How long a closing client waits for the node's close reply. */
@@ -682,10 +684,12 @@ export class WspairClient extends EventTarget {
       return;
     }
     this.#enqueue(new WspairEvent('disconnected', { code, reason }));
-    if (code === CODE_DISPLACED) {
-      // Another client took the role: coming back would displace it in turn.
+    if (code === CODE_DISPLACED || code === CODE_OPERATOR) {
+      // Another client took the role: coming back would displace it in turn. Or an operator
+      // closed the channel: coming back would undo that.
       this.#enqueue(new WspairEvent('close', { code, reason }));
-      this.#stop(new WspairError('closed', 'another client took the role'), true);
+      const why = code === CODE_OPERATOR ? `an operator closed the channel: ${reason}` : 'another client took the role';
+      this.#stop(new WspairError('closed', why), true);
       return;
     }
     if (!this.#attempt) this.#scheduleRetry();
