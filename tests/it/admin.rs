@@ -673,7 +673,10 @@ async fn a_v1_client_whose_channel_an_operator_closed_stops_instead_of_reconnect
     .expect("the client stops");
     assert_eq!(ended, Some(4004));
     assert_eq!(app.stats().reconnects, 0);
-    wait_until("the closed session is released", || node.router.hub.counts().0 == 0).await;
+    wait_until("the closed session is released", || {
+        node.router.hub.counts().0 == 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node.router.hub.counts().0, 0, "it did not come back");
     node.shutdown().await;
