@@ -1060,22 +1060,7 @@ async fn a_session_whose_route_was_taken_is_closed_with_4001_when_its_node_regis
 async fn redis_with_an_acl_user_and_a_password_works_and_a_wrong_password_is_told() {
     use crate::harness::redis::RedisServer;
     let redis = RedisServer::start();
-    redis
-        .cli(&[
-            "ACL",
-            "SETUSER",
-            "wspair",
-            "on",
-            ">relay-s3cret",
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .expect("the ACL user is created");
-    // From now on the default user needs a password too: nothing gets in anonymously.
-    redis
-        .cli(&["CONFIG", "SET", "requirepass", "admin-s3cret"])
-        .expect("requirepass is set");
+    redis.lock_down();
     let url = format!("redis://wspair:relay-s3cret@127.0.0.1:{}", redis.port);
     let node_a = TestNode::start_in_cluster(vec![url.clone()], |_| {}).await;
     let node_b = TestNode::start_in_cluster(vec![url], |_| {}).await;

@@ -15,7 +15,9 @@ use crate::harness::ca::{TestCa, scratch_dir};
 use crate::harness::http::{UPGRADE_HEADERS, request};
 use crate::harness::process::ProcessNode;
 use crate::harness::redis::RedisServer;
-use crate::harness::{Client, EVENT_TIMEOUT, TestNode, random_channel_id, read, wait_until};
+use crate::harness::{
+    Client, EVENT_TIMEOUT, TestNode, random_channel_id, read, relays_across, wait_until,
+};
 
 /// One certificate of `ca` for every node, naming none of their addresses, with the CA's root.
 fn cluster_files(ca: &TestCa, dir: &Path, prefix: &str) -> InnerTlsFiles {
@@ -30,17 +32,6 @@ fn cluster_files(ca: &TestCa, dir: &Path, prefix: &str) -> InnerTlsFiles {
 /// A node on `redis` with inner TLS from `files`, or plaintext links.
 async fn node(redis: &RedisServer, files: Option<InnerTlsFiles>) -> TestNode {
     TestNode::start_in_cluster(vec![redis.url()], |config| config.inner.tls = files).await
-}
-
-/// An app on `a` and a web on `b` of a fresh channel exchange a message each way.
-async fn relays_across(a: &TestNode, b: &TestNode, text: &str) {
-    let id = random_channel_id();
-    let mut app = a.connect(Role::App, &id).await;
-    let mut web = b.connect(Role::Web, &id).await;
-    app.send_text(text).await;
-    assert_eq!(web.recv_text().await, text);
-    web.send_text("and back").await;
-    assert_eq!(app.recv_text().await, "and back");
 }
 
 /// A web on `holder` waits; an app for it on `claimer` is refused with 503 because the two

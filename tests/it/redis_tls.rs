@@ -6,13 +6,12 @@
 
 use std::path::Path;
 
-use wspair::Role;
 use wspair::tls::registry::RegistryTls;
 
 use crate::harness::ca::{TestCa, scratch_dir};
 use crate::harness::http::{UPGRADE_HEADERS, request};
 use crate::harness::redis::{RedisCluster, RedisServer, RedisTls};
-use crate::harness::{TestNode, random_channel_id};
+use crate::harness::{TestNode, random_channel_id, relays_across};
 
 /// Trusting `ca` (a root PEM file), with no client certificate.
 fn trusting(ca: &Path) -> RegistryTls {
@@ -25,17 +24,6 @@ fn trusting(ca: &Path) -> RegistryTls {
 /// Starts a node on `url` with `tls`.
 async fn node(url: &str, tls: RegistryTls) -> TestNode {
     TestNode::start_in_cluster(vec![url.to_owned()], |config| config.registry.tls = tls).await
-}
-
-/// An app on `a` and a web on `b` of a fresh channel exchange a message each way.
-async fn relays_across(a: &TestNode, b: &TestNode, text: &str) {
-    let id = random_channel_id();
-    let mut app = a.connect(Role::App, &id).await;
-    let mut web = b.connect(Role::Web, &id).await;
-    app.send_text(text).await;
-    assert_eq!(web.recv_text().await, text);
-    web.send_text("and back").await;
-    assert_eq!(app.recv_text().await, "and back");
 }
 
 /// An upgrade on `node` is refused with 503; returns the reason.
@@ -51,21 +39,7 @@ async fn two_nodes_over_rediss_with_an_acl_user_and_a_password_relay_across_node
     let dir = scratch_dir("redis-acl");
     let ca = TestCa::new();
     let redis = RedisServer::start_tls(RedisTls::issue(&ca, &dir, false));
-    redis
-        .cli(&[
-            "ACL",
-            "SETUSER",
-            "wspair",
-            "on",
-            ">relay-s3cret",
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .expect("the ACL user is created");
-    redis
-        .cli(&["CONFIG", "SET", "requirepass", "admin-s3cret"])
-        .expect("requirepass is set");
+    redis.lock_down();
     let tls = trusting(&redis.tls().unwrap().ca);
     // One node as the ACL user, the other as the default user with requirepass.
     let user = format!("rediss://wspair:relay-s3cret@127.0.0.1:{}/", redis.port);

@@ -214,3 +214,14 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 pub fn read(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
+
+/// An app on `a` and a web on `b` of a fresh channel exchange a message each way.
+pub async fn relays_across(a: &TestNode, b: &TestNode, text: &str) {
+    let id = random_channel_id();
+    let mut app = a.connect(Role::App, &id).await;
+    let mut web = b.connect(Role::Web, &id).await;
+    app.send_text(text).await;
+    assert_eq!(web.recv_text().await, text);
+    web.send_text("and back").await;
+    assert_eq!(app.recv_text().await, "and back");
+}

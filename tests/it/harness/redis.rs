@@ -213,6 +213,24 @@ impl RedisServer {
     }
 
     /// Kills the server (its data is lost: no persistence).
+    /// Adds the ACL user `wspair` (password `relay-s3cret`) and gives the default user the
+    /// password `admin-s3cret`: from then on nothing gets in anonymously.
+    pub fn lock_down(&self) {
+        self.cli(&[
+            "ACL",
+            "SETUSER",
+            "wspair",
+            "on",
+            ">relay-s3cret",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .expect("the ACL user is created");
+        self.cli(&["CONFIG", "SET", "requirepass", "admin-s3cret"])
+            .expect("requirepass is set");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
