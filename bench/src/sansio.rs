@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wspair_client::Event;
-use wspair_client::frame::{Frame, ServerMsg, sid_of_key};
-use wspair_client::protocol::{Protocol, ProtocolConfig};
+use wspair_client::frame::{Frame, ServerMsg, decode_message, sid_of_key};
+use wspair_client::protocol::{Protocol, ProtocolConfig, SendError};
 
 use crate::direction::{DirectionResult, Flow, Tally};
 
@@ -86,7 +86,7 @@ impl Side {
         {
             let mut proto = self.proto.lock().expect("not poisoned");
             proto.piggyback_ack();
-            while proto.poll_frame_into(buf) {
+            while proto.poll_message_into(buf) {
                 frames.push(Message::Binary(buf.split().freeze()));
             }
         }
@@ -133,13 +133,25 @@ pub async fn direction(
     let send_task = tokio::spawn(async move {
         let mut seq = 0;
         while let Some((bytes, window_used_up)) = sending.next_message(seq).await {
-            let offered =
-                sender
+            // A full window waits for the peer's ACKs, as the library's `send` does: the
+            // machine's reader may be busy writing while its peer keeps taking messages.
+            let mut payload = Bytes::from(bytes);
+            loop {
+                let offered = sender
                     .proto
                     .lock()
                     .expect("not poisoned")
-                    .offer(false, Bytes::from(bytes), now);
-            offered.map_err(|(e, _)| format!("offer: {e:?}"))?;
+                    .offer(false, payload, now);
+                match offered {
+                    Ok(_) => break,
+                    Err((SendError::WindowFull, back)) => {
+                        payload = back;
+                        sender.write_frames().await?;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => return Err(format!("offer: {e:?}")),
+                }
+            }
             if window_used_up {
                 sender.write_frames().await?;
             }
@@ -190,10 +202,11 @@ pub async fn direction(
                     break;
                 }
                 Ok(Some(Ok(Message::Binary(bytes)))) => {
-                    let frame = Frame::decode(bytes).map_err(|e| e.to_string())?;
                     let write = {
                         let mut proto = receiver.proto.lock().expect("not poisoned");
-                        proto.on_frame(frame, now());
+                        for frame in decode_message(bytes) {
+                            proto.on_frame(frame.map_err(|e| e.to_string())?, now());
+                        }
                         while let Some(event) = proto.poll_event() {
                             events.push(event);
                         }

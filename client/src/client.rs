@@ -53,7 +53,7 @@ use crate::config::Config;
 use crate::connection::{Conn, OpenError, Target, Ws, loggable, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
-use crate::frame::{Frame, NodeMsg, ServerMsg, sid_of_key};
+use crate::frame::{Frame, NodeMsg, ServerMsg, decode_message, sid_of_key};
 use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
 /// Events the core holds for the application before the task stops reading the socket.
@@ -243,7 +243,7 @@ impl Writer {
                 // The delayed ACK's deadline is gone: the task's timer need not wake it.
                 core.arm();
             }
-            while core.proto.poll_frame_into(&mut self.encoded) {
+            while core.proto.poll_message_into(&mut self.encoded) {
                 self.out
                     .push(Message::Binary(self.encoded.split().freeze()));
             }
@@ -444,7 +444,7 @@ fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
     let mut core = lock(&shared.core);
     let frames_before = core.proto.queued_frames();
     for msg in batch.drain(..) {
-        let frame = match msg {
+        let frames = match msg {
             Message::Binary(bytes) if core.raw => {
                 core.push(raw_delivery(false, bytes));
                 continue;
@@ -453,22 +453,24 @@ fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
                 core.push(raw_delivery(true, text.into()));
                 continue;
             }
-            Message::Binary(bytes) => Frame::decode(bytes),
+            Message::Binary(bytes) => decode_message(bytes),
             _ => {
                 tracing::warn!("ignoring a text message on v1");
                 continue;
             }
         };
-        match frame {
-            Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
-                *goaway = Some(reason);
-                pumped.for_task = true;
+        for frame in frames {
+            match frame {
+                Ok(Frame::Server(ServerMsg::Goaway { reason })) => {
+                    *goaway = Some(reason);
+                    pumped.for_task = true;
+                }
+                Ok(frame) => {
+                    core.proto.on_frame(frame, now);
+                    core.collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
             }
-            Ok(frame) => {
-                core.proto.on_frame(frame, now);
-                core.collect();
-            }
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
         }
     }
     // Answers to write (syncs, ACKs), or sends that wait for the window the ACKs read opened.

@@ -21,6 +21,9 @@ pub const KIND_PEER: u8 = 0x04;
 pub const KIND_SERVER: u8 = 0x05;
 /// Kind byte of a NODE (client to its node JSON) frame.
 pub const KIND_NODE: u8 = 0x06;
+/// Kind byte of a BATCH: DATA and ACK frames, each prefixed by its length, in one message
+/// (see [`decode_message`]).
+pub const KIND_BATCH: u8 = 0x07;
 
 /// The longest LEB128 varint the protocol allows, in bytes.
 pub const MAX_VARINT_LEN: usize = 10;
@@ -87,6 +90,15 @@ pub enum FrameError {
     /// A PEER or SERVER frame is not a JSON object of a known shape.
     #[error("malformed JSON control frame: {0}")]
     Json(String),
+    /// A BATCH holds no frame.
+    #[error("BATCH holds no frame")]
+    BatchEmpty,
+    /// A frame's length runs past the end of its BATCH.
+    #[error("a frame runs past the end of its BATCH")]
+    BatchTruncated,
+    /// A BATCH holds a frame other than DATA and ACK.
+    #[error("frame of kind 0x{0:02x} inside a BATCH")]
+    BatchKind(u8),
 }
 
 /// The `tx` part of a `sync`: what the sender still has.
@@ -464,6 +476,86 @@ impl Frame {
             other => Err(FrameError::UnknownKind(other)),
         }
     }
+}
+
+/// The frames of one binary WebSocket message, in order: the message's own frame, or each
+/// frame of a BATCH (PROTOCOL.md §2.6). The payloads of DATA frames share `bytes`. Yields an
+/// error for the first malformed frame and nothing after it.
+pub fn decode_message(bytes: Bytes) -> Frames {
+    Frames {
+        batch: bytes.first() == Some(&KIND_BATCH),
+        bytes: Some(bytes),
+        started: false,
+    }
+}
+
+/// The frames of one message; see [`decode_message`].
+#[derive(Debug)]
+pub struct Frames {
+    /// What is left to decode; `None` once done.
+    bytes: Option<Bytes>,
+    batch: bool,
+    started: bool,
+}
+
+impl Frames {
+    fn next_in_batch(bytes: &mut Bytes) -> Result<Frame, FrameError> {
+        let (len, n) = get_varint(bytes)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| n.checked_add(len))
+            .filter(|&end| end <= bytes.len())
+            .ok_or(FrameError::BatchTruncated)?;
+        let mut frame = bytes.split_to(end);
+        frame.advance(n);
+        match frame.first() {
+            None => Err(FrameError::Empty),
+            Some(&(KIND_DATA_BINARY | KIND_DATA_TEXT | KIND_ACK)) => Frame::decode(frame),
+            Some(&kind) => Err(FrameError::BatchKind(kind)),
+        }
+    }
+}
+
+impl Iterator for Frames {
+    type Item = Result<Frame, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.batch {
+            return self.bytes.take().map(Frame::decode);
+        }
+        let bytes = self.bytes.as_mut()?;
+        if !self.started {
+            self.started = true;
+            bytes.advance(1);
+            if bytes.is_empty() {
+                self.bytes = None;
+                return Some(Err(FrameError::BatchEmpty));
+            }
+        }
+        if bytes.is_empty() {
+            self.bytes = None;
+            return None;
+        }
+        let item = Frames::next_in_batch(bytes);
+        if item.is_err() {
+            self.bytes = None;
+        }
+        Some(item)
+    }
+}
+
+/// Whether a frame of kind `kind` may go into a BATCH.
+pub fn batchable(kind: u8) -> bool {
+    matches!(kind, KIND_DATA_BINARY | KIND_DATA_TEXT | KIND_ACK)
+}
+
+/// Inserts `bytes` at `at` in `buf`, moving what follows: a writer that finds a second frame
+/// to batch puts the BATCH's kind byte and the first frame's length before the first.
+pub fn insert(buf: &mut BytesMut, at: usize, bytes: &[u8]) {
+    let old = buf.len();
+    buf.resize(old + bytes.len(), 0);
+    buf.copy_within(at..old, at + bytes.len());
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
 fn prefixed(kind: u8, json: Vec<u8>) -> Bytes {

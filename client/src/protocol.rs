@@ -9,12 +9,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::event::{Event, Presence};
 use crate::frame::{
-    Frame, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg, Sync, TokenAnswer, TxPos, Window,
-    data_header_len, put_data,
+    Frame, KIND_ACK, KIND_BATCH, MAX_VARINT_LEN, PeerInfo, PeerMsg, PeerState, RxPos, ServerMsg,
+    Sync, TokenAnswer, TxPos, Window, batchable, data_header_len, insert, put_data, put_varint,
+    varint_len,
 };
 
 /// Timing and batching settings of the state machine (PROTOCOL.md §11).
@@ -378,6 +379,12 @@ impl Protocol {
                     buf.reserve(data_header_len(seq) + payload.len());
                     put_data(buf, seq, text, &payload);
                 }
+                Queued::Frame(Frame::Ack { sid, hw }) => {
+                    buf.reserve(1 + 8 + varint_len(hw));
+                    buf.put_u8(KIND_ACK);
+                    buf.put_u64(sid);
+                    put_varint(buf, hw);
+                }
                 Queued::Frame(frame) => buf.extend_from_slice(&frame.encode()),
                 Queued::Outbox(seq) => {
                     let Some(entry) = self.entry(seq) else {
@@ -387,6 +394,68 @@ impl Protocol {
                 }
             }
             return true;
+        }
+    }
+
+    /// Appends the next WebSocket message to write to `buf`: the next frame, or, when DATA and
+    /// ACK frames follow each other in the queue, as many of them as fit in the node's
+    /// `max_frame` in one BATCH (PROTOCOL.md §2.6). A node then reads, queues and writes one
+    /// message where it would have handled each frame. Returns whether a message was appended.
+    pub fn poll_message_into(&mut self, buf: &mut BytesMut) -> bool {
+        let start = buf.len();
+        if !self.poll_frame_into(buf) {
+            return false;
+        }
+        let Some(max) = self.max_frame.and_then(|max| usize::try_from(max).ok()) else {
+            return true;
+        };
+        if !batchable(buf[start]) {
+            return true;
+        }
+        let first = buf.len() - start;
+        let mut frames = 1;
+        while let Some(next) = self.next_batchable_len() {
+            let len = if frames == 1 {
+                1 + varint_len(first as u64) + first
+            } else {
+                buf.len() - start
+            };
+            if len + varint_len(next as u64) + next > max {
+                break;
+            }
+            if frames == 1 {
+                let mut head = [0u8; 1 + MAX_VARINT_LEN];
+                head[0] = KIND_BATCH;
+                let mut varint = &mut head[1..];
+                put_varint(&mut varint, first as u64);
+                insert(buf, start, &head[..1 + varint_len(first as u64)]);
+            }
+            put_varint(buf, next as u64);
+            let appended = self.poll_frame_into(buf);
+            debug_assert!(appended, "the frame measured is the next");
+            frames += 1;
+        }
+        true
+    }
+
+    /// The length of the next frame to write if it may join a BATCH (DATA or ACK); outbox
+    /// entries acknowledged before their turn are dropped on the way, as writing skips them.
+    fn next_batchable_len(&mut self) -> Option<usize> {
+        loop {
+            return match self.frames.front()? {
+                Queued::Outbox(seq) => match self.entry(*seq) {
+                    Some(entry) => Some(entry.len),
+                    None => {
+                        self.frames.pop_front();
+                        continue;
+                    }
+                },
+                Queued::Frame(Frame::Data { seq, payload, .. }) => {
+                    Some(data_header_len(*seq) + payload.len())
+                }
+                Queued::Frame(Frame::Ack { hw, .. }) => Some(1 + 8 + varint_len(*hw)),
+                Queued::Frame(_) => None,
+            };
         }
     }
 

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use serde_json::Value;
-use wspair_client::frame::{Frame, FrameError, NodeMsg, PeerMsg, ServerMsg, sid_from_hex};
+use wspair_client::frame::{
+    Frame, FrameError, NodeMsg, PeerMsg, ServerMsg, decode_message, sid_from_hex,
+};
 
 fn load() -> Value {
     let text = include_str!("vectors.json");
@@ -30,6 +32,9 @@ fn error_name(e: &FrameError) -> &'static str {
         FrameError::Trailing(_) => "trailing",
         FrameError::InvalidUtf8 => "invalid_utf8",
         FrameError::Json(_) => "json",
+        FrameError::BatchEmpty => "batch_empty",
+        FrameError::BatchTruncated => "batch_truncated",
+        FrameError::BatchKind(_) => "batch_kind",
     }
 }
 
@@ -130,6 +135,61 @@ fn invalid_vectors_are_rejected_with_their_error() {
         match Frame::decode(Bytes::from(bytes)) {
             Ok(frame) => panic!("{name}: decoded as {frame:?}"),
             Err(e) => assert_eq!(error_name(&e), want, "{name}: {e}"),
+        }
+    }
+}
+
+/// The DATA or ACK frame a vector's meaning describes.
+fn data_or_ack(meaning: &Value) -> Frame {
+    match meaning["kind"].as_str().unwrap() {
+        "data" => Frame::Data {
+            seq: meaning["seq"].as_u64().unwrap(),
+            text: meaning["text"].as_bool().unwrap(),
+            payload: Bytes::from(unhex(meaning["payload_hex"].as_str().unwrap())),
+        },
+        "ack" => Frame::Ack {
+            sid: sid_from_hex(meaning["sid"].as_str().unwrap()).unwrap(),
+            hw: meaning["hw"].as_u64().unwrap(),
+        },
+        other => panic!("a BATCH holds DATA and ACK only, not {other}"),
+    }
+}
+
+#[test]
+fn messages_carry_their_frames_in_order() {
+    let vectors = load();
+    let messages = vectors["messages"].as_array().expect("messages list");
+    assert!(messages.len() >= 5);
+    for v in messages {
+        let name = v["name"].as_str().unwrap();
+        let bytes = unhex(v["hex"].as_str().unwrap());
+        let got: Vec<Frame> = decode_message(Bytes::from(bytes))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want: Vec<Frame> = v["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(data_or_ack)
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn invalid_messages_are_rejected_with_their_error() {
+    let vectors = load();
+    let invalid = vectors["invalid_messages"]
+        .as_array()
+        .expect("invalid list");
+    assert!(invalid.len() >= 8);
+    for v in invalid {
+        let name = v["name"].as_str().unwrap();
+        let bytes = unhex(v["hex"].as_str().unwrap());
+        let want = v["error"].as_str().unwrap();
+        match decode_message(Bytes::from(bytes)).find_map(Result::err) {
+            None => panic!("{name}: decoded"),
+            Some(e) => assert_eq!(error_name(&e), want, "{name}: {e}"),
         }
     }
 }

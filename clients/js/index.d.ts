@@ -260,10 +260,15 @@ export class FrameError extends Error {
     | 'ack_truncated'
     | 'trailing'
     | 'invalid_utf8'
-    | 'json';
+    | 'json'
+    | 'batch_empty'
+    | 'batch_truncated'
+    | 'batch_kind';
 }
 
 export function decodeFrame(message: ArrayBuffer | Uint8Array): Frame;
+/** The frames of one message: its own frame, or each frame of a BATCH (PROTOCOL.md §2.6). */
+export function decodeMessage(message: ArrayBuffer | Uint8Array): Frame[];
 export function encodeFrame(frame: Frame): Uint8Array;
 export function encodeVarint(value: Position): Uint8Array;
 export function decodeVarint(bytes: Uint8Array, offset?: number): [Position, number];

@@ -1,18 +1,33 @@
 //! wspair.v1 frames: arbitrary bytes as a client frame at the node, and as any frame at the
 //! client library. Parsing may refuse but never panic; a frame the library decodes encodes
-//! back to the same bytes when it is DATA or ACK (JSON frames may reorder their fields).
+//! back to the same bytes when it is DATA or ACK (JSON frames may reorder their fields); the
+//! node and the library agree on which BATCHes are well formed, and on how many frames each
+//! holds.
 #![no_main]
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use wspair_client::frame::Frame;
+use wspair::v1::frame::{BATCH, BatchFrames, ClientFrame, unwrap_data};
+use wspair_client::frame::{Frame, decode_message};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wspair::v1::frame::ClientFrame::parse(data);
-    if let Ok(frame) = Frame::decode(bytes::Bytes::copy_from_slice(data)) {
+    let _ = ClientFrame::parse(data);
+    if let Ok(frame) = Frame::decode(Bytes::copy_from_slice(data)) {
         let encoded = frame.encode();
         if matches!(frame, Frame::Data { .. } | Frame::Ack { .. }) {
             assert_eq!(&encoded[..], data, "DATA and ACK encode back byte for byte");
         }
         assert_eq!(Frame::decode(encoded).ok(), Some(frame), "a frame decodes to itself");
+    }
+    if data.first() == Some(&BATCH) {
+        let node = BatchFrames::new(&data[1..])
+            .and_then(|frames| frames.collect::<Result<Vec<_>, _>>())
+            .map(|frames| frames.len());
+        let library = decode_message(Bytes::copy_from_slice(data))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|frames| frames.len());
+        assert_eq!(node.ok(), library.ok(), "the node and the library agree");
+        let _ = ClientFrame::ack_for(data, 1);
+        let _ = unwrap_data::<()>(&Bytes::copy_from_slice(data), |_, _| Ok(()));
     }
 });

@@ -121,8 +121,22 @@ impl RateLimiter {
     /// that moment, so the session must read nothing more until then, or, if it closes
     /// instead, never look at the limiter again.
     pub fn take(&mut self, bytes: usize, now: Instant) -> Option<(Instant, Limit)> {
+        self.take_many(1, bytes, now)
+    }
+
+    /// As [`Self::take`], for `messages` messages of `bytes` bytes in all, arrived together
+    /// (a wspair.v1 BATCH).
+    pub fn take_many(
+        &mut self,
+        messages: u64,
+        bytes: usize,
+        now: Instant,
+    ) -> Option<(Instant, Limit)> {
         let burst = self.burst;
-        let message_cost = self.messages.as_ref().map(|bucket| bucket.time_for(1));
+        let message_cost = self
+            .messages
+            .as_ref()
+            .map(|bucket| bucket.time_for(messages));
         let byte_cost = self
             .bytes
             .as_ref()
@@ -150,24 +164,41 @@ impl RateLimiter {
         held_by.map(|limit| (at, limit))
     }
 
-    /// Whether a frame a wspair.v1 client sent counts against its limits, `written` being the
-    /// messages of its peer written to it so far (not server frames, not flushes: a client
-    /// must not buy free frames with requests the node answers).
+    /// How many messages a frame a wspair.v1 client sent counts for against its limits (0: it
+    /// passes free), `written` being the messages of its peer written to it so far (not server
+    /// frames, not flushes: a client must not buy free frames with requests the node answers).
     ///
-    /// DATA counts. ACK and PEER frames answer what the client receives (a library
-    /// acknowledges what it delivered, and sends `sync` when its peer appears or syncs), so
-    /// counting them would let a limit on what a client sends slow what it receives: they
-    /// pass free while the client has sent no more of them than frames were written to it,
-    /// plus [`FREE_CONTROL_FRAMES`]. Beyond that (a client flooding them) they count as DATA.
-    pub fn counts_v1(&mut self, frame: &[u8], written: u64) -> bool {
-        match frame.first() {
-            Some(&frame::ACK | &frame::PEER)
-                if self.free_control_frames < written.saturating_add(FREE_CONTROL_FRAMES) =>
-            {
-                self.free_control_frames += 1;
-                false
+    /// Each DATA counts, those of a BATCH included. ACK and PEER frames answer what the client
+    /// receives (a library acknowledges what it delivered, and sends `sync` when its peer
+    /// appears or syncs), so counting them would let a limit on what a client sends slow what
+    /// it receives: they pass free while the client has sent no more of them than messages
+    /// were written to it, plus [`FREE_CONTROL_FRAMES`]. Beyond that (a client flooding them)
+    /// each counts as DATA.
+    pub fn charge_v1(&mut self, frame: &[u8], written: u64) -> u64 {
+        let control = |this: &mut Self| {
+            if this.free_control_frames < written.saturating_add(FREE_CONTROL_FRAMES) {
+                this.free_control_frames += 1;
+                0
+            } else {
+                1
             }
-            _ => true,
+        };
+        match frame.first() {
+            Some(&frame::ACK | &frame::PEER) => control(self),
+            Some(&frame::BATCH) => {
+                // The frame was checked when it was read.
+                let Ok(frames) = frame::BatchFrames::new(&frame[1..]) else {
+                    return 1;
+                };
+                frames
+                    .flatten()
+                    .map(|(parsed, _)| match parsed {
+                        frame::ClientFrame::Ack { .. } => control(self),
+                        _ => 1,
+                    })
+                    .sum()
+            }
+            _ => 1,
         }
     }
 }
@@ -303,12 +334,32 @@ mod tests {
     #[test]
     fn v1_control_frames_are_free_while_they_answer_what_was_written() {
         let mut rate = limiter(10, 0, 1000, Instant::now());
-        assert!(rate.counts_v1(&[frame::DATA_BINARY, 1, 7], 0));
-        assert!(rate.counts_v1(&[frame::DATA_TEXT, 0], 1000));
+        assert_eq!(rate.charge_v1(&[frame::DATA_BINARY, 1, 7], 0), 1);
+        assert_eq!(rate.charge_v1(&[frame::DATA_TEXT, 0], 1000), 1);
         for _ in 0..FREE_CONTROL_FRAMES + 10 {
-            assert!(!rate.counts_v1(&[frame::ACK, 0], 10));
+            assert_eq!(rate.charge_v1(&[frame::ACK, 0], 10), 0);
         }
-        assert!(rate.counts_v1(&[frame::PEER, b'{'], 10));
-        assert!(!rate.counts_v1(&[frame::PEER, b'{'], 11));
+        assert_eq!(rate.charge_v1(&[frame::PEER, b'{'], 10), 1);
+        assert_eq!(rate.charge_v1(&[frame::PEER, b'{'], 11), 0);
+    }
+
+    #[test]
+    fn each_data_of_a_batch_counts_and_its_acks_are_control_frames() {
+        let mut rate = limiter(10, 0, 1000, Instant::now());
+        let ack = [frame::ACK, 0, 0, 0, 0, 0, 0, 0, 9, 5];
+        let mut batch = vec![frame::BATCH];
+        for seq in 1..=3 {
+            batch.extend_from_slice(&[3, frame::DATA_BINARY, seq, 7]);
+        }
+        batch.push(ack.len() as u8);
+        batch.extend_from_slice(&ack);
+        assert_eq!(rate.charge_v1(&batch, 0), 3, "three DATA, one free ACK");
+        assert_eq!(rate.take_many(3, batch.len(), Instant::now()), None);
+        let mut acks = vec![frame::BATCH];
+        for _ in 0..FREE_CONTROL_FRAMES + 1 {
+            acks.push(ack.len() as u8);
+            acks.extend_from_slice(&ack);
+        }
+        assert_eq!(rate.charge_v1(&acks, 0), 2, "past the free allowance");
     }
 }

@@ -486,13 +486,17 @@ impl Session {
                             }
                         },
                     }
-                    let frame = match &mut self.v1 {
-                        Some(v1) => Some(v1.outgoing(message)),
-                        None => outgoing_raw(message),
+                    let ws = &mut self.ws;
+                    let unflushed = &mut self.unflushed;
+                    // One message may be several frames for a raw client (a v1 peer's BATCH):
+                    // they go in one go, past the sink's readiness by one batch at most.
+                    let mut write = |frame| {
+                        *unflushed = true;
+                        Pin::new(&mut *ws).start_send(frame)
                     };
-                    if let Some(frame) = frame {
-                        Pin::new(&mut self.ws).start_send(frame)?;
-                        self.unflushed = true;
+                    match &mut self.v1 {
+                        Some(v1) => write(v1.outgoing(message))?,
+                        None => outgoing_raw(message, write)?,
                     }
                     self.write_progress += 1;
                 }
@@ -572,9 +576,12 @@ impl Session {
     fn send_within_rate(&mut self, message: Message) -> Option<CloseReason> {
         let rate = self.rate.as_mut().expect("called with a limiter");
         let answered = self.traffic.messages_written;
-        let counts = self.v1.is_none() || rate.counts_v1(&message.payload, answered);
-        let over = if counts {
-            rate.take(message.payload.len(), Instant::now())
+        let messages = match self.v1 {
+            None => 1,
+            Some(_) => rate.charge_v1(&message.payload, answered),
+        };
+        let over = if messages > 0 {
+            rate.take_many(messages, message.payload.len(), Instant::now())
         } else {
             None
         };

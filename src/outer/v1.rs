@@ -20,7 +20,7 @@ use crate::hub::{Hub, Peer, PeerWatch};
 use crate::node::{Incarnation, NodeId};
 use crate::pair::{ChannelId, Message, MessageKind, Role};
 use crate::v1::ClientId;
-use crate::v1::frame::{self, ClientFrame, NodeRequest, PeerView};
+use crate::v1::frame::{self, BatchFrames, ClientFrame, NodeRequest, PeerView};
 use crate::v1::window::Window;
 
 /// A v1 session's own state. Boxed in the session, so a raw session pays one pointer.
@@ -153,20 +153,20 @@ impl V1Session {
             return Err(CloseReason::V1Malformed);
         }
         let (_, _, payload) = frame.into_parts();
-        match ClientFrame::parse(&payload).map_err(|_| CloseReason::V1Malformed)? {
-            ClientFrame::Data {
-                seq, header_len, ..
-            } => self
-                .window
-                .on_data(seq, payload.len() - header_len)
-                .map_err(|_| CloseReason::V1Window)?,
-            ClientFrame::Peer(Some(positions)) => self
-                .window
-                .on_sync(positions)
-                .map_err(|_| CloseReason::V1Window)?,
-            ClientFrame::Peer(None) | ClientFrame::Ack { .. } => {}
-            ClientFrame::Node(NodeRequest::Token(token)) => return Ok(FromClient::Token(token)),
-            ClientFrame::Node(NodeRequest::Unknown) => return Ok(FromClient::Ignored),
+        if payload.first() == Some(&frame::BATCH) {
+            let frames = BatchFrames::new(&payload[1..]).map_err(|_| CloseReason::V1Malformed)?;
+            for inner in frames {
+                let (parsed, bytes) = inner.map_err(|_| CloseReason::V1Malformed)?;
+                self.check(parsed, bytes.len())?;
+            }
+        } else {
+            match ClientFrame::parse(&payload).map_err(|_| CloseReason::V1Malformed)? {
+                ClientFrame::Node(NodeRequest::Token(token)) => {
+                    return Ok(FromClient::Token(token));
+                }
+                ClientFrame::Node(NodeRequest::Unknown) => return Ok(FromClient::Ignored),
+                parsed => self.check(parsed, payload.len())?,
+            }
         }
         Ok(FromClient::Relay(Message {
             kind: MessageKind::V1,
@@ -175,14 +175,29 @@ impl V1Session {
         }))
     }
 
+    /// Checks a relayed frame (of `len` bytes) against the client's window.
+    fn check(&mut self, parsed: ClientFrame, len: usize) -> Result<(), CloseReason> {
+        match parsed {
+            ClientFrame::Data {
+                seq, header_len, ..
+            } => self
+                .window
+                .on_data(seq, len - header_len)
+                .map_err(|_| CloseReason::V1Window),
+            ClientFrame::Peer(Some(positions)) => self
+                .window
+                .on_sync(positions)
+                .map_err(|_| CloseReason::V1Window),
+            ClientFrame::Peer(None) | ClientFrame::Ack { .. } | ClientFrame::Node(_) => Ok(()),
+        }
+    }
+
     /// The frame that writes `message` from the peer to this v1 client. An ACK of this
-    /// client's stream frees its window.
+    /// client's stream (alone or in a BATCH) frees its window.
     pub fn outgoing(&mut self, message: Message) -> Frame {
         match message.kind {
             MessageKind::V1 => {
-                if let Some((sid, hw)) = ClientFrame::ack_of(&message.payload)
-                    && sid == self.client.sid
-                {
+                if let Some(hw) = ClientFrame::ack_for(&message.payload, self.client.sid) {
                     self.window.on_ack(hw);
                 }
                 Frame::binary(message.payload)
@@ -192,16 +207,22 @@ impl V1Session {
     }
 }
 
-/// The frame that writes `message` to a raw client: as it came from a raw peer, the payload of
-/// a v1 peer's DATA, and nothing for a v1 peer's other frames.
-pub fn outgoing_raw(message: Message) -> Option<Frame> {
+/// Writes `message` to a raw client with `write`: as it came from a raw peer, the payload of
+/// each DATA of a v1 peer's frame (one, or each of a BATCH), and nothing for a v1 peer's other
+/// frames.
+pub fn outgoing_raw<E>(
+    message: Message,
+    mut write: impl FnMut(Frame) -> Result<(), E>,
+) -> Result<(), E> {
+    let frame = |kind, payload| match kind {
+        MessageKind::Text => Frame::text(payload),
+        _ => Frame::binary(payload),
+    };
     match message.kind {
-        MessageKind::Text => Some(Frame::text(message.payload)),
-        MessageKind::Binary => Some(Frame::binary(message.payload)),
-        MessageKind::V1 => match frame::unwrap_data(&message.payload)? {
-            (MessageKind::Text, payload) => Some(Frame::text(payload)),
-            (_, payload) => Some(Frame::binary(payload)),
-        },
+        MessageKind::V1 => frame::unwrap_data(&message.payload, |kind, payload| {
+            write(frame(kind, payload))
+        }),
+        kind => write(frame(kind, message.payload)),
     }
 }
 

@@ -23,6 +23,8 @@ pub const PEER: u8 = 0x04;
 pub const SERVER: u8 = 0x05;
 /// NODE: a JSON object from a client to its node (`token`); never relayed.
 pub const NODE: u8 = 0x06;
+/// BATCH: DATA and ACK frames, each prefixed by its length, in one WebSocket message.
+pub const BATCH: u8 = 0x07;
 
 /// Longest LEB128 encoding of a `u64`.
 const MAX_VARINT: usize = 10;
@@ -95,6 +97,10 @@ pub enum FrameError {
     /// A NODE frame that is not a JSON object with a type, or a `token` without a string.
     #[error("malformed v1 NODE frame: {0}")]
     Node(&'static str),
+    /// A BATCH that holds no frame, a frame longer than what is left of it, or a frame of a
+    /// kind other than DATA and ACK.
+    #[error("malformed v1 BATCH: {0}")]
+    Batch(&'static str),
 }
 
 impl ClientFrame {
@@ -129,6 +135,56 @@ impl ClientFrame {
             NODE => parse_node(rest).map(ClientFrame::Node),
             other => Err(FrameError::Kind(other)),
         }
+    }
+}
+
+/// The frames of a BATCH, each with its bytes, one at a time: a node checks each DATA against
+/// the window as it goes. The iteration stops after the first error.
+#[derive(Debug, Clone)]
+pub struct BatchFrames<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> BatchFrames<'a> {
+    /// The frames of `body`, a BATCH after its kind byte; a BATCH holds at least one.
+    pub fn new(body: &'a [u8]) -> Result<BatchFrames<'a>, FrameError> {
+        if body.is_empty() {
+            return Err(FrameError::Batch("no frame"));
+        }
+        Ok(BatchFrames {
+            rest: body,
+            failed: false,
+        })
+    }
+
+    fn next_frame(&mut self) -> Result<(ClientFrame, &'a [u8]), FrameError> {
+        let (len, used) = read_varint(self.rest)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| used.checked_add(len))
+            .filter(|&end| end <= self.rest.len())
+            .ok_or(FrameError::Batch("a frame runs past the end"))?;
+        let frame = &self.rest[used..end];
+        self.rest = &self.rest[end..];
+        match frame.first() {
+            Some(&(DATA_BINARY | DATA_TEXT | ACK)) => Ok((ClientFrame::parse(frame)?, frame)),
+            Some(_) => Err(FrameError::Batch("only DATA and ACK frames may be batched")),
+            None => Err(FrameError::Empty),
+        }
+    }
+}
+
+impl<'a> Iterator for BatchFrames<'a> {
+    type Item = Result<(ClientFrame, &'a [u8]), FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let item = self.next_frame();
+        self.failed = item.is_err();
+        Some(item)
     }
 }
 
@@ -211,16 +267,36 @@ pub fn wrap_unnumbered(kind: MessageKind, payload: &[u8]) -> Bytes {
     frame.freeze()
 }
 
-/// What a v1 client's frame becomes for a raw peer: the payload of DATA, with its kind; other
-/// frames are for v1 peers only (`None`). The frame was checked when it was read.
-pub fn unwrap_data(frame: &Bytes) -> Option<(MessageKind, Bytes)> {
-    let (text, header_len) = ClientFrame::parse_header(frame)?;
-    let kind = if text {
-        MessageKind::Text
-    } else {
-        MessageKind::Binary
+/// What a v1 client's frame becomes for a raw peer: the payload of each DATA (one, or each of
+/// a BATCH), with its kind, handed to `write` in order; other frames are for v1 peers only.
+/// The frame was checked when it was read.
+pub fn unwrap_data<E>(
+    frame: &Bytes,
+    mut write: impl FnMut(MessageKind, Bytes) -> Result<(), E>,
+) -> Result<(), E> {
+    // The DATA at `at..at + len` of `frame`, if that is one.
+    let mut unwrap_one = |at: usize, len: usize| {
+        let Some((text, header_len)) = ClientFrame::parse_header(&frame[at..at + len]) else {
+            return Ok(());
+        };
+        let kind = if text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        write(kind, frame.slice(at + header_len..at + len))
     };
-    Some((kind, frame.slice(header_len..)))
+    if frame.first() != Some(&BATCH) {
+        return unwrap_one(0, frame.len());
+    }
+    let Ok(frames) = BatchFrames::new(&frame[1..]) else {
+        return Ok(());
+    };
+    let start = frame.as_ptr() as usize;
+    for (_, inner) in frames.flatten() {
+        unwrap_one(inner.as_ptr() as usize - start, inner.len())?;
+    }
+    Ok(())
 }
 
 impl ClientFrame {
@@ -235,13 +311,22 @@ impl ClientFrame {
         Some((kind == DATA_TEXT, 1 + used))
     }
 
-    /// The acknowledged stream and mark if `frame` is an ACK.
-    pub fn ack_of(frame: &[u8]) -> Option<(u64, u64)> {
+    /// The highest mark the ACKs of `frame` (an ACK, or those of a BATCH) give stream `sid`.
+    pub fn ack_for(frame: &[u8], sid: u64) -> Option<u64> {
+        let of = |frame: &[u8]| match ClientFrame::parse(frame) {
+            Ok(ClientFrame::Ack { sid: acked, hw }) if acked == sid => Some(hw),
+            _ => None,
+        };
         match frame.first() {
-            Some(&ACK) => match ClientFrame::parse(frame) {
-                Ok(ClientFrame::Ack { sid, hw }) => Some((sid, hw)),
-                _ => None,
-            },
+            Some(&ACK) => of(frame),
+            Some(&BATCH) => BatchFrames::new(&frame[1..])
+                .ok()?
+                .flatten()
+                .filter_map(|(parsed, _)| match parsed {
+                    ClientFrame::Ack { sid: acked, hw } if acked == sid => Some(hw),
+                    _ => None,
+                })
+                .max(),
             _ => None,
         }
     }
@@ -369,10 +454,15 @@ mod tests {
                 header_len: 3
             })
         );
-        let (kind, payload) = unwrap_data(&Bytes::from(frame)).unwrap();
+        let mut unwrapped = Vec::new();
+        unwrap_data::<()>(&Bytes::from(frame), |kind, payload| {
+            unwrapped.push((kind, payload));
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(
-            (kind, &payload[..]),
-            (MessageKind::Text, "héllo".as_bytes())
+            unwrapped,
+            [(MessageKind::Text, Bytes::from_static("héllo".as_bytes()))]
         );
         assert_eq!(
             ClientFrame::parse(&data(DATA_TEXT, 1, &[0xff])),
@@ -394,6 +484,113 @@ mod tests {
         );
     }
 
+    /// A BATCH of `frames`, each prefixed by its length.
+    fn batch(frames: &[&[u8]]) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(BATCH);
+        for frame in frames {
+            put_varint(&mut out, frame.len() as u64);
+            out.put_slice(frame);
+        }
+        out.freeze()
+    }
+
+    fn ack(sid: u64, hw: u8) -> Vec<u8> {
+        let mut frame = vec![ACK];
+        frame.extend_from_slice(&sid.to_be_bytes());
+        frame.push(hw);
+        frame
+    }
+
+    #[test]
+    fn a_batch_yields_its_data_and_acks_in_order() {
+        let frames = batch(&[
+            &data(DATA_BINARY, 1, b"ab"),
+            &ack(7, 40),
+            &data(DATA_TEXT, 2, b"c"),
+            &ack(7, 42),
+            &ack(8, 99),
+        ]);
+        let parsed: Vec<_> = BatchFrames::new(&frames[1..])
+            .unwrap()
+            .map(|item| item.map(|(parsed, bytes)| (parsed, bytes.len())))
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Ok((
+                    ClientFrame::Data {
+                        seq: 1,
+                        text: false,
+                        header_len: 2
+                    },
+                    4
+                )),
+                Ok((ClientFrame::Ack { sid: 7, hw: 40 }, 10)),
+                Ok((
+                    ClientFrame::Data {
+                        seq: 2,
+                        text: true,
+                        header_len: 2
+                    },
+                    3
+                )),
+                Ok((ClientFrame::Ack { sid: 7, hw: 42 }, 10)),
+                Ok((ClientFrame::Ack { sid: 8, hw: 99 }, 10)),
+            ]
+        );
+        assert_eq!(ClientFrame::ack_for(&frames, 7), Some(42));
+        assert_eq!(ClientFrame::ack_for(&frames, 9), None);
+        let mut unwrapped = Vec::new();
+        unwrap_data::<()>(&frames, |kind, payload| {
+            unwrapped.push((kind, payload));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            unwrapped,
+            [
+                (MessageKind::Binary, Bytes::from_static(b"ab")),
+                (MessageKind::Text, Bytes::from_static(b"c"))
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let first_error = |frames: &[u8]| {
+            BatchFrames::new(&frames[1..])
+                .and_then(|mut frames| frames.find_map(Result::err).map_or(Ok(()), Err))
+        };
+        assert_eq!(first_error(&[BATCH]), Err(FrameError::Batch("no frame")));
+        assert_eq!(
+            first_error(&[BATCH, 5, DATA_BINARY, 1]),
+            Err(FrameError::Batch("a frame runs past the end"))
+        );
+        assert_eq!(first_error(&[BATCH, 0]), Err(FrameError::Empty));
+        assert_eq!(first_error(&[BATCH, 0x80]), Err(FrameError::Varint));
+        for inner in [
+            &b"\x04{}"[..],
+            &[BATCH, 1, 1, 0],
+            &[NODE, b'{', b'}'],
+            &[SERVER],
+        ] {
+            assert_eq!(
+                first_error(&batch(&[&data(DATA_BINARY, 1, b"x"), inner])),
+                Err(FrameError::Batch("only DATA and ACK frames may be batched")),
+                "{inner:?}"
+            );
+        }
+        assert_eq!(
+            first_error(&batch(&[&data(DATA_TEXT, 1, &[0xff])])),
+            Err(FrameError::Utf8)
+        );
+        assert_eq!(
+            first_error(&batch(&[&ack(1, 1)[..9]])),
+            Err(FrameError::Varint)
+        );
+    }
+
     #[test]
     fn acks_parse_exactly() {
         let mut frame = vec![ACK];
@@ -403,7 +600,8 @@ mod tests {
             ClientFrame::parse(&frame),
             Ok(ClientFrame::Ack { sid: 7, hw: 42 })
         );
-        assert_eq!(ClientFrame::ack_of(&frame), Some((7, 42)));
+        assert_eq!(ClientFrame::ack_for(&frame, 7), Some(42));
+        assert_eq!(ClientFrame::ack_for(&frame, 8), None);
         frame.push(0);
         assert_eq!(ClientFrame::parse(&frame), Err(FrameError::ShortAck));
         assert_eq!(ClientFrame::parse(&frame[..5]), Err(FrameError::ShortAck));

@@ -7,7 +7,7 @@ use wspair::config::DuplicatePolicy;
 
 use crate::harness::client::Ending;
 use crate::harness::redis::RedisServer;
-use crate::harness::v1wire::{self, APP_KEY, WEB_KEY, ack, data, sync};
+use crate::harness::v1wire::{self, APP_KEY, WEB_KEY, ack, batch, data, sync};
 use crate::harness::{TestNode, random_channel_id};
 
 #[tokio::test]
@@ -84,6 +84,43 @@ async fn a_v1_client_and_a_raw_client_each_keep_their_own_contract() {
     raw.send_text("hi").await;
     assert_eq!(app.recv().await, vec![0x01, 0x00, 1, 2, 3]);
     assert_eq!(app.recv().await, vec![0x02, 0x00, b'h', b'i']);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_reaches_a_v1_peer_untouched_and_a_raw_peer_as_one_message_per_data() {
+    let node = TestNode::start(|_| {}).await;
+    let id = random_channel_id();
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
+    app.send(sync(v1wire::sid(APP_KEY), 1, 1, 1, None)).await;
+    let burst = batch(&[
+        data(1, true, "héllo".as_bytes()),
+        ack(v1wire::sid(WEB_KEY), 0),
+        data(2, false, &[0, 255]),
+        data(3, false, b""),
+    ]);
+    app.send(burst.clone()).await;
+    web.recv().await; // the sync
+    assert_eq!(web.recv().await, burst, "relayed byte for byte");
+    drop(web);
+    node.shutdown().await;
+
+    let node = TestNode::start(|_| {}).await;
+    let id = random_channel_id();
+    let mut raw = node.connect(Role::Web, &id).await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
+    app.welcomed().await;
+    app.send(sync(v1wire::sid(APP_KEY), 1, 1, 1, None)).await;
+    app.send(burst).await;
+    app.send(batch(&[data(0, true, b"last")])).await;
+    assert_eq!(raw.recv_text().await, "héllo");
+    assert_eq!(raw.recv_binary().await, vec![0, 255]);
+    assert_eq!(raw.recv_binary().await, Vec::<u8>::new());
+    assert_eq!(
+        raw.recv_text().await,
+        "last",
+        "the ACK was dropped, nothing else"
+    );
     node.shutdown().await;
 }
 
@@ -167,13 +204,19 @@ async fn with_v1_off_an_offer_is_served_as_a_raw_client() {
 #[tokio::test]
 async fn malformed_v1_frames_close_with_4007_and_the_node_keeps_serving() {
     let node = TestNode::start(|_| {}).await;
-    let bad_frames: [Option<Vec<u8>>; 6] = [
+    let bad_frames: [Option<Vec<u8>>; 11] = [
         None, // a text message
         Some(vec![]),
         Some(vec![0x42, 1]),
         Some(vec![0x05, b'{', b'}']),
         Some(vec![0x01, 0x80]),
         Some(vec![0x04, b'x']),
+        // BATCHes: empty, a frame past the end, an empty frame, a PEER frame, a bad DATA.
+        Some(vec![0x07]),
+        Some(vec![0x07, 0x05, 0x01, 0x01, b'a']),
+        Some(vec![0x07, 0x02, 0x01, 0x00, 0x00]),
+        Some(batch(&[data(0, false, b"x"), vec![0x04, b'{', b'}']])),
+        Some(batch(&[data(0, true, &[0xff])])),
     ];
     for bad in bad_frames {
         let id = random_channel_id();
@@ -238,6 +281,44 @@ async fn a_client_beyond_its_window_is_closed_with_4008() {
     app.send(sync(v1wire::sid(APP_KEY), 3, 7, 7, None)).await;
     app.send(data(9, false, b"x")).await;
     assert!(matches!(app.ending().await, Ending::Close(4008, _)));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_data_of_a_batch_counts_against_the_window_and_a_batched_ack_frees_it() {
+    let node = TestNode::start(|config| config.v1.window = 4).await;
+    let id = random_channel_id();
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
+    // Four outstanding of four, in one BATCH.
+    app.send(sync(v1wire::sid(APP_KEY), 1, 7, 7, None)).await;
+    let five: Vec<Vec<u8>> = (7..12).map(|seq| data(seq, false, b"x")).collect();
+    app.send(batch(&five[..4])).await;
+    // A BATCH holding the peer's ACK frees the window, as an ACK alone does.
+    web.send(batch(&[ack(v1wire::sid(APP_KEY), 8), data(0, false, b"y")]))
+        .await;
+    loop {
+        let frame = app.recv().await;
+        if frame[0] == 0x07 {
+            break;
+        }
+    }
+    app.send(batch(&five[4..])).await;
+    app.send(data(12, false, b"x")).await;
+    // Both relayed: the app is within its window (four outstanding, 9 to 12).
+    let mut relayed = Vec::new();
+    while relayed.len() < 4 {
+        relayed.push(web.recv().await);
+    }
+    assert_eq!(relayed[3], data(12, false, b"x"), "{relayed:?}");
+    app.send(sync(v1wire::sid(APP_KEY), 1, 9, 13, None)).await;
+    app.send(batch(
+        &(13..16)
+            .map(|seq| data(seq, false, b"x"))
+            .collect::<Vec<_>>(),
+    ))
+    .await;
+    assert!(matches!(app.ending().await, Ending::Close(4008, _)));
+
     node.shutdown().await;
 }
 

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::frame::Welcome;
@@ -1128,4 +1128,101 @@ fn an_ack_due_later_rides_along_with_frames_written_now() {
         acks(&frames(&mut p)).is_empty(),
         "nothing new taken: no ACK"
     );
+}
+
+/// The messages `p` writes now, each as the frames it carries, with whether it is a BATCH.
+fn messages(p: &mut Protocol) -> Vec<(bool, Vec<Frame>)> {
+    let mut buf = BytesMut::new();
+    std::iter::from_fn(|| {
+        p.poll_message_into(&mut buf).then(|| {
+            let message = buf.split().freeze();
+            let batch = message[0] == KIND_BATCH;
+            let frames = crate::frame::decode_message(message)
+                .collect::<Result<Vec<_>, _>>()
+                .expect("well formed");
+            (batch, frames)
+        })
+    })
+    .collect()
+}
+
+#[test]
+fn data_and_acks_in_a_row_go_in_one_batch_and_control_frames_alone() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    p.on_frame(data(1, "x"), now);
+    p.take(B, 1, || now);
+    assert!(!p.has_frames(), "one message taken: its ACK waits");
+    for text in ["a", "bb", "ccc"] {
+        p.send(true, Bytes::from(text), now).unwrap();
+    }
+    assert!(p.piggyback_ack(), "the ACK joins the frames written");
+    p.send_sync(false);
+    p.send(false, Bytes::from_static(b"d"), now).unwrap();
+    let written = messages(&mut p);
+    assert_eq!(written.len(), 3, "{written:?}");
+    assert_eq!(
+        written[0],
+        (
+            true,
+            vec![
+                data(1, "a"),
+                data(2, "bb"),
+                data(3, "ccc"),
+                Frame::Ack { sid: B, hw: 1 }
+            ]
+        )
+    );
+    assert!(
+        matches!(&written[1], (false, f) if syncs(f).len() == 1),
+        "a sync alone"
+    );
+    assert_eq!(data_seqs(&written[2].1), vec![4]);
+    assert!(!written[2].0, "a frame alone is written bare");
+}
+
+#[test]
+fn a_batch_stays_within_max_frame() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    // DATA of 4 bytes takes 6; two in a BATCH take 1 + 2 * (1 + 6) = 15.
+    p.max_frame = Some(15);
+    for seq in 1..=5u8 {
+        p.send(false, Bytes::from(vec![seq; 4]), now).unwrap();
+    }
+    let written = messages(&mut p);
+    let shape: Vec<(bool, Vec<u64>)> = written
+        .iter()
+        .map(|(batch, frames)| (*batch, data_seqs(frames)))
+        .collect();
+    assert_eq!(
+        shape,
+        [(true, vec![1, 2]), (true, vec![3, 4]), (false, vec![5])]
+    );
+    p.max_frame = Some(14);
+    for seq in 6..=7u8 {
+        p.send(false, Bytes::from(vec![seq; 4]), now).unwrap();
+    }
+    assert_eq!(
+        messages(&mut p)
+            .iter()
+            .map(|(batch, _)| *batch)
+            .collect::<Vec<_>>(),
+        [false, false],
+        "two do not fit in 14 bytes"
+    );
+}
+
+#[test]
+fn an_acknowledged_message_is_left_out_of_a_batch() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    for seq in 1..=3u8 {
+        p.send(false, Bytes::from(vec![seq]), now).unwrap();
+    }
+    // The peer has 2 already (say, resent on an earlier connection): it is skipped.
+    p.on_frame(Frame::Ack { sid: A, hw: 2 }, now);
+    let written = messages(&mut p);
+    assert_eq!(written.len(), 1);
+    assert_eq!(data_seqs(&written[0].1), vec![3]);
 }

@@ -19,6 +19,7 @@ export const KIND_ACK = 0x03;
 export const KIND_PEER = 0x04;
 export const KIND_SERVER = 0x05;
 export const KIND_NODE = 0x06;
+export const KIND_BATCH = 0x07;
 
 const JSON_KINDS = { peer: KIND_PEER, server: KIND_SERVER, node: KIND_NODE };
 
@@ -32,7 +33,8 @@ const utf8Encoder = new TextEncoder();
 export class FrameError extends Error {
   /**
    * @param {string} code one of empty, unknown_kind, varint_truncated, varint_too_long,
-   *   varint_overflow, ack_truncated, trailing, invalid_utf8, json
+   *   varint_overflow, ack_truncated, trailing, invalid_utf8, json, batch_empty,
+   *   batch_truncated, batch_kind
    * @param {string} message
    */
   constructor(code, message) {
@@ -154,9 +156,59 @@ export function encodeFrame(frame) {
   }
 }
 
+/** Whether a frame of kind `kind` may go into a BATCH: DATA and ACK. */
+export function isBatchable(kind) {
+  return kind === KIND_DATA_BINARY || kind === KIND_DATA_TEXT || kind === KIND_ACK;
+}
+
+/** One BATCH message holding the encoded `frames` (DATA and ACK), each prefixed by its length. */
+export function encodeBatch(frames) {
+  const lengths = frames.map((f) => encodeVarint(f.length));
+  let size = 1;
+  for (let i = 0; i < frames.length; i++) size += lengths[i].length + frames[i].length;
+  const out = new Uint8Array(size);
+  out[0] = KIND_BATCH;
+  let at = 1;
+  for (let i = 0; i < frames.length; i++) {
+    out.set(lengths[i], at);
+    at += lengths[i].length;
+    out.set(frames[i], at);
+    at += frames[i].length;
+  }
+  return out;
+}
+
 /**
- * Decodes one binary WebSocket message (ArrayBuffer or Uint8Array). Throws a FrameError for
- * anything malformed. A DATA payload is a view into `message`.
+ * The frames of one binary WebSocket message (ArrayBuffer or Uint8Array), in order: the
+ * message's own frame, or each frame of a BATCH (PROTOCOL.md §2.6). Throws a FrameError if any
+ * is malformed. DATA payloads are views into `message`.
+ */
+export function decodeMessage(message) {
+  const bytes = message instanceof Uint8Array ? message : new Uint8Array(message);
+  if (bytes[0] !== KIND_BATCH) return [decodeFrame(bytes)];
+  if (bytes.length === 1) throw new FrameError('batch_empty', 'BATCH holds no frame');
+  const frames = [];
+  let at = 1;
+  while (at < bytes.length) {
+    const [len, n] = decodeVarint(bytes, at);
+    if (typeof len !== 'number' || at + n + len > bytes.length) {
+      throw new FrameError('batch_truncated', 'a frame runs past the end of its BATCH');
+    }
+    const frame = bytes.subarray(at + n, at + n + len);
+    if (frame.length > 0 && ![KIND_DATA_BINARY, KIND_DATA_TEXT, KIND_ACK].includes(frame[0])) {
+      const kind = frame[0].toString(16).padStart(2, '0');
+      throw new FrameError('batch_kind', `frame of kind 0x${kind} inside a BATCH`);
+    }
+    frames.push(decodeFrame(frame));
+    at += n + len;
+  }
+  return frames;
+}
+
+/**
+ * Decodes one binary WebSocket message (ArrayBuffer or Uint8Array) holding one frame (a BATCH
+ * holds several: see decodeMessage). Throws a FrameError for anything malformed. A DATA
+ * payload is a view into `message`.
  */
 export function decodeFrame(message) {
   const bytes = message instanceof Uint8Array ? message : new Uint8Array(message);

@@ -11,7 +11,7 @@
 //         { type: 'acked', hw } · { type: 'reset', oldSid, deliveredHw }
 //         { type: 'connected', gen, node } · { type: 'rawpeer' }
 
-import { dataHeaderLength, encodeData, encodeFrame } from './frame.js';
+import { dataHeaderLength, encodeBatch, encodeData, encodeFrame, isBatchable, varintLength } from './frame.js';
 
 /** Timings and batching (PROTOCOL.md §11), in milliseconds. */
 export const DEFAULT_PROTOCOL_CONFIG = Object.freeze({
@@ -119,6 +119,41 @@ export class Protocol {
       if (typeof queued !== 'number') return queued;
       const entry = this.entry(queued);
       if (entry) return entry.frame;
+    }
+    return undefined;
+  }
+
+  /**
+   * The next message to write, or undefined: the next frame, or DATA and ACK frames that follow
+   * each other in one BATCH of at most the node's max_frame (PROTOCOL.md §2.6). A node relays one
+   * message where it would have relayed each frame; a frame alone goes as it is.
+   */
+  pollMessage() {
+    const first = this.pollFrame();
+    if (first === undefined || this.maxFrame === null || !isBatchable(first[0])) return first;
+    const group = [first];
+    let size = 1 + varintLength(first.length) + first.length;
+    for (;;) {
+      const next = this.#nextBatchable();
+      if (next === undefined) break;
+      const grown = size + varintLength(next.length) + next.length;
+      if (grown > this.maxFrame) break;
+      group.push(this.pollFrame());
+      size = grown;
+    }
+    return group.length === 1 ? first : encodeBatch(group);
+  }
+
+  /** The next frame to write if it may join a BATCH; drops acknowledged outbox entries on the way. */
+  #nextBatchable() {
+    while (this.frames.length > 0) {
+      const queued = this.frames[0];
+      const frame = typeof queued === 'number' ? this.entry(queued)?.frame : queued;
+      if (frame === undefined) {
+        this.frames.shift();
+        continue;
+      }
+      return isBatchable(frame[0]) ? frame : undefined;
     }
     return undefined;
   }

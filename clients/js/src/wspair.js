@@ -10,11 +10,12 @@
 // iterator otherwise; an application that stops iterating stops acknowledging, and so its
 // peer (PROTOCOL.md §4, §7).
 
-import { decodeFrame, encodeFrame, isKeyHex, randomKey, sidOfKey } from './frame.js';
+import { decodeFrame, decodeMessage, encodeFrame, isKeyHex, randomKey, sidOfKey } from './frame.js';
 import { Protocol, TOO_LARGE, WINDOW_FULL } from './protocol.js';
 
 export {
   decodeFrame,
+  decodeMessage,
   encodeFrame,
   decodeVarint,
   encodeVarint,
@@ -705,21 +706,23 @@ export class WspairClient extends EventTarget {
       return;
     }
     if (typeof data === 'string') return; // a v1 node sends binary frames only
-    let frame;
+    let frames;
     try {
-      frame = decodeFrame(data);
+      frames = decodeMessage(data);
     } catch {
       return; // malformed: ignored, as the Rust library does
     }
-    if (frame.kind === 'server' && frame.t === 'goaway') {
-      // Make before break: open the next connection, keep this one until it is welcomed.
-      this.#goaway = true;
-      clearTimeout(this.#retryTimer);
-      this.#retryTimer = null;
-      if (!this.#attempt) this.#startAttempt();
-      return;
+    for (const frame of frames) {
+      if (frame.kind === 'server' && frame.t === 'goaway') {
+        // Make before break: open the next connection, keep this one until it is welcomed.
+        this.#goaway = true;
+        clearTimeout(this.#retryTimer);
+        this.#retryTimer = null;
+        if (!this.#attempt) this.#startAttempt();
+        continue;
+      }
+      this.#proto.onFrame(frame, now());
     }
-    this.#proto.onFrame(frame, now());
     this.#schedulePump();
   }
 
@@ -773,7 +776,7 @@ export class WspairClient extends EventTarget {
   #writeFrames() {
     this.#proto.piggybackAck();
     let frame;
-    while ((frame = this.#proto.pollFrame()) !== undefined) {
+    while ((frame = this.#proto.pollMessage()) !== undefined) {
       if (this.#link !== null && !this.#raw) this.#link.send(frame);
     }
   }

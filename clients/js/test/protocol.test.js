@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { decodeFrame, encodeFrame } from '../src/frame.js';
+import { decodeFrame, decodeMessage, encodeFrame, KIND_BATCH } from '../src/frame.js';
 import { Protocol } from '../src/protocol.js';
 
 const WELCOME = { kind: 'server', t: 'welcome', node: 'n', gen: 1, window: { msgs: 8, bytes: 1 << 20 }, max_frame: 10240 };
@@ -176,4 +176,37 @@ test('a message belongs to the stream current when it arrived, not when events a
       ['new', restarted.sid],
     ],
   );
+});
+
+test('data and acks written together go in one BATCH within max_frame, other frames alone', () => {
+  const { a, b } = pair();
+  a.offer(false, new Uint8Array([7]), 0);
+  b.onFrame(decodeFrame(a.pollMessage()), 1);
+  assert.equal(events(b).filter((e) => e.type === 'message').length, 1);
+  b.take(b.rxSid, 1, 1);
+  for (let i = 0; i < 3; i++) b.offer(false, new Uint8Array([i, i, i, i]), 1);
+  b.piggybackAck();
+  const message = b.pollMessage();
+  assert.equal(message[0], KIND_BATCH);
+  const carried = decodeMessage(message);
+  assert.deepEqual(
+    carried.map((f) => [f.kind, f.seq ?? f.hw]),
+    [
+      ['data', 1],
+      ['data', 2],
+      ['data', 3],
+      ['ack', 1],
+    ],
+  );
+  assert.equal(b.pollMessage(), undefined);
+  // DATA of 4 bytes takes 6; two in a BATCH take 1 + 2 * (1 + 6) = 15.
+  b.maxFrame = 15;
+  for (let i = 0; i < 3; i++) b.offer(false, new Uint8Array([i, i, i, i]), 1);
+  const shapes = [];
+  let m;
+  while ((m = b.pollMessage()) !== undefined) shapes.push([m[0] === KIND_BATCH, decodeMessage(m).map((f) => f.seq)]);
+  assert.deepEqual(shapes, [
+    [true, [4, 5]],
+    [false, [6]],
+  ]);
 });

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { bytesToHex, decodeFrame, encodeFrame, FrameError, hexToBytes, sha256, sidOfKey } from '../src/frame.js';
+import { bytesToHex, decodeFrame, decodeMessage, encodeFrame, FrameError, hexToBytes, sha256, sidOfKey } from '../src/frame.js';
 import { repoRoot } from './harness.js';
 
 /** The vectors, with integers too large for a double kept exact (as bigints). */
@@ -72,5 +72,34 @@ test('every key gives its sid, and SHA-256 agrees with node:crypto', () => {
   for (const length of [0, 1, 16, 55, 56, 63, 64, 65, 1000]) {
     const bytes = randomBytes(length);
     assert.equal(bytesToHex(sha256(bytes)), createHash('sha256').update(bytes).digest('hex'), `${length} bytes`);
+  }
+});
+
+/** A DATA or ACK meaning as the codec decodes it. */
+function dataOrAck(meaning) {
+  if (meaning.kind === 'data') {
+    return { kind: 'data', seq: position(meaning.seq), text: meaning.text, payload: meaning.payload_hex };
+  }
+  return { kind: 'ack', sid: meaning.sid, hw: position(meaning.hw) };
+}
+
+test('every message carries its frames in order, a BATCH each of its own', () => {
+  assert.ok(vectors.messages.length >= 5);
+  for (const v of vectors.messages) {
+    const frames = decodeMessage(hexToBytes(v.hex)).map((f) =>
+      f.kind === 'data' ? { ...f, payload: bytesToHex(f.payload) } : f,
+    );
+    assert.deepEqual(frames, v.frames.map(dataOrAck), v.name);
+  }
+});
+
+test('every invalid message is refused with its error', () => {
+  assert.ok(vectors.invalid_messages.length >= 8);
+  for (const v of vectors.invalid_messages) {
+    assert.throws(
+      () => decodeMessage(hexToBytes(v.hex)),
+      (e) => e instanceof FrameError && e.code === v.error,
+      `${v.name}: expected ${v.error}`,
+    );
   }
 });

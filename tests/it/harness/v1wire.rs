@@ -97,6 +97,16 @@ pub fn ack(sid: u64, hw: u64) -> Vec<u8> {
     frame
 }
 
+/// A BATCH of `frames` (PROTOCOL.md §2.6).
+pub fn batch(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![0x07];
+    for frame in frames {
+        put_varint(&mut out, frame.len() as u64);
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
 /// A PEER `sync` frame.
 pub fn sync(sid: u64, generation: u32, base: u64, next: u64, rx: Option<(u64, u64)>) -> Vec<u8> {
     let rx = match rx {
