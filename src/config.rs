@@ -569,6 +569,17 @@ impl RateLimits {
     pub fn is_off(&self) -> bool {
         self.messages_per_second == 0 && self.bytes_per_second == 0
     }
+
+    /// The most DATA frames one wspair.v1 BATCH may hold under the message rate: one burst's
+    /// worth (at least one), so that a BATCH passes as its messages would one by one, never
+    /// as a lump beyond the burst. `None` without a message rate.
+    pub fn max_batch(&self) -> Option<u32> {
+        (self.messages_per_second > 0).then(|| {
+            let burst = f64::from(self.messages_per_second) * self.burst.as_secs_f64();
+            // Saturating: a burst beyond u32 messages is no limit a BATCH can reach.
+            (burst.floor() as u32).max(1)
+        })
+    }
 }
 
 /// Settings of the WebSocket side (`outer.*`).

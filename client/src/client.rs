@@ -53,7 +53,7 @@ use crate::config::Config;
 use crate::connection::{Conn, OpenError, Target, Ws, loggable, open, raw_message};
 use crate::error::Error;
 use crate::event::Event;
-use crate::frame::{Frame, NodeMsg, ServerMsg, decode_message, sid_of_key};
+use crate::frame::{Frame, NodeMsg, ServerMsg, decode_message, frames_in, sid_of_key};
 use crate::protocol::{Protocol, ProtocolConfig, SendError};
 
 /// Events the core holds for the application before the task stops reading the socket.
@@ -384,7 +384,8 @@ struct Pumped {
     for_task: bool,
 }
 
-/// Reads what the socket already holds, up to `limit` messages, and hands it to the state
+/// Reads what the socket already holds, until `limit` frames (each of a BATCH counted, so the
+/// event queue stays bounded whatever the batches hold), and hands it to the state
 /// machine under one lock of the core and one reading of the clock: one wake-up and one write
 /// for a burst of frames rather than one per frame. The burst is read before the core is
 /// locked (no socket operation under that lock).
@@ -408,7 +409,9 @@ fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
     }
     let mut cx = Context::from_waker(&shared.read_waker);
     pumped.dry = false;
-    while batch.len() < limit {
+    // Frames read, each of a BATCH counted: each may become an event to queue.
+    let mut frames = 0;
+    while frames < limit {
         let msg = match source.poll_next_unpin(&mut cx) {
             Poll::Pending => {
                 pumped.dry = true;
@@ -417,7 +420,14 @@ fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
             Poll::Ready(msg) => msg,
         };
         match msg {
-            Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => batch.push(msg),
+            Some(Ok(Message::Binary(bytes))) => {
+                frames += frames_in(&bytes);
+                batch.push(Message::Binary(bytes));
+            }
+            Some(Ok(msg @ Message::Text(_))) => {
+                frames += 1;
+                batch.push(msg);
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.as_ref().map(|f| u16::from(f.code));

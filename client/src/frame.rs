@@ -171,6 +171,9 @@ pub struct Welcome {
     pub window: Window,
     /// The largest frame the node accepts, header included.
     pub max_frame: u64,
+    /// The most DATA frames a BATCH may hold, when the node limits it (its message rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u64>,
     /// When the connection's client token expires (the node requires tokens): the session is
     /// closed with 4003 then, unless a fresh token was accepted first.
     #[serde(
@@ -544,6 +547,27 @@ impl Iterator for Frames {
     }
 }
 
+/// How many frames a binary message holds: those of a BATCH, found by their lengths alone, or
+/// one. A reader that bounds what it queues counts frames, not messages.
+pub fn frames_in(message: &[u8]) -> usize {
+    if message.first() != Some(&KIND_BATCH) {
+        return 1;
+    }
+    let mut rest = &message[1..];
+    let mut frames = 0;
+    while let Ok((len, n)) = get_varint(rest) {
+        frames += 1;
+        let Some(next) = usize::try_from(len)
+            .ok()
+            .and_then(|len| rest.get(n + len..))
+        else {
+            break;
+        };
+        rest = next;
+    }
+    frames.max(1)
+}
+
 /// Whether a frame of kind `kind` may go into a BATCH.
 pub fn batchable(kind: u8) -> bool {
     matches!(kind, KIND_DATA_BINARY | KIND_DATA_TEXT | KIND_ACK)
@@ -749,6 +773,7 @@ mod tests {
                 bytes: 1_048_576,
             },
             max_frame: 10_240,
+            max_batch: None,
             token_exp: None,
         };
         round_trip(Frame::Server(ServerMsg::Welcome(welcome.clone())));
@@ -790,6 +815,18 @@ mod tests {
         round_trip(Frame::Server(ServerMsg::Goaway {
             reason: "drain".into(),
         }));
+    }
+
+    #[test]
+    fn frames_in_counts_a_batch_by_its_lengths() {
+        assert_eq!(frames_in(&[KIND_DATA_BINARY, 1, 9]), 1);
+        assert_eq!(frames_in(&[KIND_BATCH, 3, 1, 1, 9, 3, 1, 2, 9, 1, 3]), 3);
+        assert_eq!(
+            frames_in(&[KIND_BATCH, 9, 1]),
+            1,
+            "a malformed BATCH counts once"
+        );
+        assert_eq!(frames_in(&[KIND_BATCH]), 1);
     }
 
     #[test]

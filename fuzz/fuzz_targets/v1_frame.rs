@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             .collect::<Result<Vec<_>, _>>()
             .map(|frames| frames.len());
         assert_eq!(node.ok(), library.ok(), "the node and the library agree");
-        let _ = ClientFrame::ack_for(data, 1);
+        let _ = ClientFrame::written(data, 1);
         let _ = unwrap_data::<()>(&Bytes::copy_from_slice(data), |_, _| Ok(()));
     }
 });

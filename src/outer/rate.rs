@@ -165,8 +165,9 @@ impl RateLimiter {
     }
 
     /// How many messages a frame a wspair.v1 client sent counts for against its limits (0: it
-    /// passes free), `written` being the messages of its peer written to it so far (not server
-    /// frames, not flushes: a client must not buy free frames with requests the node answers).
+    /// passes free), `written` being the DATA of its peer written to it so far, each of a BATCH
+    /// counted (not server frames, not flushes: a client must not buy free frames with
+    /// requests the node answers).
     ///
     /// Each DATA counts, those of a BATCH included. ACK and PEER frames answer what the client
     /// receives (a library acknowledges what it delivered, and sends `sync` when its peer
@@ -185,19 +186,14 @@ impl RateLimiter {
         };
         match frame.first() {
             Some(&frame::ACK | &frame::PEER) => control(self),
-            Some(&frame::BATCH) => {
-                // The frame was checked when it was read.
-                let Ok(frames) = frame::BatchFrames::new(&frame[1..]) else {
-                    return 1;
-                };
-                frames
-                    .flatten()
-                    .map(|(parsed, _)| match parsed {
-                        frame::ClientFrame::Ack { .. } => control(self),
-                        _ => 1,
-                    })
-                    .sum()
-            }
+            // The frame was checked when it was read.
+            Some(&frame::BATCH) => frame::inner_frames(&frame[1..])
+                .flatten()
+                .map(|inner| match inner.first() {
+                    Some(&frame::ACK) => control(self),
+                    _ => 1,
+                })
+                .sum(),
             _ => 1,
         }
     }

@@ -209,10 +209,9 @@ pub fn run(
             Box::new(V1Session::new(
                 client,
                 watch,
-                &ctx.v1,
+                (&ctx.v1, &ctx.config),
                 ctx.router.me().id,
                 claim.handle.id,
-                ctx.config.max_frame_size,
                 token_expires.map(auth::unix_seconds),
             ))
         });
@@ -575,10 +574,9 @@ impl Session {
     #[cold]
     fn send_within_rate(&mut self, message: Message) -> Option<CloseReason> {
         let rate = self.rate.as_mut().expect("called with a limiter");
-        let answered = self.traffic.messages_written;
-        let messages = match self.v1 {
+        let messages = match &self.v1 {
             None => 1,
-            Some(_) => rate.charge_v1(&message.payload, answered),
+            Some(v1) => rate.charge_v1(&message.payload, v1.data_written()),
         };
         let over = if messages > 0 {
             rate.take_many(messages, message.payload.len(), Instant::now())

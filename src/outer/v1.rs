@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use yawc::Frame;
 
 use super::close::CloseReason;
-use crate::config::V1Config;
+use crate::config::{OuterConfig, V1Config};
 use crate::hub::{Hub, Peer, PeerWatch};
 use crate::node::{Incarnation, NodeId};
 use crate::pair::{ChannelId, Message, MessageKind, Role};
@@ -39,6 +39,10 @@ pub struct V1Session {
     /// When the client's last `token` request was checked: checks are spaced by
     /// [`TOKEN_CHECK_INTERVAL`].
     token_checked_at: Option<Instant>,
+    /// The most DATA a BATCH of the client may hold (`welcome.max_batch`), if limited.
+    max_batch: Option<u32>,
+    /// DATA frames of the peer written to the client (each of a BATCH): what its ACKs answer.
+    data_written: u64,
 }
 
 /// The shortest time between two token checks of one session. A signature check costs tens of
@@ -62,18 +66,18 @@ impl V1Session {
     pub fn new(
         client: ClientId,
         watch: Arc<PeerWatch>,
-        config: &V1Config,
+        (config, outer): (&V1Config, &OuterConfig),
         node: NodeId,
         session: u64,
-        max_frame: usize,
         token_exp: Option<f64>,
     ) -> V1Session {
+        let max_batch = outer.rate.max_batch();
         let welcome = frame::welcome(
             &node.to_string(),
             session,
             client,
             (config.window, config.window_bytes),
-            max_frame,
+            (outer.max_frame_size, max_batch),
             token_exp,
         );
         V1Session {
@@ -84,7 +88,14 @@ impl V1Session {
             pending: VecDeque::from([welcome]),
             token_answer: None,
             token_checked_at: None,
+            max_batch,
+            data_written: 0,
         }
+    }
+
+    /// DATA frames of the peer written to the client so far, each of a BATCH counted.
+    pub fn data_written(&self) -> u64 {
+        self.data_written
     }
 
     /// Looks at the hub's record of the peer if it changed since the last look (or the node
@@ -155,8 +166,15 @@ impl V1Session {
         let (_, _, payload) = frame.into_parts();
         if payload.first() == Some(&frame::BATCH) {
             let frames = BatchFrames::new(&payload[1..]).map_err(|_| CloseReason::V1Malformed)?;
+            let mut data = 0u32;
             for inner in frames {
                 let (parsed, bytes) = inner.map_err(|_| CloseReason::V1Malformed)?;
+                if let ClientFrame::Data { .. } = parsed {
+                    data += 1;
+                    if self.max_batch.is_some_and(|max| data > max) {
+                        return Err(CloseReason::V1Window);
+                    }
+                }
                 self.check(parsed, bytes.len())?;
             }
         } else {
@@ -197,12 +215,17 @@ impl V1Session {
     pub fn outgoing(&mut self, message: Message) -> Frame {
         match message.kind {
             MessageKind::V1 => {
-                if let Some(hw) = ClientFrame::ack_for(&message.payload, self.client.sid) {
+                let written = ClientFrame::written(&message.payload, self.client.sid);
+                if let Some(hw) = written.ack {
                     self.window.on_ack(hw);
                 }
+                self.data_written += written.data;
                 Frame::binary(message.payload)
             }
-            kind => Frame::binary(frame::wrap_unnumbered(kind, &message.payload)),
+            kind => {
+                self.data_written += 1;
+                Frame::binary(frame::wrap_unnumbered(kind, &message.payload))
+            }
         }
     }
 }
@@ -244,10 +267,9 @@ mod tests {
         let mut session = V1Session::new(
             client,
             Arc::new(PeerWatch::default()),
-            &config,
+            (&config, &crate::config::Config::default().outer),
             NodeId::generate(),
             1,
-            1024,
             None,
         );
         for n in 0..10_000 {
@@ -265,5 +287,45 @@ mod tests {
             "the last one"
         );
         assert_eq!(session.next_server_frame(), None);
+    }
+
+    #[test]
+    fn the_data_written_to_a_client_count_each_of_a_batch() {
+        let config = V1Config {
+            enabled: true,
+            window: 16,
+            window_bytes: 1 << 16,
+        };
+        let client = ClientId {
+            sid: 7,
+            generation: 1,
+        };
+        let mut session = V1Session::new(
+            client,
+            Arc::new(PeerWatch::default()),
+            (&config, &crate::config::Config::default().outer),
+            NodeId::generate(),
+            1,
+            None,
+        );
+        let message = |payload: &[u8]| Message {
+            kind: MessageKind::V1,
+            payload: Bytes::copy_from_slice(payload),
+            origin: None,
+        };
+        // Three DATA and an ACK of stream 7 up to 2, in one BATCH.
+        let mut batch = vec![frame::BATCH];
+        for seq in 1..=3 {
+            batch.extend_from_slice(&[3, frame::DATA_BINARY, seq, b'x']);
+        }
+        batch.extend_from_slice(&[10, frame::ACK, 0, 0, 0, 0, 0, 0, 0, 7, 2]);
+        session.outgoing(message(&batch));
+        session.outgoing(message(&[frame::DATA_TEXT, 0, b'y']));
+        session.outgoing(Message {
+            kind: MessageKind::Binary,
+            payload: Bytes::from_static(b"raw"),
+            origin: None,
+        });
+        assert_eq!(session.data_written(), 5);
     }
 }

@@ -138,12 +138,53 @@ impl ClientFrame {
     }
 }
 
-/// The frames of a BATCH, each with its bytes, one at a time: a node checks each DATA against
-/// the window as it goes. The iteration stops after the first error.
+/// The frames of a BATCH body (the message after its kind byte), as bytes, found by their
+/// lengths alone: for a node that looks at frames it checked when it read them. Stops at the
+/// first length that runs past the end.
+pub fn inner_frames(body: &[u8]) -> InnerFrames<'_> {
+    InnerFrames { rest: body }
+}
+
+/// See [`inner_frames`].
+#[derive(Debug, Clone)]
+pub struct InnerFrames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> InnerFrames<'a> {
+    fn next_frame(&mut self) -> Result<&'a [u8], FrameError> {
+        let (len, used) = read_varint(self.rest)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| used.checked_add(len))
+            .filter(|&end| end <= self.rest.len())
+            .ok_or(FrameError::Batch("a frame runs past the end"))?;
+        let frame = &self.rest[used..end];
+        self.rest = &self.rest[end..];
+        Ok(frame)
+    }
+}
+
+impl<'a> Iterator for InnerFrames<'a> {
+    type Item = Result<&'a [u8], FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let item = self.next_frame();
+        if item.is_err() {
+            self.rest = &[];
+        }
+        Some(item)
+    }
+}
+
+/// The frames of a BATCH, parsed and each with its bytes, one at a time: a node checks each
+/// DATA against the window as it goes. The iteration stops after the first error.
 #[derive(Debug, Clone)]
 pub struct BatchFrames<'a> {
-    rest: &'a [u8],
-    failed: bool,
+    frames: InnerFrames<'a>,
 }
 
 impl<'a> BatchFrames<'a> {
@@ -153,25 +194,8 @@ impl<'a> BatchFrames<'a> {
             return Err(FrameError::Batch("no frame"));
         }
         Ok(BatchFrames {
-            rest: body,
-            failed: false,
+            frames: inner_frames(body),
         })
-    }
-
-    fn next_frame(&mut self) -> Result<(ClientFrame, &'a [u8]), FrameError> {
-        let (len, used) = read_varint(self.rest)?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| used.checked_add(len))
-            .filter(|&end| end <= self.rest.len())
-            .ok_or(FrameError::Batch("a frame runs past the end"))?;
-        let frame = &self.rest[used..end];
-        self.rest = &self.rest[end..];
-        match frame.first() {
-            Some(&(DATA_BINARY | DATA_TEXT | ACK)) => Ok((ClientFrame::parse(frame)?, frame)),
-            Some(_) => Err(FrameError::Batch("only DATA and ACK frames may be batched")),
-            None => Err(FrameError::Empty),
-        }
     }
 }
 
@@ -179,11 +203,14 @@ impl<'a> Iterator for BatchFrames<'a> {
     type Item = Result<(ClientFrame, &'a [u8]), FrameError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() || self.failed {
-            return None;
+        let item = self.frames.next()?.and_then(|frame| match frame.first() {
+            Some(&(DATA_BINARY | DATA_TEXT | ACK)) => Ok((ClientFrame::parse(frame)?, frame)),
+            Some(_) => Err(FrameError::Batch("only DATA and ACK frames may be batched")),
+            None => Err(FrameError::Empty),
+        });
+        if item.is_err() {
+            self.frames.rest = &[];
         }
-        let item = self.next_frame();
-        self.failed = item.is_err();
         Some(item)
     }
 }
@@ -289,11 +316,8 @@ pub fn unwrap_data<E>(
     if frame.first() != Some(&BATCH) {
         return unwrap_one(0, frame.len());
     }
-    let Ok(frames) = BatchFrames::new(&frame[1..]) else {
-        return Ok(());
-    };
     let start = frame.as_ptr() as usize;
-    for (_, inner) in frames.flatten() {
+    for inner in inner_frames(&frame[1..]).flatten() {
         unwrap_one(inner.as_ptr() as usize - start, inner.len())?;
     }
     Ok(())
@@ -311,25 +335,37 @@ impl ClientFrame {
         Some((kind == DATA_TEXT, 1 + used))
     }
 
-    /// The highest mark the ACKs of `frame` (an ACK, or those of a BATCH) give stream `sid`.
-    pub fn ack_for(frame: &[u8], sid: u64) -> Option<u64> {
-        let of = |frame: &[u8]| match ClientFrame::parse(frame) {
-            Ok(ClientFrame::Ack { sid: acked, hw }) if acked == sid => Some(hw),
-            _ => None,
+    /// What `frame` (checked when it was read) carries to a client of stream `sid`: the
+    /// highest mark its ACKs give that stream, and how many DATA it holds (each of a BATCH).
+    /// DATA payloads are not looked at.
+    pub fn written(frame: &[u8], sid: u64) -> Written {
+        let mut written = Written::default();
+        let mut one = |frame: &[u8]| match frame.first() {
+            Some(&(DATA_BINARY | DATA_TEXT)) => written.data += 1,
+            Some(&ACK) => {
+                if let Ok(ClientFrame::Ack { sid: acked, hw }) = ClientFrame::parse(frame)
+                    && acked == sid
+                {
+                    written.ack = written.ack.max(Some(hw));
+                }
+            }
+            _ => {}
         };
         match frame.first() {
-            Some(&ACK) => of(frame),
-            Some(&BATCH) => BatchFrames::new(&frame[1..])
-                .ok()?
-                .flatten()
-                .filter_map(|(parsed, _)| match parsed {
-                    ClientFrame::Ack { sid: acked, hw } if acked == sid => Some(hw),
-                    _ => None,
-                })
-                .max(),
-            _ => None,
+            Some(&BATCH) => inner_frames(&frame[1..]).flatten().for_each(&mut one),
+            _ => one(frame),
         }
+        written
     }
+}
+
+/// What a frame written to a v1 client carries; see [`ClientFrame::written`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The highest mark the frame's ACKs give the client's stream.
+    pub ack: Option<u64>,
+    /// DATA frames: one, or those of a BATCH.
+    pub data: u64,
 }
 
 /// A SERVER frame holding `body`.
@@ -340,14 +376,15 @@ fn server(body: &serde_json::Value) -> Bytes {
     frame.freeze()
 }
 
-/// The first frame on every v1 connection. `token_exp` is when the client's token expires,
-/// in seconds since the Unix epoch, when it has one (`auth.*`).
+/// The first frame on every v1 connection. `max_batch` is the most DATA a BATCH may hold, when
+/// the node limits it (`outer.max-messages-per-second`); `token_exp` is when the client's token
+/// expires, in seconds since the Unix epoch, when it has one (`auth.*`).
 pub fn welcome(
     node: &str,
     session: u64,
     client: ClientId,
     window: (u32, u64),
-    max_frame: usize,
+    (max_frame, max_batch): (usize, Option<u32>),
     token_exp: Option<f64>,
 ) -> Bytes {
     let mut welcome = serde_json::json!({
@@ -355,6 +392,9 @@ pub fn welcome(
         "sid": format!("{:016x}", client.sid), "gen": client.generation,
         "window": {"msgs": window.0, "bytes": window.1}, "max_frame": max_frame,
     });
+    if let Some(max_batch) = max_batch {
+        welcome["max_batch"] = max_batch.into();
+    }
     if let Some(exp) = token_exp {
         welcome["token_exp"] = exp.into();
     }
@@ -539,8 +579,14 @@ mod tests {
                 Ok((ClientFrame::Ack { sid: 8, hw: 99 }, 10)),
             ]
         );
-        assert_eq!(ClientFrame::ack_for(&frames, 7), Some(42));
-        assert_eq!(ClientFrame::ack_for(&frames, 9), None);
+        assert_eq!(
+            ClientFrame::written(&frames, 7),
+            Written {
+                ack: Some(42),
+                data: 2
+            }
+        );
+        assert_eq!(ClientFrame::written(&frames, 9).ack, None);
         let mut unwrapped = Vec::new();
         unwrap_data::<()>(&frames, |kind, payload| {
             unwrapped.push((kind, payload));
@@ -600,8 +646,14 @@ mod tests {
             ClientFrame::parse(&frame),
             Ok(ClientFrame::Ack { sid: 7, hw: 42 })
         );
-        assert_eq!(ClientFrame::ack_for(&frame, 7), Some(42));
-        assert_eq!(ClientFrame::ack_for(&frame, 8), None);
+        assert_eq!(
+            ClientFrame::written(&frame, 7),
+            Written {
+                ack: Some(42),
+                data: 0
+            }
+        );
+        assert_eq!(ClientFrame::written(&frame, 8), Written::default());
         frame.push(0);
         assert_eq!(ClientFrame::parse(&frame), Err(FrameError::ShortAck));
         assert_eq!(ClientFrame::parse(&frame[..5]), Err(FrameError::ShortAck));

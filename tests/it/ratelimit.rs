@@ -390,3 +390,37 @@ async fn token_requests_count_against_the_rate_and_buy_no_free_peer_frames() {
     );
     node.shutdown().await;
 }
+
+/// Under a message rate, `welcome` names the most DATA a BATCH may hold (one burst's worth), so
+/// a BATCH passes as its messages would one by one: within it, relayed at once; beyond it,
+/// 4008 before anything of it is relayed.
+#[tokio::test]
+async fn a_v1_batch_holds_at_most_one_burst_of_data() {
+    use crate::harness::v1wire::{self, APP_KEY, batch, data};
+
+    let node = TestNode::start(limited(10, 0, RateAction::Close)).await;
+    let id = random_channel_id();
+    let mut web = v1wire::connect(&node.url(Role::Web, id.as_str()), v1wire::WEB_KEY, 1).await;
+    let welcome = web.recv_server().await;
+    assert_eq!(welcome["max_batch"], 10, "{welcome}");
+    web.recv_server().await;
+    let mut app = v1wire::connect(&node.url(Role::App, id.as_str()), APP_KEY, 1).await;
+    app.welcomed().await;
+    web.recv_server().await;
+    let ten: Vec<Vec<u8>> = (0..10).map(|_| data(0, false, b"x")).collect();
+    app.send(batch(&ten)).await;
+    assert_eq!(web.recv().await, batch(&ten), "one burst passes at once");
+    let mut eleven = ten.clone();
+    eleven.push(data(0, false, b"y"));
+    app.send(batch(&eleven)).await;
+    match app.ending().await {
+        Ending::Close(4008, _) => {}
+        other => panic!("ended with {other:?}"),
+    }
+    // The web is told its peer went away, and nothing else.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
+        assert_eq!(frame[0], 0x05, "only SERVER frames, not {frame:?}");
+    }
+    node.shutdown().await;
+}

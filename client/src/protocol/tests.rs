@@ -24,6 +24,7 @@ fn welcome(r#gen: u32, msgs: u64, bytes: u64) -> Frame {
         r#gen,
         window: Window { msgs, bytes },
         max_frame: 1 << 20,
+        max_batch: None,
         token_exp: None,
     }))
 }
@@ -462,6 +463,7 @@ fn a_frame_above_max_frame_is_refused() {
             r#gen: 1,
             window: DEFAULT_WINDOW,
             max_frame: 10,
+            max_batch: None,
             token_exp: None,
         })),
         now,
@@ -1225,4 +1227,22 @@ fn an_acknowledged_message_is_left_out_of_a_batch() {
     let written = messages(&mut p);
     assert_eq!(written.len(), 1);
     assert_eq!(data_seqs(&written[0].1), vec![3]);
+}
+
+#[test]
+fn a_batch_holds_at_most_max_batch_data_and_acks_beyond_them() {
+    let now = Instant::now();
+    let mut p = synced(A, B, now);
+    p.max_batch = Some(2);
+    p.on_frame(data(1, "x"), now);
+    p.take(B, 1, || now);
+    for seq in 1..=5u8 {
+        p.send(false, Bytes::from(vec![seq]), now).unwrap();
+    }
+    p.piggyback_ack();
+    let shape: Vec<(usize, usize)> = messages(&mut p)
+        .iter()
+        .map(|(_, frames)| (data_seqs(frames).len(), acks(frames).len()))
+        .collect();
+    assert_eq!(shape, [(2, 0), (2, 0), (1, 1)]);
 }

@@ -215,6 +215,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, node: String) {
             r#gen,
             window,
             max_frame: 65_536,
+            max_batch: None,
             token_exp: None,
         })));
         let me = Session {

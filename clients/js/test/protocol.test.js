@@ -210,3 +210,13 @@ test('data and acks written together go in one BATCH within max_frame, other fra
     [false, [6]],
   ]);
 });
+
+test('a BATCH holds at most the welcome max_batch DATA', () => {
+  const { a } = pair();
+  a.maxBatch = 2;
+  for (let i = 0; i < 5; i++) a.offer(false, new Uint8Array([i]), 0);
+  const counts = [];
+  let m;
+  while ((m = a.pollMessage()) !== undefined) counts.push(decodeMessage(m).length);
+  assert.deepEqual(counts, [2, 2, 1]);
+});
