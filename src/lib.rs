@@ -17,6 +17,7 @@
 //! See ARCHITECTURE.md for the map of the modules.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod budget;

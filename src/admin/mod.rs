@@ -97,18 +97,8 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, remote_addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    debug!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote_addr)) = crate::accept::next(&listener, &shutdown, "admin").await
+    {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             debug!(%remote_addr, "admin connection closed: {MAX_CONNECTIONS} are open");
             continue;

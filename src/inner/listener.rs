@@ -42,18 +42,8 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(ctx.config.max_handshakes));
-    loop {
-        let (stream, remote_addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    crate::warn_throttled!(error = %err, "inner accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote_addr)) = crate::accept::next(&listener, &shutdown, "inner").await
+    {
         // Connections that have not authenticated are capped: beyond inner.max-handshakes,
         // a new one is cut at once rather than holding a task, a buffer and a timer.
         let Ok(handshaking) = Arc::clone(&handshakes).try_acquire_owned() else {

@@ -178,20 +178,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<OuterContext>) {
             }
         }
     });
-    loop {
-        let (stream, remote_addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Running out of file descriptors is the usual cause; pausing lets
-                    // closing sessions free some instead of spinning.
-                    crate::warn_throttled!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote_addr)) =
+        crate::accept::next(&listener, &shutdown, "client").await
+    {
         let route = proxied::route(ctx.config(), remote_addr.ip());
         let admitted = match route {
             Route::Direct => ctx.limits.admit(remote_addr.ip()),

@@ -32,6 +32,19 @@ fn body(response: &RawResponse) -> serde_json::Value {
     serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
 }
 
+/// Polls `GET /admin/drain` until the drain is done, at most `within`; returns the last
+/// progress read (not done if it timed out).
+async fn drain_progress_once_done(node: &TestNode, within: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let progress = body(&call(node, "GET", "/admin/drain").await);
+        if progress["done"] == true || std::time::Instant::now() >= deadline {
+            return progress;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn probes_are_open_and_everything_else_needs_the_token() {
     let node = node_with_token().await;
@@ -253,15 +266,7 @@ async fn a_drain_from_the_admin_api_moves_v1_clients_under_load_and_loses_nothin
     .await;
     assert_eq!(refused.status, 503);
 
-    let mut progress = serde_json::Value::Null;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        progress = body(&call(&a, "GET", "/admin/drain").await);
-        if progress["done"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let progress = drain_progress_once_done(&a, Duration::from_secs(15)).await;
     assert_eq!(progress["done"], true, "{progress}");
     assert_eq!(progress["v1_left"], 0, "{progress}");
     assert_eq!(progress["goaway_sent"], 2, "{progress}");
@@ -472,16 +477,9 @@ async fn a_drain_that_waits_for_raw_clients_ends_when_they_leave() {
         node.router.hub.counts().0 == 0
     })
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let progress = body(&call(&node, "GET", "/admin/drain").await);
-        if progress["done"] == true {
-            assert_eq!(progress["raw_left"], 0);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{progress}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let progress = drain_progress_once_done(&node, Duration::from_secs(5)).await;
+    assert_eq!(progress["done"], true, "{progress}");
+    assert_eq!(progress["raw_left"], 0);
     node.shutdown().await;
 }
 

@@ -318,7 +318,6 @@ async fn each_data_of_a_batch_counts_against_the_window_and_a_batched_ack_frees_
     ))
     .await;
     assert!(matches!(app.ending().await, Ending::Close(4008, _)));
-
     node.shutdown().await;
 }
 
