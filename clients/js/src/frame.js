@@ -48,6 +48,11 @@ const TWO_POW_64 = 1n << 64n;
 
 /** How many bytes the LEB128 encoding of `value` takes (1 to 10). */
 export function varintLength(value) {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) {
+    let n = 1;
+    for (let v = value; v >= 0x80; v = Math.floor(v / 0x80)) n += 1;
+    return n;
+  }
   let v = BigInt(value);
   let n = 1;
   while (v >= 0x80n) {
