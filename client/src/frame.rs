@@ -171,7 +171,7 @@ pub struct Welcome {
     pub window: Window,
     /// The largest frame the node accepts, header included.
     pub max_frame: u64,
-    /// The most DATA frames a BATCH may hold, when the node limits it (its message rate).
+    /// The most frames a BATCH may hold, when the node limits it (its message rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u64>,
     /// When the connection's client token expires (the node requires tokens): the session is
@@ -559,7 +559,8 @@ pub fn frames_in(message: &[u8]) -> usize {
         frames += 1;
         let Some(next) = usize::try_from(len)
             .ok()
-            .and_then(|len| rest.get(n + len..))
+            .and_then(|len| n.checked_add(len))
+            .and_then(|end| rest.get(end..))
         else {
             break;
         };
@@ -827,6 +828,11 @@ mod tests {
             "a malformed BATCH counts once"
         );
         assert_eq!(frames_in(&[KIND_BATCH]), 1);
+        // A length near 2^64 (a raw peer's message may start with 0x07): no overflow, no spin.
+        let huge = [
+            KIND_BATCH, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert_eq!(frames_in(&huge), 1);
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub struct Protocol {
     connections: u64,
     window: Window,
     max_frame: Option<u64>,
-    /// The most DATA a BATCH may hold (`welcome.max_batch`), when the node limits it.
+    /// The most frames a BATCH may hold (`welcome.max_batch`), when the node limits it.
     max_batch: Option<u64>,
 
     // Sender (§3, §7).
@@ -402,7 +402,7 @@ impl Protocol {
 
     /// Appends the next WebSocket message to write to `buf`: the next frame, or, when DATA and
     /// ACK frames follow each other in the queue, as many of them as fit in the node's
-    /// `max_frame` in one BATCH, with at most its `max_batch` DATA (PROTOCOL.md §2.6). A node
+    /// `max_frame` in one BATCH, of at most its `max_batch` frames (PROTOCOL.md §2.6). A node
     /// then reads, queues and writes one message where it would have handled each frame.
     /// Returns whether a message was appended.
     pub fn poll_message_into(&mut self, buf: &mut BytesMut) -> bool {
@@ -418,15 +418,14 @@ impl Protocol {
         }
         let first = buf.len() - start;
         let mut frames = 1;
-        let mut data = u64::from(buf[start] != KIND_ACK);
-        while let Some((next, is_data)) = self.next_batchable() {
+        while let Some(next) = self.next_batchable_len() {
             let len = if frames == 1 {
                 1 + varint_len(first as u64) + first
             } else {
                 buf.len() - start
             };
             if len + varint_len(next as u64) + next > max
-                || (is_data && self.max_batch.is_some_and(|most| data >= most))
+                || self.max_batch.is_some_and(|most| frames >= most)
             {
                 break;
             }
@@ -441,28 +440,26 @@ impl Protocol {
             let appended = self.poll_frame_into(buf);
             debug_assert!(appended, "the frame measured is the next");
             frames += 1;
-            data += u64::from(is_data);
         }
         true
     }
 
-    /// The length of the next frame to write if it may join a BATCH (DATA or ACK), and whether
-    /// it is DATA; outbox entries acknowledged before their turn are dropped on the way, as
-    /// writing skips them.
-    fn next_batchable(&mut self) -> Option<(usize, bool)> {
+    /// The length of the next frame to write if it may join a BATCH (DATA or ACK); outbox
+    /// entries acknowledged before their turn are dropped on the way, as writing skips them.
+    fn next_batchable_len(&mut self) -> Option<usize> {
         loop {
             return match self.frames.front()? {
                 Queued::Outbox(seq) => match self.entry(*seq) {
-                    Some(entry) => Some((entry.len, true)),
+                    Some(entry) => Some(entry.len),
                     None => {
                         self.frames.pop_front();
                         continue;
                     }
                 },
                 Queued::Frame(Frame::Data { seq, payload, .. }) => {
-                    Some((data_header_len(*seq) + payload.len(), true))
+                    Some(data_header_len(*seq) + payload.len())
                 }
-                Queued::Frame(Frame::Ack { hw, .. }) => Some((1 + 8 + varint_len(*hw), false)),
+                Queued::Frame(Frame::Ack { hw, .. }) => Some(1 + 8 + varint_len(*hw)),
                 Queued::Frame(_) => None,
             };
         }

@@ -6,6 +6,7 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
 use support::Relay;
 use wspair_client::{Client, Config, Error, Event, Presence, Role};
 
@@ -207,6 +208,20 @@ async fn a_missing_subprotocol_echo_fails_or_falls_back_to_raw() {
             Event::Message {
                 text: true,
                 payload: "echo me".into(),
+                seq: 0
+            }
+        );
+        // A raw message that starts like a BATCH with a length near 2^64 is a raw message.
+        let like_a_batch: &[u8] = &[
+            0x07, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        c.send_binary(like_a_batch).await.unwrap();
+        let (e, _) = until(&mut c, |e| matches!(e, Event::Message { .. })).await;
+        assert_eq!(
+            e,
+            Event::Message {
+                text: false,
+                payload: Bytes::from_static(like_a_batch),
                 seq: 0
             }
         );

@@ -125,7 +125,7 @@ impl RateLimiter {
     }
 
     /// As [`Self::take`], for `messages` messages of `bytes` bytes in all, arrived together
-    /// (a wspair.v1 BATCH).
+    /// (a wspair.v1 BATCH); with `messages` 0 (a free control frame) only the bytes count.
     pub fn take_many(
         &mut self,
         messages: u64,
@@ -136,6 +136,7 @@ impl RateLimiter {
         let message_cost = self
             .messages
             .as_ref()
+            .filter(|_| messages > 0)
             .map(|bucket| bucket.time_for(messages));
         let byte_cost = self
             .bytes
@@ -164,17 +165,17 @@ impl RateLimiter {
         held_by.map(|limit| (at, limit))
     }
 
-    /// How many messages a frame a wspair.v1 client sent counts for against its limits (0: it
-    /// passes free), `written` being the DATA of its peer written to it so far, each of a BATCH
-    /// counted (not server frames, not flushes: a client must not buy free frames with
-    /// requests the node answers).
+    /// How many messages a frame a wspair.v1 client sent counts for against its message rate
+    /// (0: free of it; its bytes count whatever this says), `written` being the DATA and PEER
+    /// frames of its peer written to it so far, each of a BATCH counted (not server frames, not
+    /// flushes: a client must not buy free frames with requests the node answers).
     ///
     /// Each DATA counts, those of a BATCH included. ACK and PEER frames answer what the client
     /// receives (a library acknowledges what it delivered, and sends `sync` when its peer
     /// appears or syncs), so counting them would let a limit on what a client sends slow what
-    /// it receives: they pass free while the client has sent no more of them than messages
-    /// were written to it, plus [`FREE_CONTROL_FRAMES`]. Beyond that (a client flooding them)
-    /// each counts as DATA.
+    /// it receives: they pass free of the message rate while the client has sent no more of
+    /// them than frames it answers were written to it, plus [`FREE_CONTROL_FRAMES`]. Beyond
+    /// that (a client flooding them) each counts as DATA.
     pub fn charge_v1(&mut self, frame: &[u8], written: u64) -> u64 {
         let control = |this: &mut Self| {
             if this.free_control_frames < written.saturating_add(FREE_CONTROL_FRAMES) {

@@ -576,13 +576,10 @@ impl Session {
         let rate = self.rate.as_mut().expect("called with a limiter");
         let messages = match &self.v1 {
             None => 1,
-            Some(v1) => rate.charge_v1(&message.payload, v1.data_written()),
+            Some(v1) => rate.charge_v1(&message.payload, v1.answerable_written()),
         };
-        let over = if messages > 0 {
-            rate.take_many(messages, message.payload.len(), Instant::now())
-        } else {
-            None
-        };
+        // Bytes always count: a free control frame is free of the message rate only.
+        let over = rate.take_many(messages, message.payload.len(), Instant::now());
         match over {
             None => self.delivery.send(message),
             Some((_, limit)) if rate.action() == RateAction::Close => {

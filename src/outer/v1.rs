@@ -39,10 +39,11 @@ pub struct V1Session {
     /// When the client's last `token` request was checked: checks are spaced by
     /// [`TOKEN_CHECK_INTERVAL`].
     token_checked_at: Option<Instant>,
-    /// The most DATA a BATCH of the client may hold (`welcome.max_batch`), if limited.
+    /// The most frames a BATCH of the client may hold (`welcome.max_batch`), if limited.
     max_batch: Option<u32>,
-    /// DATA frames of the peer written to the client (each of a BATCH): what its ACKs answer.
-    data_written: u64,
+    /// DATA and PEER frames of the peer written to the client (each of a BATCH): what its ACKs
+    /// and `sync`s answer.
+    answerable_written: u64,
 }
 
 /// The shortest time between two token checks of one session. A signature check costs tens of
@@ -89,13 +90,14 @@ impl V1Session {
             token_answer: None,
             token_checked_at: None,
             max_batch,
-            data_written: 0,
+            answerable_written: 0,
         }
     }
 
-    /// DATA frames of the peer written to the client so far, each of a BATCH counted.
-    pub fn data_written(&self) -> u64 {
-        self.data_written
+    /// DATA and PEER frames of the peer written to the client so far, each of a BATCH
+    /// counted: what the client's ACKs and `sync`s answer.
+    pub fn answerable_written(&self) -> u64 {
+        self.answerable_written
     }
 
     /// Looks at the hub's record of the peer if it changed since the last look (or the node
@@ -166,15 +168,11 @@ impl V1Session {
         let (_, _, payload) = frame.into_parts();
         if payload.first() == Some(&frame::BATCH) {
             let frames = BatchFrames::new(&payload[1..]).map_err(|_| CloseReason::V1Malformed)?;
-            let mut data = 0u32;
-            for inner in frames {
-                let (parsed, bytes) = inner.map_err(|_| CloseReason::V1Malformed)?;
-                if let ClientFrame::Data { .. } = parsed {
-                    data += 1;
-                    if self.max_batch.is_some_and(|max| data > max) {
-                        return Err(CloseReason::V1Window);
-                    }
+            for (count, inner) in (1u32..).zip(frames) {
+                if self.max_batch.is_some_and(|max| count > max) {
+                    return Err(CloseReason::V1Window);
                 }
+                let (parsed, bytes) = inner.map_err(|_| CloseReason::V1Malformed)?;
                 self.check(parsed, bytes.len())?;
             }
         } else {
@@ -219,11 +217,11 @@ impl V1Session {
                 if let Some(hw) = written.ack {
                     self.window.on_ack(hw);
                 }
-                self.data_written += written.data;
+                self.answerable_written += written.answerable;
                 Frame::binary(message.payload)
             }
             kind => {
-                self.data_written += 1;
+                self.answerable_written += 1;
                 Frame::binary(frame::wrap_unnumbered(kind, &message.payload))
             }
         }
@@ -290,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn the_data_written_to_a_client_count_each_of_a_batch() {
+    fn the_frames_written_to_a_client_count_each_of_a_batch() {
         let config = V1Config {
             enabled: true,
             window: 16,
@@ -326,6 +324,6 @@ mod tests {
             payload: Bytes::from_static(b"raw"),
             origin: None,
         });
-        assert_eq!(session.data_written(), 5);
+        assert_eq!(session.answerable_written(), 5);
     }
 }

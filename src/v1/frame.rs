@@ -336,12 +336,12 @@ impl ClientFrame {
     }
 
     /// What `frame` (checked when it was read) carries to a client of stream `sid`: the
-    /// highest mark its ACKs give that stream, and how many DATA it holds (each of a BATCH).
-    /// DATA payloads are not looked at.
+    /// highest mark its ACKs give that stream, and how many frames the client may answer (DATA,
+    /// each of a BATCH, and PEER). Payloads are not looked at.
     pub fn written(frame: &[u8], sid: u64) -> Written {
         let mut written = Written::default();
         let mut one = |frame: &[u8]| match frame.first() {
-            Some(&(DATA_BINARY | DATA_TEXT)) => written.data += 1,
+            Some(&(DATA_BINARY | DATA_TEXT | PEER)) => written.answerable += 1,
             Some(&ACK) => {
                 if let Ok(ClientFrame::Ack { sid: acked, hw }) = ClientFrame::parse(frame)
                     && acked == sid
@@ -364,8 +364,9 @@ impl ClientFrame {
 pub struct Written {
     /// The highest mark the frame's ACKs give the client's stream.
     pub ack: Option<u64>,
-    /// DATA frames: one, or those of a BATCH.
-    pub data: u64,
+    /// Frames a client answers (with ACKs, or a `sync`): DATA, one or those of a BATCH, and
+    /// PEER.
+    pub answerable: u64,
 }
 
 /// A SERVER frame holding `body`.
@@ -583,7 +584,7 @@ mod tests {
             ClientFrame::written(&frames, 7),
             Written {
                 ack: Some(42),
-                data: 2
+                answerable: 2
             }
         );
         assert_eq!(ClientFrame::written(&frames, 9).ack, None);
@@ -650,7 +651,7 @@ mod tests {
             ClientFrame::written(&frame, 7),
             Written {
                 ack: Some(42),
-                data: 0
+                answerable: 0
             }
         );
         assert_eq!(ClientFrame::written(&frame, 8), Written::default());

@@ -424,3 +424,74 @@ async fn a_v1_batch_holds_at_most_one_burst_of_data() {
     }
     node.shutdown().await;
 }
+
+/// `max_batch` counts every frame of a BATCH, ACKs included: ACKs past the free allowance count
+/// as messages, so a BATCH of them could otherwise carry several bursts at once.
+#[tokio::test]
+async fn a_v1_batch_of_acks_counts_against_max_batch_too() {
+    use crate::harness::v1wire::{self, WEB_KEY, ack, batch};
+
+    let node = TestNode::start(limited(10, 0, RateAction::Close)).await;
+    let id = random_channel_id();
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
+    let acks: Vec<Vec<u8>> = (0..11).map(|_| ack(v1wire::sid(WEB_KEY), 1)).collect();
+    app.send(batch(&acks)).await;
+    match app.ending().await {
+        Ending::Close(4008, _) => {}
+        other => panic!("ended with {other:?}"),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
+        assert_eq!(frame[0], 0x05, "only SERVER frames, not {frame:?}");
+    }
+    node.shutdown().await;
+}
+
+/// Control frames a v1 client sends free of the message rate still count their bytes: DATA
+/// written to it (300 empty ones in one BATCH from its peer) buy it no bytes.
+#[tokio::test]
+async fn free_v1_control_frames_still_count_their_bytes() {
+    use wspair::config::RateLimits;
+
+    use crate::harness::v1wire::{self, batch, data};
+
+    let node = TestNode::start(|config| {
+        config.outer.rate = RateLimits {
+            messages_per_second: 0,
+            bytes_per_second: 1000,
+            burst: Duration::from_secs(1),
+            action: RateAction::Throttle,
+        };
+        config.outer.max_frame_size = 4096;
+    })
+    .await;
+    let id = random_channel_id();
+    let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
+    let empty: Vec<Vec<u8>> = (0..300).map(|_| data(0, false, b"")).collect();
+    web.send(batch(&empty)).await;
+    assert_eq!(app.recv().await, batch(&empty));
+    // PEER frames of a type libraries ignore, 3 900 bytes each.
+    let mut peer = vec![0x04];
+    let pad = "x".repeat(3900);
+    peer.extend_from_slice(format!(r#"{{"v":1,"t":"zz","pad":"{pad}"}}"#).as_bytes());
+    let sending = tokio::spawn(async move {
+        for _ in 0..300 {
+            app.send(peer.clone()).await;
+        }
+        app
+    });
+    let mut relayed = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
+        if frame[0] == 0x04 {
+            relayed += frame.len();
+        }
+    }
+    // A burst of 1 000 bytes, 3 000 more in 3 s, and one frame's debt: well under 10 000.
+    assert!(
+        relayed < 10_000,
+        "{relayed} bytes passed a 1000 bytes/s limit in 3 s"
+    );
+    sending.abort();
+    node.shutdown().await;
+}

@@ -1230,7 +1230,7 @@ fn an_acknowledged_message_is_left_out_of_a_batch() {
 }
 
 #[test]
-fn a_batch_holds_at_most_max_batch_data_and_acks_beyond_them() {
+fn a_batch_holds_at_most_max_batch_frames_acks_included() {
     let now = Instant::now();
     let mut p = synced(A, B, now);
     p.max_batch = Some(2);
@@ -1244,5 +1244,19 @@ fn a_batch_holds_at_most_max_batch_data_and_acks_beyond_them() {
         .iter()
         .map(|(_, frames)| (data_seqs(frames).len(), acks(frames).len()))
         .collect();
-    assert_eq!(shape, [(2, 0), (2, 0), (1, 1)]);
+    assert_eq!(
+        shape,
+        [(2, 0), (2, 0), (1, 1)],
+        "the ACK is the fifth DATA's partner"
+    );
+    p.max_batch = Some(1);
+    p.send(false, Bytes::from_static(b"z"), now).unwrap();
+    p.on_frame(data(2, "y"), now);
+    p.take(B, 2, || now);
+    p.piggyback_ack();
+    let shape: Vec<(bool, usize)> = messages(&mut p)
+        .iter()
+        .map(|(batch, frames)| (*batch, frames.len()))
+        .collect();
+    assert_eq!(shape, [(false, 1), (false, 1)], "one frame a message");
 }

@@ -311,7 +311,7 @@ function checkServer(obj) {
       need(isCount(obj.gen, U32_MAX), 'welcome gen');
       need(obj.window && isCount(obj.window.msgs) && isCount(obj.window.bytes), 'welcome window');
       need(isCount(obj.max_frame), 'welcome max_frame');
-      need(obj.max_batch === undefined || isCount(obj.max_batch), 'welcome max_batch');
+      need(obj.max_batch === undefined || obj.max_batch === null || isCount(obj.max_batch), 'welcome max_batch');
       if (obj.sid !== undefined) checkSid(obj, 'sid', true);
       need(obj.token_exp === undefined || isTime(obj.token_exp), 'welcome token_exp');
       break;

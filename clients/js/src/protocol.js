@@ -11,7 +11,7 @@
 //         { type: 'acked', hw } · { type: 'reset', oldSid, deliveredHw }
 //         { type: 'connected', gen, node } · { type: 'rawpeer' }
 
-import { dataHeaderLength, encodeBatch, encodeData, encodeFrame, isBatchable, KIND_ACK, varintLength } from './frame.js';
+import { dataHeaderLength, encodeBatch, encodeData, encodeFrame, isBatchable, varintLength } from './frame.js';
 
 /** Timings and batching (PROTOCOL.md §11), in milliseconds. */
 export const DEFAULT_PROTOCOL_CONFIG = Object.freeze({
@@ -49,7 +49,7 @@ export class Protocol {
     this.connections = 0;
     this.window = DEFAULT_WINDOW;
     this.maxFrame = null;
-    /** The most DATA a BATCH may hold (welcome.max_batch), or null. */
+    /** The most frames a BATCH may hold (welcome.max_batch), or null. */
     this.maxBatch = null;
 
     // Sender (§3, §7). The outbox holds consecutive seqs with their encoded DATA frames.
@@ -127,7 +127,7 @@ export class Protocol {
 
   /**
    * The next message to write, or undefined: the next frame, or DATA and ACK frames that follow
-   * each other in one BATCH of at most the node's max_frame, with at most its max_batch DATA
+   * each other in one BATCH of at most the node's max_frame and at most its max_batch frames
    * (PROTOCOL.md §2.6). A node relays one
    * message where it would have relayed each frame; a frame alone goes as it is.
    */
@@ -136,16 +136,13 @@ export class Protocol {
     if (first === undefined || this.maxFrame === null || !isBatchable(first[0])) return first;
     const group = [first];
     let size = 1 + varintLength(first.length) + first.length;
-    let data = first[0] === KIND_ACK ? 0 : 1;
     for (;;) {
       const next = this.#nextBatchable();
       if (next === undefined) break;
       const grown = size + varintLength(next.length) + next.length;
-      const isData = next[0] !== KIND_ACK;
-      if (grown > this.maxFrame || (isData && this.maxBatch !== null && data >= this.maxBatch)) break;
+      if (grown > this.maxFrame || (this.maxBatch !== null && group.length >= this.maxBatch)) break;
       group.push(this.pollFrame());
       size = grown;
-      if (isData) data += 1;
     }
     return group.length === 1 ? first : encodeBatch(group);
   }

@@ -211,7 +211,7 @@ test('data and acks written together go in one BATCH within max_frame, other fra
   ]);
 });
 
-test('a BATCH holds at most the welcome max_batch DATA', () => {
+test('a BATCH holds at most the welcome max_batch frames', () => {
   const { a } = pair();
   a.maxBatch = 2;
   for (let i = 0; i < 5; i++) a.offer(false, new Uint8Array([i]), 0);
