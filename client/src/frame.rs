@@ -1,7 +1,8 @@
 //! The wspair.v1 wire codec (PROTOCOL.md §2).
 //!
-//! Every v1 frame is one binary WebSocket message whose first byte is its kind. This module turns
-//! such messages into [`Frame`] values and back, and nothing else: it keeps no state, so the state
+//! Every v1 frame is one binary WebSocket message whose first byte is its kind, or one of the
+//! frames a BATCH message carries. This module turns such messages into [`Frame`] values and
+//! back ([`decode_message`] for either), and nothing else: it keeps no state, so the state
 //! machine and the tests can rely on one strict definition of what is well formed.
 
 use std::time::SystemTime;
@@ -576,7 +577,7 @@ pub fn batchable(kind: u8) -> bool {
 
 /// Inserts `bytes` at `at` in `buf`, moving what follows: a writer that finds a second frame
 /// to batch puts the BATCH's kind byte and the first frame's length before the first.
-pub fn insert(buf: &mut BytesMut, at: usize, bytes: &[u8]) {
+pub(crate) fn insert(buf: &mut BytesMut, at: usize, bytes: &[u8]) {
     let old = buf.len();
     buf.resize(old + bytes.len(), 0);
     buf.copy_within(at..old, at + bytes.len());

@@ -1,10 +1,11 @@
 //! The v1 frames a node reads and writes (PROTOCOL.md §2): each is one binary WebSocket
-//! message whose first byte is its kind.
+//! message whose first byte is its kind, or one of the DATA and ACK frames a BATCH carries.
 //!
 //! A node parses only what it acts on: the kind and position of DATA (to enforce the window),
 //! the stream and high-water mark of ACK (what the window frees), and the positions of a
 //! client's own `sync`. Payloads are never copied between two v1 clients; for a raw peer the
-//! DATA header is sliced off, and a raw peer's messages get a two-byte header.
+//! DATA header is sliced off (each DATA of a BATCH becoming a message of its own), and a raw
+//! peer's messages get a two-byte header.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -1,8 +1,9 @@
 // The wspair.v1 wire codec (PROTOCOL.md §2), and the stream id of a key (§1).
 //
-// Every v1 frame is one binary WebSocket message whose first byte is its kind. This file turns
-// such messages into plain objects and back, and keeps no state, so the state machine and the
-// shared test vectors (client/tests/vectors.json) rely on one strict definition of a frame.
+// Every v1 frame is one binary WebSocket message whose first byte is its kind, or one of the
+// DATA and ACK frames a BATCH message carries (decodeMessage, encodeBatch). This file turns such
+// messages into plain objects and back, and keeps no state, so the state machine and the shared
+// test vectors (client/tests/vectors.json) rely on one strict definition of a frame.
 //
 // A decoded frame has the shape the vectors describe:
 //   { kind: 'data', seq, text, payload }          payload: Uint8Array
