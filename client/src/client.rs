@@ -475,13 +475,13 @@ fn pump(shared: &Shared, reader: &mut Reader, limit: usize) -> Pumped {
                     *goaway = Some(reason);
                     pumped.for_task = true;
                 }
-                Ok(frame) => {
-                    core.proto.on_frame(frame, now);
-                    core.collect();
-                }
+                Ok(frame) => core.proto.on_frame(frame, now),
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed frame"),
             }
         }
+        // Once per message: the frames of a BATCH (DATA and ACK) never change the stream
+        // received, which `collect` records with each message; a `sync` comes alone.
+        core.collect();
     }
     // Answers to write (syncs, ACKs), or sends that wait for the window the ACKs read opened.
     pumped.for_task |= core.proto.queued_frames() > frames_before || !core.blocked.is_empty();
