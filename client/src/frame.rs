@@ -502,14 +502,21 @@ pub struct Frames {
     started: bool,
 }
 
+/// Where the first frame of `rest` (a BATCH after its kind byte, or after the frames before)
+/// starts and ends: past its length varint, and past its bytes.
+fn batch_frame_bounds(rest: &[u8]) -> Result<(usize, usize), FrameError> {
+    let (len, n) = get_varint(rest)?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| n.checked_add(len))
+        .filter(|&end| end <= rest.len())
+        .ok_or(FrameError::BatchTruncated)?;
+    Ok((n, end))
+}
+
 impl Frames {
     fn next_in_batch(bytes: &mut Bytes) -> Result<Frame, FrameError> {
-        let (len, n) = get_varint(bytes)?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| n.checked_add(len))
-            .filter(|&end| end <= bytes.len())
-            .ok_or(FrameError::BatchTruncated)?;
+        let (n, end) = batch_frame_bounds(bytes)?;
         let mut frame = bytes.split_to(end);
         frame.advance(n);
         match frame.first() {
@@ -556,16 +563,19 @@ pub fn frames_in(message: &[u8]) -> usize {
     }
     let mut rest = &message[1..];
     let mut frames = 0;
-    while let Ok((len, n)) = get_varint(rest) {
-        frames += 1;
-        let Some(next) = usize::try_from(len)
-            .ok()
-            .and_then(|len| n.checked_add(len))
-            .and_then(|end| rest.get(end..))
-        else {
-            break;
-        };
-        rest = next;
+    loop {
+        match batch_frame_bounds(rest) {
+            Ok((_, end)) => {
+                frames += 1;
+                rest = &rest[end..];
+            }
+            // A length that reads but runs past the end still names a frame.
+            Err(FrameError::BatchTruncated) => {
+                frames += 1;
+                break;
+            }
+            Err(_) => break,
+        }
     }
     frames.max(1)
 }

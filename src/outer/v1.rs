@@ -251,8 +251,8 @@ pub fn outgoing_raw<E>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_holds_one_token_answer_however_many_requests_came() {
+    /// A session of client sid 7 (generation 1), with the default outer settings.
+    fn session_of_sid_7() -> V1Session {
         let config = V1Config {
             enabled: true,
             window: 16,
@@ -262,14 +262,19 @@ mod tests {
             sid: 7,
             generation: 1,
         };
-        let mut session = V1Session::new(
+        V1Session::new(
             client,
             Arc::new(PeerWatch::default()),
             (&config, &crate::config::Config::default().outer),
             NodeId::generate(),
             1,
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn a_session_holds_one_token_answer_however_many_requests_came() {
+        let mut session = session_of_sid_7();
         for n in 0..10_000 {
             session.answer_token(if n % 2 == 0 {
                 Ok(None)
@@ -289,23 +294,7 @@ mod tests {
 
     #[test]
     fn the_frames_written_to_a_client_count_each_of_a_batch() {
-        let config = V1Config {
-            enabled: true,
-            window: 16,
-            window_bytes: 1 << 16,
-        };
-        let client = ClientId {
-            sid: 7,
-            generation: 1,
-        };
-        let mut session = V1Session::new(
-            client,
-            Arc::new(PeerWatch::default()),
-            (&config, &crate::config::Config::default().outer),
-            NodeId::generate(),
-            1,
-            None,
-        );
+        let mut session = session_of_sid_7();
         let message = |payload: &[u8]| Message {
             kind: MessageKind::V1,
             payload: Bytes::copy_from_slice(payload),

@@ -63,6 +63,34 @@ fn limited(messages: u32, bytes: u32, action: RateAction) -> impl Fn(&mut Config
     }
 }
 
+/// A byte rate of 1 000 bytes/s (burst 1 s, `throttle`) and frames of at most 4 096 bytes.
+fn byte_limited_small_frames(config: &mut Config) {
+    config.outer.rate = wspair::config::RateLimits {
+        messages_per_second: 0,
+        bytes_per_second: 1000,
+        burst: Duration::from_secs(1),
+        action: RateAction::Throttle,
+    };
+    config.outer.max_frame_size = 4096;
+}
+
+/// A v1 PEER frame of a type libraries ignore, padded with `pad` bytes.
+fn ignored_peer_frame(pad: usize) -> Vec<u8> {
+    let mut peer = vec![0x04];
+    let pad = "x".repeat(pad);
+    peer.extend_from_slice(format!(r#"{{"v":1,"t":"zz","pad":"{pad}"}}"#).as_bytes());
+    peer
+}
+
+/// Reads what reaches `web` for `within`: SERVER frames only (its peer went away), nothing
+/// relayed.
+async fn only_server_frames_for(web: &mut crate::harness::v1wire::Wire, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
+        assert_eq!(frame[0], 0x05, "only SERVER frames, not {frame:?}");
+    }
+}
+
 /// 600 messages at 200 a second with a burst of one second: 200 at once, then 400 over 2 s.
 #[tokio::test]
 async fn a_throttled_client_is_relayed_at_its_message_rate_and_loses_nothing() {
@@ -345,25 +373,12 @@ async fn a_throttled_client_whose_peer_is_on_another_node_loses_nothing() {
 
 #[tokio::test]
 async fn token_requests_count_against_the_rate_and_buy_no_free_peer_frames() {
-    use wspair::config::RateLimits;
-
     use crate::harness::v1wire;
 
-    let node = TestNode::start(|config| {
-        config.outer.rate = RateLimits {
-            messages_per_second: 0,
-            bytes_per_second: 1000,
-            burst: Duration::from_secs(1),
-            action: RateAction::Throttle,
-        };
-        config.outer.max_frame_size = 4096;
-    })
-    .await;
+    let node = TestNode::start(byte_limited_small_frames).await;
     // PEER frames of a type the receiving library ignores, 2000 bytes each, each after a token
     // request (which the node answers).
-    let mut peer = vec![0x04];
-    let pad = "x".repeat(1970);
-    peer.extend_from_slice(format!(r#"{{"v":1,"t":"zz","pad":"{pad}"}}"#).as_bytes());
+    let peer = ignored_peer_frame(1970);
     let mut token = vec![0x06];
     token.extend_from_slice(br#"{"v":1,"t":"token","token":""}"#);
     let id = random_channel_id();
@@ -418,10 +433,7 @@ async fn a_v1_batch_holds_at_most_one_burst_of_data() {
         other => panic!("ended with {other:?}"),
     }
     // The web is told its peer went away, and nothing else.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
-        assert_eq!(frame[0], 0x05, "only SERVER frames, not {frame:?}");
-    }
+    only_server_frames_for(&mut web, Duration::from_millis(300)).await;
     node.shutdown().await;
 }
 
@@ -440,10 +452,7 @@ async fn a_v1_batch_of_acks_counts_against_max_batch_too() {
         Ending::Close(4008, _) => {}
         other => panic!("ended with {other:?}"),
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(frame) = tokio::time::timeout_at(deadline, web.recv()).await {
-        assert_eq!(frame[0], 0x05, "only SERVER frames, not {frame:?}");
-    }
+    only_server_frames_for(&mut web, Duration::from_millis(300)).await;
     node.shutdown().await;
 }
 
@@ -451,29 +460,16 @@ async fn a_v1_batch_of_acks_counts_against_max_batch_too() {
 /// written to it (300 empty ones in one BATCH from its peer) buy it no bytes.
 #[tokio::test]
 async fn free_v1_control_frames_still_count_their_bytes() {
-    use wspair::config::RateLimits;
-
     use crate::harness::v1wire::{self, batch, data};
 
-    let node = TestNode::start(|config| {
-        config.outer.rate = RateLimits {
-            messages_per_second: 0,
-            bytes_per_second: 1000,
-            burst: Duration::from_secs(1),
-            action: RateAction::Throttle,
-        };
-        config.outer.max_frame_size = 4096;
-    })
-    .await;
+    let node = TestNode::start(byte_limited_small_frames).await;
     let id = random_channel_id();
     let (mut app, mut web) = v1wire::welcomed_pair(&node, &id).await;
     let empty: Vec<Vec<u8>> = (0..300).map(|_| data(0, false, b"")).collect();
     web.send(batch(&empty)).await;
     assert_eq!(app.recv().await, batch(&empty));
     // PEER frames of a type libraries ignore, 3 900 bytes each.
-    let mut peer = vec![0x04];
-    let pad = "x".repeat(3900);
-    peer.extend_from_slice(format!(r#"{{"v":1,"t":"zz","pad":"{pad}"}}"#).as_bytes());
+    let peer = ignored_peer_frame(3900);
     let sending = tokio::spawn(async move {
         for _ in 0..300 {
             app.send(peer.clone()).await;
